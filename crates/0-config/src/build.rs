@@ -1,0 +1,1161 @@
+//! Turns the TOML document into a [`Config`], section by section. Each
+//! function lists the keys its section knows (for unknown-key errors), reads
+//! them with defaults, and checks what can be checked at load time: ids that
+//! reference each other, ranges, and the constant results of expressions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::DeTable;
+
+use crate::error::{ConfigError, Problem};
+use crate::expr::{Expr, Value};
+use crate::model::*;
+use crate::reader::{Reader, Section};
+use crate::suggest;
+
+/// Parses and checks a whole document. On failure, every error found, sorted by line.
+pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut r = Reader::new(text, path);
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_string();
+            return Err(vec![r.located(&span, Problem::Syntax(message))]);
+        }
+    };
+    let root = Section {
+        name: String::new(),
+        table: doc.get_ref(),
+        span: 0..0,
+    };
+    r.check_keys(
+        &root,
+        &[
+            "server",
+            "certificate",
+            "session",
+            "store",
+            "storage",
+            "queue",
+            "report",
+            "signature",
+            "resolver",
+        ],
+        false,
+    );
+
+    let server = server(&mut r, &root);
+    let certificates = certificates(&mut r, &root);
+    let session = session(&mut r, &root, &certificates);
+    let (stores, storage) = stores(&mut r, &root);
+    let signatures = signatures(&mut r, &root);
+    let queue = queue(&mut r, &root);
+    let report = report(&mut r, &root, &server.hostname, &signatures);
+    let resolver = resolver(&mut r, &root);
+
+    if !r.errors.is_empty() {
+        let mut errors = r.errors;
+        errors.sort_by_key(|e| e.line);
+        errors.dedup();
+        return Err(errors);
+    }
+    let mut warnings = r.warnings;
+    warnings.sort_by_key(|e| e.line);
+    Ok(Config {
+        source: Some(path.to_path_buf()),
+        server,
+        certificates,
+        session,
+        stores,
+        storage,
+        queue,
+        report,
+        signatures,
+        resolver,
+        warnings,
+    })
+}
+
+/// Checks the values an expression is known to produce at load time.
+/// `check` returns `Err(expected)` for a value of the wrong kind.
+fn check_outcomes(
+    r: &mut Reader,
+    sec: &Section,
+    key: &str,
+    expr: &Expr,
+    check: impl Fn(&Value) -> Result<(), String>,
+) {
+    for value in expr.constant_outcomes() {
+        if let Err(expected) = check(value) {
+            let span = r.value_span(sec, key);
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'{}' must give {expected}, but gives {value}",
+                    sec.path(key)
+                )),
+            );
+            return;
+        }
+    }
+}
+
+/// Reports a reference to an undefined id.
+fn unknown_reference<'k>(
+    r: &mut Reader,
+    span: &Range<usize>,
+    key: String,
+    what: &'static str,
+    id: &str,
+    known: impl IntoIterator<Item = &'k String>,
+) {
+    let suggestion = suggest(id, known.into_iter().map(String::as_str)).map(str::to_string);
+    r.error(
+        span,
+        Problem::UnknownReference {
+            key,
+            what,
+            id: id.to_string(),
+            suggestion,
+        },
+    );
+}
+
+fn looks_like_pem(text: &str) -> bool {
+    text.contains("-----BEGIN ")
+}
+
+// ---------------------------------------------------------------- [server]
+
+fn server(r: &mut Reader, root: &Section) -> Server {
+    let mut out = Server::default();
+    let Some(sec) = r.sub(root, "server") else {
+        return out;
+    };
+    r.check_keys(
+        &sec,
+        &[
+            "hostname",
+            "node-id",
+            "listener",
+            "max-connections",
+            "max-connections-per-ip",
+            "shutdown-timeout",
+        ],
+        false,
+    );
+    if let Some(h) = r.nonempty_string(&sec, "hostname") {
+        if h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            let span = r.value_span(&sec, "hostname");
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'server.hostname' must be a host name without spaces, found '{h}'"
+                )),
+            );
+        } else {
+            out.hostname = h;
+        }
+    }
+    out.node_id = r.nonempty_string(&sec, "node-id");
+    if let Some(n) = r.usize(&sec, "max-connections", 1) {
+        out.max_connections = n;
+    }
+    if let Some(n) = r.usize(&sec, "max-connections-per-ip", 1) {
+        out.max_connections_per_ip = n;
+    }
+    if let Some(d) = r.duration(&sec, "shutdown-timeout") {
+        out.shutdown_grace = d;
+    }
+    if let Some(lsec) = r.sub(&sec, "listener") {
+        r.check_keys(&lsec, &[], true);
+        let children = r.children(&lsec, &[]);
+        if children.is_empty() {
+            r.error(
+                &lsec.span,
+                Problem::Invalid(
+                    "[server.listener] defines no listener; add [server.listener.<id>] with bind and protocol"
+                        .to_string(),
+                ),
+            );
+        }
+        let mut bound: HashMap<SocketAddr, String> = HashMap::new();
+        out.listeners = children
+            .into_iter()
+            .filter_map(|(id, s)| {
+                let l = listener(r, id, &s)?;
+                for addr in &l.bind {
+                    if let Some(other) = bound.insert(*addr, l.id.clone()) {
+                        let span = r.value_span(&s, "bind");
+                        r.error(
+                            &span,
+                            Problem::Invalid(format!(
+                                "address {addr} of listener '{}' is already bound by listener '{other}'",
+                                l.id
+                            )),
+                        );
+                    }
+                }
+                Some(l)
+            })
+            .collect();
+    }
+    out
+}
+
+fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
+    r.check_keys(sec, &["bind", "protocol", "token", "tls"], false);
+    let protocol = r
+        .choice(
+            sec,
+            "protocol",
+            &[
+                ("smtp", Protocol::Smtp),
+                ("lmtp", Protocol::Lmtp),
+                ("http", Protocol::Http),
+            ],
+        )
+        .unwrap_or(Protocol::Smtp);
+    let mut bind = Vec::new();
+    if r.require(sec, "bind") {
+        let items = r.strings(sec, "bind")?;
+        if items.is_empty() {
+            let span = r.value_span(sec, "bind");
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'{}' must list at least one address",
+                    sec.path("bind")
+                )),
+            );
+        }
+        for (text, span) in items {
+            match text.trim().parse::<SocketAddr>() {
+                Ok(a) => bind.push(a),
+                Err(_) => r.error(
+                    &span,
+                    Problem::BadAddress {
+                        key: sec.path("bind"),
+                        value: text,
+                    },
+                ),
+            }
+        }
+    }
+    let token = r.nonempty_string(sec, "token");
+    if token.is_some() && protocol != Protocol::Http {
+        let span = sec.get("token").map(|(k, _)| k.span()).unwrap_or_default();
+        r.error(
+            &span,
+            Problem::Invalid(format!(
+                "'{}' is only used by listeners with protocol = \"http\" (the management API)",
+                sec.path("token")
+            )),
+        );
+    }
+    let mut tls_implicit = false;
+    if let Some(tls) = r.sub(sec, "tls") {
+        r.check_keys(&tls, &["implicit"], false);
+        tls_implicit = r.bool(&tls, "implicit").unwrap_or(false);
+    }
+    Some(Listener {
+        id,
+        bind,
+        protocol,
+        token,
+        tls_implicit,
+    })
+}
+
+// ---------------------------------------------------------------- [certificate]
+
+fn certificates(r: &mut Reader, root: &Section) -> BTreeMap<String, Certificate> {
+    let mut out = BTreeMap::new();
+    let Some(sec) = r.sub(root, "certificate") else {
+        return out;
+    };
+    r.check_keys(&sec, &[], true);
+    for (id, c) in r.children(&sec, &[]) {
+        r.check_keys(&c, &["cert", "private-key"], false);
+        let cert = r.required_string(&c, "cert");
+        let private_key = r.required_string(&c, "private-key");
+        for (key, value) in [("cert", &cert), ("private-key", &private_key)] {
+            if let Some(v) = value
+                && !looks_like_pem(v)
+            {
+                let span = r.value_span(&c, key);
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' is not PEM (no '-----BEGIN' line); use %{{file:/path/to/file.pem}}%",
+                        c.path(key)
+                    )),
+                );
+            }
+        }
+        if let (Some(cert), Some(private_key)) = (cert, private_key) {
+            out.insert(id, Certificate { cert, private_key });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- [session]
+
+fn session(
+    r: &mut Reader,
+    root: &Section,
+    certificates: &BTreeMap<String, Certificate>,
+) -> Session {
+    let mut out = Session::default();
+    let Some(sec) = r.sub(root, "session") else {
+        return out;
+    };
+    r.check_keys(
+        &sec,
+        &[
+            "timeout",
+            "max-errors",
+            "max-line-length",
+            "data",
+            "rcpt",
+            "etrn",
+            "tls",
+        ],
+        false,
+    );
+    if let Some(n) = r.int(&sec, "max-errors", 1, i64::from(u32::MAX)) {
+        out.max_errors = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(n) = r.usize(&sec, "max-line-length", MIN_MAX_LINE_LENGTH) {
+        out.max_line_length = n;
+    }
+    if let Some(t) = r.sub(&sec, "timeout") {
+        r.check_keys(&t, &["command", "data-block", "data-end"], false);
+        for (key, slot) in [
+            ("command", &mut out.timeout.command),
+            ("data-block", &mut out.timeout.data_block),
+            ("data-end", &mut out.timeout.data_end),
+        ] {
+            if let Some(d) = r.duration(&t, key) {
+                if d.is_zero() {
+                    let span = r.value_span(&t, key);
+                    r.error(
+                        &span,
+                        Problem::Invalid(format!("'{}' must be longer than 0s", t.path(key))),
+                    );
+                } else {
+                    *slot = d;
+                }
+            }
+        }
+    }
+    if let Some(d) = r.sub(&sec, "data") {
+        r.check_keys(&d, &["max-message-size", "max-received-headers"], false);
+        if let Some(n) = r.size(&d, "max-message-size") {
+            out.data.max_message_size = n;
+        }
+        if let Some(n) = r.usize(&d, "max-received-headers", 1) {
+            out.data.max_received_headers = n;
+        }
+    }
+    if let Some(rc) = r.sub(&sec, "rcpt") {
+        r.check_keys(&rc, &["relay", "local-domains", "max-recipients"], false);
+        if let Some(e) = r.expr(&rc, "relay") {
+            out.rcpt.relay = e;
+        }
+        if let Some(domains) = r.strings(&rc, "local-domains") {
+            out.rcpt.local_domains = domains
+                .into_iter()
+                .map(|(d, _)| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|d| !d.is_empty())
+                .collect();
+        }
+        if let Some(n) = r.usize(&rc, "max-recipients", 1) {
+            out.rcpt.max_recipients = n;
+        }
+    }
+    if let Some(e) = r.sub(&sec, "etrn") {
+        r.check_keys(&e, &["allow"], false);
+        if let Some(x) = r.expr(&e, "allow") {
+            out.etrn.allow = x;
+        }
+    }
+    if let Some(t) = r.sub(&sec, "tls") {
+        r.check_keys(&t, &["certificate", "starttls"], false);
+        if let Some(id) = r.string(&t, "certificate") {
+            if certificates.contains_key(&id) {
+                out.tls.certificate = Some(id);
+            } else {
+                let span = r.value_span(&t, "certificate");
+                unknown_reference(
+                    r,
+                    &span,
+                    t.path("certificate"),
+                    "certificate",
+                    &id,
+                    certificates.keys(),
+                );
+            }
+        }
+        if let Some(b) = r.bool(&t, "starttls") {
+            out.tls.starttls = b;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- [store], [storage]
+
+fn stores(r: &mut Reader, root: &Section) -> (BTreeMap<String, Store>, Storage) {
+    let mut stores = BTreeMap::new();
+    let mut store_span = None;
+    if let Some(sec) = r.sub(root, "store") {
+        r.check_keys(&sec, &[], true);
+        store_span = Some(sec.span.clone());
+        for (id, s) in r.children(&sec, &[]) {
+            if let Some(kind) = store(r, &s) {
+                stores.insert(id.clone(), Store { id, kind });
+            }
+        }
+    }
+    let defined: Vec<String> = stores.keys().cloned().collect();
+
+    let storage_sec = r.sub(root, "storage");
+    if let Some(sec) = &storage_sec {
+        r.check_keys(sec, &["data", "blob"], false);
+    }
+    // Each of data/blob: a configured store id, else a supported type (an
+    // implicit store with default settings, id = the type name).
+    let mut given = |r: &mut Reader, key: &str| -> Option<String> {
+        let sec = storage_sec.as_ref()?;
+        let v = r.nonempty_string(sec, key)?;
+        if stores.contains_key(&v) {
+            return Some(v);
+        }
+        if let Some(kind) = StoreKind::default_of(&v) {
+            stores.entry(v.clone()).or_insert(Store {
+                id: v.clone(),
+                kind,
+            });
+            return Some(v);
+        }
+        let span = r.value_span(sec, key);
+        r.error(
+            &span,
+            Problem::UnknownStore {
+                key: sec.path(key),
+                value: v,
+                defined: defined.clone(),
+                supported: STORE_TYPES.to_vec(),
+            },
+        );
+        Some(String::new())
+    };
+    let data = given(r, "data");
+    let blob = given(r, "blob");
+    let storage = match (data, blob) {
+        (Some(data), Some(blob)) => Storage { data, blob },
+        // One given: the other goes to the same store.
+        (Some(one), None) | (None, Some(one)) => Storage {
+            data: one.clone(),
+            blob: one,
+        },
+        (None, None) if defined.len() == 1 => Storage {
+            data: defined[0].clone(),
+            blob: defined[0].clone(),
+        },
+        (None, None) if defined.is_empty() => {
+            let store = Store {
+                id: "embedded".to_string(),
+                kind: StoreKind::Embedded {
+                    path: PathBuf::from(DEFAULT_DATA_PATH),
+                },
+            };
+            stores.insert(store.id.clone(), store);
+            Storage::default()
+        }
+        (None, None) => {
+            let span = storage_sec
+                .as_ref()
+                .map(|s| s.span.clone())
+                .or(store_span)
+                .unwrap_or_default();
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "[storage] must say which store holds data and blob, because several are defined ({})",
+                    defined.join(", ")
+                )),
+            );
+            Storage::default()
+        }
+    };
+    (stores, storage)
+}
+
+fn store(r: &mut Reader, sec: &Section) -> Option<StoreKind> {
+    if !r.require(sec, "type") {
+        return None;
+    }
+    let kind = r.choice(
+        sec,
+        "type",
+        &[
+            ("embedded", "embedded"),
+            ("postgresql", "postgresql"),
+            ("fs", "fs"),
+        ],
+    )?;
+    let mut out = StoreKind::default_of(kind)?;
+    match &mut out {
+        StoreKind::Embedded { path } | StoreKind::Fs { path } => {
+            r.check_keys(sec, &["type", "path"], false);
+            if let Some(p) = r.nonempty_string(sec, "path") {
+                *path = PathBuf::from(p);
+            }
+        }
+        StoreKind::PostgreSql {
+            url,
+            pool_size,
+            tls,
+        } => {
+            r.check_keys(sec, &["type", "url", "pool-size", "tls"], false);
+            if let Some(u) = r.nonempty_string(sec, "url") {
+                if u.starts_with("postgresql://") || u.starts_with("postgres://") {
+                    *url = u;
+                } else {
+                    let span = r.value_span(sec, "url");
+                    r.error(
+                        &span,
+                        Problem::Invalid(format!(
+                            "'{}' must be a postgresql:// URL, e.g. postgresql://user@host:5432/db",
+                            sec.path("url")
+                        )),
+                    );
+                }
+            }
+            if let Some(n) = r.usize(sec, "pool-size", 1) {
+                *pool_size = n;
+            }
+            if let Some(b) = r.bool(sec, "tls") {
+                *tls = b;
+            }
+        }
+    }
+    Some(out)
+}
+
+// ---------------------------------------------------------------- [signature]
+
+fn signatures(r: &mut Reader, root: &Section) -> BTreeMap<String, Signature> {
+    let mut out = BTreeMap::new();
+    let Some(sec) = r.sub(root, "signature") else {
+        return out;
+    };
+    r.check_keys(&sec, &[], true);
+    for (id, s) in r.children(&sec, &[]) {
+        if let Some(sig) = signature(r, id.clone(), &s) {
+            out.insert(id, sig);
+        }
+    }
+    out
+}
+
+fn signature(r: &mut Reader, id: String, sec: &Section) -> Option<Signature> {
+    r.check_keys(
+        sec,
+        &[
+            "private-key",
+            "domain",
+            "selector",
+            "algorithm",
+            "canonicalization",
+            "headers",
+        ],
+        false,
+    );
+    let private_key = r.required_string(sec, "private-key");
+    if let Some(k) = &private_key
+        && !looks_like_pem(k)
+    {
+        let span = r.value_span(sec, "private-key");
+        r.error(
+            &span,
+            Problem::Invalid(format!(
+                "'{}' is not a PEM private key (no '-----BEGIN' line); use %{{file:/path/to/key.pem}}%",
+                sec.path("private-key")
+            )),
+        );
+    }
+    let domain = r.required_string(sec, "domain");
+    let selector = r.required_string(sec, "selector");
+    let algorithm = r
+        .choice(
+            sec,
+            "algorithm",
+            &[
+                ("rsa-sha256", DkimAlgorithm::RsaSha256),
+                ("ed25519-sha256", DkimAlgorithm::Ed25519Sha256),
+            ],
+        )
+        .unwrap_or(DkimAlgorithm::RsaSha256);
+    let mut canonicalization = Canonicalization {
+        header: Canon::Relaxed,
+        body: Canon::Relaxed,
+    };
+    if let Some(c) = r.string(sec, "canonicalization") {
+        let word = |w: &str| match w.trim() {
+            "simple" => Some(Canon::Simple),
+            "relaxed" => Some(Canon::Relaxed),
+            _ => None,
+        };
+        let parsed = match c.split_once('/') {
+            Some((h, b)) => word(h).zip(word(b)),
+            None => word(&c).map(|h| (h, Canon::Simple)),
+        };
+        match parsed {
+            Some((header, body)) => canonicalization = Canonicalization { header, body },
+            None => {
+                let span = r.value_span(sec, "canonicalization");
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' must be HEADER/BODY with each simple or relaxed, e.g. relaxed/relaxed; found '{c}'",
+                        sec.path("canonicalization")
+                    )),
+                );
+            }
+        }
+    }
+    let mut headers: Vec<String> = DEFAULT_SIGNED_HEADERS
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    if let Some(list) = r.strings(sec, "headers") {
+        headers = list
+            .into_iter()
+            .map(|(h, _)| h.trim().to_string())
+            .collect();
+        if !headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
+            let span = r.value_span(sec, "headers");
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'{}' must include From (RFC 6376 5.4)",
+                    sec.path("headers")
+                )),
+            );
+        }
+    }
+    Some(Signature {
+        id,
+        private_key: private_key?,
+        domain: domain?,
+        selector: selector?,
+        algorithm,
+        canonicalization,
+        headers,
+    })
+}
+
+// ---------------------------------------------------------------- [queue]
+
+/// The keys of a schedule; in `[queue.schedule]` anything else holding a
+/// table is a named schedule.
+const SCHEDULE_FIELDS: [&str; 4] = ["retry", "notify", "expire", "max-attempts"];
+
+fn queue(r: &mut Reader, root: &Section) -> Queue {
+    let mut out = Queue::default();
+    let Some(sec) = r.sub(root, "queue") else {
+        return out;
+    };
+    r.check_keys(
+        &sec,
+        &[
+            "schedule",
+            "virtual",
+            "strategy",
+            "route",
+            "priority",
+            "max-dynamic-queues",
+        ],
+        false,
+    );
+    if let Some(e) = r.expr(&sec, "priority") {
+        check_outcomes(r, &sec, "priority", &e, |v| match v {
+            Value::Int(_) => Ok(()),
+            _ => Err("an integer".to_string()),
+        });
+        out.priority = Some(e);
+    }
+    if let Some(n) = r.usize(&sec, "max-dynamic-queues", 0) {
+        out.max_dynamic_queues = n;
+    }
+
+    // Schedules: the fields of [queue.schedule] are the `default` schedule;
+    // its table-valued keys are named schedules, which inherit from it.
+    if let Some(s) = r.sub(&sec, "schedule") {
+        r.check_keys(&s, &SCHEDULE_FIELDS, true);
+        let default = schedule(r, &s, &Schedule::default());
+        for (id, child) in r.children(&s, &SCHEDULE_FIELDS) {
+            r.check_keys(&child, &SCHEDULE_FIELDS, false);
+            let named = schedule(r, &child, &default);
+            if id == DEFAULT_SCHEDULE {
+                r.error(
+                    &child.span,
+                    Problem::Invalid(format!(
+                        "schedule id '{DEFAULT_SCHEDULE}' is reserved for the keys of [queue.schedule] itself; pick another id"
+                    )),
+                );
+                continue;
+            }
+            out.schedules.insert(id, named);
+        }
+        out.schedules.insert(DEFAULT_SCHEDULE.to_string(), default);
+    }
+
+    if let Some(rs) = r.sub(&sec, "route") {
+        r.check_keys(&rs, &[], true);
+        for (id, child) in r.children(&rs, &[]) {
+            if let Some(route) = route(r, id.clone(), &child) {
+                out.routes.insert(id, route);
+            }
+        }
+    }
+
+    if let Some(vs) = r.sub(&sec, "virtual") {
+        r.check_keys(&vs, &[], true);
+        for (name, child) in r.children(&vs, &[]) {
+            let q = virtual_queue(r, &child, &out.schedules);
+            out.virtual_queues.insert(name, q);
+        }
+    }
+
+    if let Some(st) = r.sub(&sec, "strategy") {
+        r.check_keys(&st, &["queue", "schedule", "route"], false);
+        if let Some(e) = r.expr(&st, "queue") {
+            check_outcomes(r, &st, "queue", &e, |v| match v {
+                Value::Str(s) if !s.is_empty() => Ok(()),
+                _ => Err("a queue name".to_string()),
+            });
+            out.strategy.queue = e;
+        }
+        for (key, what, known) in [
+            (
+                "schedule",
+                "schedule",
+                out.schedules.keys().cloned().collect::<Vec<_>>(),
+            ),
+            (
+                "route",
+                "route",
+                out.routes.keys().cloned().collect::<Vec<_>>(),
+            ),
+        ] {
+            let Some(e) = r.expr(&st, key) else {
+                continue;
+            };
+            check_outcomes(r, &st, key, &e, |v| match v {
+                Value::Str(_) => Ok(()),
+                _ => Err(format!("a {what} id")),
+            });
+            for v in e.constant_outcomes() {
+                if let Value::Str(id) = v
+                    && !known.contains(id)
+                {
+                    let span = r.value_span(&st, key);
+                    unknown_reference(r, &span, st.path(key), what, id, &known);
+                }
+            }
+            match key {
+                "schedule" => out.strategy.schedule = e,
+                _ => out.strategy.route = e,
+            }
+        }
+    }
+    out
+}
+
+fn schedule(r: &mut Reader, sec: &Section, base: &Schedule) -> Schedule {
+    let mut out = base.clone();
+    if let Some(e) = r.expr(sec, "retry") {
+        check_outcomes(r, sec, "retry", &e, |v| durations(v, false));
+        out.retry = e;
+    }
+    if let Some(e) = r.expr(sec, "notify") {
+        check_outcomes(r, sec, "notify", &e, |v| durations(v, true));
+        out.notify = e;
+    }
+    let expire = r.expr(sec, "expire");
+    let max_attempts = r.expr(sec, "max-attempts");
+    if sec.has("expire") && sec.has("max-attempts") {
+        let span = sec
+            .get("max-attempts")
+            .map(|(k, _)| k.span())
+            .unwrap_or_default();
+        r.error(
+            &span,
+            Problem::Invalid(format!(
+                "'{}' and 'expire' are alternatives; set only one of them in {}",
+                sec.path("max-attempts"),
+                sec.display()
+            )),
+        );
+    }
+    if let Some(e) = &expire {
+        check_outcomes(r, sec, "expire", e, |v| match v {
+            Value::Duration(d) if !d.is_zero() => Ok(()),
+            _ => Err("a duration longer than 0s".to_string()),
+        });
+    }
+    if let Some(e) = &max_attempts {
+        check_outcomes(r, sec, "max-attempts", e, |v| match v {
+            Value::Int(n) if *n >= 1 => Ok(()),
+            _ => Err("a number of attempts of at least 1".to_string()),
+        });
+    }
+    if sec.has("expire") || sec.has("max-attempts") {
+        out.expire = expire;
+        out.max_attempts = max_attempts;
+    }
+    out
+}
+
+/// A duration or a list of durations, none zero; `allow_empty` for `notify`.
+fn durations(v: &Value, allow_empty: bool) -> Result<(), String> {
+    let what = || {
+        if allow_empty {
+            "a list of durations such as [1d, 3d]".to_string()
+        } else {
+            "a non-empty list of durations longer than 0s, such as [2m, 5m, 1h]".to_string()
+        }
+    };
+    match v {
+        Value::Duration(d) if !d.is_zero() => Ok(()),
+        Value::List(items)
+            if (allow_empty || !items.is_empty())
+                && items
+                    .iter()
+                    .all(|i| matches!(i, Value::Duration(d) if !d.is_zero())) =>
+        {
+            Ok(())
+        }
+        _ => Err(what()),
+    }
+}
+
+fn virtual_queue(
+    r: &mut Reader,
+    sec: &Section,
+    schedules: &BTreeMap<String, Schedule>,
+) -> VirtualQueue {
+    let mut out = VirtualQueue::default();
+    r.check_keys(sec, &["concurrency", "rate", "schedule"], false);
+    if let Some(n) = r.usize(sec, "concurrency", 1) {
+        out.concurrency = n;
+    }
+    if let Some(text) = r.string(sec, "rate") {
+        match parse_rate(&text) {
+            Ok(rate) => out.rate = Some(rate),
+            Err(why) => {
+                let span = r.value_span(sec, "rate");
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "invalid rate '{text}' for '{}': {why}",
+                        sec.path("rate")
+                    )),
+                );
+            }
+        }
+    }
+    if let Some(id) = r.string(sec, "schedule") {
+        if schedules.contains_key(&id) {
+            out.schedule = Some(id);
+        } else {
+            let span = r.value_span(sec, "schedule");
+            unknown_reference(
+                r,
+                &span,
+                sec.path("schedule"),
+                "schedule",
+                &id,
+                schedules.keys(),
+            );
+        }
+    }
+    out
+}
+
+/// `COUNT/PERIOD`, e.g. `500/1s`, `10/1m`; a bare unit means one (`500/s`).
+pub(crate) fn parse_rate(text: &str) -> Result<Rate, String> {
+    const HINT: &str = "write COUNT/PERIOD, e.g. 500/1s";
+    let (count, period) = text.split_once('/').ok_or_else(|| HINT.to_string())?;
+    let count: u64 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{}' is not a whole number; {HINT}", count.trim()))?;
+    if count == 0 {
+        return Err("the count must be at least 1".to_string());
+    }
+    let period = period.trim();
+    let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+        crate::units::parse_duration(period)?
+    } else {
+        crate::units::parse_duration(&format!("1{period}"))?
+    };
+    if period.is_zero() {
+        return Err("the period must be longer than 0s".to_string());
+    }
+    Ok(Rate { count, period })
+}
+
+fn route(r: &mut Reader, id: String, sec: &Section) -> Option<Route> {
+    r.check_keys(
+        sec,
+        &["type", "address", "port", "protocol", "tls", "auth"],
+        false,
+    );
+    let is_relay = if r.require(sec, "type") {
+        r.choice(sec, "type", &[("mx", false), ("relay", true)])?
+    } else {
+        return None;
+    };
+    let address = r.nonempty_string(sec, "address");
+    let kind = match (is_relay, address) {
+        (true, Some(address)) => RouteKind::Relay {
+            address: address.trim().to_string(),
+        },
+        (true, None) => {
+            if !sec.has("address") {
+                r.error(
+                    &sec.span,
+                    Problem::Missing {
+                        key: "address".to_string(),
+                        section: format!("{} (type = \"relay\")", sec.display()),
+                    },
+                );
+            }
+            return None;
+        }
+        (false, address) => {
+            if address.is_some() {
+                let span = sec
+                    .get("address")
+                    .map(|(k, _)| k.span())
+                    .unwrap_or_default();
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' is only used by relay routes; an mx route looks the host up in DNS",
+                        sec.path("address")
+                    )),
+                );
+            }
+            RouteKind::Mx
+        }
+    };
+    let mut out = Route::mx();
+    out.id = id;
+    out.kind = kind;
+    if let Some(p) = r.int(sec, "port", 1, 65535) {
+        out.port = u16::try_from(p).unwrap_or(25);
+    }
+    if let Some(p) = r.choice(
+        sec,
+        "protocol",
+        &[
+            ("smtp", DeliveryProtocol::Smtp),
+            ("lmtp", DeliveryProtocol::Lmtp),
+        ],
+    ) {
+        out.protocol = p;
+    }
+    if let Some(tls) = r.sub(sec, "tls") {
+        r.check_keys(&tls, &["implicit", "mode", "allow-invalid-certs"], false);
+        if let Some(b) = r.bool(&tls, "implicit") {
+            out.tls.implicit = b;
+        }
+        if let Some(m) = r.choice(
+            &tls,
+            "mode",
+            &[
+                ("optional", TlsMode::Optional),
+                ("require", TlsMode::Require),
+                ("disable", TlsMode::Disable),
+            ],
+        ) {
+            out.tls.mode = m;
+        }
+        if let Some(b) = r.bool(&tls, "allow-invalid-certs") {
+            out.tls.allow_invalid_certs = b;
+        }
+        if out.tls.implicit && out.tls.mode == TlsMode::Disable {
+            let span = r.value_span(&tls, "mode");
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'{}' = \"disable\" contradicts '{}' = true",
+                    tls.path("mode"),
+                    tls.path("implicit")
+                )),
+            );
+        }
+    }
+    if let Some(auth) = r.sub(sec, "auth") {
+        r.check_keys(&auth, &["username", "secret"], false);
+        let username = r.required_string(&auth, "username");
+        let secret = r.required_string(&auth, "secret");
+        if !is_relay {
+            r.error(
+                &auth.span,
+                Problem::Invalid(format!(
+                    "'{}' is only used by relay routes",
+                    sec.path("auth")
+                )),
+            );
+        }
+        out.auth = Some(RouteAuth {
+            username: username?,
+            secret: secret?,
+        });
+    }
+    Some(out)
+}
+
+// ---------------------------------------------------------------- [report]
+
+fn report(
+    r: &mut Reader,
+    root: &Section,
+    hostname: &str,
+    signatures: &BTreeMap<String, Signature>,
+) -> Report {
+    let mut dsn = DsnConfig::for_hostname(hostname);
+    let Some(sec) = r.sub(root, "report") else {
+        return Report { dsn };
+    };
+    r.check_keys(&sec, &["dsn"], false);
+    if let Some(d) = r.sub(&sec, "dsn") {
+        r.check_keys(&d, &["from-name", "from-address", "sign"], false);
+        if let Some(e) = r.expr(&d, "from-name") {
+            check_outcomes(r, &d, "from-name", &e, |v| match v {
+                Value::Str(_) => Ok(()),
+                _ => Err("a string such as 'Mail Delivery Subsystem'".to_string()),
+            });
+            dsn.from_name = e;
+        }
+        if let Some(e) = r.expr(&d, "from-address") {
+            check_outcomes(r, &d, "from-address", &e, |v| match v {
+                Value::Str(s) if s.contains('@') => Ok(()),
+                _ => Err("an address such as 'MAILER-DAEMON@example.org'".to_string()),
+            });
+            dsn.from_address = e;
+        }
+        if let Some(e) = r.expr(&d, "sign") {
+            check_outcomes(r, &d, "sign", &e, |v| match v {
+                Value::Str(_) => Ok(()),
+                Value::List(items) if items.iter().all(|i| matches!(i, Value::Str(_))) => Ok(()),
+                _ => Err("a list of signature ids such as ['rsa']".to_string()),
+            });
+            let mut missing = Vec::new();
+            for v in e.constant_outcomes() {
+                let ids: Vec<&str> = match v {
+                    Value::Str(s) => vec![s.as_str()],
+                    Value::List(items) => items.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                missing.extend(
+                    ids.into_iter()
+                        .filter(|id| !signatures.contains_key(*id))
+                        .map(str::to_string),
+                );
+            }
+            missing.dedup();
+            for id in missing {
+                let span = r.value_span(&d, "sign");
+                r.warn(
+                    &span,
+                    format!(
+                        "'report.dsn.sign' names signature '{id}', which is not defined under [signature.{id}]; DSNs will not be signed with it"
+                    ),
+                );
+            }
+            dsn.sign = e;
+        }
+    }
+    Report { dsn }
+}
+
+// ---------------------------------------------------------------- [resolver]
+
+fn resolver(r: &mut Reader, root: &Section) -> Resolver {
+    let mut out = Resolver::default();
+    let Some(sec) = r.sub(root, "resolver") else {
+        return out;
+    };
+    r.check_keys(&sec, &["type", "custom"], false);
+    if let Some(k) = r.choice(
+        &sec,
+        "type",
+        &[
+            ("system", ResolverKind::System),
+            ("custom", ResolverKind::Custom),
+        ],
+    ) {
+        out.kind = k;
+    }
+    if let Some(list) = r.strings(&sec, "custom") {
+        for (text, span) in list {
+            match parse_name_server(&text) {
+                Some(ns) => {
+                    out.servers.push(ns);
+                    out.custom.push(text);
+                }
+                None => r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "invalid name server '{text}' for 'resolver.custom': write udp://IP[:PORT], tcp://IP[:PORT], IP or IP:PORT"
+                    )),
+                ),
+            }
+        }
+    }
+    if out.kind == ResolverKind::Custom && out.custom.is_empty() && !sec.has("custom") {
+        let span = r.value_span(&sec, "type");
+        r.error(
+            &span,
+            Problem::Invalid(
+                "'resolver.type' = \"custom\" needs 'resolver.custom', a list of name servers"
+                    .to_string(),
+            ),
+        );
+    }
+    out
+}
+
+/// `udp://IP[:PORT]`, `tcp://IP[:PORT]`, `IP`, `IP:PORT` or `[IPv6]:PORT`.
+fn parse_name_server(text: &str) -> Option<NameServer> {
+    let text = text.trim();
+    let (transport, rest) = if let Some(rest) = text.strip_prefix("udp://") {
+        (DnsTransport::Udp, rest)
+    } else if let Some(rest) = text.strip_prefix("tcp://") {
+        (DnsTransport::Tcp, rest)
+    } else {
+        (DnsTransport::Udp, text)
+    };
+    let rest = rest.trim_end_matches('/');
+    let addr = match rest.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            let bare = rest.trim_start_matches('[').trim_end_matches(']');
+            SocketAddr::new(bare.parse::<IpAddr>().ok()?, 53)
+        }
+    };
+    Some(NameServer { transport, addr })
+}

@@ -1,0 +1,795 @@
+//! The typed configuration every other crate reads. Values here are already
+//! checked: ids that reference each other resolve, numbers are in range,
+//! addresses parse. Each `Default` is the built-in default that an absent key
+//! gets.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::expr::{Expr, Value};
+
+/// Longest SMTP command line accepted by default, CRLF included.
+/// RFC 5321 4.5.3.1.4 sets 512 octets and lets each extension add to it
+/// (ESMTP parameters, SMTPUTF8 addresses), so leave generous room.
+pub const DEFAULT_MAX_LINE_LENGTH: usize = 4096;
+/// The smallest `max-line-length` accepted: RFC 5321 4.5.3.1.4's 512 octets.
+pub const MIN_MAX_LINE_LENGTH: usize = 512;
+/// Default largest message accepted (SIZE, RFC 1870): 50 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 << 20;
+/// Default cap on `Received:` headers before a message is treated as looping
+/// (RFC 5321 6.3 asks for a limit; Postfix's `hopcount_limit` is 50).
+pub const DEFAULT_MAX_RECEIVED_HEADERS: usize = 50;
+/// Default recipients per transaction; RFC 5321 4.5.3.1.8 requires at least 100.
+pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
+/// The store types `[store.<id>] type` and `[storage]` accept.
+pub const STORE_TYPES: [&str; 3] = ["embedded", "postgresql", "fs"];
+/// Where the embedded store lives when no path is given.
+pub const DEFAULT_DATA_PATH: &str = "./data";
+/// Where an `fs` blob store lives when no path is given.
+pub const DEFAULT_BLOB_PATH: &str = "./data/blobs";
+/// URL of an implicit `postgresql` store (`[storage] data = "postgresql"`).
+pub const DEFAULT_POSTGRESQL_URL: &str = "postgresql://localhost/ferrymail";
+/// The route that delivers by MX lookup; always defined.
+pub const MX_ROUTE: &str = "mx";
+/// The schedule made of `[queue.schedule]`'s own keys; always defined.
+pub const DEFAULT_SCHEDULE: &str = "default";
+/// The virtual queue messages go to unless the strategy says otherwise; always defined.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Parses a built-in default expression. The texts are constants of this
+/// crate and covered by tests, so a failure is a bug here, not user input.
+pub(crate) fn builtin(text: &str) -> Expr {
+    Expr::parse(text).unwrap_or_else(|e| panic!("built-in expression {text:?}: {e}"))
+}
+
+/// The whole configuration, as loaded from one file (or built-in defaults).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it came from; `None` for [`Config::default`]. The queue CLI
+    /// uses it to find the management listener of the running server.
+    pub source: Option<PathBuf>,
+    /// `[server]`: identity, listeners, connection limits.
+    pub server: Server,
+    /// `[certificate.<id>]`: TLS certificates by id.
+    pub certificates: BTreeMap<String, Certificate>,
+    /// `[session]`: limits and policy for inbound SMTP/LMTP sessions.
+    pub session: Session,
+    /// `[store.<id>]` plus implicit stores named in `[storage]` by type.
+    pub stores: BTreeMap<String, Store>,
+    /// `[storage]`: which store holds what.
+    pub storage: Storage,
+    /// `[queue]`: schedules, virtual queues, strategy, routes.
+    pub queue: Queue,
+    /// `[report]`: delivery status notifications.
+    pub report: Report,
+    /// `[signature.<id>]`: DKIM signers by id.
+    pub signatures: BTreeMap<String, Signature>,
+    /// `[resolver]`: where DNS lookups go.
+    pub resolver: Resolver,
+    /// Things that are allowed but probably not meant (e.g. `report.dsn.sign`
+    /// naming an undefined signer); `ferrymail check` prints them.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Built-in defaults: SMTP on 127.0.0.1:2525, management API on
+/// 127.0.0.1:8025, an embedded store under `./data`; what `ferrymail serve`
+/// runs with when given no `-c`.
+impl Default for Config {
+    fn default() -> Self {
+        let server = Server::default();
+        let report = Report::for_hostname(&server.hostname);
+        let store = Store {
+            id: "embedded".to_string(),
+            kind: StoreKind::Embedded {
+                path: PathBuf::from(DEFAULT_DATA_PATH),
+            },
+        };
+        Config {
+            source: None,
+            server,
+            certificates: BTreeMap::new(),
+            session: Session::default(),
+            stores: BTreeMap::from([(store.id.clone(), store)]),
+            storage: Storage::default(),
+            queue: Queue::default(),
+            report,
+            signatures: BTreeMap::new(),
+            resolver: Resolver::default(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The store holding envelopes and queue state (`[storage] data`).
+    /// Always `Some` for a loaded configuration.
+    pub fn data_store(&self) -> Option<&Store> {
+        self.stores.get(&self.storage.data)
+    }
+
+    /// The store holding message contents (`[storage] blob`).
+    /// Always `Some` for a loaded configuration.
+    pub fn blob_store(&self) -> Option<&Store> {
+        self.stores.get(&self.storage.blob)
+    }
+
+    /// The first listener with `protocol`; the queue CLI uses it to find the
+    /// management API.
+    pub fn listener(&self, protocol: Protocol) -> Option<&Listener> {
+        self.server
+            .listeners
+            .iter()
+            .find(|l| l.protocol == protocol)
+    }
+}
+
+/// `[server]`: who this node is and where it listens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Server {
+    /// `hostname`: the EHLO/banner name and Reporting-MTA of DSNs. Default:
+    /// the machine's hostname, or `localhost` if it cannot be read.
+    pub hostname: String,
+    /// `node-id`: distinguishes nodes sharing a PostgreSQL queue (lease owner).
+    pub node_id: Option<String>,
+    /// `[server.listener.<id>]`, in file order. Default: `smtp` on
+    /// 127.0.0.1:2525 and `management` (http) on 127.0.0.1:8025.
+    pub listeners: Vec<Listener>,
+    /// `max-connections`: concurrent inbound connections over all listeners.
+    pub max_connections: usize,
+    /// `max-connections-per-ip`: concurrent connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// `shutdown-timeout`: how long a graceful shutdown waits for sessions and
+    /// deliveries to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            hostname: machine_hostname(),
+            node_id: None,
+            listeners: vec![
+                Listener {
+                    id: "smtp".to_string(),
+                    bind: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2525)],
+                    protocol: Protocol::Smtp,
+                    token: None,
+                    tls_implicit: false,
+                },
+                Listener {
+                    id: "management".to_string(),
+                    bind: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8025)],
+                    protocol: Protocol::Http,
+                    token: None,
+                    tls_implicit: false,
+                },
+            ],
+            max_connections: 8192,
+            max_connections_per_ip: 256,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The machine's name for the SMTP banner, read without libc: the kernel's
+/// idea first, then `/etc/hostname`, then `localhost`.
+pub fn machine_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// `[server.listener.<id>]`: one set of sockets speaking one protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// The `<id>`, for logs.
+    pub id: String,
+    /// `bind`: addresses to listen on (a string or a list of strings).
+    pub bind: Vec<SocketAddr>,
+    /// `protocol`: `smtp` (default), `lmtp` or `http`.
+    pub protocol: Protocol,
+    /// `token`: bearer token the management API (http) demands; without it
+    /// the API answers loopback clients only. Only valid on http listeners.
+    pub token: Option<String>,
+    /// `tls.implicit`: TLS from the first byte (SMTPS, RFC 8314) instead of STARTTLS.
+    pub tls_implicit: bool,
+}
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// SMTP (RFC 5321), for MX and submission traffic.
+    Smtp,
+    /// LMTP (RFC 2033), for local delivery agents handing mail in.
+    Lmtp,
+    /// The management API (HTTP/JSON) used by `ferrymail queue`.
+    Http,
+}
+
+impl Protocol {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Lmtp => "lmtp",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// `[certificate.<id>]`: a TLS certificate chain and its key, both PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certificate {
+    /// `cert`: PEM certificate chain, usually `%{file:...}%`.
+    pub cert: String,
+    /// `private-key`: PEM private key, usually `%{file:...}%`.
+    pub private_key: String,
+}
+
+/// `[session]`: limits and policy for inbound sessions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    /// `[session.timeout]`.
+    pub timeout: Timeouts,
+    /// `max-errors`: bad commands tolerated before the session is dropped.
+    pub max_errors: u32,
+    /// `max-line-length`: longest command line accepted, CRLF included; see
+    /// [`DEFAULT_MAX_LINE_LENGTH`]. At least [`MIN_MAX_LINE_LENGTH`].
+    pub max_line_length: usize,
+    /// `[session.data]`.
+    pub data: DataLimits,
+    /// `[session.rcpt]`.
+    pub rcpt: RcptPolicy,
+    /// `[session.etrn]`.
+    pub etrn: EtrnPolicy,
+    /// `[session.tls]`.
+    pub tls: SessionTls,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            timeout: Timeouts::default(),
+            max_errors: 10,
+            max_line_length: DEFAULT_MAX_LINE_LENGTH,
+            data: DataLimits::default(),
+            rcpt: RcptPolicy::default(),
+            etrn: EtrnPolicy::default(),
+            tls: SessionTls::default(),
+        }
+    }
+}
+
+/// `[session.timeout]`: server-side timeouts of RFC 5321 4.5.3.2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `command`: waiting for the next command; at least 5 minutes per
+    /// RFC 5321 4.5.3.2.7. Default 5m.
+    pub command: Duration,
+    /// `data-block`: waiting for each chunk of DATA/BDAT (4.5.3.2.5). Default 3m.
+    pub data_block: Duration,
+    /// `data-end`: waiting for the end of the data after the last chunk
+    /// (4.5.3.2.6). Default 10m.
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: Duration::from_secs(5 * 60),
+            data_block: Duration::from_secs(3 * 60),
+            data_end: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// `[session.data]`: limits on message content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataLimits {
+    /// `max-message-size`: bytes, as an integer or a size string (`"50M"`,
+    /// 1024-based). Advertised in EHLO SIZE. Default 50 MiB.
+    pub max_message_size: u64,
+    /// `max-received-headers`: more `Received:` headers than this means a mail
+    /// loop; the message is rejected. Default 50.
+    pub max_received_headers: usize,
+}
+
+impl Default for DataLimits {
+    fn default() -> Self {
+        DataLimits {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_received_headers: DEFAULT_MAX_RECEIVED_HEADERS,
+        }
+    }
+}
+
+/// `[session.rcpt]`: who may send where.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RcptPolicy {
+    /// `relay`: expression; true lets this session send to non-local domains.
+    /// Default `false` (an open relay must be asked for).
+    pub relay: Expr,
+    /// `local-domains`: domains accepted from anyone. Stored lowercase,
+    /// without a trailing dot.
+    pub local_domains: Vec<String>,
+    /// `max-recipients`: RCPT TO per transaction. Default 1000.
+    pub max_recipients: usize,
+}
+
+impl Default for RcptPolicy {
+    fn default() -> Self {
+        RcptPolicy {
+            relay: Expr::constant(Value::Bool(false)),
+            local_domains: Vec::new(),
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
+        }
+    }
+}
+
+/// `[session.etrn]`: remote queue starting (RFC 1985).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EtrnPolicy {
+    /// `allow`: expression; true lets this session use ETRN. Default
+    /// `is_loopback(remote_ip)`: only local clients may trigger queue runs.
+    pub allow: Expr,
+}
+
+impl Default for EtrnPolicy {
+    fn default() -> Self {
+        EtrnPolicy {
+            allow: builtin("is_loopback(remote_ip)"),
+        }
+    }
+}
+
+/// `[session.tls]`: inbound TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionTls {
+    /// `certificate`: id of a `[certificate.<id>]` to present. `None`: no
+    /// STARTTLS and no implicit TLS can be offered.
+    pub certificate: Option<String>,
+    /// `starttls`: advertise STARTTLS (RFC 3207) when a certificate is set. Default true.
+    pub starttls: bool,
+}
+
+impl Default for SessionTls {
+    fn default() -> Self {
+        SessionTls {
+            certificate: None,
+            starttls: true,
+        }
+    }
+}
+
+/// `[store.<id>]`: one storage backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Store {
+    /// The `<id>`; for implicit stores, the type name.
+    pub id: String,
+    /// `type` and its settings.
+    pub kind: StoreKind,
+}
+
+/// A store backend and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `type = "embedded"`: a local database file tree, for one node.
+    Embedded {
+        /// `path`: directory. Default `./data`.
+        path: PathBuf,
+    },
+    /// `type = "postgresql"`: shared by several nodes.
+    PostgreSql {
+        /// `url`: `postgresql://user@host:port/db`. Default
+        /// [`DEFAULT_POSTGRESQL_URL`].
+        url: String,
+        /// `pool-size`: connections kept open. Default 10.
+        pool_size: usize,
+        /// `tls`: connect with TLS. Default false.
+        tls: bool,
+    },
+    /// `type = "fs"`: one file per blob under a directory (blob storage).
+    Fs {
+        /// `path`: directory. Default `./data/blobs`.
+        path: PathBuf,
+    },
+}
+
+impl StoreKind {
+    /// The `type` spelling.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StoreKind::Embedded { .. } => "embedded",
+            StoreKind::PostgreSql { .. } => "postgresql",
+            StoreKind::Fs { .. } => "fs",
+        }
+    }
+
+    /// The default settings of store type `name`; used for implicit stores.
+    pub fn default_of(name: &str) -> Option<StoreKind> {
+        match name {
+            "embedded" => Some(StoreKind::Embedded {
+                path: PathBuf::from(DEFAULT_DATA_PATH),
+            }),
+            "postgresql" => Some(StoreKind::PostgreSql {
+                url: DEFAULT_POSTGRESQL_URL.to_string(),
+                pool_size: 10,
+                tls: false,
+            }),
+            "fs" => Some(StoreKind::Fs {
+                path: PathBuf::from(DEFAULT_BLOB_PATH),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `[storage]`: which store holds what. Both are ids present in
+/// [`Config::stores`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Storage {
+    /// `data`: envelopes and per-recipient queue entries.
+    pub data: String,
+    /// `blob`: message contents.
+    pub blob: String,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            data: "embedded".to_string(),
+            blob: "embedded".to_string(),
+        }
+    }
+}
+
+/// `[queue]`: how outbound mail is scheduled and routed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queue {
+    /// `[queue.schedule]` (id `default`) and `[queue.schedule.<id>]`.
+    pub schedules: BTreeMap<String, Schedule>,
+    /// `[queue.virtual.<name>]`; `default` always exists.
+    pub virtual_queues: BTreeMap<String, VirtualQueue>,
+    /// `[queue.strategy]`.
+    pub strategy: Strategy,
+    /// `[queue.route.<id>]`; `mx` always exists.
+    pub routes: BTreeMap<String, Route>,
+    /// `priority`: expression giving a message's priority weight (higher
+    /// first); `None` means every message has the same priority.
+    pub priority: Option<Expr>,
+    /// `max-dynamic-queues`: how many queues not defined under
+    /// `[queue.virtual]` the strategy may create by name (with default settings).
+    pub max_dynamic_queues: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            schedules: BTreeMap::from([(DEFAULT_SCHEDULE.to_string(), Schedule::default())]),
+            virtual_queues: BTreeMap::from([(DEFAULT_QUEUE.to_string(), VirtualQueue::default())]),
+            strategy: Strategy::default(),
+            routes: BTreeMap::from([(MX_ROUTE.to_string(), Route::mx())]),
+            priority: None,
+            max_dynamic_queues: 1000,
+        }
+    }
+}
+
+/// A retry/notify/expire schedule. All fields are expressions, evaluated per
+/// recipient.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    /// `retry`: intervals between attempts; the last one repeats.
+    /// Default `[2m, 5m, 10m, 15m, 30m, 1h, 2h]`.
+    pub retry: Expr,
+    /// `notify`: message ages at which a delay DSN is sent. Default `[1d, 3d]`.
+    pub notify: Expr,
+    /// `expire`: age after which delivery stops with a failure DSN. Default
+    /// `5d`. `None` when `max-attempts` is used instead.
+    pub expire: Option<Expr>,
+    /// `max-attempts`: attempts after which delivery stops; the alternative to `expire`.
+    pub max_attempts: Option<Expr>,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            retry: builtin("[2m, 5m, 10m, 15m, 30m, 1h, 2h]"),
+            notify: builtin("[1d, 3d]"),
+            expire: Some(builtin("5d")),
+            max_attempts: None,
+        }
+    }
+}
+
+/// `[queue.virtual.<name>]`: a queue with its own limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualQueue {
+    /// `concurrency`: deliveries in flight at once from this queue. Default 32.
+    pub concurrency: usize,
+    /// `rate`: at most `count` deliveries per `period` (`"500/1s"`).
+    pub rate: Option<Rate>,
+    /// `schedule`: a schedule id used for this queue's messages instead of
+    /// the strategy's choice.
+    pub schedule: Option<String>,
+}
+
+impl Default for VirtualQueue {
+    fn default() -> Self {
+        VirtualQueue {
+            concurrency: 32,
+            rate: None,
+            schedule: None,
+        }
+    }
+}
+
+/// A rate limit: `count` per `period`, written `"500/1s"` (or `"500/s"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Events allowed per period; at least 1.
+    pub count: u64,
+    /// The period; not zero.
+    pub period: Duration,
+}
+
+/// `[queue.strategy]`: per-recipient choices, each an expression yielding an id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Strategy {
+    /// `queue`: virtual queue name. Default `'default'`.
+    pub queue: Expr,
+    /// `schedule`: schedule id. Default `'default'`.
+    pub schedule: Expr,
+    /// `route`: route id. Default `'mx'`.
+    pub route: Expr,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy {
+            queue: Expr::constant(Value::Str(DEFAULT_QUEUE.to_string())),
+            schedule: Expr::constant(Value::Str(DEFAULT_SCHEDULE.to_string())),
+            route: Expr::constant(Value::Str(MX_ROUTE.to_string())),
+        }
+    }
+}
+
+/// `[queue.route.<id>]`: how to reach the next hop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The `<id>`.
+    pub id: String,
+    /// `type` (`mx` or `relay`) and, for relays, `address`.
+    pub kind: RouteKind,
+    /// `port`: TCP port of the next hop. Default 25 (also for MX routes, where
+    /// changing it is mostly useful in tests).
+    pub port: u16,
+    /// `protocol`: `smtp` (default) or `lmtp`.
+    pub protocol: DeliveryProtocol,
+    /// `tls.*`.
+    pub tls: RouteTls,
+    /// `auth.username` / `auth.secret`: SMTP AUTH at a relay.
+    pub auth: Option<RouteAuth>,
+}
+
+impl Route {
+    /// The built-in `mx` route: MX lookup, port 25, opportunistic STARTTLS.
+    pub fn mx() -> Route {
+        Route {
+            id: MX_ROUTE.to_string(),
+            kind: RouteKind::Mx,
+            port: 25,
+            protocol: DeliveryProtocol::Smtp,
+            tls: RouteTls::default(),
+            auth: None,
+        }
+    }
+}
+
+/// Where a route's next hop comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `type = "mx"`: the recipient domain's MX records (RFC 5321 5.1).
+    Mx,
+    /// `type = "relay"`: one fixed smarthost.
+    Relay {
+        /// `address`: host name or IP address.
+        address: String,
+    },
+}
+
+/// What a route speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryProtocol {
+    /// SMTP (RFC 5321).
+    Smtp,
+    /// LMTP (RFC 2033): one reply per recipient after DATA.
+    Lmtp,
+}
+
+/// `[queue.route.<id>.tls]`: outbound TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTls {
+    /// `tls.implicit`: TLS from the first byte (port 465 style). Default false.
+    pub implicit: bool,
+    /// `tls.mode`: STARTTLS policy when not implicit. Default `optional`.
+    pub mode: TlsMode,
+    /// `tls.allow-invalid-certs`: accept any certificate. Default false.
+    pub allow_invalid_certs: bool,
+}
+
+impl Default for RouteTls {
+    fn default() -> Self {
+        RouteTls {
+            implicit: false,
+            mode: TlsMode::Optional,
+            allow_invalid_certs: false,
+        }
+    }
+}
+
+/// STARTTLS policy of a route (`tls.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// `optional`: use STARTTLS when offered, else plain text (RFC 3207 opportunistic).
+    Optional,
+    /// `require`: fail the attempt (temporarily) if STARTTLS is unavailable.
+    Require,
+    /// `disable`: never use STARTTLS.
+    Disable,
+}
+
+/// SMTP AUTH credentials for a relay route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteAuth {
+    /// `auth.username`.
+    pub username: String,
+    /// `auth.secret`, usually `%{env:...}%` or `%{file:...}%`.
+    pub secret: String,
+}
+
+/// `[report]`: what Ferrymail sends about mail.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// `[report.dsn]`.
+    pub dsn: DsnConfig,
+}
+
+impl Report {
+    fn for_hostname(hostname: &str) -> Report {
+        Report {
+            dsn: DsnConfig::for_hostname(hostname),
+        }
+    }
+}
+
+/// `[report.dsn]`: delivery status notifications (RFC 3464).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DsnConfig {
+    /// `from-name`: display name in the DSN's From. Default `'Mail Delivery Subsystem'`.
+    pub from_name: Expr,
+    /// `from-address`: address in the DSN's From. Default
+    /// `'MAILER-DAEMON@<server.hostname>'`.
+    pub from_address: Expr,
+    /// `sign`: list of `[signature.<id>]` ids to DKIM-sign DSNs with. Default `[]`.
+    pub sign: Expr,
+}
+
+impl DsnConfig {
+    pub(crate) fn for_hostname(hostname: &str) -> DsnConfig {
+        DsnConfig {
+            from_name: Expr::constant(Value::Str("Mail Delivery Subsystem".to_string())),
+            from_address: Expr::constant(Value::Str(format!("MAILER-DAEMON@{hostname}"))),
+            sign: Expr::constant(Value::List(Vec::new())),
+        }
+    }
+}
+
+/// `[signature.<id>]`: a DKIM signer (RFC 6376).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    /// The `<id>`, as referenced by `report.dsn.sign`.
+    pub id: String,
+    /// `private-key`: PEM (PKCS#1 or PKCS#8), usually `%{file:...}%`.
+    pub private_key: String,
+    /// `domain`: the `d=` tag.
+    pub domain: String,
+    /// `selector`: the `s=` tag.
+    pub selector: String,
+    /// `algorithm`: `rsa-sha256` or `ed25519-sha256` (RFC 8463).
+    pub algorithm: DkimAlgorithm,
+    /// `canonicalization`: `header/body`, default `relaxed/relaxed`.
+    pub canonicalization: Canonicalization,
+    /// `headers`: header fields to sign; must include `From` (RFC 6376 5.4).
+    pub headers: Vec<String>,
+}
+
+/// Default `headers` of a signature: RFC 6376 5.4.1's recommended set.
+pub const DEFAULT_SIGNED_HEADERS: [&str; 11] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+];
+
+/// DKIM signing algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DkimAlgorithm {
+    /// `rsa-sha256` (RFC 6376).
+    RsaSha256,
+    /// `ed25519-sha256` (RFC 8463).
+    Ed25519Sha256,
+}
+
+/// DKIM canonicalization for header and body (RFC 6376 3.4), written
+/// `relaxed/simple`; a single word sets the header and leaves the body
+/// `simple`, as the `c=` tag does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Canonicalization {
+    /// How headers are canonicalized.
+    pub header: Canon,
+    /// How the body is canonicalized.
+    pub body: Canon,
+}
+
+/// One canonicalization algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Canon {
+    /// `simple`: (almost) no changes tolerated.
+    Simple,
+    /// `relaxed`: whitespace and header-name case changes tolerated.
+    Relaxed,
+}
+
+/// `[resolver]`: where MX/A/AAAA/TXT/PTR lookups go.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Resolver {
+    /// `type`: `system` (`/etc/resolv.conf`, default) or `custom`.
+    pub kind: ResolverKind,
+    /// `custom`: name servers as written, used when `type = "custom"`:
+    /// `udp://IP[:PORT]`, `tcp://IP[:PORT]`, `IP` or `IP:PORT`.
+    pub custom: Vec<String>,
+    /// `custom`, parsed.
+    pub servers: Vec<NameServer>,
+}
+
+/// Which resolver configuration applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ResolverKind {
+    /// The operating system's (`/etc/resolv.conf`).
+    #[default]
+    System,
+    /// The servers in `custom`.
+    Custom,
+}
+
+/// One name server of a custom resolver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NameServer {
+    /// UDP (default) or TCP.
+    pub transport: DnsTransport,
+    /// Address; port 53 when not written.
+    pub addr: SocketAddr,
+}
+
+/// How to reach a name server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DnsTransport {
+    /// `udp://` or no scheme.
+    Udp,
+    /// `tcp://`.
+    Tcp,
+}

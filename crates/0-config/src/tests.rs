@@ -1,0 +1,1263 @@
+//! Loader tests: the operator contract (INTERFACE.md and the seed blocks,
+//! verbatim), every error kind with its exact `FILE:LINE:` text, macros,
+//! defaults and the relations between sections.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+const FILE: &str = "/etc/ferrymail.toml";
+
+fn ok(text: &str) -> Config {
+    parse(text, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}\n--- config:\n{text}"))
+}
+
+/// The first error, as `ferrymail check` prints it.
+fn err(text: &str) -> String {
+    match parse(text, Path::new(FILE)) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Every error, one per line.
+fn errs(text: &str) -> Vec<String> {
+    match check(text, Path::new(FILE)) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ferrymail-config-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n";
+
+/// The example configuration of INTERFACE.md, extracted from the document
+/// itself so the test follows the contract if it changes.
+fn interface_example() -> String {
+    let candidates = [
+        "../../../shared/design/INTERFACE.md",
+        "/work/shared/design/INTERFACE.md",
+    ];
+    let doc = candidates
+        .iter()
+        .map(|p| Path::new(env!("CARGO_MANIFEST_DIR")).join(p))
+        .find_map(|p| std::fs::read_to_string(p).ok());
+    let Some(doc) = doc else {
+        // Outside the workspace checkout: fall back to a copy.
+        return INTERFACE_EXAMPLE_COPY.to_string();
+    };
+    let start = doc.find("```toml\n[server]").expect("example block") + "```toml\n".len();
+    let end = start + doc[start..].find("```").expect("end of example");
+    doc[start..end].to_string()
+}
+
+/// Copy of the INTERFACE.md example, for checkouts without shared/.
+const INTERFACE_EXAMPLE_COPY: &str = r#"[server]
+hostname = "mx.example.org"            # EHLO/banner name, Reporting-MTA in DSNs
+
+[server.listener.smtp]                   # any number of listeners, any ids
+bind = ["0.0.0.0:25"]
+protocol = "smtp"                        # smtp | lmtp | http (management API)
+
+[server.listener.management]
+bind = ["127.0.0.1:8025"]
+protocol = "http"
+
+[store.local]                            # any number of stores, any ids
+type = "embedded"                        # embedded | postgresql | fs
+path = "/var/lib/ferrymail"
+
+[store.shared]                           # a PostgreSQL store, for several nodes
+type = "postgresql"
+url = "postgresql://ferry@db.example.org:5432/ferry"
+
+[storage]
+data = "local"                           # which store holds envelopes/queue state
+blob = "local"                           # which store holds message contents
+
+[session.rcpt]
+relay = "false"                          # expr: may this session relay to non-local domains
+
+[queue.schedule]                         # the default schedule (seed syntax, verbatim)
+retry  = "[2m, 5m, 10m, 15m, 30m, 1h, 2h]"   # expr; the last interval repeats
+notify = "[1d, 3d]"                      # expr; delay DSNs at these ages
+expire = "5d"                            # expr; then a failure DSN
+
+[queue.route.sink]                       # named routes
+type = "relay"                           # mx | relay
+address = "127.0.0.1"
+port = 2526
+protocol = "smtp"                        # smtp | lmtp
+
+[queue.strategy]
+route = "'mx'"                           # expr returning a route id; 'mx' is built in
+
+[report.dsn]                             # seed syntax, verbatim
+from-name = "'Mail Delivery Subsystem'"
+from-address = "'MAILER-DAEMON@example.org'"
+sign = "['rsa']"
+
+[signature.rsa]                          # DKIM signer referenced by report.dsn.sign
+private-key = "%{file:/etc/ferrymail/dkim-rsa.pem}%"
+domain = "example.org"
+selector = "ferry"
+algorithm = "rsa-sha256"                 # rsa-sha256 | ed25519-sha256
+canonicalization = "relaxed/relaxed"
+headers = ["From", "To", "Date", "Subject", "Message-ID"]
+
+[resolver]                               # where MX/A/AAAA/TXT/PTR lookups go
+type = "system"                          # system | custom
+custom = ["udp://127.0.0.1:5353"]
+"#;
+
+fn mins(m: u64) -> Duration {
+    Duration::from_secs(m * 60)
+}
+
+fn days(d: u64) -> Duration {
+    Duration::from_secs(d * 86400)
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+// ------------------------------------------------------------ the contract
+
+const SEED_SCHEDULE: &str = r#"[queue.schedule]
+retry = "[2m, 5m, 10m, 15m, 30m, 1h, 2h]"
+notify = "[1d, 3d]"
+expire = "5d"
+"#;
+
+const SEED_DSN: &str = r#"[report.dsn]
+from-name = "'Mail Delivery Subsystem'"
+from-address = "'MAILER-DAEMON@example.org'"
+sign = "['rsa']"
+"#;
+
+#[test]
+fn seed_schedule_block_verbatim() {
+    let c = ok(SEED_SCHEDULE);
+    let s = &c.queue.schedules["default"];
+    assert_eq!(
+        s.retry.eval_durations(&()),
+        [2, 5, 10, 15, 30, 60, 120].map(mins).to_vec()
+    );
+    assert_eq!(s.notify.eval_durations(&()), vec![days(1), days(3)]);
+    assert_eq!(s.expire.as_ref().unwrap().eval_duration(&()), Some(days(5)));
+    assert!(s.max_attempts.is_none());
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn seed_dsn_block_verbatim() {
+    let c = ok(SEED_DSN);
+    let dsn = &c.report.dsn;
+    assert_eq!(
+        dsn.from_name.eval_string(&()).as_deref(),
+        Some("Mail Delivery Subsystem")
+    );
+    assert_eq!(
+        dsn.from_address.eval_string(&()).as_deref(),
+        Some("MAILER-DAEMON@example.org")
+    );
+    assert_eq!(dsn.sign.eval_strings(&()), vec!["rsa"]);
+    // No [signature.rsa] here: allowed, but worth a warning at the sign line.
+    assert_eq!(
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![
+            "/etc/ferrymail.toml:4: 'report.dsn.sign' names signature 'rsa', which is not defined under [signature.rsa]; DSNs will not be signed with it"
+        ]
+    );
+}
+
+#[test]
+fn seed_blocks_together() {
+    let c = ok(&format!("{SEED_SCHEDULE}\n{SEED_DSN}"));
+    assert_eq!(c.queue.schedules.len(), 1);
+    assert_eq!(c.report.dsn.sign.eval_strings(&()), vec!["rsa"]);
+}
+
+#[test]
+fn interface_example_parses() {
+    let dir = TempDir::new();
+    let key = dir.write("dkim-rsa.pem", PEM_KEY);
+    let example = interface_example();
+    assert!(example.contains("%{file:/etc/ferrymail/dkim-rsa.pem}%"));
+    let text = example.replace("/etc/ferrymail/dkim-rsa.pem", key.to_str().unwrap());
+    let c = ok(&text);
+
+    assert_eq!(c.source.as_deref(), Some(Path::new(FILE)));
+    assert_eq!(c.server.hostname, "mx.example.org");
+    assert_eq!(c.server.listeners.len(), 2);
+    let smtp = &c.server.listeners[0];
+    assert_eq!(
+        (smtp.id.as_str(), &smtp.bind, smtp.protocol),
+        ("smtp", &vec![addr("0.0.0.0:25")], Protocol::Smtp)
+    );
+    let mgmt = c.listener(Protocol::Http).unwrap();
+    assert_eq!(
+        (mgmt.id.as_str(), &mgmt.bind),
+        ("management", &vec![addr("127.0.0.1:8025")])
+    );
+    assert_eq!(mgmt.token, None);
+
+    assert_eq!(
+        c.stores["local"].kind,
+        StoreKind::Embedded {
+            path: "/var/lib/ferrymail".into()
+        }
+    );
+    assert_eq!(
+        c.stores["shared"].kind,
+        StoreKind::PostgreSql {
+            url: "postgresql://ferry@db.example.org:5432/ferry".into(),
+            pool_size: 10,
+            tls: false
+        }
+    );
+    assert_eq!(c.stores.len(), 2, "no implicit store when ids are used");
+    assert_eq!(c.data_store().unwrap().id, "local");
+    assert_eq!(c.blob_store().unwrap().id, "local");
+
+    assert!(!c.session.rcpt.relay.eval_bool(&()));
+    let s = &c.queue.schedules["default"];
+    assert_eq!(s.retry.eval_durations(&()).len(), 7);
+    assert_eq!(s.expire.as_ref().unwrap().eval_duration(&()), Some(days(5)));
+
+    let sink = &c.queue.routes["sink"];
+    assert_eq!(
+        sink.kind,
+        RouteKind::Relay {
+            address: "127.0.0.1".into()
+        }
+    );
+    assert_eq!(sink.port, 2526);
+    assert_eq!(sink.protocol, DeliveryProtocol::Smtp);
+    assert_eq!(c.queue.routes["mx"], Route::mx());
+    assert_eq!(
+        c.queue.strategy.route.eval_string(&()).as_deref(),
+        Some("mx")
+    );
+
+    assert_eq!(c.report.dsn.sign.eval_strings(&()), vec!["rsa"]);
+    let rsa = &c.signatures["rsa"];
+    assert_eq!(rsa.private_key, PEM_KEY.trim_end_matches('\n'));
+    assert_eq!(rsa.domain, "example.org");
+    assert_eq!(rsa.selector, "ferry");
+    assert_eq!(rsa.algorithm, DkimAlgorithm::RsaSha256);
+    assert_eq!(
+        rsa.canonicalization,
+        Canonicalization {
+            header: Canon::Relaxed,
+            body: Canon::Relaxed
+        }
+    );
+    assert_eq!(rsa.headers, ["From", "To", "Date", "Subject", "Message-ID"]);
+
+    assert_eq!(c.resolver.kind, ResolverKind::System);
+    assert_eq!(c.resolver.custom, ["udp://127.0.0.1:5353"]);
+    assert_eq!(
+        c.resolver.servers,
+        [NameServer {
+            transport: DnsTransport::Udp,
+            addr: addr("127.0.0.1:5353")
+        }]
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn interface_example_verbatim_only_lacks_the_key_file() {
+    let example = interface_example();
+    if Path::new("/etc/ferrymail/dkim-rsa.pem").exists() {
+        return;
+    }
+    let line = example.lines().position(|l| l.contains("%{file:")).unwrap() + 1;
+    assert_eq!(
+        errs(&example),
+        vec![format!(
+            "/etc/ferrymail.toml:{line}: cannot read '/etc/ferrymail/dkim-rsa.pem' (used as %{{file:/etc/ferrymail/dkim-rsa.pem}}%): No such file or directory (os error 2)"
+        )]
+    );
+}
+
+#[test]
+fn interface_conditional_retry() {
+    struct Rcpt(&'static str);
+    impl Variables for Rcpt {
+        fn var(&self, v: Var) -> Value {
+            match v {
+                Var::RcptDomain => self.0.into(),
+                _ => Value::Null,
+            }
+        }
+    }
+    let c = ok(r#"
+[queue.schedule]
+retry = [ { if = "rcpt_domain == 'slow.example'", then = "[10m, 1h]" },
+          { else = "[2m, 5m, 10m]" } ]
+"#);
+    let retry = &c.queue.schedules["default"].retry;
+    assert_eq!(
+        retry.eval_durations(&Rcpt("slow.example")),
+        vec![mins(10), mins(60)]
+    );
+    assert_eq!(
+        retry.eval_durations(&Rcpt("other.example")),
+        vec![mins(2), mins(5), mins(10)]
+    );
+}
+
+// ------------------------------------------------------------ defaults
+
+#[test]
+fn defaults() {
+    let d = Config::default();
+    assert_eq!(d.source, None);
+    assert_eq!(d.server.listeners.len(), 2);
+    assert_eq!(d.server.listeners[0].bind, [addr("127.0.0.1:2525")]);
+    assert_eq!(d.server.listeners[0].protocol, Protocol::Smtp);
+    assert_eq!(
+        d.listener(Protocol::Http).unwrap().bind,
+        [addr("127.0.0.1:8025")]
+    );
+    assert!(!d.server.hostname.is_empty());
+    assert_eq!(d.server.max_connections, 8192);
+    assert_eq!(d.server.max_connections_per_ip, 256);
+    assert_eq!(d.server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(
+        d.data_store().unwrap().kind,
+        StoreKind::Embedded {
+            path: "./data".into()
+        }
+    );
+    assert_eq!(d.blob_store(), d.data_store());
+    assert_eq!(d.session.timeout.command, mins(5));
+    assert_eq!(d.session.timeout.data_block, mins(3));
+    assert_eq!(d.session.timeout.data_end, mins(10));
+    assert_eq!(d.session.max_errors, 10);
+    assert_eq!(d.session.max_line_length, 4096);
+    assert_eq!(d.session.data.max_message_size, 50 << 20);
+    assert_eq!(d.session.data.max_received_headers, 50);
+    assert_eq!(d.session.rcpt.max_recipients, 1000);
+    assert!(!d.session.rcpt.relay.eval_bool(&()));
+    assert!(d.session.tls.starttls);
+    assert_eq!(d.queue.max_dynamic_queues, 1000);
+    assert_eq!(d.queue.virtual_queues["default"].concurrency, 32);
+    assert_eq!(
+        d.queue.strategy.queue.eval_string(&()).as_deref(),
+        Some("default")
+    );
+    assert_eq!(
+        d.queue.strategy.schedule.eval_string(&()).as_deref(),
+        Some("default")
+    );
+    assert_eq!(
+        d.queue.strategy.route.eval_string(&()).as_deref(),
+        Some("mx")
+    );
+    assert_eq!(
+        d.report.dsn.from_address.eval_string(&()),
+        Some(format!("MAILER-DAEMON@{}", d.server.hostname))
+    );
+    assert!(d.report.dsn.sign.eval_strings(&()).is_empty());
+    assert_eq!(d.resolver.kind, ResolverKind::System);
+
+    // An empty file is the defaults.
+    let mut empty = ok("");
+    assert_eq!(empty.source.take().as_deref(), Some(Path::new(FILE)));
+    assert_eq!(empty, d);
+    let mut comments = ok("# nothing but a comment\n");
+    comments.source = None;
+    assert_eq!(comments, d);
+}
+
+#[test]
+fn etrn_default_is_loopback_only() {
+    struct Ip(&'static str);
+    impl Variables for Ip {
+        fn var(&self, v: Var) -> Value {
+            match v {
+                Var::RemoteIp => self.0.into(),
+                _ => Value::Null,
+            }
+        }
+    }
+    let allow = &Config::default().session.etrn.allow;
+    assert!(allow.eval_bool(&Ip("127.0.0.1")));
+    assert!(allow.eval_bool(&Ip("::1")));
+    assert!(!allow.eval_bool(&Ip("192.0.2.1")));
+    assert!(!allow.eval_bool(&()));
+}
+
+// ------------------------------------------------------------ sections
+
+#[test]
+fn server_and_listeners() {
+    let c = ok(r#"
+[server]
+hostname = "mx1.example.net"
+node-id = "node-a"
+max-connections = 100
+max-connections-per-ip = 5
+shutdown-timeout = "10s"
+
+[server.listener.submission]
+bind = "[::]:587"
+
+[server.listener.smtps]
+bind = ["0.0.0.0:465", "[::]:465"]
+tls.implicit = true
+
+[server.listener.lmtp]
+bind = ["127.0.0.1:24"]
+protocol = "lmtp"
+
+[server.listener.api]
+bind = ["127.0.0.1:9000"]
+protocol = "http"
+token = "s3cret"
+"#);
+    assert_eq!(c.server.hostname, "mx1.example.net");
+    assert_eq!(c.server.node_id.as_deref(), Some("node-a"));
+    assert_eq!(c.server.max_connections, 100);
+    assert_eq!(c.server.max_connections_per_ip, 5);
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(10));
+    let ids: Vec<_> = c.server.listeners.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids, ["submission", "smtps", "lmtp", "api"], "file order");
+    let l = &c.server.listeners;
+    assert_eq!(l[0].bind, [addr("[::]:587")]);
+    assert_eq!(
+        l[0].protocol,
+        Protocol::Smtp,
+        "smtp is the default protocol"
+    );
+    assert!(!l[0].tls_implicit);
+    assert!(l[1].tls_implicit);
+    assert_eq!(l[1].bind.len(), 2);
+    assert_eq!(l[2].protocol, Protocol::Lmtp);
+    assert_eq!(l[3].token.as_deref(), Some("s3cret"));
+    assert_eq!(
+        c.report.dsn.from_address.eval_string(&()).as_deref(),
+        Some("MAILER-DAEMON@mx1.example.net"),
+        "the DSN sender follows the configured hostname"
+    );
+}
+
+#[test]
+fn session_settings() {
+    let dir = TempDir::new();
+    let cert = dir.write(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    );
+    let key = dir.write("key.pem", PEM_KEY);
+    let c = ok(&format!(
+        r#"
+[certificate.main]
+cert = "%{{file:{}}}%"
+private-key = "%{{file:{}}}%"
+
+[session]
+max-errors = 3
+max-line-length = 1000
+
+[session.timeout]
+command = "6m"
+data-block = "4m"
+data-end = "11m"
+
+[session.data]
+max-message-size = "10M"
+max-received-headers = 30
+
+[session.rcpt]
+relay = "in_network(remote_ip, '10.0.0.0/8') || !is_empty(authenticated_as)"
+local-domains = ["Example.ORG.", "example.net"]
+max-recipients = 100
+
+[session.etrn]
+allow = false
+
+[session.tls]
+certificate = "main"
+starttls = false
+"#,
+        cert.display(),
+        key.display()
+    ));
+    let s = &c.session;
+    assert_eq!(s.max_errors, 3);
+    assert_eq!(s.max_line_length, 1000);
+    assert_eq!(
+        (s.timeout.command, s.timeout.data_block, s.timeout.data_end),
+        (mins(6), mins(4), mins(11))
+    );
+    assert_eq!(s.data.max_message_size, 10 << 20);
+    assert_eq!(s.data.max_received_headers, 30);
+    assert_eq!(s.rcpt.local_domains, ["example.org", "example.net"]);
+    assert_eq!(s.rcpt.max_recipients, 100);
+    assert!(
+        !s.etrn.allow.eval_bool(&()),
+        "a bare TOML boolean is an expression"
+    );
+    assert_eq!(s.tls.certificate.as_deref(), Some("main"));
+    assert!(!s.tls.starttls);
+    assert!(
+        c.certificates["main"]
+            .cert
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert_eq!(
+        ok("[session.data]\nmax-message-size = 1000\n")
+            .session
+            .data
+            .max_message_size,
+        1000
+    );
+}
+
+#[test]
+fn stores_and_storage() {
+    // A value in [storage] may be a supported type: an implicit store with defaults.
+    let c = ok("[storage]\ndata = \"postgresql\"\nblob = \"fs\"\n");
+    assert_eq!(c.storage.data, "postgresql");
+    assert_eq!(
+        c.data_store().unwrap().kind,
+        StoreKind::PostgreSql {
+            url: DEFAULT_POSTGRESQL_URL.into(),
+            pool_size: 10,
+            tls: false
+        }
+    );
+    assert_eq!(
+        c.blob_store().unwrap().kind,
+        StoreKind::Fs {
+            path: "./data/blobs".into()
+        }
+    );
+    assert_eq!(c.stores.len(), 2);
+
+    // A configured id wins over a type of the same name.
+    let c = ok(
+        "[store.embedded]\ntype = \"embedded\"\npath = \"/srv/q\"\n[storage]\ndata = \"embedded\"\nblob = \"embedded\"\n",
+    );
+    assert_eq!(
+        c.data_store().unwrap().kind,
+        StoreKind::Embedded {
+            path: "/srv/q".into()
+        }
+    );
+
+    // One store and no [storage]: it holds everything.
+    let c = ok(
+        "[store.pg]\ntype = \"postgresql\"\nurl = \"postgres://db/x\"\npool-size = 4\ntls = true\n",
+    );
+    assert_eq!(
+        (c.storage.data.as_str(), c.storage.blob.as_str()),
+        ("pg", "pg")
+    );
+    assert_eq!(
+        c.stores["pg"].kind,
+        StoreKind::PostgreSql {
+            url: "postgres://db/x".into(),
+            pool_size: 4,
+            tls: true
+        }
+    );
+
+    // Only one of data/blob given: the other goes to the same store.
+    let c =
+        ok("[store.a]\ntype = \"fs\"\n[store.b]\ntype = \"embedded\"\n[storage]\ndata = \"b\"\n");
+    assert_eq!(
+        (c.storage.data.as_str(), c.storage.blob.as_str()),
+        ("b", "b")
+    );
+    let c = ok("[storage]\nblob = \"postgresql\"\n");
+    assert_eq!(c.storage.data, "postgresql");
+    assert_eq!(c.stores.len(), 1);
+
+    // Data in PostgreSQL, contents on the file system.
+    let c = ok(
+        "[store.pg]\ntype = \"postgresql\"\nurl = \"postgresql://db/x\"\n[store.files]\ntype = \"fs\"\npath = \"/var/spool/ferry\"\n[storage]\ndata = \"pg\"\nblob = \"files\"\n",
+    );
+    assert_eq!(c.blob_store().unwrap().id, "files");
+    assert_eq!(c.stores.len(), 2);
+}
+
+#[test]
+fn unsupported_store_type_lists_the_supported_ones() {
+    // The seed's own example names a backend Ferrymail does not have.
+    let text = "[storage]\ndata = \"foundationdb\"\nblob = \"foundationdb\"\n";
+    assert_eq!(
+        errs(text),
+        vec![
+            "/etc/ferrymail.toml:2: 'storage.data' = 'foundationdb' is neither a store defined under [store.<id>] nor a supported store type (supported types: embedded, postgresql, fs)",
+            "/etc/ferrymail.toml:3: 'storage.blob' = 'foundationdb' is neither a store defined under [store.<id>] nor a supported store type (supported types: embedded, postgresql, fs)",
+        ]
+    );
+    assert_eq!(
+        err("[store.local]\ntype = \"embedded\"\n[storage]\ndata = \"lcoal\"\nblob = \"local\"\n"),
+        "/etc/ferrymail.toml:4: 'storage.data' = 'lcoal' is neither a store defined under [store.<id>] (defined: local) nor a supported store type (supported types: embedded, postgresql, fs)"
+    );
+    assert_eq!(
+        err("[store.x]\ntype = \"foundationdb\"\n"),
+        "/etc/ferrymail.toml:2: 'store.x.type' must be one of embedded, postgresql, fs, found 'foundationdb'"
+    );
+    assert_eq!(
+        err("[store.a]\ntype = \"fs\"\n[store.b]\ntype = \"fs\"\n"),
+        "/etc/ferrymail.toml:1: [storage] must say which store holds data and blob, because several are defined (a, b)"
+    );
+}
+
+#[test]
+fn queue_sections() {
+    let c = ok(r#"
+[queue]
+priority = [ { if = "size > 1000000", then = 1 }, { else = 10 } ]
+max-dynamic-queues = 50
+
+[queue.schedule]
+retry = "[1m, 10m]"
+notify = "[1h]"
+expire = "2d"
+
+[queue.schedule.bulk]
+retry = "[30m]"
+
+[queue.schedule.tries]
+max-attempts = 5
+
+[queue.virtual.default]
+concurrency = 16
+
+[queue.virtual.bulk]
+concurrency = 4
+rate = "500/1s"
+schedule = "bulk"
+
+[queue.virtual.trickle]
+rate = "10/m"
+
+[queue.strategy]
+queue = [ { if = "ends_with(rcpt_domain, '.bulk')", then = "'bulk'" }, { else = "'default'" } ]
+schedule = "'default'"
+route = "'relay1'"
+
+[queue.route.relay1]
+type = "relay"
+address = "smarthost.example.net"
+port = 587
+tls.mode = "require"
+tls.allow-invalid-certs = true
+auth.username = "user"
+auth.secret = "pass"
+
+[queue.route.local]
+type = "relay"
+address = "127.0.0.1"
+port = 24
+protocol = "lmtp"
+tls.implicit = true
+
+[queue.route.mx]
+type = "mx"
+port = 2525
+"#);
+    let q = &c.queue;
+    struct Size(i64);
+    impl Variables for Size {
+        fn var(&self, v: Var) -> Value {
+            match v {
+                Var::Size => Value::Int(self.0),
+                _ => Value::Null,
+            }
+        }
+    }
+    let priority = q.priority.as_ref().unwrap();
+    assert_eq!(priority.eval_int(&Size(2_000_000)), Some(1));
+    assert_eq!(priority.eval_int(&Size(2_000)), Some(10));
+    assert_eq!(q.max_dynamic_queues, 50);
+    // Named schedules inherit what they do not set from [queue.schedule].
+    let bulk = &q.schedules["bulk"];
+    assert_eq!(bulk.retry.eval_durations(&()), vec![mins(30)]);
+    assert_eq!(bulk.notify.eval_durations(&()), vec![mins(60)]);
+    assert_eq!(
+        bulk.expire.as_ref().unwrap().eval_duration(&()),
+        Some(days(2))
+    );
+    let tries = &q.schedules["tries"];
+    assert_eq!(tries.max_attempts.as_ref().unwrap().eval_int(&()), Some(5));
+    assert!(
+        tries.expire.is_none(),
+        "max-attempts replaces an inherited expire"
+    );
+    assert_eq!(q.schedules.len(), 3);
+
+    assert_eq!(q.virtual_queues["default"].concurrency, 16);
+    let vb = &q.virtual_queues["bulk"];
+    assert_eq!(vb.concurrency, 4);
+    assert_eq!(
+        vb.rate,
+        Some(Rate {
+            count: 500,
+            period: Duration::from_secs(1)
+        })
+    );
+    assert_eq!(vb.schedule.as_deref(), Some("bulk"));
+    assert_eq!(
+        q.virtual_queues["trickle"].rate,
+        Some(Rate {
+            count: 10,
+            period: mins(1)
+        })
+    );
+
+    let r = &q.routes["relay1"];
+    assert_eq!(r.port, 587);
+    assert_eq!(r.tls.mode, TlsMode::Require);
+    assert!(r.tls.allow_invalid_certs);
+    assert!(!r.tls.implicit);
+    assert_eq!(
+        r.auth,
+        Some(RouteAuth {
+            username: "user".into(),
+            secret: "pass".into()
+        })
+    );
+    let l = &q.routes["local"];
+    assert_eq!(l.protocol, DeliveryProtocol::Lmtp);
+    assert!(l.tls.implicit);
+    assert_eq!(q.routes["mx"].kind, RouteKind::Mx);
+    assert_eq!(q.routes["mx"].port, 2525, "the mx route may be redefined");
+    assert_eq!(q.strategy.route.eval_string(&()).as_deref(), Some("relay1"));
+}
+
+#[test]
+fn signatures_and_resolver() {
+    let dir = TempDir::new();
+    let key = dir.write("ed.pem", PEM_KEY);
+    let c = ok(&format!(
+        r#"
+[signature.ed]
+private-key = "%{{file:{}}}%"
+domain = "example.org"
+selector = "ed"
+algorithm = "ed25519-sha256"
+canonicalization = "relaxed"
+
+[report.dsn]
+sign = "['ed']"
+
+[resolver]
+type = "custom"
+custom = ["tcp://[2001:db8::53]:5353", "192.0.2.53", "udp://192.0.2.54"]
+"#,
+        key.display()
+    ));
+    let ed = &c.signatures["ed"];
+    assert_eq!(ed.algorithm, DkimAlgorithm::Ed25519Sha256);
+    assert_eq!(
+        ed.canonicalization,
+        Canonicalization {
+            header: Canon::Relaxed,
+            body: Canon::Simple
+        },
+        "one word sets the header algorithm; the body stays simple (RFC 6376 3.5 c=)"
+    );
+    assert_eq!(
+        ed.headers,
+        DEFAULT_SIGNED_HEADERS.map(String::from).to_vec()
+    );
+    assert!(c.warnings.is_empty());
+    assert_eq!(c.resolver.kind, ResolverKind::Custom);
+    assert_eq!(
+        c.resolver.servers,
+        [
+            NameServer {
+                transport: DnsTransport::Tcp,
+                addr: addr("[2001:db8::53]:5353")
+            },
+            NameServer {
+                transport: DnsTransport::Udp,
+                addr: addr("192.0.2.53:53")
+            },
+            NameServer {
+                transport: DnsTransport::Udp,
+                addr: addr("192.0.2.54:53")
+            },
+        ]
+    );
+}
+
+// ------------------------------------------------------------ macros
+
+#[test]
+fn env_macro() {
+    // PATH is set wherever tests run; reading it avoids mutating the
+    // process environment from a multi-threaded test binary.
+    let path = std::env::var("PATH").expect("PATH is set");
+    let c = ok(
+        "[server.listener.api]\nbind = \"127.0.0.1:9000\"\nprotocol = \"http\"\ntoken = \"%{env:PATH}%\"\n",
+    );
+    assert_eq!(c.server.listeners[0].token.as_deref(), Some(path.as_str()));
+    let c = ok("[server]\nnode-id = \"a-%{env:PATH}%-b\"\n");
+    assert_eq!(c.server.node_id, Some(format!("a-{path}-b")));
+    assert_eq!(
+        err("[server]\nhostname = \"mx\"\nnode-id = \"%{env:FERRYMAIL_SURELY_UNSET_VARIABLE}%\"\n"),
+        "/etc/ferrymail.toml:3: environment variable 'FERRYMAIL_SURELY_UNSET_VARIABLE' is not set (used as %{env:FERRYMAIL_SURELY_UNSET_VARIABLE}%)"
+    );
+}
+
+#[test]
+fn file_macro() {
+    let dir = TempDir::new();
+    let secret = dir.write("secret", "tok3n\n");
+    let sec = secret.display();
+    // Whole value: one trailing newline dropped.
+    let c = ok(&format!(
+        "[server.listener.api]\nbind = \"127.0.0.1:9000\"\nprotocol = \"http\"\ntoken = \"%{{file:{sec}}}%\"\n"
+    ));
+    assert_eq!(c.server.listeners[0].token.as_deref(), Some("tok3n"));
+    // Embedded: inserted verbatim.
+    let c = ok(&format!("[server]\nnode-id = \"<%{{file:{sec}}}%>\"\n"));
+    assert_eq!(c.server.node_id.as_deref(), Some("<tok3n\n>"));
+    // CRLF files lose their CRLF too; only one line ending goes.
+    let crlf = dir.write("crlf", "x\r\n\r\n");
+    let c = ok(&format!(
+        "[server]\nnode-id = \"%{{file:{}}}%\"\n",
+        crlf.display()
+    ));
+    assert_eq!(c.server.node_id.as_deref(), Some("x\r\n"));
+    // Macros feed expressions, inside arrays too.
+    let expr = dir.write("retry", "[3m, 7m]\n");
+    let c = ok(&format!(
+        "[queue.schedule]\nretry = \"%{{file:{}}}%\"\n[server.listener.a]\nbind = [\"%{{file:{}}}%\"]\n",
+        expr.display(),
+        dir.write("bind", "127.0.0.1:2600\n").display()
+    ));
+    assert_eq!(
+        c.queue.schedules["default"].retry.eval_durations(&()),
+        vec![mins(3), mins(7)]
+    );
+    assert_eq!(c.server.listeners[0].bind, [addr("127.0.0.1:2600")]);
+    // Missing file.
+    let missing = dir.0.join("nope");
+    assert_eq!(
+        err(&format!(
+            "\n[server]\nnode-id = \"%{{file:{}}}%\"\n",
+            missing.display()
+        )),
+        format!(
+            "/etc/ferrymail.toml:3: cannot read '{}' (used as %{{file:{}}}%): No such file or directory (os error 2)",
+            missing.display(),
+            missing.display()
+        )
+    );
+}
+
+#[test]
+fn file_macro_relative_to_config_dir() {
+    let dir = TempDir::new();
+    dir.write("token.txt", "from-dir\n");
+    let cfg = dir.write(
+        "ferrymail.toml",
+        "[server.listener.api]\nbind = \"127.0.0.1:9000\"\nprotocol = \"http\"\ntoken = \"%{file:token.txt}%\"\n",
+    );
+    let c = load(&cfg).unwrap();
+    assert_eq!(c.server.listeners[0].token.as_deref(), Some("from-dir"));
+    assert_eq!(c.source.as_deref(), Some(cfg.as_path()));
+}
+
+#[test]
+fn bad_macros() {
+    assert_eq!(
+        err("[server]\nnode-id = \"%{envv:X}%\"\n"),
+        "/etc/ferrymail.toml:2: unknown macro '%{envv:...}%': macros are written %{env:NAME}% or %{file:PATH}%"
+    );
+    assert_eq!(
+        err("[server]\nnode-id = \"%{env:X\"\n"),
+        "/etc/ferrymail.toml:2: unterminated macro '%{env:X': macros are written %{env:NAME}% or %{file:PATH}%"
+    );
+    assert_eq!(
+        err("[server]\nnode-id = \"%{env:}%\"\n"),
+        "/etc/ferrymail.toml:2: empty variable name in %{env:}%"
+    );
+}
+
+// ------------------------------------------------------------ every error kind
+
+#[test]
+fn error_kinds_exact_text() {
+    let table: Vec<(&str, &str)> = vec![
+        // TOML syntax
+        (
+            "[server]\nhostname = \n",
+            "/etc/ferrymail.toml:2: invalid TOML: string values must be quoted, expected literal string",
+        ),
+        (
+            "[server]\nhostname = \"a\"\nhostname = \"b\"\n",
+            "/etc/ferrymail.toml:3: invalid TOML: duplicate key",
+        ),
+        // unknown keys, with and without a suggestion, at every level
+        (
+            "[sever]\nhostname = \"x\"\n",
+            "/etc/ferrymail.toml:1: unknown key 'sever' in the top-level table; did you mean 'server'?",
+        ),
+        (
+            "\n[queue.schedule]\nretry = \"[1m]\"\nretyr = \"[2m]\"\n",
+            "/etc/ferrymail.toml:4: unknown key 'retyr' in [queue.schedule]; did you mean 'retry'?",
+        ),
+        (
+            "[queue.schedule.slow]\nnotfy = \"[1d]\"\n",
+            "/etc/ferrymail.toml:2: unknown key 'notfy' in [queue.schedule.slow]; did you mean 'notify'?",
+        ),
+        (
+            "[server]\ncolour = \"blue\"\n",
+            "/etc/ferrymail.toml:2: unknown key 'colour' in [server]",
+        ),
+        (
+            "[server.listener.smtp]\nbind = \"127.0.0.1:25\"\nprotocl = \"smtp\"\n",
+            "/etc/ferrymail.toml:3: unknown key 'protocl' in [server.listener.smtp]; did you mean 'protocol'?",
+        ),
+        (
+            "[server.listener.smtp]\nbind = \"127.0.0.1:25\"\ntls.implict = true\n",
+            "/etc/ferrymail.toml:3: unknown key 'implict' in [server.listener.smtp.tls]; did you mean 'implicit'?",
+        ),
+        (
+            "[session.timeout]\ncomand = \"5m\"\n",
+            "/etc/ferrymail.toml:2: unknown key 'comand' in [session.timeout]; did you mean 'command'?",
+        ),
+        (
+            "[store.db]\ntype = \"embedded\"\nurl = \"postgresql://x\"\n",
+            "/etc/ferrymail.toml:3: unknown key 'url' in [store.db]",
+        ),
+        (
+            "[report.dsn]\nfrom-adress = \"'a@b'\"\n",
+            "/etc/ferrymail.toml:2: unknown key 'from-adress' in [report.dsn]; did you mean 'from-address'?",
+        ),
+        (
+            "[queue.virtual]\nconcurrency = 3\n",
+            "/etc/ferrymail.toml:2: 'queue.virtual.concurrency' must be a table, found an integer",
+        ),
+        // wrong types
+        (
+            "[session]\nmax-errors = \"ten\"\n",
+            "/etc/ferrymail.toml:2: 'session.max-errors' must be an integer, found a string",
+        ),
+        (
+            "[server]\nhostname = 5\n",
+            "/etc/ferrymail.toml:2: 'server.hostname' must be a string, found an integer",
+        ),
+        (
+            "server = \"x\"\n",
+            "/etc/ferrymail.toml:1: 'server' must be a table, found a string",
+        ),
+        (
+            "[session.tls]\nstarttls = \"yes\"\n",
+            "/etc/ferrymail.toml:2: 'session.tls.starttls' must be a boolean (true or false), found a string",
+        ),
+        (
+            "[server.listener.a]\nbind = [25]\n",
+            "/etc/ferrymail.toml:2: 'server.listener.a.bind' must be a string (in this array), found an integer",
+        ),
+        (
+            "[server]\nshutdown-timeout = 30\n",
+            "/etc/ferrymail.toml:2: 'server.shutdown-timeout' must be a duration string such as \"30s\", found an integer",
+        ),
+        (
+            "[queue.schedule]\nretry = 1.5\n",
+            "/etc/ferrymail.toml:2: 'queue.schedule.retry' must be an expression (a string, integer or boolean) or an if/then/else array, found a float",
+        ),
+        // ranges
+        (
+            "[session]\nmax-line-length = 100\n",
+            "/etc/ferrymail.toml:2: 'session.max-line-length' must be at least 512, found 100",
+        ),
+        (
+            "[queue.route.r]\ntype = \"relay\"\naddress = \"x\"\nport = 70000\n",
+            "/etc/ferrymail.toml:4: 'queue.route.r.port' must be between 1 and 65535, found 70000",
+        ),
+        // durations and sizes
+        (
+            "[server]\nshutdown-timeout = \"5 minutes\"\n",
+            "/etc/ferrymail.toml:2: invalid duration '5 minutes' for 'server.shutdown-timeout': unknown unit ' minutes'; use a number followed by ms, s, m, h, d or w, e.g. 30s",
+        ),
+        (
+            "[session.timeout]\ndata-end = \"10\"\n",
+            "/etc/ferrymail.toml:2: invalid duration '10' for 'session.timeout.data-end': missing unit; use a number followed by ms, s, m, h, d or w, e.g. 30s",
+        ),
+        (
+            "[session.data]\nmax-message-size = \"10T\"\n",
+            "/etc/ferrymail.toml:2: invalid size '10T' for 'session.data.max-message-size': unknown size unit 't'; use a number of bytes or a number followed by K, M or G, e.g. 50M",
+        ),
+        (
+            "[queue.virtual.q]\nrate = \"fast\"\n",
+            "/etc/ferrymail.toml:2: invalid rate 'fast' for 'queue.virtual.q.rate': write COUNT/PERIOD, e.g. 500/1s",
+        ),
+        // socket addresses
+        (
+            "[server.listener.smtp]\nbind = [\"0.0.0.0\"]\n",
+            "/etc/ferrymail.toml:2: invalid socket address '0.0.0.0' for 'server.listener.smtp.bind': expected IP:PORT, e.g. 0.0.0.0:25 or [::]:25",
+        ),
+        (
+            "[server.listener.smtp]\nbind = [\n  \"127.0.0.1:25\",\n  \"localhost:25\",\n]\n",
+            "/etc/ferrymail.toml:4: invalid socket address 'localhost:25' for 'server.listener.smtp.bind': expected IP:PORT, e.g. 0.0.0.0:25 or [::]:25",
+        ),
+        (
+            "[server.listener.a]\nbind = \"127.0.0.1:25\"\n[server.listener.b]\nbind = \"127.0.0.1:25\"\n",
+            "/etc/ferrymail.toml:4: address 127.0.0.1:25 of listener 'b' is already bound by listener 'a'",
+        ),
+        // expressions
+        (
+            "[session.rcpt]\nrelay = \"rcpt_domian == 'x'\"\n",
+            "/etc/ferrymail.toml:2: invalid expression for 'session.rcpt.relay': unknown variable 'rcpt_domian'; did you mean 'rcpt_domain'? (column 1)",
+        ),
+        (
+            "[queue.strategy]\nroute = \"'dom-' + rcpt_domain + \"\n",
+            "/etc/ferrymail.toml:2: invalid expression for 'queue.strategy.route': expected a value, found end of expression (column 24)",
+        ),
+        (
+            "[session.etrn]\nallow = \"is_local(remote_ip)\"\n",
+            "/etc/ferrymail.toml:2: invalid expression for 'session.etrn.allow': unknown function 'is_local'; did you mean 'is_loopback'? (column 1)",
+        ),
+        (
+            "[queue.schedule]\nretry = [ { if = \"size > 10\", then = \"[1m]\" },\n          { if = \"sizee > 100\", then = \"[2m]\" },\n          { else = \"[3m]\" } ]\n",
+            "/etc/ferrymail.toml:3: invalid expression for 'queue.schedule.retry': unknown variable 'sizee'; did you mean 'size'? (column 1)",
+        ),
+        (
+            "[queue.schedule]\nretry = [ { if = \"size > 10\", then = \"[1m]\" } ]\n",
+            "/etc/ferrymail.toml:2: 'queue.schedule.retry' must end with { else = \"...\" }, the value when no condition holds",
+        ),
+        (
+            "[queue.schedule]\nretry = [ { else = \"[1m]\" },\n  { if = \"true\", then = \"[1m]\" } ]\n",
+            "/etc/ferrymail.toml:2: 'else' in 'queue.schedule.retry' must be in the last element of the array",
+        ),
+        (
+            "[queue.schedule]\nretry = [ { if = \"true\" },\n  { else = \"[1m]\" } ]\n",
+            "/etc/ferrymail.toml:2: each element of 'queue.schedule.retry' needs both 'if' and 'then', except the last, which is { else = \"...\" }",
+        ),
+        (
+            "[queue.schedule]\nretry = [ { if = \"true\", then = \"[1m]\", than = 1 },\n  { else = \"[1m]\" } ]\n",
+            "/etc/ferrymail.toml:2: unknown key 'than' in [queue.schedule.retry[0]]; did you mean 'then'?",
+        ),
+        (
+            "[queue.schedule]\nretry = \"'soon'\"\n",
+            "/etc/ferrymail.toml:2: 'queue.schedule.retry' must give a non-empty list of durations longer than 0s, such as [2m, 5m, 1h], but gives 'soon'",
+        ),
+        (
+            "[queue.schedule]\nretry = \"[1m, 0s]\"\n",
+            "/etc/ferrymail.toml:2: 'queue.schedule.retry' must give a non-empty list of durations longer than 0s, such as [2m, 5m, 1h], but gives [1m, 0s]",
+        ),
+        (
+            "[queue.schedule]\nmax-attempts = 0\nexpire = \"1d\"\n",
+            "/etc/ferrymail.toml:2: 'queue.schedule.max-attempts' and 'expire' are alternatives; set only one of them in [queue.schedule]",
+        ),
+        (
+            "[report.dsn]\nfrom-address = \"'postmaster'\"\n",
+            "/etc/ferrymail.toml:2: 'report.dsn.from-address' must give an address such as 'MAILER-DAEMON@example.org', but gives 'postmaster'",
+        ),
+        // choices
+        (
+            "[server.listener.smtp]\nbind = \"127.0.0.1:25\"\nprotocol = \"smpt\"\n",
+            "/etc/ferrymail.toml:3: 'server.listener.smtp.protocol' must be one of smtp, lmtp, http, found 'smpt'; did you mean 'smtp'?",
+        ),
+        (
+            "[queue.route.r]\ntype = \"relay\"\naddress = \"x\"\ntls.mode = \"required\"\n",
+            "/etc/ferrymail.toml:4: 'queue.route.r.tls.mode' must be one of optional, require, disable, found 'required'; did you mean 'require'?",
+        ),
+        (
+            "[resolver]\ntype = \"google\"\n",
+            "/etc/ferrymail.toml:2: 'resolver.type' must be one of system, custom, found 'google'",
+        ),
+        // missing keys
+        (
+            "\n[server.listener.smtp]\nprotocol = \"smtp\"\n",
+            "/etc/ferrymail.toml:2: missing required key 'bind' in [server.listener.smtp]",
+        ),
+        (
+            "[queue.route.r]\ntype = \"relay\"\n",
+            "/etc/ferrymail.toml:1: missing required key 'address' in [queue.route.r] (type = \"relay\")",
+        ),
+        (
+            "[store.s]\npath = \"/x\"\n",
+            "/etc/ferrymail.toml:1: missing required key 'type' in [store.s]",
+        ),
+        // references
+        (
+            "[session.tls]\ncertificate = \"main\"\n",
+            "/etc/ferrymail.toml:2: 'session.tls.certificate' refers to certificate 'main', which is not defined",
+        ),
+        (
+            "[queue.schedule.bulk]\nretry = \"[1h]\"\n[queue.virtual.q]\nschedule = \"blk\"\n",
+            "/etc/ferrymail.toml:4: 'queue.virtual.q.schedule' refers to schedule 'blk', which is not defined; did you mean 'bulk'?",
+        ),
+        (
+            "[queue.strategy]\nroute = \"'relay'\"\n",
+            "/etc/ferrymail.toml:2: 'queue.strategy.route' refers to route 'relay', which is not defined",
+        ),
+        (
+            "[queue.schedule.default]\nretry = \"[1h]\"\n",
+            "/etc/ferrymail.toml:1: schedule id 'default' is reserved for the keys of [queue.schedule] itself; pick another id",
+        ),
+        // other invalid values
+        (
+            "[server.listener.smtp]\nbind = \"127.0.0.1:25\"\ntoken = \"t\"\n",
+            "/etc/ferrymail.toml:3: 'server.listener.smtp.token' is only used by listeners with protocol = \"http\" (the management API)",
+        ),
+        (
+            "[queue.route.m]\ntype = \"mx\"\naddress = \"x\"\n",
+            "/etc/ferrymail.toml:3: 'queue.route.m.address' is only used by relay routes; an mx route looks the host up in DNS",
+        ),
+        (
+            "[signature.s]\nprivate-key = \"abc\"\ndomain = \"d\"\nselector = \"s\"\n",
+            "/etc/ferrymail.toml:2: 'signature.s.private-key' is not a PEM private key (no '-----BEGIN' line); use %{file:/path/to/key.pem}%",
+        ),
+        (
+            "[resolver]\ncustom = [\"dns.google\"]\n",
+            "/etc/ferrymail.toml:2: invalid name server 'dns.google' for 'resolver.custom': write udp://IP[:PORT], tcp://IP[:PORT], IP or IP:PORT",
+        ),
+        (
+            "[store.pg]\ntype = \"postgresql\"\nurl = \"mysql://x\"\n",
+            "/etc/ferrymail.toml:3: 'store.pg.url' must be a postgresql:// URL, e.g. postgresql://user@host:5432/db",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (text, want) in &table {
+        let got = match parse(text, Path::new(FILE)) {
+            Ok(_) => "<parsed without error>".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if got != *want {
+            failures.push(format!("config:\n{text}\n  want: {want}\n  got:  {got}\n"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn error_struct_fields() {
+    let e = parse("[server]\n\nhostnme = \"x\"\n", Path::new("/tmp/x.toml")).unwrap_err();
+    assert_eq!(e.path, PathBuf::from("/tmp/x.toml"));
+    assert_eq!(e.line, 3);
+    assert_eq!(
+        *e.problem,
+        Problem::UnknownKey {
+            key: "hostnme".into(),
+            section: "[server]".into(),
+            suggestion: Some("hostname".into())
+        }
+    );
+}
+
+#[test]
+fn all_errors_sorted_by_line() {
+    let text = "[session]\nmax-errors = \"x\"\n[server]\nhostnme = \"a\"\n[storage]\ndata = \"foundationdb\"\n[queue.schedule]\nretry = \"bogus\"\n";
+    let all = errs(text);
+    let lines: Vec<&str> = all.iter().map(|e| e.split(':').nth(1).unwrap()).collect();
+    assert_eq!(lines, ["2", "4", "6", "8"], "{all:#?}");
+    assert_eq!(err(text), all[0], "parse returns the first");
+}
+
+#[test]
+fn load_errors() {
+    let dir = TempDir::new();
+    let missing = dir.0.join("missing.toml");
+    let e = load(&missing).unwrap_err();
+    assert_eq!(e.line, 1);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:1: cannot read configuration: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+    let bad = dir.0.join("latin1.toml");
+    std::fs::write(&bad, b"[server]\nhostname = \"caf\xe9\"\n").unwrap();
+    assert_eq!(
+        load(&bad).unwrap_err().to_string(),
+        format!(
+            "{}:1: cannot read configuration: the file is not valid UTF-8",
+            bad.display()
+        )
+    );
+    let good = dir.write("ok.toml", "[server]\nhostname = \"h\"\n");
+    assert_eq!(load(&good).unwrap().server.hostname, "h");
+    assert!(check_file(&good).is_ok());
+}
+
+/// Fuzz-ish property: arbitrary short documents built from TOML and
+/// configuration fragments never make the loader panic.
+#[test]
+fn parsing_never_panics() {
+    let fragments = [
+        "",
+        "\n",
+        "[server]\n",
+        "[queue.schedule]\n",
+        "[queue.schedule.x]\n",
+        "[storage]\n",
+        "[store.a]\n",
+        "[[server]]\n",
+        "retry = \"[1m]\"\n",
+        "retry = [ { if = \"true\", then = \"1m\" }, { else = \"2m\" } ]\n",
+        "retry = [ {}, 1 ]\n",
+        "retry = []\n",
+        "type = \"fs\"\n",
+        "data = \"a\"\n",
+        "bind = [\"[::]:1\"]\n",
+        "hostname = 1990-01-01\n",
+        "x = { y = { z = 1 } }\n",
+        "a.b.c = \"%{env:\"\n",
+        "\"quoted key\" = \"%{file:}%\"\n",
+        "= =\n",
+        "[",
+        "é = 'é'\n",
+    ];
+    let mut n = 0;
+    for a in fragments {
+        for b in fragments {
+            for c in fragments {
+                let text = format!("{a}{b}{c}");
+                let _ = check(&text, Path::new(FILE));
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, fragments.len().pow(3));
+}

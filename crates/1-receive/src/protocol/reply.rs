@@ -1,0 +1,211 @@
+//! Every reply the receiver sends, in one place, with its RFC 3463 enhanced
+//! status code. Keeping them here makes the table of limits and their replies
+//! auditable against the issue and the RFCs.
+
+use std::fmt::Write;
+
+/// One SMTP reply: a basic code, an enhanced status code (RFC 2034, RFC 3463)
+/// and text. Multi-line replies are built by [`Reply::lines`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit basic code.
+    pub code: u16,
+    /// The enhanced status code, e.g. "5.5.1"; empty for replies RFC 2034 §3
+    /// exempts (220 greeting, 221? no: only the greeting and EHLO lines).
+    pub status: &'static str,
+    /// Human-readable text, one entry per line.
+    pub text: Vec<String>,
+}
+
+impl Reply {
+    /// A one-line reply.
+    pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Self {
+        Reply {
+            code,
+            status,
+            text: vec![text.into()],
+        }
+    }
+
+    /// A multi-line reply without an enhanced status code (EHLO, HELP).
+    pub fn lines(code: u16, lines: Vec<String>) -> Self {
+        Reply {
+            code,
+            status: "",
+            text: lines,
+        }
+    }
+
+    /// True for 4xx and 5xx: counts towards the error limit.
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// Appends the wire form (RFC 5321 §4.2) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut s = String::new();
+        let n = self.text.len().max(1);
+        for i in 0..n {
+            let sep = if i + 1 == n { ' ' } else { '-' };
+            let text = self.text.get(i).map(String::as_str).unwrap_or("");
+            if self.status.is_empty() {
+                let _ = write!(s, "{}{}{}\r\n", self.code, sep, text);
+            } else {
+                let _ = write!(s, "{}{}{} {}\r\n", self.code, sep, self.status, text);
+            }
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// The reply as one string, for logs and tests.
+    pub fn to_line(&self) -> String {
+        let mut v = Vec::new();
+        self.write_to(&mut v);
+        String::from_utf8_lossy(&v).trim_end().to_string()
+    }
+}
+
+/// Replies named after the situation they answer.
+pub mod replies {
+    use super::Reply;
+
+    /// 250 2.0.0 OK for RSET and NOOP.
+    pub fn ok() -> Reply {
+        Reply::new(250, "2.0.0", "OK")
+    }
+    /// 250 after MAIL FROM.
+    pub fn sender_ok() -> Reply {
+        Reply::new(250, "2.1.0", "Sender OK")
+    }
+    /// 250 after RCPT TO.
+    pub fn rcpt_ok() -> Reply {
+        Reply::new(250, "2.1.5", "Recipient OK")
+    }
+    /// 354 after DATA.
+    pub fn start_data() -> Reply {
+        Reply::new(354, "", "Start mail input; end with <CRLF>.<CRLF>")
+    }
+    /// 250 once the message is durable.
+    pub fn queued(id: &str) -> Reply {
+        Reply::new(250, "2.0.0", format!("Message queued as {id}"))
+    }
+    /// 250 for a non-final BDAT chunk (RFC 3030 §2).
+    pub fn chunk_ok(n: usize) -> Reply {
+        Reply::new(250, "2.0.0", format!("{n} octets received"))
+    }
+    /// 221 on QUIT.
+    pub fn bye(host: &str) -> Reply {
+        Reply::new(221, "2.0.0", format!("{host} closing connection"))
+    }
+    /// 252 for VRFY: RFC 5321 §3.5.3, we neither verify nor deny.
+    pub fn vrfy() -> Reply {
+        Reply::new(
+            252,
+            "2.5.0",
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        )
+    }
+    /// 502 for EXPN, which mailing-list privacy argues against (RFC 5321 §3.5.2).
+    pub fn expn_disabled() -> Reply {
+        Reply::new(502, "5.5.1", "EXPN is not supported")
+    }
+    /// 220 ready for TLS (RFC 3207 §4).
+    pub fn tls_go() -> Reply {
+        Reply::new(220, "2.0.0", "Ready to start TLS")
+    }
+    /// 454 when TLS is not available (RFC 3207 §4).
+    pub fn tls_unavailable() -> Reply {
+        Reply::new(454, "4.7.0", "TLS not available")
+    }
+
+    // --- Bad input (the issue's table) ---
+
+    /// Command line longer than the limit.
+    pub fn line_too_long() -> Reply {
+        Reply::new(500, "5.5.2", "Line too long")
+    }
+    /// A NUL byte in a command.
+    pub fn nul_in_command() -> Reply {
+        Reply::new(500, "5.5.2", "NUL bytes are not allowed in commands")
+    }
+    /// A NUL byte in message content (RFC 5321 §2.4, RFC 6152 §2).
+    pub fn nul_in_data() -> Reply {
+        Reply::new(554, "5.6.0", "Message content contains NUL bytes")
+    }
+    /// SIZE= or streamed size above the limit (RFC 1870 §6).
+    pub fn too_big(limit: u64) -> Reply {
+        Reply::new(
+            552,
+            "5.3.4",
+            format!("Message size exceeds fixed maximum message size of {limit} bytes"),
+        )
+    }
+    /// Commands out of order.
+    pub fn bad_sequence(what: &str) -> Reply {
+        Reply::new(503, "5.5.1", format!("Bad sequence of commands: {what}"))
+    }
+    /// Syntax error in a known command or its parameters.
+    pub fn syntax(what: &str) -> Reply {
+        Reply::new(501, "5.5.4", format!("Syntax error: {what}"))
+    }
+    /// Bad reverse-path syntax (RFC 3463 X.1.7).
+    pub fn bad_sender_syntax() -> Reply {
+        Reply::new(501, "5.1.7", "Bad sender address syntax")
+    }
+    /// Bad forward-path syntax (RFC 3463 X.1.3).
+    pub fn bad_rcpt_syntax() -> Reply {
+        Reply::new(501, "5.1.3", "Bad recipient address syntax")
+    }
+    /// An unknown command verb.
+    pub fn unknown_command() -> Reply {
+        Reply::new(500, "5.5.1", "Command unrecognized")
+    }
+    /// A parameter we do not implement (RFC 5321 §4.1.1.11: 555).
+    pub fn unknown_parameter(p: &str) -> Reply {
+        Reply::new(
+            555,
+            "5.5.4",
+            format!("Parameter not recognized or not implemented: {p}"),
+        )
+    }
+    /// More recipients than allowed in one transaction (RFC 5321 §4.5.3.1.10).
+    pub fn too_many_recipients() -> Reply {
+        Reply::new(452, "4.5.3", "Too many recipients")
+    }
+    /// A non-ASCII address without SMTPUTF8 (RFC 6531 §3.5).
+    pub fn needs_smtputf8() -> Reply {
+        Reply::new(
+            553,
+            "5.6.7",
+            "Non-ASCII address requires the SMTPUTF8 parameter",
+        )
+    }
+    /// Relaying refused.
+    pub fn relay_denied() -> Reply {
+        Reply::new(554, "5.7.1", "Relay access denied")
+    }
+    /// Too many errors in one session: the server gives up (RFC 5321 §4.3.2 421).
+    pub fn too_many_errors() -> Reply {
+        Reply::new(421, "4.7.0", "Too many errors, closing connection")
+    }
+    /// Idle too long.
+    pub fn timeout() -> Reply {
+        Reply::new(421, "4.4.2", "Timeout exceeded, closing connection")
+    }
+    /// Shutting down.
+    pub fn shutting_down(host: &str) -> Reply {
+        Reply::new(421, "4.3.2", format!("{host} Service shutting down"))
+    }
+    /// Connection refused by a connection limit.
+    pub fn too_many_connections() -> Reply {
+        Reply::new(421, "4.7.0", "Too many connections, try again later")
+    }
+    /// The spool could not make the message durable.
+    pub fn store_failed() -> Reply {
+        Reply::new(451, "4.3.0", "Temporary local problem, please try again")
+    }
+    /// MAIL given while a transaction is open.
+    pub fn nested_mail() -> Reply {
+        bad_sequence("MAIL already given")
+    }
+}

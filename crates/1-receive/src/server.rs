@@ -1,0 +1,131 @@
+//! Accepting connections: the global and per-IP connection limits, one task per
+//! connection, and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::Receiver;
+use crate::protocol::reply::replies;
+use crate::session::Session;
+
+/// Connection limits shared by every SMTP listener of the server.
+pub struct ConnectionLimits {
+    global: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+}
+
+/// Holds one connection's place in both limits; released on drop.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// At most `global` connections in all, and `per_ip` from one address.
+    pub fn new(global: usize, per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            global: Arc::new(Semaphore::new(global)),
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip: per_ip,
+        })
+    }
+
+    /// Takes a slot for a connection from `ip`, or `None` if a limit is reached.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let permit = self.global.clone().try_acquire_owned().ok()?;
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            _permit: permit,
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Accepts SMTP connections on `listener` until `rx.shutdown` is cancelled.
+/// Each session is spawned on `tracker`, so the caller can wait for sessions in
+/// progress to finish.
+pub async fn serve(
+    listener: TcpListener,
+    rx: Arc<Receiver>,
+    limits: Arc<ConnectionLimits>,
+    tracker: TaskTracker,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = rx.shutdown.cancelled() => break,
+        };
+        let (mut stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local: SocketAddr = stream.local_addr().ok().or(local).unwrap_or(remote);
+        let slot = limits.acquire(remote.ip());
+        let rx = rx.clone();
+        tracker.spawn(async move {
+            let Some(_slot) = slot else {
+                tracing::info!(remote = %remote.ip(), "connection limit reached");
+                let mut out = Vec::new();
+                replies::too_many_connections().write_to(&mut out);
+                let _ = stream.write_all(&out).await;
+                let _ = stream.shutdown().await;
+                return;
+            };
+            Session::new(rx, Box::new(stream), remote, local)
+                .run()
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_and_release() {
+        let l = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let s1 = l.acquire(a).unwrap();
+        let _s2 = l.acquire(a).unwrap();
+        assert!(l.acquire(a).is_none(), "per-IP limit");
+        let _s3 = l.acquire(b).unwrap();
+        assert!(l.acquire(b).is_none(), "global limit");
+        drop(s1);
+        assert!(l.acquire(a).is_some());
+    }
+}

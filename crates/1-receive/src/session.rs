@@ -1,0 +1,829 @@
+//! One SMTP session: the command loop, transactions, DATA and BDAT, STARTTLS.
+//!
+//! The session reads into one buffer and answers every complete command in it
+//! before flushing, which is what PIPELINING (RFC 2920) needs: a client may send
+//! MAIL, RCPT... DATA in one packet and gets all replies in one packet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use ferrymail_config::expr::{Value, Var, Variables};
+use ferrymail_spool::{
+    BodyType, Envelope, MessageId, Notify, QueueEntry, Recipient, Ret, Source, now_millis,
+};
+use smtp_proto::{Error as ProtoError, Request};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::address;
+use crate::protocol::data::DataDecoder;
+use crate::protocol::received::{Trace, received_header};
+use crate::protocol::reply::{Reply, replies};
+use crate::{EtrnRequest, Receiver};
+
+/// Anything a session can run over: a TCP stream, or TLS on top of one.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How the command loop continues after one command.
+enum Flow {
+    /// Next command.
+    Continue,
+    /// Send the replies and close (QUIT, too many errors).
+    Close,
+    /// 354 was queued: read a DATA body.
+    Data,
+    /// Read a BDAT chunk of this size.
+    Bdat { size: usize, last: bool },
+    /// 220 was queued: start TLS.
+    StartTls,
+}
+
+/// Why the session ended early.
+enum Stop {
+    /// The peer closed or the socket failed.
+    Gone,
+    /// A reply was written and the session must close.
+    Closed,
+}
+
+/// One mail transaction, from MAIL to the end of DATA/BDAT LAST or RSET.
+struct Transaction {
+    sender: String,
+    body: BodyType,
+    smtputf8: bool,
+    ret: Option<Ret>,
+    envid: Option<String>,
+    mt_priority: i8,
+    recipients: Vec<Recipient>,
+    /// The contents being assembled (Received header first), with the id it was
+    /// minted for; created at DATA or the first BDAT.
+    contents: Option<(MessageId, Vec<u8>)>,
+    /// BDAT chunks so far exceeded the size limit.
+    bdat_overflow: bool,
+    /// Total BDAT octets received, including discarded ones.
+    bdat_size: u64,
+}
+
+/// The per-connection state.
+pub struct Session {
+    rx: Arc<Receiver>,
+    stream: Box<dyn Io>,
+    input: BytesMut,
+    out: Vec<u8>,
+    remote: SocketAddr,
+    local: SocketAddr,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<String>,
+    tx: Option<Transaction>,
+    errors: u32,
+    /// Set while discarding the rest of an over-long command line.
+    skipping_long_line: bool,
+}
+
+/// Variables for relay and ETRN expressions, evaluated per recipient.
+struct RcptVars<'a> {
+    session: &'a Session,
+    rcpt: &'a str,
+}
+
+impl Variables for RcptVars<'_> {
+    fn var(&self, v: Var) -> Value {
+        let s = self.session;
+        let tx = s.tx.as_ref();
+        match v {
+            Var::Sender => Value::Str(tx.map(|t| t.sender.clone()).unwrap_or_default()),
+            Var::SenderDomain => Value::Str(
+                tx.and_then(|t| address::domain_of(&t.sender))
+                    .unwrap_or_default(),
+            ),
+            Var::Rcpt => Value::Str(self.rcpt.to_string()),
+            Var::RcptDomain => Value::Str(address::domain_of(self.rcpt).unwrap_or_default()),
+            Var::RemoteIp => Value::Str(s.remote.ip().to_string()),
+            Var::LocalPort => Value::Int(s.local.port() as i64),
+            Var::HeloDomain => Value::Str(s.helo.clone().unwrap_or_default()),
+            Var::Priority => Value::Int(tx.map(|t| t.mt_priority as i64).unwrap_or(0)),
+            Var::Source => Value::Str("smtp".to_string()),
+            _ => Value::Null,
+        }
+    }
+}
+
+impl Session {
+    /// A session on an accepted connection.
+    pub fn new(
+        rx: Arc<Receiver>,
+        stream: Box<dyn Io>,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        Session {
+            rx,
+            stream,
+            input: BytesMut::with_capacity(8192),
+            out: Vec::with_capacity(1024),
+            remote,
+            local,
+            helo: None,
+            esmtp: false,
+            tls: None,
+            tx: None,
+            errors: 0,
+            skipping_long_line: false,
+        }
+    }
+
+    /// Runs the session to its end. Never panics on peer input; every failure
+    /// ends only this connection.
+    pub async fn run(mut self) {
+        let greeting = Reply::new(
+            220,
+            "",
+            format!("{} ESMTP Ferrymail", self.rx.params.hostname),
+        );
+        greeting.write_to(&mut self.out);
+        if self.flush().await.is_err() {
+            return;
+        }
+        let _ = self.command_loop().await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if !self.out.is_empty() {
+            let r = self.stream.write_all(&self.out).await;
+            self.out.clear();
+            r.map_err(|_| Stop::Gone)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a reply and counts errors; returns `Close` when the error limit is
+    /// reached (the 421 is queued too).
+    fn reply(&mut self, r: Reply) -> Flow {
+        r.write_to(&mut self.out);
+        if r.is_error() && r.code != 421 {
+            self.errors += 1;
+            if self.errors >= self.rx.params.max_errors {
+                replies::too_many_errors().write_to(&mut self.out);
+                return Flow::Close;
+            }
+        }
+        if r.code == 421 {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// Reads more input; `command` selects the command timeout (and lets a
+    /// shutdown interrupt the wait) rather than the data timeout.
+    async fn read_more(&mut self, command: bool) -> Result<(), Stop> {
+        let p = &self.rx.params;
+        let timeout = if command {
+            p.command_timeout
+        } else {
+            p.data_timeout
+        };
+        if self.input.capacity() - self.input.len() < 4096 {
+            self.input.reserve(16 * 1024);
+        }
+        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input));
+        let n = if command {
+            tokio::select! {
+                r = read => r,
+                _ = self.rx.shutdown.cancelled() => {
+                    let host = self.rx.params.hostname.clone();
+                    self.reply(replies::shutting_down(&host));
+                    let _ = self.flush().await;
+                    return Err(Stop::Closed);
+                }
+            }
+        } else {
+            read.await
+        };
+        match n {
+            Ok(Ok(0)) | Ok(Err(_)) => Err(Stop::Gone),
+            Ok(Ok(_)) => Ok(()),
+            Err(_) => {
+                self.reply(replies::timeout());
+                let _ = self.flush().await;
+                Err(Stop::Closed)
+            }
+        }
+    }
+
+    async fn command_loop(&mut self) -> Result<(), Stop> {
+        loop {
+            // Answer every complete line already buffered (pipelining).
+            while let Some(nl) = memchr::memchr(b'\n', &self.input) {
+                let line = self.input.split_to(nl + 1);
+                if self.skipping_long_line {
+                    self.skipping_long_line = false;
+                    continue;
+                }
+                let flow = if line.len() > self.rx.params.max_line_length {
+                    self.reply(replies::line_too_long())
+                } else {
+                    self.command(&line).await
+                };
+                match flow {
+                    Flow::Continue => {}
+                    Flow::Close => {
+                        self.flush().await?;
+                        return Err(Stop::Closed);
+                    }
+                    Flow::Data => {
+                        self.flush().await?;
+                        if let Flow::Close = self.receive_data().await? {
+                            self.flush().await?;
+                            return Err(Stop::Closed);
+                        }
+                    }
+                    Flow::Bdat { size, last } => {
+                        if let Flow::Close = self.receive_bdat(size, last).await? {
+                            self.flush().await?;
+                            return Err(Stop::Closed);
+                        }
+                    }
+                    Flow::StartTls => {
+                        self.flush().await?;
+                        // RFC 3207 §4.2 / CVE-2011-0411: anything pipelined after
+                        // STARTTLS was sent in the clear and must not be executed.
+                        self.input.clear();
+                        self.start_tls().await?;
+                    }
+                }
+            }
+            if self.input.len() > self.rx.params.max_line_length {
+                // An over-long line without its end yet: refuse it once, then
+                // drop bytes until its newline arrives.
+                self.input.clear();
+                if !self.skipping_long_line {
+                    self.skipping_long_line = true;
+                    if let Flow::Close = self.reply(replies::line_too_long()) {
+                        self.flush().await?;
+                        return Err(Stop::Closed);
+                    }
+                }
+            }
+            self.flush().await?;
+            self.read_more(true).await?;
+        }
+    }
+
+    async fn start_tls(&mut self) -> Result<(), Stop> {
+        let acceptor = self.rx.tls.clone().ok_or(Stop::Gone)?;
+        let plain = std::mem::replace(
+            &mut self.stream,
+            Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink())),
+        );
+        let tls = tokio::time::timeout(self.rx.params.command_timeout, acceptor.accept(plain))
+            .await
+            .map_err(|_| Stop::Gone)?
+            .map_err(|_| Stop::Gone)?;
+        let (_, conn) = tls.get_ref();
+        let version = conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("TLS")
+            .replace('_', ".");
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("unknown");
+        self.tls = Some(format!("version={version} cipher={cipher}"));
+        self.stream = Box::new(tls);
+        // RFC 3207 §4.2: forget everything learnt before TLS.
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = None;
+        Ok(())
+    }
+
+    /// Handles one command line (CRLF included).
+    async fn command(&mut self, line: &[u8]) -> Flow {
+        if memchr::memchr(0, line).is_some() {
+            return self.reply(replies::nul_in_command());
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(r) => r,
+            Err(e) => return self.parse_error(e, line),
+        };
+        match request {
+            Request::Ehlo { host } => self.hello(host.into_owned(), true),
+            Request::Helo { host } => self.hello(host.into_owned(), false),
+            Request::Lhlo { .. } => self.reply(replies::unknown_command()),
+            Request::Mail { from } => self.mail(from.into_owned(), line),
+            Request::Rcpt { to } => self.rcpt(to.into_owned(), line),
+            Request::Data => self.data_command(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => Flow::Bdat {
+                size: chunk_size,
+                last: is_last,
+            },
+            Request::Rset => {
+                self.tx = None;
+                self.reply(replies::ok())
+            }
+            Request::Noop { .. } => self.reply(replies::ok()),
+            Request::Quit => {
+                let host = self.rx.params.hostname.clone();
+                self.reply(replies::bye(&host));
+                Flow::Close
+            }
+            Request::Vrfy { .. } => self.reply(replies::vrfy()),
+            Request::Expn { .. } => self.reply(replies::expn_disabled()),
+            Request::Help { .. } => self.reply(Reply::lines(
+                214,
+                vec![
+                    "2.0.0 Ferrymail: commands supported:".into(),
+                    "2.0.0 EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY ETRN STARTTLS"
+                        .into(),
+                    "2.0.0 End of HELP info".into(),
+                ],
+            )),
+            Request::Etrn { name } => self.etrn(name.into_owned()),
+            Request::StartTls => self.starttls_command(),
+            Request::Auth { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.reply(Reply::new(502, "5.5.1", "Command not implemented"))
+            }
+        }
+    }
+
+    fn parse_error(&mut self, e: ProtoError, line: &[u8]) -> Flow {
+        let r = match e {
+            ProtoError::UnknownCommand => replies::unknown_command(),
+            ProtoError::InvalidSenderAddress => replies::bad_sender_syntax(),
+            ProtoError::InvalidRecipientAddress => replies::bad_rcpt_syntax(),
+            ProtoError::SyntaxError { syntax } => replies::syntax(syntax),
+            ProtoError::InvalidParameter { param } => {
+                replies::syntax(&format!("invalid value for {param}"))
+            }
+            ProtoError::UnsupportedParameter { param } => replies::unknown_parameter(&param),
+            ProtoError::ResponseTooLong => replies::line_too_long(),
+            ProtoError::NeedsMoreData { .. } | ProtoError::InvalidResponse { .. } => {
+                replies::syntax(String::from_utf8_lossy(line).trim_end())
+            }
+        };
+        self.reply(r)
+    }
+
+    fn hello(&mut self, host: String, esmtp: bool) -> Flow {
+        // RFC 5321 §4.1.4: EHLO/HELO resets any transaction.
+        self.tx = None;
+        self.esmtp = esmtp;
+        let p = &self.rx.params;
+        let first = format!("{} Hello {} [{}]", p.hostname, host, self.remote.ip());
+        self.helo = Some(host);
+        if !esmtp {
+            return self.reply(Reply::new(250, "", first));
+        }
+        let mut lines = vec![
+            first,
+            "PIPELINING".into(),
+            format!("SIZE {}", p.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+            "DSN".into(),
+            "ETRN".into(),
+            "MT-PRIORITY".into(),
+        ];
+        if self.rx.tls.is_some() && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        lines.push("HELP".into());
+        self.reply(Reply::lines(250, lines))
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<String>, line: &[u8]) -> Flow {
+        if self.helo.is_none() {
+            return self.reply(replies::bad_sequence("send EHLO or HELO first"));
+        }
+        if self.tx.is_some() {
+            return self.reply(replies::nested_mail());
+        }
+        let f = from.flags;
+        let has_params = f != 0 || from.size != 0 || from.env_id.is_some() || from.mt_priority != 0;
+        if !self.esmtp && has_params {
+            return self.reply(replies::unknown_parameter("(parameters need EHLO)"));
+        }
+        if f & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+            return self.reply(replies::unknown_parameter("BODY=BINARYMIME"));
+        }
+        if f & smtp_proto::MAIL_RET_FULL != 0 && f & smtp_proto::MAIL_RET_HDRS != 0 {
+            return self.reply(replies::syntax("RET given twice"));
+        }
+        if f & (smtp_proto::MAIL_REQUIRETLS | smtp_proto::MAIL_CONPERM) != 0
+            || from.by != 0
+            || from.hold_for != 0
+            || from.hold_until != 0
+            || from.auth.is_some()
+            || from.mtrk.is_some()
+            || from.solicit.is_some()
+            || from.trans_id.is_some()
+        {
+            return self.reply(replies::unknown_parameter("(extension not offered)"));
+        }
+        if !(-9..=9).contains(&from.mt_priority) {
+            return self.reply(replies::syntax("MT-PRIORITY must be between -9 and 9"));
+        }
+        let smtputf8 = f & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if !smtputf8 && address::is_non_ascii(&from.address) {
+            return self.reply(replies::needs_smtputf8());
+        }
+        let max = self.rx.params.max_message_size;
+        if let Some(declared) = address::raw_declared_size(line)
+            && declared > max
+        {
+            return self.reply(replies::too_big(max));
+        }
+        let body = if f & smtp_proto::MAIL_BODY_8BITMIME != 0 {
+            BodyType::EightBitMime
+        } else {
+            BodyType::SevenBit
+        };
+        let ret = if f & smtp_proto::MAIL_RET_FULL != 0 {
+            Some(Ret::Full)
+        } else if f & smtp_proto::MAIL_RET_HDRS != 0 {
+            Some(Ret::Headers)
+        } else {
+            None
+        };
+        self.tx = Some(Transaction {
+            sender: from.address,
+            body,
+            smtputf8,
+            ret,
+            envid: from.env_id,
+            mt_priority: from.mt_priority as i8,
+            recipients: Vec::new(),
+            contents: None,
+            bdat_overflow: false,
+            bdat_size: 0,
+        });
+        self.reply(replies::sender_ok())
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>, line: &[u8]) -> Flow {
+        let Some(tx) = self.tx.as_ref() else {
+            return self.reply(replies::bad_sequence("send MAIL first"));
+        };
+        if tx.contents.is_some() {
+            return self.reply(replies::bad_sequence("BDAT in progress"));
+        }
+        let smtputf8 = tx.smtputf8;
+        let count = tx.recipients.len();
+        let address = if to.address.is_empty() {
+            if address::raw_is_postmaster(line) {
+                "postmaster".to_string()
+            } else {
+                return self.reply(replies::bad_rcpt_syntax());
+            }
+        } else {
+            to.address
+        };
+        let f = to.flags;
+        if f & smtp_proto::RCPT_NOTIFY_NEVER != 0
+            && f & (smtp_proto::RCPT_NOTIFY_SUCCESS
+                | smtp_proto::RCPT_NOTIFY_FAILURE
+                | smtp_proto::RCPT_NOTIFY_DELAY)
+                != 0
+        {
+            // RFC 3461 §4.1: NEVER must not be combined with other values.
+            return self.reply(replies::syntax("NOTIFY=NEVER cannot be combined"));
+        }
+        if f & (smtp_proto::RCPT_CONNEG
+            | smtp_proto::RCPT_RRVS_CONTINUE
+            | smtp_proto::RCPT_RRVS_REJECT)
+            != 0
+            || to.rrvs != 0
+        {
+            return self.reply(replies::unknown_parameter("(extension not offered)"));
+        }
+        if !self.esmtp && (f != 0 || to.orcpt.is_some()) {
+            return self.reply(replies::unknown_parameter("(parameters need EHLO)"));
+        }
+        if !smtputf8 && address::is_non_ascii(&address) {
+            return self.reply(replies::needs_smtputf8());
+        }
+        if count >= self.rx.params.max_recipients {
+            return self.reply(replies::too_many_recipients());
+        }
+        if !self.may_deliver_to(&address) {
+            tracing::info!(remote = %self.remote.ip(), rcpt = %address, "relay denied");
+            return self.reply(replies::relay_denied());
+        }
+        let notify = if f & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
+            Notify::Never
+        } else if f
+            & (smtp_proto::RCPT_NOTIFY_SUCCESS
+                | smtp_proto::RCPT_NOTIFY_FAILURE
+                | smtp_proto::RCPT_NOTIFY_DELAY)
+            != 0
+        {
+            Notify::On {
+                success: f & smtp_proto::RCPT_NOTIFY_SUCCESS != 0,
+                failure: f & smtp_proto::RCPT_NOTIFY_FAILURE != 0,
+                delay: f & smtp_proto::RCPT_NOTIFY_DELAY != 0,
+            }
+        } else {
+            Notify::Default
+        };
+        let recipient = Recipient {
+            address,
+            // smtp-proto accepts only the rfc822 address type and decodes xtext.
+            orcpt: to.orcpt.map(|o| format!("rfc822;{o}")),
+            notify,
+        };
+        if let Some(tx) = self.tx.as_mut() {
+            tx.recipients.push(recipient);
+        }
+        self.reply(replies::rcpt_ok())
+    }
+
+    /// Relay control: local domains and postmaster always; anything else only
+    /// if the relay expression allows it. Percent-hack and bang-path local parts
+    /// count as relaying even in a local domain.
+    fn may_deliver_to(&self, address: &str) -> bool {
+        if address.eq_ignore_ascii_case("postmaster") {
+            return true;
+        }
+        let hidden = address::has_hidden_route(address);
+        if !hidden
+            && let Some(domain) = address::domain_of(address)
+            && self.rx.params.local_domains.contains(&domain)
+        {
+            return true;
+        }
+        let vars = RcptVars {
+            session: self,
+            rcpt: address,
+        };
+        self.rx.relay.eval_bool(&vars)
+    }
+
+    fn data_command(&mut self) -> Flow {
+        match &self.tx {
+            None => self.reply(replies::bad_sequence("send MAIL first")),
+            Some(tx) if tx.recipients.is_empty() => {
+                self.reply(replies::bad_sequence("send RCPT first"))
+            }
+            Some(tx) if tx.contents.is_some() => {
+                self.reply(replies::bad_sequence("DATA cannot follow BDAT"))
+            }
+            Some(_) => {
+                self.begin_contents();
+                replies::start_data().write_to(&mut self.out);
+                Flow::Data
+            }
+        }
+    }
+
+    /// Mints the message id and writes the Received header into the buffer the
+    /// body will be decoded into, so the body is never copied.
+    fn begin_contents(&mut self) {
+        let id = self.rx.ids.next();
+        let p = &self.rx.params;
+        let Some(tx) = self.tx.as_ref() else { return };
+        let with = match (tx.smtputf8, self.esmtp, self.tls.is_some()) {
+            (true, _, true) => "UTF8SMTPS",
+            (true, _, false) => "UTF8SMTP",
+            (false, true, true) => "ESMTPS",
+            (false, true, false) => "ESMTP",
+            (false, false, _) => "SMTP",
+        };
+        let id_text = id.to_string();
+        let header = received_header(&Trace {
+            helo: self.helo.as_deref().unwrap_or("unknown"),
+            remote_ip: self.remote.ip(),
+            hostname: &p.hostname,
+            with,
+            tls: self.tls.as_deref(),
+            id: &id_text,
+            single_rcpt: (tx.recipients.len() == 1).then(|| tx.recipients[0].address.as_str()),
+            time: now_millis() / 1000,
+        });
+        let mut buf = Vec::with_capacity(header.len() + 4096);
+        buf.extend_from_slice(header.as_bytes());
+        if let Some(tx) = self.tx.as_mut() {
+            tx.contents = Some((id, buf));
+        }
+    }
+
+    async fn receive_data(&mut self) -> Result<Flow, Stop> {
+        let max = self.rx.params.max_message_size;
+        let Some((id, mut buf)) = self.tx.as_mut().and_then(|t| t.contents.take()) else {
+            return Ok(Flow::Continue);
+        };
+        let header_len = buf.len();
+        let mut decoder = DataDecoder::new(max);
+        loop {
+            let fed = decoder.feed(&self.input, &mut buf);
+            self.input.advance(fed.consumed);
+            if fed.done {
+                break;
+            }
+            self.read_more(false).await?;
+        }
+        debug_assert!(buf.len() >= header_len);
+        if decoder.overflowed() {
+            self.tx = None;
+            return Ok(self.reply(replies::too_big(max)));
+        }
+        if decoder.has_nul() {
+            self.tx = None;
+            return Ok(self.reply(replies::nul_in_data()));
+        }
+        Ok(self.commit(id, buf).await)
+    }
+
+    async fn receive_bdat(&mut self, size: usize, last: bool) -> Result<Flow, Stop> {
+        let max = self.rx.params.max_message_size;
+        // Decide what to do with the chunk before reading it: RFC 3030 §2 says
+        // the chunk must be consumed even when the command is refused.
+        let refusal = match &self.tx {
+            None => Some(replies::bad_sequence("send MAIL first")),
+            Some(tx) if tx.recipients.is_empty() => Some(replies::bad_sequence("send RCPT first")),
+            _ => None,
+        };
+        if refusal.is_none() && self.tx.as_ref().is_some_and(|t| t.contents.is_none()) {
+            self.begin_contents();
+        }
+        let mut left = size;
+        loop {
+            let take = left.min(self.input.len());
+            if take > 0 {
+                let chunk = self.input.split_to(take);
+                left -= take;
+                if refusal.is_none()
+                    && let Some(tx) = self.tx.as_mut()
+                {
+                    tx.bdat_size += take as u64;
+                    if tx.bdat_size > max {
+                        tx.bdat_overflow = true;
+                    } else if let Some((_, buf)) = tx.contents.as_mut() {
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            self.read_more(false).await?;
+        }
+        if let Some(r) = refusal {
+            return Ok(self.reply(r));
+        }
+        let overflow = self.tx.as_ref().is_some_and(|t| t.bdat_overflow);
+        if !last {
+            if overflow {
+                // Keep accepting chunks until LAST, then refuse the message.
+                return Ok(self.reply(Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("{size} octets received (message already too big)"),
+                )));
+            }
+            return Ok(self.reply(replies::chunk_ok(size)));
+        }
+        if overflow {
+            self.tx = None;
+            return Ok(self.reply(replies::too_big(max)));
+        }
+        let Some((id, buf)) = self.tx.as_mut().and_then(|t| t.contents.take()) else {
+            return Ok(self.reply(replies::bad_sequence("no transaction")));
+        };
+        if memchr::memchr(0, &buf).is_some() {
+            self.tx = None;
+            return Ok(self.reply(replies::nul_in_data()));
+        }
+        Ok(self.commit(id, buf).await)
+    }
+
+    /// Routes every recipient, makes the message durable, and answers.
+    async fn commit(&mut self, id: MessageId, contents: Vec<u8>) -> Flow {
+        let Some(tx) = self.tx.take() else {
+            return self.reply(replies::bad_sequence("no transaction"));
+        };
+        let now = now_millis();
+        let envelope = Envelope {
+            id,
+            sender: tx.sender,
+            recipients: tx.recipients,
+            size: contents.len() as u64,
+            arrived: now,
+            body: tx.body,
+            smtputf8: tx.smtputf8,
+            ret: tx.ret,
+            envid: tx.envid,
+            mt_priority: tx.mt_priority,
+            source: Source::Smtp,
+            remote_ip: Some(self.remote.ip()),
+            helo: self.helo.clone(),
+            authenticated_as: None,
+        };
+        let entries: Vec<QueueEntry> = self.rx.router.entries(&envelope, &contents, now);
+        match self
+            .rx
+            .spool
+            .accept(&envelope, &entries, contents.into())
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    id = %id,
+                    from = %envelope.sender,
+                    rcpts = envelope.recipients.len(),
+                    size = envelope.size,
+                    remote = %self.remote.ip(),
+                    "queued"
+                );
+                self.reply(replies::queued(&id.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "could not make message durable");
+                self.reply(replies::store_failed())
+            }
+        }
+    }
+
+    fn etrn(&mut self, name: String) -> Flow {
+        if self.helo.is_none() {
+            return self.reply(replies::bad_sequence("send EHLO or HELO first"));
+        }
+        if self.tx.is_some() {
+            return self.reply(replies::bad_sequence("ETRN not allowed in a transaction"));
+        }
+        let vars = RcptVars {
+            session: self,
+            rcpt: "",
+        };
+        if !self.rx.etrn_allow.eval_bool(&vars) {
+            // RFC 1985 §5: 459 node not allowed.
+            return self.reply(Reply::new(
+                459,
+                "4.7.1",
+                format!("<{name}> Node not allowed: ETRN is not permitted from this client"),
+            ));
+        }
+        if name.is_empty() {
+            return self.reply(replies::syntax("ETRN needs a node name"));
+        }
+        match self.rx.etrn.send(EtrnRequest {
+            argument: name.clone(),
+        }) {
+            Ok(()) => self.reply(Reply::new(
+                250,
+                "2.0.0",
+                format!("Queuing for node {name} started"),
+            )),
+            // RFC 1985 §5: 458 unable to queue messages for node.
+            Err(_) => self.reply(Reply::new(
+                458,
+                "4.3.0",
+                format!("Unable to queue messages for node {name}"),
+            )),
+        }
+    }
+
+    fn starttls_command(&mut self) -> Flow {
+        if self.tls.is_some() {
+            return self.reply(replies::bad_sequence("TLS already active"));
+        }
+        if self.rx.tls.is_none() {
+            return self.reply(replies::tls_unavailable());
+        }
+        if !self.esmtp {
+            return self.reply(replies::bad_sequence("send EHLO first"));
+        }
+        replies::tls_go().write_to(&mut self.out);
+        Flow::StartTls
+    }
+}
+
+/// Timeouts and limits of a session, resolved from the configuration once.
+#[derive(Clone, Debug)]
+pub struct SessionParams {
+    /// Banner and EHLO name.
+    pub hostname: String,
+    /// RFC 1870 SIZE limit.
+    pub max_message_size: u64,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// Error replies before the session is closed with 421.
+    pub max_errors: u32,
+    /// Longest command line accepted, CRLF included.
+    pub max_line_length: usize,
+    /// RFC 5321 §4.5.3.2.7: awaiting a command (at least 5 minutes).
+    pub command_timeout: Duration,
+    /// RFC 5321 §4.5.3.2.6: awaiting a data block (3 minutes).
+    pub data_timeout: Duration,
+    /// Domains whose mail is accepted without relay permission.
+    pub local_domains: std::collections::HashSet<String>,
+}

@@ -1,0 +1,72 @@
+//! The STARTTLS certificate: from the configuration, or self-signed at first
+//! start so that opportunistic TLS works out of the box.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// The STARTTLS acceptor sessions use.
+pub type Acceptor = TlsAcceptor;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The PEM text held no certificate or no private key, or was malformed.
+    #[error("bad PEM: {0}")]
+    Pem(String),
+    /// rustls refused the certificate/key pair.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// Generating or saving the self-signed certificate failed.
+    #[error("self-signed certificate: {0}")]
+    SelfSigned(String),
+}
+
+/// Builds an acceptor from PEM text (certificate chain and private key).
+pub fn acceptor_from_pem(cert_pem: &str, key_pem: &str) -> Result<TlsAcceptor, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem(format!("certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem("no certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsError::Pem(format!("private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Loads `tls/cert.pem` and `tls/key.pem` under `dir`, generating a self-signed
+/// pair for `hostname` first if they do not exist. Returns the acceptor and
+/// whether the pair was generated now (the caller warns).
+pub fn self_signed(dir: &Path, hostname: &str) -> Result<(TlsAcceptor, bool), TlsError> {
+    let tls_dir = dir.join("tls");
+    let cert_path = tls_dir.join("cert.pem");
+    let key_path = tls_dir.join("key.pem");
+    let mut generated = false;
+    if !cert_path.exists() || !key_path.exists() {
+        let ck = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        std::fs::create_dir_all(&tls_dir).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        std::fs::write(&cert_path, ck.cert.pem())
+            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        std::fs::write(&key_path, ck.signing_key.serialize_pem())
+            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        generated = true;
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| TlsError::SelfSigned(format!("{}: {e}", p.display())))
+    };
+    Ok((
+        acceptor_from_pem(&read(&cert_path)?, &read(&key_path)?)?,
+        generated,
+    ))
+}

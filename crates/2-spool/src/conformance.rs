@@ -1,0 +1,465 @@
+//! The conformance suite every [`DataStore`] and [`BlobStore`] backend must pass.
+//!
+//! Backends instantiate it with [`conformance_suite!`](crate::conformance_suite),
+//! passing an async constructor of fresh, empty stores. Each check is also a public
+//! function so a backend can run one in isolation while debugging.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::model::*;
+use crate::store::*;
+
+/// A fresh pair of stores for one check, plus whatever keeps them alive (a
+/// temporary directory, a database schema).
+pub struct TestStores {
+    /// The data store under test.
+    pub data: Arc<dyn DataStore>,
+    /// The blob store under test.
+    pub blob: Arc<dyn BlobStore>,
+    /// Dropped when the check ends.
+    pub guard: Box<dyn std::any::Any + Send>,
+}
+
+/// Generates one `#[tokio::test]` per check, against stores made by `$make`
+/// (an `async fn() -> TestStores`).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:path) => {
+        $crate::conformance_suite!(@tests $make;
+            insert_then_read, blob_roundtrip, claim_filters, lease_is_exclusive,
+            renew_only_by_owner, complete_removes_and_reports, defer_moves_to_deferred,
+            admin_actions, cancel_removes, scan_pages_in_key_order, concurrent_inserts);
+    };
+    (@tests $make:path; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let stores = $make().await;
+                $crate::conformance::$name(&stores).await;
+            }
+        )*
+    };
+}
+
+const A: NodeId = NodeId(1);
+const B: NodeId = NodeId(2);
+const T0: UnixMillis = 1_700_000_000_000;
+
+/// An envelope with `n` recipients and DSN parameters set, so that every field
+/// must round-trip.
+pub fn sample_envelope(id: u64, n: u32) -> Envelope {
+    Envelope {
+        id: MessageId(id),
+        sender: format!("sender{id}@example.org"),
+        recipients: (0..n)
+            .map(|i| Recipient {
+                address: format!("rcpt{i}@dest{}.example", i % 3),
+                orcpt: Some(format!("rfc822;orig{i}@example.net")),
+                notify: if i % 2 == 0 {
+                    Notify::On {
+                        success: true,
+                        failure: true,
+                        delay: false,
+                    }
+                } else {
+                    Notify::Never
+                },
+            })
+            .collect(),
+        size: 1234,
+        arrived: T0,
+        body: BodyType::EightBitMime,
+        smtputf8: true,
+        ret: Some(Ret::Headers),
+        envid: Some("env-ü-1".into()),
+        mt_priority: -3,
+        source: Source::Smtp,
+        remote_ip: Some("192.0.2.7".parse().unwrap()),
+        helo: Some("client.example".into()),
+        authenticated_as: None,
+    }
+}
+
+/// Entries for every recipient of `env`, due at `due`, in queue `queue`.
+pub fn sample_entries(env: &Envelope, queue: &str, due: UnixMillis) -> Vec<QueueEntry> {
+    (0..env.recipients.len() as u32)
+        .map(|rcpt| {
+            QueueEntry::new(
+                EntryKey {
+                    message: env.id,
+                    rcpt,
+                },
+                queue,
+                rcpt as i32,
+                due,
+            )
+        })
+        .collect()
+}
+
+fn claim(owner: NodeId, lane: Lane, now: UnixMillis, limit: usize) -> Claim {
+    Claim {
+        owner,
+        queue: None,
+        lane,
+        now,
+        lease_until: now + 60_000,
+        limit,
+    }
+}
+
+async fn put(s: &TestStores, id: u64, n: u32, queue: &str, due: UnixMillis) -> Envelope {
+    let env = sample_envelope(id, n);
+    s.data
+        .insert(&env, &sample_entries(&env, queue, due))
+        .await
+        .unwrap();
+    env
+}
+
+/// What is inserted reads back identically: envelope, entries, scan.
+pub async fn insert_then_read(s: &TestStores) {
+    let env = put(s, 10, 3, "default", T0).await;
+    assert_eq!(s.data.envelope(env.id).await.unwrap(), Some(env.clone()));
+    let entries = s.data.entries(env.id).await.unwrap();
+    assert_eq!(entries, sample_entries(&env, "default", T0));
+    assert_eq!(s.data.scan(None, 100).await.unwrap(), entries);
+    assert_eq!(s.data.envelope(MessageId(11)).await.unwrap(), None);
+    assert!(s.data.entries(MessageId(11)).await.unwrap().is_empty());
+}
+
+/// Contents round-trip byte for byte, and deletion is idempotent.
+pub async fn blob_roundtrip(s: &TestStores) {
+    let small = Bytes::from_static(b"Subject: hi\r\n\r\nbody\r\n");
+    let large = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    s.blob.put(MessageId(1), small.clone()).await.unwrap();
+    s.blob.put(MessageId(2), large.clone()).await.unwrap();
+    assert_eq!(s.blob.get(MessageId(1)).await.unwrap(), Some(small));
+    assert_eq!(s.blob.get(MessageId(2)).await.unwrap(), Some(large));
+    s.blob.delete(MessageId(1)).await.unwrap();
+    assert_eq!(s.blob.get(MessageId(1)).await.unwrap(), None);
+    s.blob.delete(MessageId(1)).await.unwrap();
+    assert_eq!(s.blob.get(MessageId(3)).await.unwrap(), None);
+}
+
+/// Claims honour due time, hold, lane, queue and limit, earliest due first.
+pub async fn claim_filters(s: &TestStores) {
+    put(s, 1, 1, "default", T0 + 5_000).await; // not yet due at T0
+    put(s, 2, 1, "default", T0 - 2_000).await;
+    put(s, 3, 1, "other", T0 - 1_000).await;
+    put(s, 4, 1, "default", T0 - 3_000).await;
+    let held = EntryKey {
+        message: MessageId(4),
+        rcpt: 0,
+    };
+    assert_eq!(s.data.admin(&[held], AdminAction::Hold).await.unwrap(), 1);
+
+    // Deferred lane is empty.
+    assert!(
+        s.data
+            .claim(&claim(A, Lane::Deferred, T0, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Queue filter.
+    let mut c = claim(A, Lane::Pending, T0, 10);
+    c.queue = Some("other".into());
+    let got = s.data.claim(&c).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key.message, MessageId(3));
+    assert_eq!(
+        got[0].lease,
+        Some(Lease {
+            owner: A,
+            until: T0 + 60_000
+        })
+    );
+    // Limit and order: only message 2 is left that is due, unheld, unleased.
+    let got = s.data.claim(&claim(A, Lane::Pending, T0, 1)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.key.message).collect::<Vec<_>>(),
+        vec![MessageId(2)]
+    );
+    assert!(
+        s.data
+            .claim(&claim(A, Lane::Pending, T0, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Later, message 1 becomes due; the held one never does.
+    let got = s
+        .data
+        .claim(&claim(A, Lane::Pending, T0 + 10_000, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.key.message).collect::<Vec<_>>(),
+        vec![MessageId(1)]
+    );
+}
+
+/// A live lease keeps other nodes out; a lapsed one lets them in.
+pub async fn lease_is_exclusive(s: &TestStores) {
+    put(s, 1, 2, "default", T0).await;
+    let got = s
+        .data
+        .claim(&claim(A, Lane::Pending, T0, 10))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(
+        s.data
+            .claim(&claim(B, Lane::Pending, T0 + 1_000, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A's lease ran until T0 + 60s: at that moment B may take over.
+    let got = s
+        .data
+        .claim(&claim(B, Lane::Pending, T0 + 60_000, 10))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|e| e.lease.unwrap().owner == B));
+    // A no longer owns them.
+    let key = got[0].key;
+    assert!(matches!(
+        s.data.complete(A, key).await,
+        Err(StoreError::NotLeased(_))
+    ));
+}
+
+/// Only the owner renews; renewal counts what it renewed.
+pub async fn renew_only_by_owner(s: &TestStores) {
+    let env = put(s, 1, 2, "default", T0).await;
+    let keys: Vec<_> = sample_entries(&env, "default", T0)
+        .iter()
+        .map(|e| e.key)
+        .collect();
+    s.data
+        .claim(&claim(A, Lane::Pending, T0, 10))
+        .await
+        .unwrap();
+    assert_eq!(s.data.renew(B, &keys, T0 + 500_000).await.unwrap(), 0);
+    assert_eq!(s.data.renew(A, &keys, T0 + 500_000).await.unwrap(), 2);
+    // The renewed lease holds past the original deadline.
+    assert!(
+        s.data
+            .claim(&claim(B, Lane::Pending, T0 + 100_000, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let entries = s.data.entries(env.id).await.unwrap();
+    assert!(entries.iter().all(|e| e.lease
+        == Some(Lease {
+            owner: A,
+            until: T0 + 500_000
+        })));
+}
+
+/// Completing removes the entry; the last one removes the envelope too.
+pub async fn complete_removes_and_reports(s: &TestStores) {
+    let env = put(s, 1, 2, "default", T0).await;
+    let k0 = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    let k1 = EntryKey {
+        message: env.id,
+        rcpt: 1,
+    };
+    // Not leased yet: refused.
+    assert!(matches!(
+        s.data.complete(A, k0).await,
+        Err(StoreError::NotLeased(_))
+    ));
+    s.data
+        .claim(&claim(A, Lane::Pending, T0, 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.data.complete(B, k0).await,
+        Err(StoreError::NotLeased(_))
+    ));
+    assert_eq!(
+        s.data.complete(A, k0).await.unwrap(),
+        Removal { remaining: 1 }
+    );
+    assert!(s.data.envelope(env.id).await.unwrap().is_some());
+    assert_eq!(
+        s.data.complete(A, k1).await.unwrap(),
+        Removal { remaining: 0 }
+    );
+    assert_eq!(s.data.envelope(env.id).await.unwrap(), None);
+    assert!(s.data.entries(env.id).await.unwrap().is_empty());
+    assert!(s.data.scan(None, 10).await.unwrap().is_empty());
+}
+
+/// Deferring moves the entry to the deferred lane, counts the attempt and
+/// releases the lease.
+pub async fn defer_moves_to_deferred(s: &TestStores) {
+    let env = put(s, 1, 1, "default", T0).await;
+    let key = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    s.data
+        .claim(&claim(A, Lane::Pending, T0, 10))
+        .await
+        .unwrap();
+    let d = Deferral {
+        due: T0 + 120_000,
+        last_error: "451 4.3.0 try later".into(),
+        notify_count: 1,
+    };
+    assert!(matches!(
+        s.data.defer(B, key, &d).await,
+        Err(StoreError::NotLeased(_))
+    ));
+    s.data.defer(A, key, &d).await.unwrap();
+    let e = &s.data.entries(env.id).await.unwrap()[0];
+    assert_eq!(e.lane, Lane::Deferred);
+    assert_eq!(e.attempts, 1);
+    assert_eq!(e.due, T0 + 120_000);
+    assert_eq!(e.lease, None);
+    assert_eq!(e.last_error.as_deref(), Some("451 4.3.0 try later"));
+    assert_eq!(e.notify_count, 1);
+    // Not in the pending lane any more; in the deferred lane once due.
+    assert!(
+        s.data
+            .claim(&claim(B, Lane::Pending, T0 + 200_000, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.data
+            .claim(&claim(B, Lane::Deferred, T0 + 100_000, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.data
+            .claim(&claim(B, Lane::Deferred, T0 + 120_000, 10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Hold, release and retry change exactly the named entries.
+pub async fn admin_actions(s: &TestStores) {
+    let env = put(s, 1, 2, "default", T0 + 1_000_000).await;
+    let k0 = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    let missing = EntryKey {
+        message: MessageId(99),
+        rcpt: 0,
+    };
+    assert_eq!(
+        s.data
+            .admin(&[k0, missing], AdminAction::Hold)
+            .await
+            .unwrap(),
+        1
+    );
+    let e = s.data.entries(env.id).await.unwrap();
+    assert!(e[0].held && !e[1].held);
+    assert_eq!(
+        s.data
+            .admin(&[k0], AdminAction::Retry { now: T0 })
+            .await
+            .unwrap(),
+        1
+    );
+    // Still held: a retry does not release.
+    assert!(
+        s.data
+            .claim(&claim(A, Lane::Pending, T0, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.data.admin(&[k0], AdminAction::Release).await.unwrap(), 1);
+    let got = s
+        .data
+        .claim(&claim(A, Lane::Pending, T0, 10))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key, k0);
+}
+
+/// Cancel removes entries whatever their lease, and reports emptied messages.
+pub async fn cancel_removes(s: &TestStores) {
+    let e1 = put(s, 1, 2, "default", T0).await;
+    let e2 = put(s, 2, 1, "default", T0).await;
+    s.data.claim(&claim(A, Lane::Pending, T0, 1)).await.unwrap();
+    let k = |m: &Envelope, r| EntryKey {
+        message: m.id,
+        rcpt: r,
+    };
+    let gone = s.data.cancel(&[k(&e1, 0), k(&e2, 0)]).await.unwrap();
+    assert_eq!(gone, vec![e2.id]);
+    assert_eq!(s.data.envelope(e2.id).await.unwrap(), None);
+    assert!(s.data.envelope(e1.id).await.unwrap().is_some());
+    let left = s.data.scan(None, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key, k(&e1, 1));
+}
+
+/// Scanning pages through every entry exactly once, in key order.
+pub async fn scan_pages_in_key_order(s: &TestStores) {
+    for id in (1..=150u64).rev() {
+        put(s, id, 2, "default", T0).await;
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.data.scan(after, 64).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 64);
+        after = Some(page.last().unwrap().key);
+        seen.extend(page.into_iter().map(|e| e.key));
+    }
+    assert_eq!(seen.len(), 300);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+/// Many concurrent inserts (the group-commit path) all land.
+pub async fn concurrent_inserts(s: &TestStores) {
+    let mut tasks = Vec::new();
+    for id in 1..=200u64 {
+        let data = s.data.clone();
+        let blob = s.blob.clone();
+        tasks.push(tokio::spawn(async move {
+            let env = sample_envelope(id, 1);
+            blob.put(env.id, Bytes::from(vec![b'x'; 1000 + id as usize]))
+                .await
+                .unwrap();
+            data.insert(&env, &sample_entries(&env, "default", T0))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.data.scan(None, 1000).await.unwrap().len(), 200);
+    for id in 1..=200u64 {
+        let b = s.blob.get(MessageId(id)).await.unwrap().unwrap();
+        assert_eq!(b.len(), 1000 + id as usize);
+    }
+}

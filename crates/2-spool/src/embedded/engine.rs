@@ -1,0 +1,158 @@
+//! The key-value engine under the embedded store: fjall, chosen by measurement
+//! (see `bench/store-engines/README.md` and ARCHITECTURE.md).
+//!
+//! This module is the only place that names the engine, so a different engine
+//! means rewriting this file, not the store.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+
+use crate::store::StoreError;
+
+/// The store's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Contents.
+    Blob,
+    /// Envelopes.
+    Env,
+    /// Queue entries.
+    Entry,
+    /// The claim index.
+    Ready,
+}
+
+/// One key and its value, as read from the engine.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+/// A batch of writes: `None` deletes.
+pub type Writes = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
+
+/// An opened engine with one keyspace per table.
+pub struct Engine {
+    // Keyspaces drop before the database.
+    blob: Keyspace,
+    env: Keyspace,
+    entry: Keyspace,
+    ready: Keyspace,
+    db: Database,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+impl Engine {
+    /// Opens or creates the engine in `dir`, recovering from its journal.
+    pub fn open(dir: &Path) -> Result<Engine, StoreError> {
+        // We decide durability per commit (SyncData), not fjall's default of
+        // handing the journal to the OS only.
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(err)?;
+        // Contents use key-value separation: the LSM tree holds pointers and
+        // large values go to blob files, so compaction never rewrites bodies.
+        let blob = db
+            .keyspace("blob", || {
+                KeyspaceCreateOptions::default()
+                    .with_kv_separation(Some(KvSeparationOptions::default()))
+            })
+            .map_err(err)?;
+        let env = db
+            .keyspace("env", KeyspaceCreateOptions::default)
+            .map_err(err)?;
+        let entry = db
+            .keyspace("entry", KeyspaceCreateOptions::default)
+            .map_err(err)?;
+        let ready = db
+            .keyspace("ready", KeyspaceCreateOptions::default)
+            .map_err(err)?;
+        Ok(Engine {
+            blob,
+            env,
+            entry,
+            ready,
+            db,
+        })
+    }
+
+    fn ks(&self, t: Table) -> &Keyspace {
+        match t {
+            Table::Blob => &self.blob,
+            Table::Env => &self.env,
+            Table::Entry => &self.entry,
+            Table::Ready => &self.ready,
+        }
+    }
+
+    /// Reads one value.
+    pub fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.ks(t).get(key).map_err(err)?.map(|v| v.to_vec()))
+    }
+
+    /// Every key and value with `prefix`, in key order.
+    pub fn prefix(&self, t: Table, prefix: &[u8]) -> Result<Vec<Row>, StoreError> {
+        self.ks(t)
+            .prefix(prefix)
+            .map(|g| {
+                let (k, v) = g.into_inner().map_err(err)?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Every key with `prefix`, in key order.
+    pub fn prefix_keys(&self, t: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.ks(t)
+            .prefix(prefix)
+            .map(|g| g.key().map(|k| k.to_vec()).map_err(err))
+            .collect()
+    }
+
+    /// Keys in `[from, to)`, in order. Lazily consumed by the caller's loop.
+    pub fn range_keys<'a>(
+        &'a self,
+        t: Table,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<impl Iterator<Item = Vec<u8>> + 'a, StoreError> {
+        Ok(self
+            .ks(t)
+            .range(from.to_vec()..to.to_vec())
+            .filter_map(|g| g.key().ok().map(|k| k.to_vec())))
+    }
+
+    /// Up to `limit` rows with keys ≥ `from`, in order.
+    pub fn range_from(&self, t: Table, from: &[u8], limit: usize) -> Result<Vec<Row>, StoreError> {
+        self.ks(t)
+            .range(from.to_vec()..)
+            .take(limit)
+            .map(|g| {
+                let (k, v) = g.into_inner().map_err(err)?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Applies a batch atomically across tables and syncs it to disk (one
+    /// journal append, one fdatasync). An empty batch is free.
+    pub fn commit(
+        &self,
+        writes: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut b = self.db.batch().durability(Some(PersistMode::SyncData));
+        for ((t, k), v) in writes {
+            match v {
+                Some(v) => b.insert(self.ks(t), k, v),
+                None => b.remove(self.ks(t), k),
+            }
+        }
+        b.commit().map_err(err)
+    }
+}

@@ -1,0 +1,166 @@
+//! The two storage contracts of the spool. Every backend (embedded, PostgreSQL)
+//! implements them, and every backend must pass [`crate::conformance`].
+//!
+//! The data-store contract is shaped around leases from the start — claim, renew,
+//! complete, defer — so that several nodes can share one data store without a
+//! redesign: a node claims due entries for a while, renews its claim while it
+//! delivers, and ends it with the outcome. A node that dies simply lets its leases
+//! lapse.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::model::{EntryKey, Envelope, Lane, MessageId, NodeId, QueueEntry, UnixMillis};
+
+/// Why a store operation failed. Receive turns every variant into a 4xx reply
+/// (the client retries later); it is never the client's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operating system refused a read, write or sync.
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The backend engine reported an error.
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// A stored record could not be decoded: a bug or on-disk corruption.
+    #[error("corrupt record {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// The store is shutting down and takes no more writes.
+    #[error("store is closed")]
+    Closed,
+    /// The entry is leased by another node, or no longer exists.
+    #[error("entry {0:?} is not leased by this node")]
+    NotLeased(EntryKey),
+}
+
+/// What [`DataStore::claim`] should hand out.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The node taking the lease.
+    pub owner: NodeId,
+    /// Only entries of this virtual queue; `None` for any.
+    pub queue: Option<String>,
+    /// Which lane to take from.
+    pub lane: Lane,
+    /// Entries due at or before this time are eligible.
+    pub now: UnixMillis,
+    /// The lease deadline to set.
+    pub lease_until: UnixMillis,
+    /// At most this many entries.
+    pub limit: usize,
+}
+
+/// The outcome of a transient failure, as [`DataStore::defer`] records it.
+#[derive(Clone, Debug)]
+pub struct Deferral {
+    /// When to try again.
+    pub due: UnixMillis,
+    /// The error to show in `queue show` and in delay notifications.
+    pub last_error: String,
+    /// Delay notifications sent so far (the scheduler may have just sent one).
+    pub notify_count: u32,
+}
+
+/// What is left of a message after one of its entries was removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removal {
+    /// Entries of the same message still queued. When it reaches zero the data
+    /// store has also removed the envelope, and the caller must delete the blob.
+    pub remaining: usize,
+}
+
+/// An operator action on queue entries, from the management API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Never attempt until released.
+    Hold,
+    /// Undo a hold.
+    Release,
+    /// Make due now.
+    Retry {
+        /// The time that counts as now.
+        now: UnixMillis,
+    },
+}
+
+/// Holds envelopes and per-recipient queue entries. See the module docs for the
+/// lease model.
+#[async_trait]
+pub trait DataStore: Send + Sync + 'static {
+    /// Durably records a newly accepted message. Returns only once the envelope
+    /// and every entry would survive a crash (the 250 after DATA depends on it).
+    /// Implementations share one sync among concurrent callers (group commit).
+    async fn insert(&self, envelope: &Envelope, entries: &[QueueEntry]) -> Result<(), StoreError>;
+
+    /// Leases up to `claim.limit` claimable entries (see
+    /// [`QueueEntry::is_claimable`]) of one lane, earliest due first, and returns
+    /// them with the lease set.
+    async fn claim(&self, claim: &Claim) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Extends the leases `owner` holds on `keys`. Returns how many were renewed;
+    /// a missing one was lost (expired and claimed elsewhere, or cancelled).
+    async fn renew(
+        &self,
+        owner: NodeId,
+        keys: &[EntryKey],
+        until: UnixMillis,
+    ) -> Result<usize, StoreError>;
+
+    /// Ends an entry for good: delivered, failed permanently, or expired. Fails
+    /// with [`StoreError::NotLeased`] unless `owner` holds the lease.
+    async fn complete(&self, owner: NodeId, key: EntryKey) -> Result<Removal, StoreError>;
+
+    /// Records a transient failure: the entry moves to the deferred lane with a
+    /// new due time, its attempt count rises by one, and the lease is released.
+    async fn defer(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        deferral: &Deferral,
+    ) -> Result<(), StoreError>;
+
+    /// Reads one envelope.
+    async fn envelope(&self, id: MessageId) -> Result<Option<Envelope>, StoreError>;
+
+    /// Reads every remaining entry of one message, in recipient order.
+    async fn entries(&self, id: MessageId) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Reads entries in key order, starting after `after`, at most `limit`.
+    /// Restart recovery and `queue list` page through the whole queue with it;
+    /// it never touches message contents.
+    async fn scan(
+        &self,
+        after: Option<EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Applies an operator action to the given entries, ignoring leases (an
+    /// attempt in flight finishes; its outcome is still recorded). Returns how many
+    /// entries changed.
+    async fn admin(&self, keys: &[EntryKey], action: AdminAction) -> Result<usize, StoreError>;
+
+    /// Removes entries regardless of leases (operator cancel). Returns the
+    /// messages that have no entries left; their envelopes are gone too and the
+    /// caller must delete their blobs.
+    async fn cancel(&self, keys: &[EntryKey]) -> Result<Vec<MessageId>, StoreError>;
+}
+
+/// Holds message contents, keyed by message id. Written once, read by delivery
+/// and DSN generation, deleted when no recipient refers to it any more.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Durably stores the contents of a message. Returns only once they would
+    /// survive a crash; concurrent callers share syncs.
+    async fn put(&self, id: MessageId, contents: Bytes) -> Result<(), StoreError>;
+
+    /// Reads the contents, or `None` if there are none.
+    async fn get(&self, id: MessageId) -> Result<Option<Bytes>, StoreError>;
+
+    /// Removes the contents. Removing what is absent is not an error.
+    async fn delete(&self, id: MessageId) -> Result<(), StoreError>;
+}

@@ -1,0 +1,234 @@
+//! Route: the mail queue switch. Decides, per recipient, which virtual queue an
+//! entry goes to and with what priority weight.
+//!
+//! Routing is a pure function of the envelope, the recipient, the message
+//! headers and the configuration: no I/O, no clock reads, no state. That keeps
+//! it cheap on the accept path and lets it be tested with tables.
+
+use ferrymail_config::expr::{Expr, Value, Var, Variables};
+use ferrymail_spool::{EntryKey, Envelope, QueueEntry, UnixMillis};
+
+/// The weight one MT-PRIORITY step is worth (RFC 6710 §3: -9..=9). Large enough
+/// that an operator's `queue.priority` adjustments (small integers) order mail
+/// within one MT-PRIORITY level rather than across levels.
+pub const MT_PRIORITY_STEP: i32 = 1000;
+
+/// The queue switch, built once from the configuration.
+#[derive(Clone, Debug)]
+pub struct Router {
+    /// `queue.strategy.queue`: the virtual queue name.
+    pub queue: Expr,
+    /// `queue.priority`: an optional weight adjustment.
+    pub priority: Option<Expr>,
+}
+
+/// Where one recipient goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routing {
+    /// Virtual queue name.
+    pub queue: String,
+    /// Priority weight: higher is attempted first within a lane.
+    pub weight: i32,
+}
+
+/// The variables routing expressions see for one recipient.
+pub struct RouteVars<'a> {
+    /// The message.
+    pub envelope: &'a Envelope,
+    /// Index of the recipient in the envelope.
+    pub rcpt: usize,
+    /// The message contents (only the header section is read).
+    pub contents: &'a [u8],
+}
+
+impl Variables for RouteVars<'_> {
+    fn var(&self, v: Var) -> Value {
+        let env = self.envelope;
+        let rcpt = env
+            .recipients
+            .get(self.rcpt)
+            .map(|r| r.address.as_str())
+            .unwrap_or("");
+        let domain = |a: &str| {
+            a.rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default()
+        };
+        match v {
+            Var::Sender => Value::Str(env.sender.clone()),
+            Var::SenderDomain => Value::Str(domain(&env.sender)),
+            Var::Rcpt => Value::Str(rcpt.to_string()),
+            Var::RcptDomain => Value::Str(domain(rcpt)),
+            Var::RemoteIp => env
+                .remote_ip
+                .map(|ip| Value::Str(ip.to_string()))
+                .unwrap_or(Value::Null),
+            Var::AuthenticatedAs => env
+                .authenticated_as
+                .clone()
+                .map(Value::Str)
+                .unwrap_or(Value::Null),
+            Var::HeloDomain => env.helo.clone().map(Value::Str).unwrap_or(Value::Null),
+            Var::Priority => Value::Int(env.mt_priority as i64),
+            Var::Size => Value::Int(env.size as i64),
+            Var::Source => Value::Str(env.source.as_str().to_string()),
+            _ => Value::Null,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        header_value(self.contents, name)
+    }
+}
+
+/// The first value of header `name` (case-insensitive) in the header section of
+/// `contents`, unfolded and trimmed. Stops at the first empty line.
+pub fn header_value(contents: &[u8], name: &str) -> Option<String> {
+    let mut rest = contents;
+    let mut found: Option<Vec<u8>> = None;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest)
+            .map(|i| i + 1)
+            .unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = &rest[end..];
+        let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+        let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+        if trimmed.is_empty() {
+            break;
+        }
+        let continuation = matches!(trimmed[0], b' ' | b'\t');
+        match (&mut found, continuation) {
+            (Some(v), true) => v.extend_from_slice(trimmed),
+            (Some(_), false) => break,
+            (None, false) => {
+                if let Some(colon) = memchr::memchr(b':', trimmed)
+                    && trimmed[..colon].eq_ignore_ascii_case(name.as_bytes())
+                {
+                    found = Some(trimmed[colon + 1..].to_vec());
+                }
+            }
+            (None, true) => {}
+        }
+    }
+    found.map(|v| String::from_utf8_lossy(&v).trim().to_string())
+}
+
+impl Router {
+    /// Routes one recipient.
+    pub fn route(&self, vars: &RouteVars<'_>) -> Routing {
+        let queue = self
+            .queue
+            .eval_string(vars)
+            .filter(|q| !q.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let adjust = self
+            .priority
+            .as_ref()
+            .and_then(|p| p.eval_int(vars))
+            .unwrap_or(0)
+            .clamp(-(MT_PRIORITY_STEP as i64 - 1), MT_PRIORITY_STEP as i64 - 1)
+            as i32;
+        Routing {
+            queue,
+            weight: vars.envelope.mt_priority as i32 * MT_PRIORITY_STEP + adjust,
+        }
+    }
+
+    /// Queue entries for every recipient of a newly accepted message, all in
+    /// the pending lane and due at `now`.
+    pub fn entries(
+        &self,
+        envelope: &Envelope,
+        contents: &[u8],
+        now: UnixMillis,
+    ) -> Vec<QueueEntry> {
+        (0..envelope.recipients.len())
+            .map(|i| {
+                let r = self.route(&RouteVars {
+                    envelope,
+                    rcpt: i,
+                    contents,
+                });
+                QueueEntry::new(
+                    EntryKey {
+                        message: envelope.id,
+                        rcpt: i as u32,
+                    },
+                    r.queue,
+                    r.weight,
+                    now,
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrymail_spool::conformance::sample_envelope;
+
+    fn router(queue: &str, priority: Option<&str>) -> Router {
+        Router {
+            queue: Expr::parse(queue).unwrap(),
+            priority: priority.map(|p| Expr::parse(p).unwrap()),
+        }
+    }
+
+    const MSG: &[u8] = b"Received: x\r\nList-Id: <news.example.org>\r\nSubject: a\r\n folded\r\n\r\nList-Id: body\r\n";
+
+    #[test]
+    fn header_lookup() {
+        assert_eq!(
+            header_value(MSG, "list-id").as_deref(),
+            Some("<news.example.org>")
+        );
+        assert_eq!(header_value(MSG, "Subject").as_deref(), Some("a folded"));
+        assert_eq!(header_value(MSG, "X-Missing"), None);
+        assert_eq!(header_value(b"\r\nList-Id: x\r\n", "List-Id"), None);
+    }
+
+    #[test]
+    fn routing_table() {
+        let env = sample_envelope(1, 3); // rcpt{i}@dest{i%3}.example, MT-PRIORITY -3
+        let cases: &[(&str, Option<&str>, usize, &str, i32)] = &[
+            ("'default'", None, 0, "default", -3000),
+            ("'dom-' + rcpt_domain", None, 1, "dom-dest1.example", -3000),
+            (
+                "'l' + header('List-Id')",
+                None,
+                0,
+                "l<news.example.org>",
+                -3000,
+            ),
+            ("''", None, 0, "default", -3000),
+            ("'default'", Some("size / 100"), 0, "default", -2988),
+            ("'default'", Some("99999"), 0, "default", -3000 + 999),
+        ];
+        for (q, p, rcpt, want_q, want_w) in cases {
+            let r = router(q, *p).route(&RouteVars {
+                envelope: &env,
+                rcpt: *rcpt,
+                contents: MSG,
+            });
+            assert_eq!(
+                (r.queue.as_str(), r.weight),
+                (*want_q, *want_w),
+                "{q} / {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_cover_every_recipient() {
+        let env = sample_envelope(7, 4);
+        let e = router("'q'", None).entries(&env, MSG, 42);
+        assert_eq!(e.len(), 4);
+        assert!(
+            e.iter()
+                .enumerate()
+                .all(|(i, x)| x.key.rcpt == i as u32 && x.due == 42 && x.queue == "q")
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! The management listener: a small HTTP/1.1 JSON API over the spool.
+//!
+//! It answers loopback clients only, unless a bearer token is configured; then
+//! it answers only clients that present the token (INTERFACE.md).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferrymail_spool::{AdminAction, EntryKey, MessageId, QueueEntry, Spool, now_millis};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::view::*;
+
+/// Entries read per store round trip while listing.
+const SCAN_PAGE: usize = 4096;
+
+/// What the API needs from the running server.
+pub struct Management {
+    /// The queue.
+    pub spool: Spool,
+    /// Required `Authorization: Bearer` token, if configured.
+    pub token: Option<String>,
+    /// Where `queue flush [DOMAIN]` requests go (the same path as ETRN).
+    pub flush: mpsc::UnboundedSender<Option<String>>,
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, mgmt: Arc<Management>, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "management accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let mgmt = mgmt.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let mgmt = mgmt.clone();
+                async move { Ok::<_, Infallible>(handle(&mgmt, peer, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    json(status, &ApiError { error: msg.into() })
+}
+
+async fn handle(
+    mgmt: &Management,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    match &mgmt.token {
+        Some(token) => {
+            let ok = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+            if !ok {
+                return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            }
+        }
+        None if !peer.ip().is_loopback() => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "management API answers loopback clients only unless a token is configured",
+            );
+        }
+        None => {}
+    }
+    let path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let method = req.method().clone();
+    let result = match (method, path.as_str()) {
+        (Method::GET, "/api/health") => {
+            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+        }
+        (Method::GET, "/api/queue/messages") => {
+            let filter = Filter {
+                queue: query.get("queue").cloned(),
+                sender: query.get("sender").cloned(),
+                rcpt: query.get("rcpt").cloned(),
+                rcpt_domain: query.get("rcpt_domain").cloned(),
+            };
+            list(mgmt, &filter).await.map(|l| json(StatusCode::OK, &l))
+        }
+        (Method::GET, p) if p.starts_with("/api/queue/messages/") && p.ends_with("/contents") => {
+            let id = &p["/api/queue/messages/".len()..p.len() - "/contents".len()];
+            match id.parse::<MessageId>() {
+                Err(_) => Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad message id '{id}'"),
+                )),
+                Ok(id) => match mgmt.spool.blob.get(id).await {
+                    Ok(Some(bytes)) => Ok(Response::builder()
+                        .header("content-type", "message/rfc822")
+                        .body(Full::new(bytes))
+                        .unwrap_or_default()),
+                    Ok(None) => Ok(error(
+                        StatusCode::NOT_FOUND,
+                        format!("no contents for {id}"),
+                    )),
+                    Err(e) => Err(e.to_string()),
+                },
+            }
+        }
+        (Method::GET, p) if p.starts_with("/api/queue/messages/") => {
+            let id = &p["/api/queue/messages/".len()..];
+            match id.parse::<MessageId>() {
+                Err(_) => Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad message id '{id}'"),
+                )),
+                Ok(id) => show(mgmt, id).await.map(|v| match v {
+                    Some(v) => json(StatusCode::OK, &v),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        format!("no message {id} in the queue"),
+                    ),
+                }),
+            }
+        }
+        (Method::POST, "/api/queue/action") => match read_json::<ActionRequest>(req).await {
+            Err(e) => Ok(error(StatusCode::BAD_REQUEST, e)),
+            Ok(a) => action(mgmt, &a).await,
+        },
+        (Method::POST, "/api/queue/flush") => {
+            let domain = query.get("domain").cloned();
+            match mgmt.flush.send(domain) {
+                Ok(()) => Ok(json(StatusCode::OK, &serde_json::json!({"flushed": true}))),
+                Err(_) => Ok(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue is not running",
+                )),
+            }
+        }
+        _ => Ok(error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        )),
+    };
+    result.unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, String> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("bad JSON body: {e}"))
+}
+
+/// Decodes `a=b&c=d` with percent-decoding and `+` as space.
+pub fn parse_query(q: &str) -> BTreeMap<String, String> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    let hex = |c: u8| (c as char).to_digit(16);
+                    match hex(b[i + 1])
+                        .zip(hex(b[i + 2]))
+                        .map(|(h, l)| (h * 16 + l) as u8)
+                    {
+                        Some(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Every entry of the queue, grouped by message, in id order.
+async fn all_entries(spool: &Spool) -> Result<BTreeMap<MessageId, Vec<QueueEntry>>, String> {
+    let mut by_msg: BTreeMap<MessageId, Vec<QueueEntry>> = BTreeMap::new();
+    let mut after: Option<EntryKey> = None;
+    loop {
+        let page = spool
+            .data
+            .scan(after, SCAN_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key);
+        for e in page {
+            by_msg.entry(e.key.message).or_default().push(e);
+        }
+    }
+    Ok(by_msg)
+}
+
+async fn list(mgmt: &Management, filter: &Filter) -> Result<MessageList, String> {
+    let mut messages = Vec::new();
+    let mut recipients = 0;
+    for (id, entries) in all_entries(&mgmt.spool).await? {
+        let Some(env) = mgmt
+            .spool
+            .data
+            .envelope(id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let matching: Vec<QueueEntry> = entries
+            .into_iter()
+            .filter(|e| filter.matches(&env, e))
+            .collect();
+        if !matching.is_empty() {
+            recipients += matching.len();
+            messages.push(MessageView::new(&env, &matching));
+        }
+    }
+    Ok(MessageList {
+        messages,
+        recipients,
+    })
+}
+
+async fn show(mgmt: &Management, id: MessageId) -> Result<Option<MessageView>, String> {
+    let Some(env) = mgmt
+        .spool
+        .data
+        .envelope(id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let entries = mgmt
+        .spool
+        .data
+        .entries(id)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(MessageView::new(&env, &entries)))
+}
+
+async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<Bytes>>, String> {
+    let kind = match a.action.as_str() {
+        "retry" => Some(AdminAction::Retry { now: now_millis() }),
+        "hold" => Some(AdminAction::Hold),
+        "release" => Some(AdminAction::Release),
+        "cancel" => None,
+        other => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown action '{other}': use retry, hold, release or cancel"),
+            ));
+        }
+    };
+    let mut keys = Vec::new();
+    if !a.ids.is_empty() {
+        for id in &a.ids {
+            let Ok(id) = id.parse::<MessageId>() else {
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad message id '{id}'"),
+                ));
+            };
+            let entries = mgmt
+                .spool
+                .data
+                .entries(id)
+                .await
+                .map_err(|e| e.to_string())?;
+            keys.extend(entries.iter().map(|e| e.key));
+        }
+    } else {
+        if a.filter == Filter::default() && !a.all {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "name message ids, a filter, or --all",
+            ));
+        }
+        for (id, entries) in all_entries(&mgmt.spool).await? {
+            let Some(env) = mgmt
+                .spool
+                .data
+                .envelope(id)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            keys.extend(
+                entries
+                    .iter()
+                    .filter(|e| a.filter.matches(&env, e))
+                    .map(|e| e.key),
+            );
+        }
+    }
+    let result = match kind {
+        Some(k) => ActionResult {
+            recipients: mgmt
+                .spool
+                .data
+                .admin(&keys, k)
+                .await
+                .map_err(|e| e.to_string())?,
+            removed_messages: 0,
+        },
+        None => {
+            let gone = mgmt
+                .spool
+                .data
+                .cancel(&keys)
+                .await
+                .map_err(|e| e.to_string())?;
+            for id in &gone {
+                mgmt.spool
+                    .blob
+                    .delete(*id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            ActionResult {
+                recipients: keys.len(),
+                removed_messages: gone.len(),
+            }
+        }
+    };
+    tracing::info!(action = %a.action, recipients = result.recipients, "queue action");
+    Ok(json(StatusCode::OK, &result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_query;
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query("queue=a%20b&sender=x+y%40z&empty=&bad=%zz&trail=%4&utf=%\u{e9}x");
+        assert_eq!(q["queue"], "a b");
+        assert_eq!(q["sender"], "x y@z");
+        assert_eq!(q["empty"], "");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["trail"], "%4");
+        assert_eq!(q["utf"], "%\u{e9}x");
+    }
+}

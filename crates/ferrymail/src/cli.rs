@@ -1,0 +1,349 @@
+//! `ferrymail queue ...`: the operator's view of a running server's queue,
+//! through its management listener.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use ferrymail_config::{Config, Protocol};
+use ferrymail_operate::client::{Client, ClientError, encode_query_value};
+use ferrymail_operate::view::{ActionRequest, ActionResult, Filter, MessageList, MessageView};
+
+/// The queue subcommands of INTERFACE.md.
+#[derive(Subcommand)]
+pub enum QueueCmd {
+    /// List queued messages and their recipients.
+    List {
+        /// Only this virtual queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only senders containing this text.
+        #[arg(long)]
+        sender: Option<String>,
+        /// Only recipients containing this text.
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: envelope, recipients, attempts, next retry.
+    Show {
+        /// Queue id.
+        id: String,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a message's stored contents (like Postfix's postcat -q).
+    Cat {
+        /// Queue id.
+        id: String,
+    },
+    /// Make messages due now.
+    Retry(Selection),
+    /// Keep messages from being attempted until released.
+    Hold(Selection),
+    /// Undo a hold.
+    Release(Selection),
+    /// Remove messages from the queue without notifying anyone.
+    Cancel(Selection),
+    /// Attempt delivery now (what ETRN does remotely).
+    Flush {
+        /// Only mail for this domain.
+        domain: Option<String>,
+    },
+}
+
+/// Which messages a bulk action applies to.
+#[derive(Args)]
+pub struct Selection {
+    /// Queue ids.
+    ids: Vec<String>,
+    /// Every message in this virtual queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Every recipient in this domain.
+    #[arg(long = "rcpt-domain")]
+    rcpt_domain: Option<String>,
+    /// The whole queue.
+    #[arg(long)]
+    all: bool,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Entry point of `ferrymail queue`.
+pub fn main(cmd: QueueCmd, config: Option<PathBuf>) -> ExitCode {
+    let config = match &config {
+        None => Config::default(),
+        Some(p) => match ferrymail_config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let Some(listener) = config.listener(Protocol::Http) else {
+        eprintln!("ferrymail: the configuration has no management listener (protocol = \"http\")");
+        return ExitCode::from(2);
+    };
+    let Some(&addr) = listener.bind.first() else {
+        eprintln!(
+            "ferrymail: management listener '{}' binds no address",
+            listener.id
+        );
+        return ExitCode::from(2);
+    };
+    // A wildcard bind is reached through loopback.
+    let addr = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(
+            if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            addr.port(),
+        )
+    } else {
+        addr
+    };
+    let client = Client {
+        addr,
+        token: listener.token.clone(),
+        timeout: Duration::from_secs(300),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferrymail: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cmd, &client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrymail: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        QueueCmd::List {
+            queue,
+            sender,
+            rcpt,
+            json,
+        } => {
+            let mut q = Vec::new();
+            for (k, v) in [("queue", queue), ("sender", sender), ("rcpt", rcpt)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", encode_query_value(&v)));
+                }
+            }
+            let path = if q.is_empty() {
+                "/api/queue/messages".to_string()
+            } else {
+                format!("/api/queue/messages?{}", q.join("&"))
+            };
+            let body = client.call("GET", &path, None).await?;
+            if json {
+                let _ = out.write_all(&body);
+            } else {
+                let list: MessageList = parse(&body)?;
+                print_list(&mut out, &list);
+            }
+        }
+        QueueCmd::Show { id, json } => {
+            let body = client
+                .call(
+                    "GET",
+                    &format!("/api/queue/messages/{}", encode_query_value(&id)),
+                    None,
+                )
+                .await?;
+            if json {
+                let _ = out.write_all(&body);
+            } else {
+                let m: MessageView = parse(&body)?;
+                print_message(&mut out, &m);
+            }
+        }
+        QueueCmd::Cat { id } => {
+            let body = client
+                .call(
+                    "GET",
+                    &format!("/api/queue/messages/{}/contents", encode_query_value(&id)),
+                    None,
+                )
+                .await?;
+            let _ = out.write_all(&body);
+        }
+        QueueCmd::Retry(s) => action(client, "retry", s, &mut out).await?,
+        QueueCmd::Hold(s) => action(client, "hold", s, &mut out).await?,
+        QueueCmd::Release(s) => action(client, "release", s, &mut out).await?,
+        QueueCmd::Cancel(s) => action(client, "cancel", s, &mut out).await?,
+        QueueCmd::Flush { domain } => {
+            let path = match &domain {
+                Some(d) => format!("/api/queue/flush?domain={}", encode_query_value(d)),
+                None => "/api/queue/flush".to_string(),
+            };
+            client.call("POST", &path, None).await?;
+            let _ = writeln!(
+                out,
+                "flush requested for {}",
+                domain.as_deref().unwrap_or("all destinations")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(body).map_err(|e| ClientError::Http(format!("unexpected answer: {e}")))
+}
+
+async fn action(
+    client: &Client,
+    name: &str,
+    s: Selection,
+    out: &mut impl Write,
+) -> Result<(), ClientError> {
+    if s.ids.is_empty() && s.queue.is_none() && s.rcpt_domain.is_none() && !s.all {
+        return Err(ClientError::Api {
+            status: 400,
+            message: format!("queue {name}: name message ids, --queue, --rcpt-domain or --all"),
+        });
+    }
+    let req = ActionRequest {
+        action: name.to_string(),
+        ids: s.ids,
+        filter: Filter {
+            queue: s.queue,
+            rcpt_domain: s.rcpt_domain,
+            ..Filter::default()
+        },
+        all: s.all,
+    };
+    let body = serde_json::to_vec(&req).unwrap_or_default();
+    let answer = client.call("POST", "/api/queue/action", Some(body)).await?;
+    if s.json {
+        let _ = out.write_all(&answer);
+    } else {
+        let r: ActionResult = parse(&answer)?;
+        let _ = writeln!(out, "{name}: {} recipient(s)", r.recipients);
+        if r.removed_messages > 0 {
+            let _ = writeln!(out, "removed {} message(s)", r.removed_messages);
+        }
+    }
+    Ok(())
+}
+
+fn when(ms: u64) -> String {
+    let now = ferrymail_spool::now_millis();
+    if ms <= now {
+        "now".to_string()
+    } else {
+        format!("in {}s", (ms - now).div_ceil(1000))
+    }
+}
+
+fn print_list(out: &mut impl Write, list: &MessageList) {
+    let _ = writeln!(
+        out,
+        "{:<16}  {:>9}  {:<24}  SENDER",
+        "ID", "SIZE", "ARRIVED"
+    );
+    for m in &list.messages {
+        let _ = writeln!(
+            out,
+            "{:<16}  {:>9}  {:<24}  <{}>",
+            m.id,
+            m.size,
+            ferrymail_receive::protocol::received::rfc5322_date(m.arrived / 1000)
+                .split_once(", ")
+                .map(|(_, d)| d.trim_end_matches(" +0000").to_string())
+                .unwrap_or_default(),
+            m.sender
+        );
+        for r in &m.recipients {
+            let _ = writeln!(
+                out,
+                "    {:<40} {}/{}{} attempts={} due={}{}",
+                r.address,
+                r.queue,
+                r.lane,
+                if r.held { " HELD" } else { "" },
+                r.attempts,
+                when(r.due),
+                r.last_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "-- {} message(s), {} recipient(s)",
+        list.messages.len(),
+        list.recipients
+    );
+}
+
+fn print_message(out: &mut impl Write, m: &MessageView) {
+    let _ = writeln!(out, "id:          {}", m.id);
+    let _ = writeln!(out, "sender:      <{}>", m.sender);
+    let _ = writeln!(out, "size:        {}", m.size);
+    let _ = writeln!(
+        out,
+        "arrived:     {}",
+        ferrymail_receive::protocol::received::rfc5322_date(m.arrived / 1000)
+    );
+    let _ = writeln!(out, "source:      {}", m.source);
+    let _ = writeln!(out, "body:        {}", m.body);
+    let _ = writeln!(out, "smtputf8:    {}", m.smtputf8);
+    if let Some(r) = &m.ret {
+        let _ = writeln!(out, "ret:         {r}");
+    }
+    if let Some(e) = &m.envid {
+        let _ = writeln!(out, "envid:       {e}");
+    }
+    let _ = writeln!(out, "mt-priority: {}", m.mt_priority);
+    if let Some(ip) = &m.remote_ip {
+        let _ = writeln!(out, "client:      [{ip}]");
+    }
+    let _ = writeln!(out, "recipients:");
+    for r in &m.recipients {
+        let _ = writeln!(out, "  {}", r.address);
+        let _ = writeln!(
+            out,
+            "    queue={} lane={} held={} attempts={} weight={} next={}",
+            r.queue,
+            r.lane,
+            r.held,
+            r.attempts,
+            r.weight,
+            when(r.due)
+        );
+        if !r.notify.is_empty() {
+            let _ = writeln!(out, "    notify={}", r.notify.join(","));
+        }
+        if let Some(o) = &r.orcpt {
+            let _ = writeln!(out, "    orcpt={o}");
+        }
+        if let Some(e) = &r.last_error {
+            let _ = writeln!(out, "    last error: {e}");
+        }
+    }
+}

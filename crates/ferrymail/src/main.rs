@@ -1,0 +1,68 @@
+//! `ferrymail`: the one binary. `serve` runs the MTA; `check` validates a
+//! configuration; `queue ...` talks to a running server's management listener.
+//!
+//! Exit codes (INTERFACE.md): 0 success, 1 operation failed, 2 usage or
+//! configuration error.
+
+mod cli;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Ferrymail, a mail transfer agent built around its outbound queue.
+#[derive(Parser)]
+#[command(name = "ferrymail", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the MTA in the foreground until SIGTERM or SIGINT.
+    Serve {
+        /// Configuration file; without it, built-in defaults (SMTP on
+        /// 127.0.0.1:2525, embedded store under ./data).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file: exit 0, or 2 with `file:line: problem`.
+    Check {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Inspect and act on the running server's queue.
+    Queue {
+        #[command(subcommand)]
+        command: cli::QueueCmd,
+        /// The server's configuration file (tells where its management
+        /// listener is, and its token).
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Cmd::Serve { config } => serve::main(config),
+        Cmd::Check { config } => match ferrymail_config::load(&config) {
+            Ok(cfg) => {
+                for w in &cfg.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Queue { command, config } => cli::main(command, config),
+    }
+}

@@ -1,0 +1,334 @@
+//! `ferrymail serve`: wires the configuration into running listeners and
+//! drains them on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use ferrymail_config::{Config, Protocol, StoreKind};
+use ferrymail_operate::api::Management;
+use ferrymail_receive::server::ConnectionLimits;
+use ferrymail_receive::{EtrnRequest, Receiver, SessionParams};
+use ferrymail_route::Router;
+use ferrymail_spool::embedded::EmbeddedStore;
+use ferrymail_spool::{BlobStore, DataStore, IdGenerator, NodeId, Spool};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the server could not start. Each is reported as one line and exit 2
+/// (configuration) or 1 (environment).
+#[derive(Debug)]
+struct StartError {
+    code: u8,
+    message: String,
+}
+
+impl StartError {
+    fn config(message: impl Into<String>) -> Self {
+        StartError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn env(message: impl Into<String>) -> Self {
+        StartError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Entry point of `ferrymail serve`.
+pub fn main(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match &config_path {
+        None => Config::default(),
+        Some(p) => match ferrymail_config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    init_logging();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrymail: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// Logs go to stderr; `FERRYMAIL_LOG_FORMAT=json` gives one JSON object per line,
+/// `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let json = std::env::var("FERRYMAIL_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The directory of the embedded data store, where node identity and the
+/// self-signed certificate are kept too.
+fn state_dir(config: &Config) -> PathBuf {
+    match config.data_store().map(|s| &s.kind) {
+        Some(StoreKind::Embedded { path }) | Some(StoreKind::Fs { path }) => path.clone(),
+        _ => PathBuf::from(ferrymail_config::DEFAULT_DATA_PATH),
+    }
+}
+
+/// Opens the data and blob stores `[storage]` names. One embedded store serving
+/// both roles is opened once.
+async fn open_stores(config: &Config) -> Result<Spool, StartError> {
+    let data_cfg = config
+        .data_store()
+        .ok_or_else(|| StartError::config("[storage] data names no store"))?;
+    let blob_cfg = config
+        .blob_store()
+        .ok_or_else(|| StartError::config("[storage] blob names no store"))?;
+    let embedded = |path: &Path| {
+        EmbeddedStore::open(path).map_err(|e| {
+            StartError::env(format!(
+                "cannot open embedded store at {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let shared: Arc<EmbeddedStore> = match &data_cfg.kind {
+        StoreKind::Embedded { path } => embedded(path)?,
+        other => {
+            return Err(StartError::config(format!(
+                "store '{}' of type '{}' cannot hold queue data in this release; use type \"embedded\"",
+                data_cfg.id,
+                other.type_name()
+            )));
+        }
+    };
+    let data: Arc<dyn DataStore> = shared.clone();
+    let blob: Arc<dyn BlobStore> = match &blob_cfg.kind {
+        StoreKind::Embedded { .. } if blob_cfg.id == data_cfg.id => shared,
+        StoreKind::Embedded { path } => embedded(path)?,
+        other => {
+            return Err(StartError::config(format!(
+                "store '{}' of type '{}' cannot hold message contents in this release; use type \"embedded\"",
+                blob_cfg.id,
+                other.type_name()
+            )));
+        }
+    };
+    Ok(Spool { data, blob })
+}
+
+/// The node's identity: configured, or generated once and kept in the state
+/// directory so it survives restarts.
+fn node_id(config: &Config, dir: &Path) -> Result<(String, NodeId), StartError> {
+    let name = match &config.server.node_id {
+        Some(n) => n.clone(),
+        None => {
+            let file = dir.join("node-id");
+            match std::fs::read_to_string(&file) {
+                Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+                _ => {
+                    let generated = format!(
+                        "{}-{:08x}",
+                        config.server.hostname,
+                        (ferrymail_spool::now_millis() as u32) ^ std::process::id()
+                    );
+                    std::fs::create_dir_all(dir)
+                        .and_then(|_| std::fs::write(&file, &generated))
+                        .map_err(|e| {
+                            StartError::env(format!("cannot write {}: {e}", file.display()))
+                        })?;
+                    generated
+                }
+            }
+        }
+    };
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    Ok((name, NodeId(hash)))
+}
+
+fn tls_acceptor(
+    config: &Config,
+    dir: &Path,
+) -> Result<Option<ferrymail_receive::tls::Acceptor>, StartError> {
+    if !config.session.tls.starttls {
+        return Ok(None);
+    }
+    let named = config
+        .session
+        .tls
+        .certificate
+        .as_ref()
+        .and_then(|id| config.certificates.get(id))
+        .or_else(|| config.certificates.values().next());
+    if let Some(cert) = named {
+        return ferrymail_receive::tls::acceptor_from_pem(&cert.cert, &cert.private_key)
+            .map(Some)
+            .map_err(|e| StartError::config(format!("TLS certificate: {e}")));
+    }
+    let (acceptor, generated) = ferrymail_receive::tls::self_signed(dir, &config.server.hostname)
+        .map_err(|e| StartError::env(e.to_string()))?;
+    if generated {
+        tracing::warn!(
+            dir = %dir.join("tls").display(),
+            "no [certificate] configured: generated a self-signed certificate for STARTTLS"
+        );
+    } else {
+        tracing::warn!("no [certificate] configured: using the self-signed certificate");
+    }
+    Ok(Some(acceptor))
+}
+
+async fn run(config: Config) -> Result<(), StartError> {
+    let dir = state_dir(&config);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| StartError::env(format!("cannot create {}: {e}", dir.display())))?;
+    let spool = open_stores(&config).await?;
+    let (node_name, node) = node_id(&config, &dir)?;
+    let tls = tls_acceptor(&config, &dir)?;
+    let shutdown = CancellationToken::new();
+    let (etrn_tx, mut etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
+    let (flush_tx, mut flush_rx) = mpsc::unbounded_channel::<Option<String>>();
+
+    // The queue engine (a later issue) consumes these; until then they are
+    // acknowledged and logged.
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(r) = etrn_rx.recv() => tracing::info!(node = %r.argument, "ETRN received"),
+                Some(d) = flush_rx.recv() => tracing::info!(domain = ?d, "flush requested"),
+                else => break,
+            }
+        }
+    });
+
+    let s = &config.session;
+    let receiver = Arc::new(Receiver {
+        params: SessionParams {
+            hostname: config.server.hostname.clone(),
+            max_message_size: s.data.max_message_size,
+            max_recipients: s.rcpt.max_recipients,
+            max_errors: s.max_errors,
+            max_line_length: s.max_line_length,
+            command_timeout: s.timeout.command,
+            data_timeout: s.timeout.data_block,
+            local_domains: s
+                .rcpt
+                .local_domains
+                .iter()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        },
+        relay: s.rcpt.relay.clone(),
+        etrn_allow: s.etrn.allow.clone(),
+        router: Arc::new(Router {
+            queue: config.queue.strategy.queue.clone(),
+            priority: config.queue.priority.clone(),
+        }),
+        spool: spool.clone(),
+        ids: Arc::new(IdGenerator::new(node.0)),
+        etrn: etrn_tx,
+        tls,
+        shutdown: shutdown.clone(),
+    });
+    let limits = ConnectionLimits::new(
+        config.server.max_connections,
+        config.server.max_connections_per_ip,
+    );
+    let sessions = TaskTracker::new();
+    let listeners = TaskTracker::new();
+    let mut bound = Vec::new();
+    for l in &config.server.listeners {
+        for addr in &l.bind {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                StartError::env(format!("listener '{}': cannot bind {addr}: {e}", l.id))
+            })?;
+            bound.push(format!("{}={}/{}", l.id, addr, l.protocol.as_str()));
+            match l.protocol {
+                Protocol::Smtp => {
+                    listeners.spawn(ferrymail_receive::server::serve(
+                        listener,
+                        receiver.clone(),
+                        limits.clone(),
+                        sessions.clone(),
+                    ));
+                }
+                Protocol::Http => {
+                    let mgmt = Arc::new(Management {
+                        spool: spool.clone(),
+                        token: l.token.clone(),
+                        flush: flush_tx.clone(),
+                    });
+                    listeners.spawn(ferrymail_operate::api::serve(
+                        listener,
+                        mgmt,
+                        shutdown.clone(),
+                    ));
+                }
+                Protocol::Lmtp => {
+                    return Err(StartError::config(format!(
+                        "listener '{}': inbound LMTP is not supported in this release",
+                        l.id
+                    )));
+                }
+            }
+        }
+    }
+    tracing::info!(node = %node_name, listeners = ?bound, "ferrymail started");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; finishing sessions in progress");
+    shutdown.cancel();
+    listeners.close();
+    listeners.wait().await;
+    sessions.close();
+    if tokio::time::timeout(config.server.shutdown_grace, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?config.server.shutdown_grace,
+            "sessions still open after the shutdown grace period; closing them"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

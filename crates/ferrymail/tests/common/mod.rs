@@ -1,0 +1,373 @@
+//! Shared test fixtures: a real `ferrymail serve` process on free loopback ports,
+//! and a small blocking SMTP client that speaks to it over real TCP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferrymail")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running server, killed on drop.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub smtp: SocketAddr,
+    pub mgmt: SocketAddr,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// The base configuration every test starts from; `extra` is appended.
+pub fn base_config(dir: &Path, smtp: u16, mgmt: u16, extra: &str) -> String {
+    format!(
+        r#"[server]
+hostname = "mx.ferry.test"
+
+[server.listener.smtp]
+bind = ["127.0.0.1:{smtp}"]
+protocol = "smtp"
+
+[server.listener.management]
+bind = ["127.0.0.1:{mgmt}"]
+protocol = "http"
+
+[store.local]
+type = "embedded"
+path = "{data}"
+
+[storage]
+data = "local"
+blob = "local"
+
+{extra}
+"#,
+        data = dir.join("data").display()
+    )
+}
+
+impl Server {
+    /// Starts a server with the base config plus `extra` TOML.
+    pub fn start(extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    /// Starts a server whose config has `[session.rcpt] local-domains` and an
+    /// open relay for loopback, the usual case for protocol tests.
+    pub fn start_default() -> Server {
+        Self::start("[session.rcpt]\nlocal-domains = [\"local.test\"]\nrelay = \"remote_ip == '127.0.0.1'\"\n")
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Server {
+        let smtp = free_port();
+        let mgmt = free_port();
+        let config = dir.path().join("ferrymail.toml");
+        std::fs::write(&config, base_config(dir.path(), smtp, mgmt, extra)).unwrap();
+        let log = dir.path().join("server.log");
+        let mut s = Server {
+            smtp: ([127, 0, 0, 1], smtp).into(),
+            mgmt: ([127, 0, 0, 1], mgmt).into(),
+            config,
+            dir,
+            child: None,
+            log,
+        };
+        s.spawn();
+        s
+    }
+
+    /// (Re)starts the process with the same config and data.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin())
+            .arg("serve")
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferrymail");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ferrymail exited early with {status}:\n{}", self.log_text());
+            }
+            if let Ok(mut s) = TcpStream::connect(self.smtp) {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 3];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"220" {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ferrymail did not become ready:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill_term(c.id());
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("ferrymail did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> Smtp {
+        Smtp::connect(self.smtp)
+    }
+
+    /// Runs `ferrymail ARGS -c CONFIG` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    /// `queue list --json`, parsed.
+    pub fn queue_json(&self) -> serde_json::Value {
+        let out = self.cli(&["queue", "list", "--json"]);
+        assert!(out.status.success(), "queue list failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("queue list --json is JSON")
+    }
+
+    /// Raw stored contents of a message, through the management API.
+    pub fn contents(&self, id: &str) -> Vec<u8> {
+        let out = self.cli(&["queue", "cat", id]);
+        assert!(out.status.success(), "queue cat failed: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unsafe_kill_term(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
+
+/// A parsed SMTP reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// The text after the code of the last line, e.g. "5.5.1 Command unrecognized".
+    pub fn text(&self) -> String {
+        self.lines.last().map(|l| l[4..].to_string()).unwrap_or_default()
+    }
+    /// The enhanced status code of the last line.
+    pub fn status(&self) -> String {
+        self.text().split(' ').next().unwrap_or("").to_string()
+    }
+    pub fn is(&self, code: u16, status: &str) -> bool {
+        self.code == code && self.status() == status
+    }
+}
+
+/// A blocking SMTP client with generous time-outs, so a hung server fails the
+/// test rather than hanging it.
+pub struct Smtp {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Smtp {
+    pub fn connect(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let writer = s.try_clone().unwrap();
+        let mut c = Smtp {
+            reader: BufReader::new(s),
+            writer,
+        };
+        let greet = c.read();
+        assert_eq!(greet.code, 220, "{greet:?}");
+        c
+    }
+
+    /// Connects without reading the greeting.
+    pub fn connect_raw(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let writer = s.try_clone().unwrap();
+        Smtp {
+            reader: BufReader::new(s),
+            writer,
+        }
+    }
+
+    pub fn read(&mut self) -> Reply {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed while reading a reply (got {lines:?})");
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line);
+            if !more {
+                break;
+            }
+        }
+        let code = lines.last().unwrap()[..3].parse().unwrap();
+        Reply { code, lines }
+    }
+
+    /// Tries to read a reply; `None` if the server closed the connection.
+    pub fn try_read(&mut self) -> Option<Reply> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                let mut lines = vec![line.trim_end().to_string()];
+                while lines.last().unwrap().as_bytes().get(3) == Some(&b'-') {
+                    let mut l = String::new();
+                    if self.reader.read_line(&mut l).ok()? == 0 {
+                        return None;
+                    }
+                    lines.push(l.trim_end().to_string());
+                }
+                let code = lines.last().unwrap().get(..3)?.parse().ok()?;
+                Some(Reply { code, lines })
+            }
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// Sends one command line (CRLF added) and reads the reply.
+    pub fn cmd(&mut self, line: &str) -> Reply {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.read()
+    }
+
+    pub fn ehlo(&mut self) -> Reply {
+        let r = self.cmd("EHLO client.test");
+        assert_eq!(r.code, 250, "{r:?}");
+        r
+    }
+
+    /// A whole transaction with DATA; returns the final reply.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &[u8]) -> Reply {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert_eq!(r.code, 250, "{r:?}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert_eq!(r.code, 250, "{r:?}");
+        }
+        let r = self.cmd("DATA");
+        assert_eq!(r.code, 354, "{r:?}");
+        self.send_raw(&dot_stuff(body));
+        self.send_raw(b".\r\n");
+        self.read()
+    }
+}
+
+/// Dot-stuffs a CRLF message for DATA and makes sure it ends with CRLF.
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    let mut at_line_start = true;
+    for &b in body {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n' && out.len() >= 2 && out[out.len() - 2] == b'\r';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The queue id in a "250 2.0.0 Message queued as ID" reply.
+pub fn queued_id(r: &Reply) -> String {
+    assert_eq!(r.code, 250, "{r:?}");
+    r.text().rsplit(' ').next().unwrap().to_string()
+}
+
+/// Strips the first header (our Received:) and its continuation lines.
+pub fn strip_received(stored: &[u8]) -> &[u8] {
+    assert!(stored.starts_with(b"Received: "), "no Received header first");
+    let mut i = 0;
+    loop {
+        let nl = stored[i..].iter().position(|&b| b == b'\n').unwrap() + i;
+        i = nl + 1;
+        if i >= stored.len() || !(stored[i] == b' ' || stored[i] == b'\t') {
+            return &stored[i..];
+        }
+    }
+}
+
+/// True if an external program exists on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Requires an external program: the test suite's setup (scripts/test-deps)
+/// installs them, so a missing one is a setup failure, not a skip.
+pub fn require(program: &str) {
+    assert!(have(program), "{program} is required: run scripts/test-deps");
+}
