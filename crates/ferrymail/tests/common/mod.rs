@@ -70,7 +70,9 @@ impl Server {
     /// Starts a server whose config has `[session.rcpt] local-domains` and an
     /// open relay for loopback, the usual case for protocol tests.
     pub fn start_default() -> Server {
-        Self::start("[session.rcpt]\nlocal-domains = [\"local.test\"]\nrelay = \"remote_ip == '127.0.0.1'\"\n")
+        Self::start(
+            "[session.rcpt]\nlocal-domains = [\"local.test\"]\nrelay = \"remote_ip == '127.0.0.1'\"\n",
+        )
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Server {
@@ -175,15 +177,30 @@ impl Server {
     /// `queue list --json`, parsed.
     pub fn queue_json(&self) -> serde_json::Value {
         let out = self.cli(&["queue", "list", "--json"]);
-        assert!(out.status.success(), "queue list failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "queue list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("queue list --json is JSON")
     }
 
     /// Raw stored contents of a message, through the management API.
     pub fn contents(&self, id: &str) -> Vec<u8> {
-        let out = self.cli(&["queue", "cat", id]);
-        assert!(out.status.success(), "queue cat failed: {}", String::from_utf8_lossy(&out.stderr));
-        out.stdout
+        let (status, body) = self.api_get(&format!("/api/queue/messages/{id}/contents"));
+        assert_eq!(
+            status,
+            200,
+            "contents of {id}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        body
+    }
+
+    /// A GET on the management API over a plain HTTP/1.1 connection; returns
+    /// the status code and body.
+    pub fn api_get(&self, path: &str) -> (u16, Vec<u8>) {
+        http_get(self.mgmt, path, None)
     }
 }
 
@@ -193,8 +210,34 @@ impl Drop for Server {
     }
 }
 
+/// A minimal HTTP/1.1 GET with `Connection: close`, so the body ends at EOF.
+pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head[9..12].parse().unwrap();
+    (status, raw[split + 4..].to_vec())
+}
+
 fn unsafe_kill_term(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
 }
 
 /// A parsed SMTP reply.
@@ -207,7 +250,10 @@ pub struct Reply {
 impl Reply {
     /// The text after the code of the last line, e.g. "5.5.1 Command unrecognized".
     pub fn text(&self) -> String {
-        self.lines.last().map(|l| l[4..].to_string()).unwrap_or_default()
+        self.lines
+            .last()
+            .map(|l| l[4..].to_string())
+            .unwrap_or_default()
     }
     /// The enhanced status code of the last line.
     pub fn status(&self) -> String {
@@ -255,7 +301,10 @@ impl Smtp {
         loop {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line).expect("read reply");
-            assert!(n > 0, "connection closed while reading a reply (got {lines:?})");
+            assert!(
+                n > 0,
+                "connection closed while reading a reply (got {lines:?})"
+            );
             let line = line.trim_end_matches(['\r', '\n']).to_string();
             let more = line.as_bytes().get(3) == Some(&b'-');
             lines.push(line);
@@ -344,7 +393,10 @@ pub fn queued_id(r: &Reply) -> String {
 
 /// Strips the first header (our Received:) and its continuation lines.
 pub fn strip_received(stored: &[u8]) -> &[u8] {
-    assert!(stored.starts_with(b"Received: "), "no Received header first");
+    assert!(
+        stored.starts_with(b"Received: "),
+        "no Received header first"
+    );
     let mut i = 0;
     loop {
         let nl = stored[i..].iter().position(|&b| b == b'\n').unwrap() + i;
@@ -369,5 +421,108 @@ pub fn have(program: &str) -> bool {
 /// Requires an external program: the test suite's setup (scripts/test-deps)
 /// installs them, so a missing one is a setup failure, not a skip.
 pub fn require(program: &str) {
-    assert!(have(program), "{program} is required: run scripts/test-deps");
+    assert!(
+        have(program),
+        "{program} is required: run scripts/test-deps"
+    );
+}
+
+impl Server {
+    /// Starts a server with the base config plus `extra` TOML, with `env`
+    /// added to the server process's environment only (e.g. a variable a
+    /// `%{env:NAME}%` macro reads). A later plain `spawn()` does not pass them.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let smtp = free_port();
+        let mgmt = free_port();
+        let config = dir.path().join("ferrymail.toml");
+        std::fs::write(&config, base_config(dir.path(), smtp, mgmt, extra)).unwrap();
+        let log = dir.path().join("server.log");
+        let mut s = Server {
+            smtp: ([127, 0, 0, 1], smtp).into(),
+            mgmt: ([127, 0, 0, 1], mgmt).into(),
+            config,
+            dir,
+            child: None,
+            log,
+        };
+        s.spawn_with_env(env);
+        s
+    }
+
+    /// Like [`Server::spawn`], with extra environment variables for the server.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn ferrymail"));
+        self.wait_ready();
+    }
+
+    /// Runs `ferrymail ARGS -c CONFIG` with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).arg("-c").arg(&self.config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+/// Runs a command with a time limit; kills it and panics if it overruns.
+/// Output is captured through files, so a child that hangs cannot block us.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    }
+}
+
+/// The ids of the messages in a `queue list --json` document.
+pub fn queue_ids(list: &serde_json::Value) -> Vec<String> {
+    list["messages"]
+        .as_array()
+        .expect("messages array")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect()
 }

@@ -1,0 +1,54 @@
+//! Ferrymail is never an open relay: the default refuses every non-local
+//! recipient, and relaying tricks that hide a second destination in the local
+//! part are refused too.
+
+mod common;
+use common::*;
+
+fn rcpt(s: &Server, to: &str) -> Reply {
+    let mut c = s.client();
+    c.ehlo();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);
+    c.cmd(&format!("RCPT TO:<{to}>"))
+}
+
+#[test]
+fn default_is_closed() {
+    let s = Server::start("[session.rcpt]\nlocal-domains = [\"local.test\"]\n");
+    assert!(rcpt(&s, "user@elsewhere.example").is(554, "5.7.1"));
+    assert!(rcpt(&s, "user@local.test").is(250, "2.1.5"));
+    assert!(
+        rcpt(&s, "USER@LOCAL.TEST").is(250, "2.1.5"),
+        "domains are case-insensitive"
+    );
+    assert!(rcpt(&s, "postmaster").is(250, "2.1.5"));
+    // Percent hack, bang path and source route, each aimed at a remote domain
+    // through a local one.
+    assert!(rcpt(&s, "user%elsewhere.example@local.test").is(554, "5.7.1"));
+    assert!(rcpt(&s, "elsewhere.example!user@local.test").is(554, "5.7.1"));
+    assert!(rcpt(&s, "@local.test:user@elsewhere.example").is(554, "5.7.1"));
+    // A source route that ends in a local domain is just that local domain
+    // (RFC 5321 §3.6.1: the route is ignored).
+    assert!(rcpt(&s, "@elsewhere.example:user@local.test").is(250, "2.1.5"));
+}
+
+#[test]
+fn relay_expression_grants_relaying() {
+    let s = Server::start(
+        "[session.rcpt]\nlocal-domains = [\"local.test\"]\n\
+         relay = \"remote_ip == '127.0.0.1' && rcpt_domain != 'blocked.example'\"\n",
+    );
+    assert!(rcpt(&s, "user@elsewhere.example").is(250, "2.1.5"));
+    assert!(rcpt(&s, "user@blocked.example").is(554, "5.7.1"));
+    // Relaying clients may use percent forms: the expression decides.
+    assert!(rcpt(&s, "user%elsewhere.example@local.test").is(250, "2.1.5"));
+}
+
+#[test]
+fn relay_expression_with_conditions() {
+    let s = Server::start(
+        "[session.rcpt]\nrelay = [ { if = \"in_network(remote_ip, '10.0.0.0/8')\", then = \"true\" },\n\
+         { else = \"false\" } ]\n",
+    );
+    assert!(rcpt(&s, "user@elsewhere.example").is(554, "5.7.1"));
+}

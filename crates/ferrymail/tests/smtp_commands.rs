@@ -1,0 +1,164 @@
+//! Every SMTP command the receiver implements, over real TCP, with the replies
+//! RFC 5321, RFC 1985 and RFC 6710 ask for.
+
+mod common;
+use common::*;
+
+#[test]
+fn ehlo_advertises_every_extension() {
+    let s = Server::start_default();
+    let mut c = s.client();
+    let r = c.ehlo();
+    let keywords: Vec<String> = r.lines[1..].iter().map(|l| l[4..].to_string()).collect();
+    for k in [
+        "PIPELINING",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+        "ETRN",
+        "STARTTLS",
+        "MT-PRIORITY",
+    ] {
+        assert!(
+            keywords.iter().any(|x| x == k),
+            "{k} missing from {keywords:?}"
+        );
+    }
+    let size = keywords
+        .iter()
+        .find(|k| k.starts_with("SIZE "))
+        .expect("SIZE n");
+    assert!(size[5..].parse::<u64>().unwrap() > 0);
+    assert!(r.lines[0].starts_with("250-mx.ferry.test"));
+}
+
+#[test]
+fn helo_gives_a_plain_greeting_and_no_extensions() {
+    let s = Server::start_default();
+    let mut c = s.client();
+    let r = c.cmd("HELO client.test");
+    assert_eq!(r.code, 250);
+    assert_eq!(r.lines.len(), 1);
+    // Parameters are ESMTP: not allowed after HELO.
+    let r = c.cmd("MAIL FROM:<a@example.org> BODY=8BITMIME");
+    assert!(r.is(555, "5.5.4"), "{r:?}");
+    let r = c.cmd("MAIL FROM:<a@example.org>");
+    assert_eq!(r.code, 250);
+}
+
+#[test]
+fn mail_needs_hello_first() {
+    let s = Server::start_default();
+    let mut c = s.client();
+    let r = c.cmd("MAIL FROM:<a@example.org>");
+    assert!(r.is(503, "5.5.1"), "{r:?}");
+}
+
+#[test]
+fn noop_rset_vrfy_help_quit() {
+    let s = Server::start_default();
+    let mut c = s.client();
+    assert!(c.cmd("NOOP").is(250, "2.0.0"));
+    c.ehlo();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);
+    assert!(c.cmd("RSET").is(250, "2.0.0"));
+    // RSET ended the transaction: RCPT now is out of sequence.
+    assert!(c.cmd("RCPT TO:<x@local.test>").is(503, "5.5.1"));
+    let v = c.cmd("VRFY someone");
+    assert_eq!(v.code, 252, "{v:?}");
+    let h = c.cmd("HELP");
+    assert_eq!(h.code, 214, "{h:?}");
+    assert!(h.lines.len() > 1);
+    let q = c.cmd("QUIT");
+    assert!(q.is(221, "2.0.0"), "{q:?}");
+    assert!(c.try_read().is_none(), "connection closed after QUIT");
+}
+
+#[test]
+fn a_message_is_queued_with_its_parameters() {
+    let s = Server::start_default();
+    let mut c = s.client();
+    c.ehlo();
+    assert_eq!(
+        c.cmd("MAIL FROM:<sender@example.org> SIZE=200 BODY=8BITMIME RET=FULL ENVID=abc+2Bdef MT-PRIORITY=4")
+            .code,
+        250
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<one@local.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;first+40x@example.net")
+            .code,
+        250
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<two@elsewhere.example> NOTIFY=NEVER").code,
+        250
+    );
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send_raw(b"Subject: hi\r\n\r\nbody\r\n.\r\n");
+    let r = c.read();
+    let id = queued_id(&r);
+    let out = s.cli(&["queue", "show", &id, "--json"]);
+    assert!(out.status.success());
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["sender"], "sender@example.org");
+    assert_eq!(m["body"], "8BITMIME");
+    assert_eq!(m["ret"], "FULL");
+    assert_eq!(m["envid"], "abc+def");
+    assert_eq!(m["mt_priority"], 4);
+    let r = &m["recipients"];
+    assert_eq!(r[0]["address"], "one@local.test");
+    assert_eq!(r[0]["notify"], serde_json::json!(["SUCCESS", "DELAY"]));
+    assert_eq!(r[0]["orcpt"], "rfc822;first@x@example.net");
+    assert_eq!(r[1]["notify"], serde_json::json!(["NEVER"]));
+    assert_eq!(r[0]["queue"], "default");
+    assert_eq!(r[0]["lane"], "pending");
+    // Higher MT-PRIORITY means a higher weight.
+    assert!(r[0]["weight"].as_i64().unwrap() > 0);
+    // Contents: our Received header, then the message byte for byte.
+    let stored = s.contents(&id);
+    assert_eq!(strip_received(&stored), b"Subject: hi\r\n\r\nbody\r\n");
+    let received = String::from_utf8_lossy(&stored[..stored.len() - 23]).to_string();
+    assert!(
+        received.contains("by mx.ferry.test (Ferrymail) with ESMTP id"),
+        "{received}"
+    );
+}
+
+#[test]
+fn etrn_is_accepted_from_loopback_and_refused_elsewhere() {
+    let s = Server::start_default();
+    let mut c = s.client();
+    c.ehlo();
+    for arg in ["example.org", "@example.org", "#default"] {
+        let r = c.cmd(&format!("ETRN {arg}"));
+        assert!(r.is(250, "2.0.0"), "{arg}: {r:?}");
+    }
+    let r = c.cmd("ETRN");
+    assert_eq!(r.code, 501, "{r:?}");
+    drop(c);
+    let s2 = Server::start("[session.etrn]\nallow = \"false\"\n");
+    let mut c = s2.client();
+    c.ehlo();
+    let r = c.cmd("ETRN example.org");
+    assert_eq!(r.code, 459, "{r:?}");
+}
+
+#[test]
+fn postmaster_is_always_accepted() {
+    // No local domains and no relay permission at all.
+    let s = Server::start("");
+    let mut c = s.client();
+    c.ehlo();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);
+    assert!(c.cmd("RCPT TO:<Postmaster>").is(250, "2.1.5"));
+    assert!(c.cmd("RCPT TO:<someone@example.com>").is(554, "5.7.1"));
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send_raw(b"Subject: to postmaster\r\n\r\nx\r\n.\r\n");
+    let id = queued_id(&c.read());
+    let out = s.cli(&["queue", "show", &id, "--json"]);
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["recipients"][0]["address"], "postmaster");
+    assert_eq!(m["recipients"].as_array().unwrap().len(), 1);
+}
