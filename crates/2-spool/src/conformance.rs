@@ -18,6 +18,8 @@ pub struct TestStores {
     pub data: Arc<dyn DataStore>,
     /// The blob store under test.
     pub blob: Arc<dyn BlobStore>,
+    /// The two are one store that supports [`DataStore::insert_with_contents`].
+    pub unified: bool,
     /// Dropped when the check ends.
     pub guard: Box<dyn std::any::Any + Send>,
 }
@@ -30,7 +32,8 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@tests $make;
             insert_then_read, blob_roundtrip, claim_filters, lease_is_exclusive,
             renew_only_by_owner, complete_removes_and_reports, defer_moves_to_deferred,
-            admin_actions, cancel_removes, scan_pages_in_key_order, concurrent_inserts);
+            admin_actions, cancel_removes, scan_pages_in_key_order, concurrent_inserts,
+            accept_through_spool);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
@@ -462,4 +465,23 @@ pub async fn concurrent_inserts(s: &TestStores) {
         let b = s.blob.get(MessageId(id)).await.unwrap().unwrap();
         assert_eq!(b.len(), 1000 + id as usize);
     }
+}
+
+/// The accept path through [`crate::Spool`]: contents and envelope land
+/// together, for unified and separate stores alike.
+pub async fn accept_through_spool(s: &TestStores) {
+    let spool = crate::Spool {
+        data: s.data.clone(),
+        blob: s.blob.clone(),
+        unified: s.unified,
+    };
+    let env = sample_envelope(77, 2);
+    let contents = Bytes::from_static(b"Received: x\r\n\r\nbody\r\n");
+    spool
+        .accept(&env, &sample_entries(&env, "default", T0), contents.clone())
+        .await
+        .unwrap();
+    assert_eq!(s.blob.get(env.id).await.unwrap(), Some(contents));
+    assert_eq!(s.data.envelope(env.id).await.unwrap(), Some(env.clone()));
+    assert_eq!(s.data.entries(env.id).await.unwrap().len(), 2);
 }

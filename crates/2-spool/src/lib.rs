@@ -26,6 +26,9 @@ pub struct Spool {
     pub data: Arc<dyn DataStore>,
     /// Message contents.
     pub blob: Arc<dyn BlobStore>,
+    /// `data` and `blob` are one store, which takes a message and its contents
+    /// in a single commit ([`DataStore::insert_with_contents`]).
+    pub unified: bool,
 }
 
 impl Spool {
@@ -42,6 +45,12 @@ impl Spool {
         entries: &[QueueEntry],
         contents: Bytes,
     ) -> Result<(), StoreError> {
+        if self.unified {
+            return self
+                .data
+                .insert_with_contents(envelope, entries, contents)
+                .await;
+        }
         self.blob.put(envelope.id, contents).await?;
         if let Err(e) = self.data.insert(envelope, entries).await {
             // Best effort: the client will get a 4xx and retry, so do not keep

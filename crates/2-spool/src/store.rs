@@ -97,6 +97,17 @@ pub trait DataStore: Send + Sync + 'static {
     /// Implementations share one sync among concurrent callers (group commit).
     async fn insert(&self, envelope: &Envelope, entries: &[QueueEntry]) -> Result<(), StoreError>;
 
+    /// Like [`DataStore::insert`], but also stores the contents in the same
+    /// durable commit. Only called when this store is also the blob store
+    /// (see [`crate::Spool::unified`]): one sync instead of two, and no window
+    /// in which contents exist without their envelope.
+    async fn insert_with_contents(
+        &self,
+        envelope: &Envelope,
+        entries: &[QueueEntry],
+        contents: Bytes,
+    ) -> Result<(), StoreError>;
+
     /// Leases up to `claim.limit` claimable entries (see
     /// [`QueueEntry::is_claimable`]) of one lane, earliest due first, and returns
     /// them with the lease set.

@@ -129,8 +129,9 @@ async fn open_stores(config: &Config) -> Result<Spool, StartError> {
         }
     };
     let data: Arc<dyn DataStore> = shared.clone();
+    let unified = blob_cfg.id == data_cfg.id;
     let blob: Arc<dyn BlobStore> = match &blob_cfg.kind {
-        StoreKind::Embedded { .. } if blob_cfg.id == data_cfg.id => shared,
+        StoreKind::Embedded { .. } if unified => shared,
         StoreKind::Embedded { path } => embedded(path)?,
         other => {
             return Err(StartError::config(format!(
@@ -140,7 +141,11 @@ async fn open_stores(config: &Config) -> Result<Spool, StartError> {
             )));
         }
     };
-    Ok(Spool { data, blob })
+    Ok(Spool {
+        data,
+        blob,
+        unified,
+    })
 }
 
 /// The node's identity: configured, or generated once and kept in the state

@@ -57,7 +57,7 @@ struct Request {
 enum Op {
     PutBlob(MessageId, Bytes),
     DeleteBlob(MessageId),
-    Insert(Box<Envelope>, Vec<QueueEntry>),
+    Insert(Box<Envelope>, Vec<QueueEntry>, Option<Bytes>),
     Claim(Claim),
     Renew(NodeId, Vec<EntryKey>, UnixMillis),
     Complete(NodeId, EntryKey),
@@ -224,7 +224,10 @@ impl<'a> Batch<'a> {
                 self.delete(Table::Blob, &mid_key(id));
                 Ok(Outcome::Done)
             }
-            Op::Insert(env, entries) => {
+            Op::Insert(env, entries, contents) => {
+                if let Some(c) = contents {
+                    self.put(Table::Blob, &mid_key(env.id), c.to_vec());
+                }
                 self.put(Table::Env, &mid_key(env.id), encode(&*env));
                 for e in &entries {
                     self.replace(None, Some(e));
@@ -375,7 +378,30 @@ fn unexpected() -> StoreError {
 impl DataStore for EmbeddedStore {
     async fn insert(&self, envelope: &Envelope, entries: &[QueueEntry]) -> Result<(), StoreError> {
         match self
-            .submit(Op::Insert(Box::new(envelope.clone()), entries.to_vec()))
+            .submit(Op::Insert(
+                Box::new(envelope.clone()),
+                entries.to_vec(),
+                None,
+            ))
+            .await?
+        {
+            Outcome::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn insert_with_contents(
+        &self,
+        envelope: &Envelope,
+        entries: &[QueueEntry],
+        contents: Bytes,
+    ) -> Result<(), StoreError> {
+        match self
+            .submit(Op::Insert(
+                Box::new(envelope.clone()),
+                entries.to_vec(),
+                Some(contents),
+            ))
             .await?
         {
             Outcome::Done => Ok(()),
@@ -507,11 +533,32 @@ mod tests {
         TestStores {
             data: s.clone(),
             blob: s,
+            unified: true,
             guard: Box::new(dir),
         }
     }
 
     crate::conformance_suite!(make);
+
+    /// The same contract with data and contents in two separate stores, as
+    /// when `[storage] data` and `blob` name different stores.
+    mod separate {
+        use super::*;
+
+        async fn make() -> TestStores {
+            let dir = tempfile::tempdir().unwrap();
+            let data = EmbeddedStore::open(&dir.path().join("data")).unwrap();
+            let blob = EmbeddedStore::open(&dir.path().join("blob")).unwrap();
+            TestStores {
+                data,
+                blob,
+                unified: false,
+                guard: Box::new(dir),
+            }
+        }
+
+        crate::conformance_suite!(make);
+    }
 
     /// What was acknowledged survives closing and reopening the store.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
