@@ -181,7 +181,7 @@ mod tests {
     fn plain_body_ends_at_crlf_dot_crlf() {
         let (body, used) = decode(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n").unwrap();
         assert_eq!(body, b"Subject: x\r\n\r\nhello\r\n");
-        assert_eq!(used, 28);
+        assert_eq!(used, 24);
     }
 
     #[test]
