@@ -78,6 +78,18 @@ pub struct Selection {
 
 /// Entry point of `ferrymail queue`.
 pub fn main(cmd: QueueCmd, config: Option<PathBuf>) -> ExitCode {
+    // A bulk action must say what it applies to: a usage error, found before
+    // anything is contacted.
+    if let QueueCmd::Retry(s) | QueueCmd::Hold(s) | QueueCmd::Release(s) | QueueCmd::Cancel(s) =
+        &cmd
+        && s.ids.is_empty()
+        && s.queue.is_none()
+        && s.rcpt_domain.is_none()
+        && !s.all
+    {
+        eprintln!("ferrymail: name message ids, --queue, --rcpt-domain or --all");
+        return ExitCode::from(2);
+    }
     let config = match &config {
         None => Config::default(),
         Some(p) => match ferrymail_config::load(p) {
@@ -219,12 +231,6 @@ async fn action(
     s: Selection,
     out: &mut impl Write,
 ) -> Result<(), ClientError> {
-    if s.ids.is_empty() && s.queue.is_none() && s.rcpt_domain.is_none() && !s.all {
-        return Err(ClientError::Api {
-            status: 400,
-            message: format!("queue {name}: name message ids, --queue, --rcpt-domain or --all"),
-        });
-    }
     let req = ActionRequest {
         action: name.to_string(),
         ids: s.ids,

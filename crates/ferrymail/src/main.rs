@@ -50,7 +50,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Cmd::Serve { config } => serve::main(config),
-        Cmd::Check { config } => match ferrymail_config::load(&config) {
+        // Every problem at once, in line order, so one run fixes them all.
+        Cmd::Check { config } => match ferrymail_config::check_file(&config) {
             Ok(cfg) => {
                 for w in &cfg.warnings {
                     eprintln!("warning: {w}");
@@ -58,8 +59,10 @@ fn main() -> ExitCode {
                 println!("{}: OK", config.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{e}");
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
                 ExitCode::from(2)
             }
         },

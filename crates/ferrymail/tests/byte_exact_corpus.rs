@@ -165,10 +165,14 @@ fn corpus_is_stored_byte_exact() {
             let r = send_bdat(&mut n, name, raw);
             let after = n.cmd("NOOP");
             if !after.is(250, "2.0.0") {
-                failures.push(format!("{name}: session unusable after the refusal: {after:?}"));
+                failures.push(format!(
+                    "{name}: session unusable after the refusal: {after:?}"
+                ));
             }
             if !r.is(554, "5.6.0") {
-                failures.push(format!("{name}: NUL content via BDAT answered {r:?}, want 554 5.6.0"));
+                failures.push(format!(
+                    "{name}: NUL content via BDAT answered {r:?}, want 554 5.6.0"
+                ));
             }
             refused_nul.push(name.clone());
             continue;
@@ -194,12 +198,17 @@ fn corpus_is_stored_byte_exact() {
     for (name, mode, id, expected) in &sent {
         let stored = server.contents(id);
         if !stored.starts_with(b"Received: ") {
-            failures.push(format!("{name} via {mode}: stored contents do not start with Received:"));
+            failures.push(format!(
+                "{name} via {mode}: stored contents do not start with Received:"
+            ));
             continue;
         }
         let body = strip_received(&stored);
         if body != expected.as_slice() {
-            failures.push(format!("{name} via {mode}: {}", describe_diff(expected, body)));
+            failures.push(format!(
+                "{name} via {mode}: {}",
+                describe_diff(expected, body)
+            ));
         }
     }
 
@@ -237,7 +246,10 @@ fn dot_lines_and_utf8_survive_data_and_bdat() {
     let mut c = server.client();
     c.ehlo();
     let r = send_bdat(&mut c, "dots", &raw);
-    assert_eq!(strip_received(&server.contents(&queued_id(&r))), raw.as_slice());
+    assert_eq!(
+        strip_received(&server.contents(&queued_id(&r))),
+        raw.as_slice()
+    );
     let crlf = crlf_form(&raw);
     let r = send_data(&mut c, "dots", &crlf);
     let id = queued_id(&r);

@@ -428,15 +428,21 @@ pub fn require(program: &str) {
 }
 
 impl Server {
-    /// Starts a server with the base config plus `extra` TOML, with `env`
-    /// added to the server process's environment only (e.g. a variable a
-    /// `%{env:NAME}%` macro reads). A later plain `spawn()` does not pass them.
-    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
+    /// Starts a server with a config of its own: `edit` gets the base config
+    /// (with `extra` appended) and returns the text to use, e.g. to add keys to
+    /// a table of the base config, which TOML cannot reopen. `env` is added to
+    /// the server process's environment only (a later plain `spawn()` does not
+    /// pass it).
+    pub fn start_custom(
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+        env: &[(&str, &str)],
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let smtp = free_port();
         let mgmt = free_port();
         let config = dir.path().join("ferrymail.toml");
-        std::fs::write(&config, base_config(dir.path(), smtp, mgmt, extra)).unwrap();
+        std::fs::write(&config, edit(base_config(dir.path(), smtp, mgmt, extra))).unwrap();
         let log = dir.path().join("server.log");
         let mut s = Server {
             smtp: ([127, 0, 0, 1], smtp).into(),
@@ -448,6 +454,22 @@ impl Server {
         };
         s.spawn_with_env(env);
         s
+    }
+
+    /// Starts a server with the base config plus `extra` TOML, with `env`
+    /// added to the server process's environment only.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_custom(extra, |c| c, env)
+    }
+
+    /// Starts a server whose `[server]` table also has `server_keys` (TOML
+    /// cannot reopen the base config's `[server]` from `extra`), plus `extra`.
+    pub fn start_with_server_keys(server_keys: &str, extra: &str) -> Server {
+        Self::start_custom(
+            extra,
+            |c| c.replacen("[server]\n", &format!("[server]\n{server_keys}\n"), 1),
+            &[],
+        )
     }
 
     /// Like [`Server::spawn`], with extra environment variables for the server.
