@@ -320,6 +320,12 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
                 .entries(id)
                 .await
                 .map_err(|e| e.to_string())?;
+            if entries.is_empty() {
+                return Ok(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no message {id} in the queue"),
+                ));
+            }
             keys.extend(entries.iter().map(|e| e.key));
         }
     } else {
