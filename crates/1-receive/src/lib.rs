@@ -23,10 +23,26 @@ pub use session::SessionParams;
 
 /// An ETRN (RFC 1985) request, handed to the queue so it can start delivery for
 /// the named node (`domain`, `@domain` or `#queue`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct EtrnRequest {
     /// The argument as the client gave it.
     pub argument: String,
+    /// Where the queue answers; the session turns the answer into the RFC 1985
+    /// reply code.
+    pub reply: tokio::sync::oneshot::Sender<EtrnAnswer>,
+}
+
+/// The queue's answer to an ETRN, one per RFC 1985 §5 reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtrnAnswer {
+    /// 250: queuing started (how much is unknown).
+    Started,
+    /// 251: no messages waiting for that node.
+    NoMessages,
+    /// 252 (`None`) or 253 (`Some(n)`): pending messages for the node started.
+    Pending(Option<usize>),
+    /// 458: unable to queue messages for the node.
+    Unable,
 }
 
 /// Everything sessions share: limits, policy, the spool, and the channels to the
@@ -46,6 +62,9 @@ pub struct Receiver {
     pub ids: Arc<IdGenerator>,
     /// ETRN requests for the queue.
     pub etrn: mpsc::UnboundedSender<EtrnRequest>,
+    /// Entries of every newly accepted message, so the queue can schedule them
+    /// without polling the store.
+    pub queued: mpsc::UnboundedSender<Vec<ferrymail_spool::QueueEntry>>,
     /// STARTTLS, when a certificate is available.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Cancelled on SIGTERM: idle sessions say 421 and close; sessions in a

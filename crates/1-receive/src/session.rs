@@ -20,7 +20,7 @@ use crate::protocol::address;
 use crate::protocol::data::DataDecoder;
 use crate::protocol::received::{Trace, received_header};
 use crate::protocol::reply::{Reply, replies};
-use crate::{EtrnRequest, Receiver};
+use crate::{EtrnAnswer, EtrnRequest, Receiver};
 
 /// Anything a session can run over: a TCP stream, or TLS on top of one.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -346,7 +346,7 @@ impl Session {
                     "2.0.0 End of HELP info".into(),
                 ],
             )),
-            Request::Etrn { name } => self.etrn(name.into_owned()),
+            Request::Etrn { name } => self.etrn(name.into_owned()).await,
             Request::StartTls => self.starttls_command(),
             Request::Auth { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.reply(Reply::new(502, "5.5.1", "Command not implemented"))
@@ -736,6 +736,7 @@ impl Session {
             .await
         {
             Ok(()) => {
+                let _ = self.rx.queued.send(entries);
                 tracing::info!(
                     id = %id,
                     from = %envelope.sender,
@@ -753,18 +754,21 @@ impl Session {
         }
     }
 
-    fn etrn(&mut self, name: String) -> Flow {
+    async fn etrn(&mut self, name: String) -> Flow {
         if self.helo.is_none() {
             return self.reply(replies::bad_sequence("send EHLO or HELO first"));
         }
         if self.tx.is_some() {
             return self.reply(replies::bad_sequence("ETRN not allowed in a transaction"));
         }
-        let vars = RcptVars {
-            session: self,
-            rcpt: "",
+        let allowed = {
+            let vars = RcptVars {
+                session: self,
+                rcpt: "",
+            };
+            self.rx.etrn_allow.eval_bool(&vars)
         };
-        if !self.rx.etrn_allow.eval_bool(&vars) {
+        if !allowed {
             // RFC 1985 §5: 459 node not allowed.
             return self.reply(Reply::new(
                 459,
@@ -775,21 +779,47 @@ impl Session {
         if name.is_empty() {
             return self.reply(replies::syntax("ETRN needs a node name"));
         }
-        match self.rx.etrn.send(EtrnRequest {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = EtrnRequest {
             argument: name.clone(),
-        }) {
-            Ok(()) => self.reply(Reply::new(
-                250,
+            reply: tx,
+        };
+        let answer = if self.rx.etrn.send(request).is_ok() {
+            tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(EtrnAnswer::Unable)
+        } else {
+            EtrnAnswer::Unable
+        };
+        // RFC 1985 §5.
+        let r = match answer {
+            EtrnAnswer::Started => {
+                Reply::new(250, "2.0.0", format!("OK, queuing for node {name} started"))
+            }
+            EtrnAnswer::NoMessages => Reply::new(
+                251,
                 "2.0.0",
-                format!("Queuing for node {name} started"),
-            )),
-            // RFC 1985 §5: 458 unable to queue messages for node.
-            Err(_) => self.reply(Reply::new(
+                format!("OK, no messages waiting for node {name}"),
+            ),
+            EtrnAnswer::Pending(None) => Reply::new(
+                252,
+                "2.0.0",
+                format!("OK, pending messages for node {name} started"),
+            ),
+            EtrnAnswer::Pending(Some(n)) => Reply::new(
+                253,
+                "2.0.0",
+                format!("OK, {n} pending messages for node {name} started"),
+            ),
+            EtrnAnswer::Unable => Reply::new(
                 458,
                 "4.3.0",
                 format!("Unable to queue messages for node {name}"),
-            )),
-        }
+            ),
+        };
+        self.reply(r)
     }
 
     fn starttls_command(&mut self) -> Flow {

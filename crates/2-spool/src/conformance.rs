@@ -94,8 +94,12 @@ pub fn sample_entries(env: &Envelope, queue: &str, due: UnixMillis) -> Vec<Queue
                     message: env.id,
                     rcpt,
                 },
-                queue,
-                rcpt as i32,
+                Routing {
+                    queue: queue.into(),
+                    schedule: "default".into(),
+                    route: "mx".into(),
+                    weight: rcpt as i32,
+                },
                 due,
             )
         })

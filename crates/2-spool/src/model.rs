@@ -293,6 +293,33 @@ pub struct Lease {
     pub until: UnixMillis,
 }
 
+/// Where the router placed one recipient. Computed once, at accept time, and
+/// kept in the entry so that a configuration change never re-routes mail that is
+/// already queued behind the operator's back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// Virtual queue name.
+    pub queue: String,
+    /// Schedule id.
+    pub schedule: String,
+    /// Route id.
+    pub route: String,
+    /// Priority weight: higher is attempted first within a lane.
+    pub weight: i32,
+}
+
+impl Routing {
+    /// The built-in placement: queue `default`, schedule `default`, route `mx`.
+    pub fn default_with_weight(weight: i32) -> Self {
+        Routing {
+            queue: "default".into(),
+            schedule: "default".into(),
+            route: "mx".into(),
+            weight,
+        }
+    }
+}
+
 /// The queue state of one recipient of one message: small, and the only record
 /// the scheduler reads or rewrites.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +328,10 @@ pub struct QueueEntry {
     pub key: EntryKey,
     /// The virtual queue the router chose.
     pub queue: String,
+    /// The `[queue.schedule.<id>]` the router chose: retry, notify, expiry.
+    pub schedule: String,
+    /// The `[queue.route.<id>]` the router chose (`mx` is built in).
+    pub route: String,
     /// Pending (first attempt) or deferred (retry).
     pub lane: Lane,
     /// Held by an operator: never attempted until released.
@@ -320,16 +351,19 @@ pub struct QueueEntry {
 }
 
 impl QueueEntry {
-    /// A fresh entry in the pending lane, due now.
-    pub fn new(key: EntryKey, queue: impl Into<String>, weight: i32, due: UnixMillis) -> Self {
+    /// A fresh entry in the pending lane, due at `due`, placed where the
+    /// router said.
+    pub fn new(key: EntryKey, routing: Routing, due: UnixMillis) -> Self {
         QueueEntry {
             key,
-            queue: queue.into(),
+            queue: routing.queue,
+            schedule: routing.schedule,
+            route: routing.route,
             lane: Lane::Pending,
             held: false,
             due,
             attempts: 0,
-            weight,
+            weight: routing.weight,
             lease: None,
             last_error: None,
             notify_count: 0,

@@ -6,6 +6,7 @@
 //! it cheap on the accept path and lets it be tested with tables.
 
 use ferrymail_config::expr::{Expr, Value, Var, Variables};
+pub use ferrymail_spool::Routing;
 use ferrymail_spool::{EntryKey, Envelope, QueueEntry, UnixMillis};
 
 /// The weight one MT-PRIORITY step is worth (RFC 6710 §3: -9..=9). Large enough
@@ -18,17 +19,24 @@ pub const MT_PRIORITY_STEP: i32 = 1000;
 pub struct Router {
     /// `queue.strategy.queue`: the virtual queue name.
     pub queue: Expr,
+    /// `queue.strategy.schedule`: the schedule id.
+    pub schedule: Expr,
+    /// `queue.strategy.route`: the route id.
+    pub route: Expr,
     /// `queue.priority`: an optional weight adjustment.
     pub priority: Option<Expr>,
 }
 
-/// Where one recipient goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Routing {
-    /// Virtual queue name.
-    pub queue: String,
-    /// Priority weight: higher is attempted first within a lane.
-    pub weight: i32,
+impl Router {
+    /// The router of a loaded configuration.
+    pub fn from_config(q: &ferrymail_config::Queue) -> Self {
+        Router {
+            queue: q.strategy.queue.clone(),
+            schedule: q.strategy.schedule.clone(),
+            route: q.strategy.route.clone(),
+            priority: q.priority.clone(),
+        }
+    }
 }
 
 /// The variables routing expressions see for one recipient.
@@ -117,11 +125,14 @@ pub fn header_value(contents: &[u8], name: &str) -> Option<String> {
 impl Router {
     /// Routes one recipient.
     pub fn route(&self, vars: &RouteVars<'_>) -> Routing {
-        let queue = self
-            .queue
-            .eval_string(vars)
-            .filter(|q| !q.is_empty())
-            .unwrap_or_else(|| "default".to_string());
+        let pick = |e: &Expr, fallback: &str| {
+            e.eval_string(vars)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| fallback.to_string())
+        };
+        let queue = pick(&self.queue, ferrymail_config::DEFAULT_QUEUE);
+        let schedule = pick(&self.schedule, ferrymail_config::DEFAULT_SCHEDULE);
+        let route = pick(&self.route, ferrymail_config::MX_ROUTE);
         let adjust = self
             .priority
             .as_ref()
@@ -131,6 +142,8 @@ impl Router {
             as i32;
         Routing {
             queue,
+            schedule,
+            route,
             weight: vars.envelope.mt_priority as i32 * MT_PRIORITY_STEP + adjust,
         }
     }
@@ -155,8 +168,7 @@ impl Router {
                         message: envelope.id,
                         rcpt: i as u32,
                     },
-                    r.queue,
-                    r.weight,
+                    r,
                     now,
                 )
             })
@@ -172,6 +184,8 @@ mod tests {
     fn router(queue: &str, priority: Option<&str>) -> Router {
         Router {
             queue: Expr::parse(queue).unwrap(),
+            schedule: Expr::parse("'default'").unwrap(),
+            route: Expr::parse("'mx'").unwrap(),
             priority: priority.map(|p| Expr::parse(p).unwrap()),
         }
     }

@@ -17,6 +17,10 @@ pub struct RecipientView {
     pub notify: Vec<String>,
     /// Virtual queue.
     pub queue: String,
+    /// Schedule id.
+    pub schedule: String,
+    /// Route id.
+    pub route: String,
     /// `pending` or `deferred`.
     pub lane: String,
     /// Held by an operator.
@@ -103,6 +107,8 @@ impl MessageView {
                         orcpt: r.and_then(|r| r.orcpt.clone()),
                         notify: r.map(|r| notify_list(r.notify)).unwrap_or_default(),
                         queue: e.queue.clone(),
+                        schedule: e.schedule.clone(),
+                        route: e.route.clone(),
                         lane: e.lane.as_str().into(),
                         held: e.held,
                         due: e.due,

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use ferrymail_config::{Config, Protocol, StoreKind};
 use ferrymail_operate::api::Management;
 use ferrymail_receive::server::ConnectionLimits;
-use ferrymail_receive::{EtrnRequest, Receiver, SessionParams};
+use ferrymail_receive::{EtrnAnswer, EtrnRequest, Receiver, SessionParams};
 use ferrymail_route::Router;
 use ferrymail_spool::embedded::EmbeddedStore;
-use ferrymail_spool::{BlobStore, DataStore, IdGenerator, NodeId, Spool};
+use ferrymail_spool::{BlobStore, DataStore, IdGenerator, NodeId, QueueEntry, Spool};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -221,6 +221,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     let tls = tls_acceptor(&config, &dir)?;
     let shutdown = CancellationToken::new();
     let (etrn_tx, mut etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
+    let (queued_tx, mut queued_rx) = mpsc::unbounded_channel::<Vec<QueueEntry>>();
     let (flush_tx, mut flush_rx) = mpsc::unbounded_channel::<Option<String>>();
 
     // The queue engine (a later issue) consumes these; until then they are
@@ -228,7 +229,11 @@ async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                Some(r) = etrn_rx.recv() => tracing::info!(node = %r.argument, "ETRN received"),
+                Some(r) = etrn_rx.recv() => {
+                    tracing::info!(node = %r.argument, "ETRN received");
+                    let _ = r.reply.send(EtrnAnswer::Started);
+                }
+                Some(_) = queued_rx.recv() => {}
                 Some(d) = flush_rx.recv() => tracing::info!(domain = ?d, "flush requested"),
                 else => break,
             }
@@ -254,13 +259,11 @@ async fn run(config: Config) -> Result<(), StartError> {
         },
         relay: s.rcpt.relay.clone(),
         etrn_allow: s.etrn.allow.clone(),
-        router: Arc::new(Router {
-            queue: config.queue.strategy.queue.clone(),
-            priority: config.queue.priority.clone(),
-        }),
+        router: Arc::new(Router::from_config(&config.queue)),
         spool: spool.clone(),
         ids: Arc::new(IdGenerator::new(node.0)),
         etrn: etrn_tx,
+        queued: queued_tx,
         tls,
         shutdown: shutdown.clone(),
     });
