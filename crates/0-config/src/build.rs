@@ -683,9 +683,13 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
             "route",
             "priority",
             "max-dynamic-queues",
+            "outbound",
         ],
         false,
     );
+    if let Some(o) = r.sub(&sec, "outbound") {
+        out.outbound = outbound(r, &o);
+    }
     if let Some(e) = r.expr(&sec, "priority") {
         check_outcomes(r, &sec, "priority", &e, |v| match v {
             Value::Int(_) => Ok(()),
@@ -702,6 +706,10 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
     if let Some(s) = r.sub(&sec, "schedule") {
         r.check_keys(&s, &SCHEDULE_FIELDS, true);
         let default = schedule(r, &s, &Schedule::default());
+        // The bounce schedule is a copy of the default unless
+        // [queue.schedule.bounce] (below) says otherwise.
+        out.schedules
+            .insert(BOUNCE_SCHEDULE.to_string(), default.clone());
         for (id, child) in r.children(&s, &SCHEDULE_FIELDS) {
             r.check_keys(&child, &SCHEDULE_FIELDS, false);
             let named = schedule(r, &child, &default);
@@ -731,7 +739,19 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
     if let Some(vs) = r.sub(&sec, "virtual") {
         r.check_keys(&vs, &[], true);
         for (name, child) in r.children(&vs, &[]) {
-            let q = virtual_queue(r, &child, &out.schedules);
+            if !is_valid_queue_name(&name) {
+                r.error(
+                    &child.span,
+                    Problem::Invalid(format!(
+                        "invalid virtual queue name '{name}': use 1 to {MAX_QUEUE_NAME_LEN} letters, digits or . _ - + = @ :"
+                    )),
+                );
+                continue;
+            }
+            // Built-in queues (`bounce`) keep their built-in settings for
+            // keys the file does not set.
+            let base = out.virtual_queues.get(&name).cloned().unwrap_or_default();
+            let q = virtual_queue(r, &child, &out.schedules, base);
             out.virtual_queues.insert(name, q);
         }
     }
@@ -740,7 +760,7 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
         r.check_keys(&st, &["queue", "schedule", "route"], false);
         if let Some(e) = r.expr(&st, "queue") {
             check_outcomes(r, &st, "queue", &e, |v| match v {
-                Value::Str(s) if !s.is_empty() => Ok(()),
+                Value::Str(s) if is_valid_queue_name(s) => Ok(()),
                 _ => Err("a queue name".to_string()),
             });
             out.strategy.queue = e;
@@ -777,6 +797,80 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
                 _ => out.strategy.route = e,
             }
         }
+    }
+    out
+}
+
+/// `[queue.outbound]`: the delivery client's settings.
+fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
+    let mut out = Outbound::default();
+    r.check_keys(
+        sec,
+        &[
+            "timeout",
+            "max-mx",
+            "max-multihomed",
+            "ip-strategy",
+            "max-messages-per-connection",
+            "idle-timeout",
+            "delivery-log",
+        ],
+        false,
+    );
+    if let Some(t) = r.sub(sec, "timeout") {
+        r.check_keys(
+            &t,
+            &["connect", "greeting", "ehlo", "mail", "rcpt", "data"],
+            false,
+        );
+        let timeouts = &mut out.timeout;
+        for (key, slot) in [
+            ("connect", &mut timeouts.connect),
+            ("greeting", &mut timeouts.greeting),
+            ("ehlo", &mut timeouts.ehlo),
+            ("mail", &mut timeouts.mail),
+            ("rcpt", &mut timeouts.rcpt),
+            ("data", &mut timeouts.data),
+        ] {
+            if let Some(d) = r.duration(&t, key) {
+                if d.is_zero() {
+                    let span = r.value_span(&t, key);
+                    r.error(
+                        &span,
+                        Problem::Invalid(format!("'{}' must be longer than 0s", t.path(key))),
+                    );
+                } else {
+                    *slot = d;
+                }
+            }
+        }
+    }
+    if let Some(n) = r.usize(sec, "max-mx", 1) {
+        out.max_mx = n;
+    }
+    if let Some(n) = r.usize(sec, "max-multihomed", 1) {
+        out.max_multihomed = n;
+    }
+    if let Some(s) = r.choice(
+        sec,
+        "ip-strategy",
+        &[
+            ("ipv4-then-ipv6", IpStrategy::Ipv4ThenIpv6),
+            ("ipv6-then-ipv4", IpStrategy::Ipv6ThenIpv4),
+            ("ipv4-only", IpStrategy::Ipv4Only),
+            ("ipv6-only", IpStrategy::Ipv6Only),
+        ],
+    ) {
+        out.ip_strategy = s;
+    }
+    if let Some(n) = r.usize(sec, "max-messages-per-connection", 1) {
+        out.max_messages_per_connection = n;
+    }
+    if let Some(d) = r.duration(sec, "idle-timeout") {
+        out.idle_timeout = d;
+    }
+    if let Some(p) = r.nonempty_string(sec, "delivery-log") {
+        out.delivery_log = Some(PathBuf::from(p));
     }
     out
 }
@@ -853,11 +947,36 @@ fn virtual_queue(
     r: &mut Reader,
     sec: &Section,
     schedules: &BTreeMap<String, Schedule>,
+    base: VirtualQueue,
 ) -> VirtualQueue {
-    let mut out = VirtualQueue::default();
-    r.check_keys(sec, &["concurrency", "rate", "schedule"], false);
+    let mut out = base;
+    r.check_keys(
+        sec,
+        &["concurrency", "rate", "schedule", "destination"],
+        false,
+    );
     if let Some(n) = r.usize(sec, "concurrency", 1) {
         out.concurrency = n;
+    }
+    if let Some(d) = r.sub(sec, "destination") {
+        r.check_keys(&d, &["concurrency", "failure-limit", "suspend"], false);
+        if let Some(n) = r.usize(&d, "concurrency", 1) {
+            out.destination.concurrency = n;
+        }
+        if let Some(n) = r.int(&d, "failure-limit", 1, i64::from(u32::MAX)) {
+            out.destination.failure_limit = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(t) = r.duration(&d, "suspend") {
+            if t.is_zero() {
+                let span = r.value_span(&d, "suspend");
+                r.error(
+                    &span,
+                    Problem::Invalid(format!("'{}' must be longer than 0s", d.path("suspend"))),
+                );
+            } else {
+                out.destination.suspend = t;
+            }
+        }
     }
     if let Some(text) = r.string(sec, "rate") {
         match parse_rate(&text) {

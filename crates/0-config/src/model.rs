@@ -38,6 +38,33 @@ pub const MX_ROUTE: &str = "mx";
 pub const DEFAULT_SCHEDULE: &str = "default";
 /// The virtual queue messages go to unless the strategy says otherwise; always defined.
 pub const DEFAULT_QUEUE: &str = "default";
+/// The virtual queue delivery status notifications (`source == 'dsn'`) go to
+/// under the built-in strategy, so bounces never compete with regular mail
+/// (qmail's dedicated bounce queue); always defined.
+pub const BOUNCE_QUEUE: &str = "bounce";
+/// The schedule of the bounce queue; always defined. Unless configured as
+/// `[queue.schedule.bounce]`, it is a copy of the default schedule.
+pub const BOUNCE_SCHEDULE: &str = "bounce";
+/// Longest virtual queue name accepted, in bytes. Names are built from
+/// addresses (`'dom-' + rcpt_domain`), and an address path is at most 256
+/// octets (RFC 5321 4.5.3.1.3), so this never cuts a real name; it only stops a
+/// header-derived name from growing without bound.
+pub const MAX_QUEUE_NAME_LEN: usize = 1024;
+
+/// Whether `name` may name a virtual queue: 1 to [`MAX_QUEUE_NAME_LEN`] bytes,
+/// each character a letter or digit (any script, so internationalised domains
+/// work) or one of `. _ - + = @ :`. No spaces, control characters, quotes,
+/// brackets or slashes, so a name is safe in logs, JSON, file names and an
+/// ETRN `#queue` argument. The scheduler puts entries whose queue name fails
+/// this rule into [`DEFAULT_QUEUE`] and logs a warning; the loader rejects such
+/// names under `[queue.virtual]`.
+pub fn is_valid_queue_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_QUEUE_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '=' | '@' | ':'))
+}
 
 /// Parses a built-in default expression. The texts are constants of this
 /// crate and covered by tests, so a failure is a bug here, not user input.
@@ -452,9 +479,10 @@ impl Default for Storage {
 /// `[queue]`: how outbound mail is scheduled and routed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Queue {
-    /// `[queue.schedule]` (id `default`) and `[queue.schedule.<id>]`.
+    /// `[queue.schedule]` (id `default`) and `[queue.schedule.<id>]`;
+    /// `default` and `bounce` always exist.
     pub schedules: BTreeMap<String, Schedule>,
-    /// `[queue.virtual.<name>]`; `default` always exists.
+    /// `[queue.virtual.<name>]`; `default` and `bounce` always exist.
     pub virtual_queues: BTreeMap<String, VirtualQueue>,
     /// `[queue.strategy]`.
     pub strategy: Strategy,
@@ -464,21 +492,115 @@ pub struct Queue {
     /// first); `None` means every message has the same priority.
     pub priority: Option<Expr>,
     /// `max-dynamic-queues`: how many queues not defined under
-    /// `[queue.virtual]` the strategy may create by name (with default settings).
+    /// `[queue.virtual]` the strategy may create by name. Each gets the
+    /// limits of `[queue.virtual.default]` (concurrency, rate,
+    /// `destination.*`) but not its `schedule`; beyond the cap, entries go
+    /// to `default`.
     pub max_dynamic_queues: usize,
+    /// `[queue.outbound]`: how the SMTP/LMTP client behaves.
+    pub outbound: Outbound,
 }
 
 impl Default for Queue {
     fn default() -> Self {
         Queue {
-            schedules: BTreeMap::from([(DEFAULT_SCHEDULE.to_string(), Schedule::default())]),
-            virtual_queues: BTreeMap::from([(DEFAULT_QUEUE.to_string(), VirtualQueue::default())]),
+            schedules: BTreeMap::from([
+                (DEFAULT_SCHEDULE.to_string(), Schedule::default()),
+                (BOUNCE_SCHEDULE.to_string(), Schedule::default()),
+            ]),
+            virtual_queues: BTreeMap::from([
+                (DEFAULT_QUEUE.to_string(), VirtualQueue::default()),
+                (BOUNCE_QUEUE.to_string(), VirtualQueue::bounce()),
+            ]),
             strategy: Strategy::default(),
             routes: BTreeMap::from([(MX_ROUTE.to_string(), Route::mx())]),
             priority: None,
             max_dynamic_queues: 1000,
+            outbound: Outbound::default(),
         }
     }
+}
+
+/// `[queue.outbound]`: the delivery client's timeouts, MX limits, address
+/// family order, connection reuse and delivery log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    /// `[queue.outbound.timeout]`: one limit per protocol phase.
+    pub timeout: OutboundTimeouts,
+    /// `max-mx`: MX hosts tried per attempt, in preference order. Default 5.
+    pub max_mx: usize,
+    /// `max-multihomed`: addresses tried per MX host. Default 2.
+    pub max_multihomed: usize,
+    /// `ip-strategy`: which address families to use, in which order.
+    pub ip_strategy: IpStrategy,
+    /// `max-messages-per-connection`: transactions on one connection before
+    /// it is closed. Default 100.
+    pub max_messages_per_connection: usize,
+    /// `idle-timeout`: how long an unused connection stays open for reuse.
+    /// Default 30s.
+    pub idle_timeout: Duration,
+    /// `delivery-log`: file receiving one JSON line per recipient per
+    /// attempt. `None`: the lines become `tracing` events (target `delivery`).
+    pub delivery_log: Option<PathBuf>,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Outbound {
+            timeout: OutboundTimeouts::default(),
+            max_mx: 5,
+            max_multihomed: 2,
+            ip_strategy: IpStrategy::Ipv4ThenIpv6,
+            max_messages_per_connection: 100,
+            idle_timeout: Duration::from_secs(30),
+            delivery_log: None,
+        }
+    }
+}
+
+/// `[queue.outbound.timeout]`: client-side limits of RFC 5321 4.5.3.2, one
+/// per phase, so a hung next hop costs a bounded time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundTimeouts {
+    /// `connect`: TCP connect (and implicit TLS handshake). Default 30s.
+    pub connect: Duration,
+    /// `greeting`: the 220 banner (4.5.3.2.1: 5 minutes). Default 5m.
+    pub greeting: Duration,
+    /// `ehlo`: EHLO/LHLO/HELO, STARTTLS, AUTH, RSET and QUIT replies. Default 5m.
+    pub ehlo: Duration,
+    /// `mail`: the MAIL reply (4.5.3.2.2: 5 minutes). Default 5m.
+    pub mail: Duration,
+    /// `rcpt`: each RCPT reply (4.5.3.2.3: 5 minutes). Default 5m.
+    pub rcpt: Duration,
+    /// `data`: DATA/BDAT, sending the contents and the final reply
+    /// (4.5.3.2.4-6; the end-of-data wait is 10 minutes). Default 10m.
+    pub data: Duration,
+}
+
+impl Default for OutboundTimeouts {
+    fn default() -> Self {
+        OutboundTimeouts {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(5 * 60),
+            ehlo: Duration::from_secs(5 * 60),
+            mail: Duration::from_secs(5 * 60),
+            rcpt: Duration::from_secs(5 * 60),
+            data: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// `ip-strategy`: the address families tried for a next-hop host, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IpStrategy {
+    /// `ipv4-then-ipv6` (default): A records first, then AAAA.
+    Ipv4ThenIpv6,
+    /// `ipv6-then-ipv4`: AAAA records first, then A.
+    Ipv6ThenIpv4,
+    /// `ipv4-only`: A records only.
+    Ipv4Only,
+    /// `ipv6-only`: AAAA records only.
+    Ipv6Only,
 }
 
 /// A retry/notify/expire schedule. All fields are expressions, evaluated per
@@ -518,6 +640,9 @@ pub struct VirtualQueue {
     /// `schedule`: a schedule id used for this queue's messages instead of
     /// the strategy's choice.
     pub schedule: Option<String>,
+    /// `destination.*`: limits of each per-destination ready queue inside
+    /// this queue.
+    pub destination: DestinationLimits,
 }
 
 impl Default for VirtualQueue {
@@ -526,6 +651,43 @@ impl Default for VirtualQueue {
             concurrency: 32,
             rate: None,
             schedule: None,
+            destination: DestinationLimits::default(),
+        }
+    }
+}
+
+impl VirtualQueue {
+    /// The built-in `bounce` queue: default limits, schedule `bounce`.
+    pub fn bounce() -> Self {
+        VirtualQueue {
+            schedule: Some(BOUNCE_SCHEDULE.to_string()),
+            ..VirtualQueue::default()
+        }
+    }
+}
+
+/// `[queue.virtual.<name>] destination.*`: how the scheduler treats one next
+/// hop (MX domain or relay route) inside a virtual queue, so that a slow or
+/// dead destination holds only its own slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationLimits {
+    /// `destination.concurrency`: deliveries in flight to one destination at
+    /// once, reached by slow start. Default 10.
+    pub concurrency: usize,
+    /// `destination.failure-limit`: consecutive connection-level failures
+    /// after which the destination is suspended. Default 5.
+    pub failure_limit: u32,
+    /// `destination.suspend`: how long a suspended destination waits before
+    /// one probe delivery is tried. Default 5m.
+    pub suspend: Duration,
+}
+
+impl Default for DestinationLimits {
+    fn default() -> Self {
+        DestinationLimits {
+            concurrency: 10,
+            failure_limit: 5,
+            suspend: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -542,19 +704,36 @@ pub struct Rate {
 /// `[queue.strategy]`: per-recipient choices, each an expression yielding an id.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Strategy {
-    /// `queue`: virtual queue name. Default `'default'`.
+    /// `queue`: virtual queue name. Default `'bounce'` for `source == 'dsn'`,
+    /// else `'default'`.
     pub queue: Expr,
-    /// `schedule`: schedule id. Default `'default'`.
+    /// `schedule`: schedule id. Default `'bounce'` for `source == 'dsn'`,
+    /// else `'default'`.
     pub schedule: Expr,
     /// `route`: route id. Default `'mx'`.
     pub route: Expr,
 }
 
+/// The built-in strategy sends delivery status notifications to the bounce
+/// queue and schedule and everything else to `default`:
+/// `[ { if = "source == 'dsn'", then = "'bounce'" }, { else = "'default'" } ]`.
+/// A strategy set in the file replaces it whole; to keep bounces apart then,
+/// include the same condition.
 impl Default for Strategy {
     fn default() -> Self {
+        let by_source = |dsn: &str, other: &str| {
+            Expr::conditional(
+                vec![(
+                    builtin("source == 'dsn'"),
+                    Expr::constant(Value::Str(dsn.to_string())),
+                )],
+                Expr::constant(Value::Str(other.to_string())),
+            )
+            .unwrap_or_else(|e| panic!("built-in strategy: {e}"))
+        };
         Strategy {
-            queue: Expr::constant(Value::Str(DEFAULT_QUEUE.to_string())),
-            schedule: Expr::constant(Value::Str(DEFAULT_SCHEDULE.to_string())),
+            queue: by_source(BOUNCE_QUEUE, DEFAULT_QUEUE),
+            schedule: by_source(BOUNCE_SCHEDULE, DEFAULT_SCHEDULE),
             route: Expr::constant(Value::Str(MX_ROUTE.to_string())),
         }
     }

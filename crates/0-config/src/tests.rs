@@ -208,7 +208,8 @@ fn seed_dsn_block_verbatim() {
 #[test]
 fn seed_blocks_together() {
     let c = ok(&format!("{SEED_SCHEDULE}\n{SEED_DSN}"));
-    assert_eq!(c.queue.schedules.len(), 1);
+    // `default`, and `bounce` (always present, a copy of it).
+    assert_eq!(c.queue.schedules.len(), 2);
     assert_eq!(c.report.dsn.sign.eval_strings(&()), vec!["rsa"]);
 }
 
@@ -727,7 +728,8 @@ port = 2525
         tries.expire.is_none(),
         "max-attempts replaces an inherited expire"
     );
-    assert_eq!(q.schedules.len(), 3);
+    // default, bounce (always present), bulk, tries.
+    assert_eq!(q.schedules.len(), 4);
 
     assert_eq!(q.virtual_queues["default"].concurrency, 16);
     let vb = &q.virtual_queues["bulk"];
@@ -1260,4 +1262,251 @@ fn parsing_never_panics() {
         }
     }
     assert_eq!(n, fragments.len().pow(3));
+}
+
+// ---------------------------------------------------------------- [queue.outbound]
+
+#[test]
+fn outbound_defaults_are_rfc_5321_client_timeouts() {
+    let c = ok("");
+    let o = &c.queue.outbound;
+    assert_eq!(o.timeout.connect, Duration::from_secs(30));
+    assert_eq!(o.timeout.greeting, Duration::from_secs(300));
+    assert_eq!(o.timeout.ehlo, Duration::from_secs(300));
+    assert_eq!(o.timeout.mail, Duration::from_secs(300));
+    assert_eq!(o.timeout.rcpt, Duration::from_secs(300));
+    assert_eq!(o.timeout.data, Duration::from_secs(600));
+    assert_eq!(o.max_mx, 5);
+    assert_eq!(o.max_multihomed, 2);
+    assert_eq!(o.ip_strategy, IpStrategy::Ipv4ThenIpv6);
+    assert_eq!(o.max_messages_per_connection, 100);
+    assert_eq!(o.idle_timeout, Duration::from_secs(30));
+    assert_eq!(o.delivery_log, None);
+    assert_eq!(*o, Outbound::default());
+}
+
+#[test]
+fn outbound_keys_all_read() {
+    let c = ok(r#"
+[queue.outbound]
+timeout.connect = "5s"
+timeout.greeting = "1m"
+timeout.ehlo = "2m"
+timeout.mail = "3m"
+timeout.rcpt = "4m"
+timeout.data = "20m"
+max-mx = 3
+max-multihomed = 1
+ip-strategy = "ipv6-then-ipv4"
+max-messages-per-connection = 7
+idle-timeout = "250ms"
+delivery-log = "/var/log/ferrymail/delivery.jsonl"
+"#);
+    let o = &c.queue.outbound;
+    assert_eq!(o.timeout.connect, Duration::from_secs(5));
+    assert_eq!(o.timeout.greeting, Duration::from_secs(60));
+    assert_eq!(o.timeout.ehlo, Duration::from_secs(120));
+    assert_eq!(o.timeout.mail, Duration::from_secs(180));
+    assert_eq!(o.timeout.rcpt, Duration::from_secs(240));
+    assert_eq!(o.timeout.data, Duration::from_secs(1200));
+    assert_eq!(o.max_mx, 3);
+    assert_eq!(o.max_multihomed, 1);
+    assert_eq!(o.ip_strategy, IpStrategy::Ipv6ThenIpv4);
+    assert_eq!(o.max_messages_per_connection, 7);
+    assert_eq!(o.idle_timeout, Duration::from_millis(250));
+    assert_eq!(
+        o.delivery_log,
+        Some(PathBuf::from("/var/log/ferrymail/delivery.jsonl"))
+    );
+    // The table form of the timeouts means the same.
+    let t = ok("[queue.outbound.timeout]\nrcpt = \"9s\"\n");
+    assert_eq!(t.queue.outbound.timeout.rcpt, Duration::from_secs(9));
+    for (text, want) in [
+        ("ipv4-then-ipv6", IpStrategy::Ipv4ThenIpv6),
+        ("ipv6-then-ipv4", IpStrategy::Ipv6ThenIpv4),
+        ("ipv4-only", IpStrategy::Ipv4Only),
+        ("ipv6-only", IpStrategy::Ipv6Only),
+    ] {
+        let c = ok(&format!("[queue.outbound]\nip-strategy = \"{text}\"\n"));
+        assert_eq!(c.queue.outbound.ip_strategy, want);
+    }
+}
+
+#[test]
+fn outbound_errors() {
+    for (text, want) in [
+        (
+            "[queue.outbound]\nmax-mxx = 3\n",
+            "/etc/ferrymail.toml:2: unknown key 'max-mxx' in [queue.outbound]; did you mean 'max-mx'?",
+        ),
+        (
+            "[queue.outbound]\ntimeout.conect = \"1s\"\n",
+            "/etc/ferrymail.toml:2: unknown key 'conect' in [queue.outbound.timeout]; did you mean 'connect'?",
+        ),
+        (
+            "[queue.outbound]\ntimeout.data = \"0s\"\n",
+            "/etc/ferrymail.toml:2: 'queue.outbound.timeout.data' must be longer than 0s",
+        ),
+        (
+            "[queue.outbound]\nmax-mx = 0\n",
+            "/etc/ferrymail.toml:2: 'queue.outbound.max-mx' must be at least 1, found 0",
+        ),
+        (
+            "[queue.outbound]\ndelivery-log = \"\"\n",
+            "/etc/ferrymail.toml:2: 'queue.outbound.delivery-log' must not be empty",
+        ),
+    ] {
+        assert_eq!(err(text), want, "{text}");
+    }
+    let e = err("[queue.outbound]\nip-strategy = \"ipv4-then-ipv7\"\n");
+    assert!(e.starts_with("/etc/ferrymail.toml:2: "), "{e}");
+    assert!(e.contains("ipv4-then-ipv6"), "{e}");
+    let e = err("[queue.outbound]\nidle-timeout = \"soon\"\n");
+    assert!(e.contains("invalid duration 'soon'"), "{e}");
+    let e = err("[queue]\noutbund = 1\n");
+    assert!(e.contains("did you mean 'outbound'?"), "{e}");
+}
+
+// ------------------------------------------------------------ virtual queues (issue 3)
+
+/// The bounce queue and schedule always exist; the built-in strategy sends
+/// DSNs there and everything else to `default`.
+#[test]
+fn bounce_queue_and_schedule_are_built_in() {
+    struct Src(&'static str);
+    impl Variables for Src {
+        fn var(&self, v: Var) -> Value {
+            match v {
+                Var::Source => Value::Str(self.0.to_string()),
+                _ => Value::Null,
+            }
+        }
+    }
+    for c in [Config::default(), ok("")] {
+        let q = &c.queue;
+        assert!(q.virtual_queues.contains_key(BOUNCE_QUEUE));
+        assert_eq!(
+            q.virtual_queues[BOUNCE_QUEUE].schedule.as_deref(),
+            Some(BOUNCE_SCHEDULE)
+        );
+        assert_eq!(q.schedules[BOUNCE_SCHEDULE], q.schedules[DEFAULT_SCHEDULE]);
+        for (source, want) in [("dsn", "bounce"), ("smtp", "default"), ("local", "default")] {
+            assert_eq!(
+                q.strategy.queue.eval_string(&Src(source)).as_deref(),
+                Some(want)
+            );
+            assert_eq!(
+                q.strategy.schedule.eval_string(&Src(source)).as_deref(),
+                Some(want)
+            );
+        }
+    }
+    // The bounce schedule inherits the configured default schedule...
+    let c = ok("[queue.schedule]\nretry = \"[1m]\"\n");
+    assert_eq!(
+        c.queue.schedules[BOUNCE_SCHEDULE].retry.eval_durations(&()),
+        vec![mins(1)]
+    );
+    // ...unless it is configured itself, and then inherits what it does not set.
+    let c = ok(
+        "[queue.schedule]\nretry = \"[1m]\"\nnotify = \"[2h]\"\n[queue.schedule.bounce]\nretry = \"[7m]\"\n",
+    );
+    let b = &c.queue.schedules[BOUNCE_SCHEDULE];
+    assert_eq!(b.retry.eval_durations(&()), vec![mins(7)]);
+    assert_eq!(b.notify.eval_durations(&()), vec![mins(120)]);
+    // Configuring [queue.virtual.bounce] keeps its schedule unless set.
+    let c = ok("[queue.virtual.bounce]\nconcurrency = 3\n");
+    let vb = &c.queue.virtual_queues[BOUNCE_QUEUE];
+    assert_eq!(vb.concurrency, 3);
+    assert_eq!(vb.schedule.as_deref(), Some(BOUNCE_SCHEDULE));
+    // A strategy set in the file replaces the built-in one.
+    let c = ok("[queue.strategy]\nqueue = \"'q1'\"\n");
+    assert_eq!(
+        c.queue.strategy.queue.eval_string(&Src("dsn")).as_deref(),
+        Some("q1")
+    );
+}
+
+/// `destination.*` keys of a virtual queue, their defaults and their errors.
+#[test]
+fn virtual_queue_destination_limits() {
+    let d = DestinationLimits::default();
+    assert_eq!(d.concurrency, 10);
+    assert_eq!(d.failure_limit, 5);
+    assert_eq!(d.suspend, mins(5));
+    let c = ok(r#"
+[queue.virtual.slow]
+concurrency = 8
+destination.concurrency = 3
+destination.failure-limit = 2
+destination.suspend = "90s"
+
+[queue.virtual.other]
+destination.concurrency = 4
+"#);
+    let q = &c.queue.virtual_queues;
+    assert_eq!(
+        q["slow"].destination,
+        DestinationLimits {
+            concurrency: 3,
+            failure_limit: 2,
+            suspend: Duration::from_secs(90),
+        }
+    );
+    assert_eq!(q["other"].destination.concurrency, 4);
+    assert_eq!(q["other"].destination.failure_limit, 5);
+    assert_eq!(q["default"].destination, DestinationLimits::default());
+
+    for (text, want) in [
+        (
+            "[queue.virtual.q]\ndestination.concurrency = 0\n",
+            "'queue.virtual.q.destination.concurrency'",
+        ),
+        (
+            "[queue.virtual.q]\ndestination.suspend = \"0s\"\n",
+            "'queue.virtual.q.destination.suspend' must be longer than 0s",
+        ),
+        (
+            "[queue.virtual.q]\ndestination.limit = 1\n",
+            "unknown key 'limit' in [queue.virtual.q.destination]",
+        ),
+        (
+            "[queue.virtual.\"bad name\"]\nconcurrency = 1\n",
+            "invalid virtual queue name 'bad name'",
+        ),
+        (
+            "[queue.strategy]\nqueue = \"'a b'\"\n",
+            "must give a queue name",
+        ),
+    ] {
+        let e = err(text);
+        assert!(e.contains(want), "{text:?}: {e}");
+    }
+}
+
+/// The queue name rule the scheduler and the loader share.
+#[test]
+fn queue_name_rule() {
+    for good in [
+        "default",
+        "dom-example.org",
+        "a",
+        "Q_1+x=y@z:w",
+        "dom-bücher.example",
+        &"x".repeat(MAX_QUEUE_NAME_LEN),
+    ] {
+        assert!(is_valid_queue_name(good), "{good}");
+    }
+    for bad in [
+        "",
+        "a b",
+        "l<news.example.org>",
+        "#q",
+        "a/b",
+        "tab\t",
+        "q'",
+        &"x".repeat(MAX_QUEUE_NAME_LEN + 1),
+    ] {
+        assert!(!is_valid_queue_name(bad), "{bad:?}");
+    }
 }

@@ -33,7 +33,7 @@ macro_rules! conformance_suite {
             insert_then_read, blob_roundtrip, claim_filters, lease_is_exclusive,
             renew_only_by_owner, complete_removes_and_reports, defer_moves_to_deferred,
             admin_actions, cancel_removes, scan_pages_in_key_order, concurrent_inserts,
-            accept_through_spool);
+            accept_through_spool, claim_keys_conditions, claim_keys_is_exclusive);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
@@ -488,4 +488,153 @@ pub async fn accept_through_spool(s: &TestStores) {
     assert_eq!(s.blob.get(env.id).await.unwrap(), Some(contents));
     assert_eq!(s.data.envelope(env.id).await.unwrap(), Some(env.clone()));
     assert_eq!(s.data.entries(env.id).await.unwrap().len(), 2);
+}
+
+/// `claim_keys` takes exactly the named entries, whatever their due time or
+/// lane, and skips the missing, the held and those under another node's live
+/// lease; this node's own lease (e.g. from before a restart) is taken over.
+pub async fn claim_keys_conditions(s: &TestStores) {
+    let env = put(s, 1, 6, "default", T0 + 3_600_000).await; // due in an hour
+    let k = |rcpt| EntryKey {
+        message: env.id,
+        rcpt,
+    };
+    let missing = EntryKey {
+        message: MessageId(99),
+        rcpt: 0,
+    };
+    // k(1) held; k(2) leased by B until T0 + 60s; k(3) leased by A until T0 + 60s;
+    // k(4) leased by B until T0 - 1 (lapsed); k(5) deferred.
+    assert_eq!(s.data.admin(&[k(1)], AdminAction::Hold).await.unwrap(), 1);
+    let got = s
+        .data
+        .claim_keys(B, &[k(2), k(4)], T0 - 60_001, T0 - 1)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    let got = s
+        .data
+        .claim_keys(B, &[k(2)], T0 - 2, T0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the owner extends its own lease");
+    let got = s
+        .data
+        .claim_keys(A, &[k(3), k(5)], T0, T0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    s.data
+        .defer(
+            A,
+            k(5),
+            &Deferral {
+                due: T0 + 7_200_000,
+                last_error: "451 later".into(),
+                notify_count: 0,
+            },
+        )
+        .await
+        .unwrap();
+
+    let now = T0 + 1_000;
+    let got = s
+        .data
+        .claim_keys(
+            A,
+            &[k(0), k(1), k(2), k(3), k(4), k(5), missing, k(0)],
+            now,
+            now + 30_000,
+        )
+        .await
+        .unwrap();
+    let keys: Vec<_> = got.iter().map(|e| e.key).collect();
+    assert_eq!(
+        keys,
+        vec![k(0), k(3), k(4), k(5)],
+        "not held k(1), not B's live k(2), not the missing one, k(0) once"
+    );
+    for e in &got {
+        assert_eq!(
+            e.lease,
+            Some(Lease {
+                owner: A,
+                until: now + 30_000
+            })
+        );
+    }
+    assert_eq!(got[3].lane, Lane::Deferred, "any lane");
+    assert_eq!(got[3].attempts, 1, "the entry is returned as stored");
+    // The leases are durable: B can no longer claim them, A can complete them.
+    assert!(
+        s.data
+            .claim_keys(B, &[k(0), k(3)], now, now + 30_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.data.complete(A, k(0)).await.unwrap(),
+        Removal { remaining: 5 }
+    );
+    // Claimed entries leave the due-order claim index until the lease lapses.
+    assert!(
+        s.data
+            .claim(&claim(B, Lane::Deferred, T0 + 8_000_000, 10))
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.key != k(5) || e.lease.unwrap().owner == B)
+    );
+    // B's lapsed lease on k(2) after T0 + 60s: A takes it.
+    let got = s
+        .data
+        .claim_keys(A, &[k(2)], T0 + 60_000, T0 + 120_000)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+}
+
+/// Two nodes claiming the same keys at the same moment: each entry goes to
+/// exactly one of them.
+pub async fn claim_keys_is_exclusive(s: &TestStores) {
+    let env = put(s, 1, 40, "default", T0).await;
+    let keys: Vec<EntryKey> = (0..40)
+        .map(|rcpt| EntryKey {
+            message: env.id,
+            rcpt,
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (owner, rev) in [(A, false), (B, true), (A, true), (B, false)] {
+        let data = s.data.clone();
+        let mut keys = keys.clone();
+        if rev {
+            keys.reverse();
+        }
+        tasks.push(tokio::spawn(async move {
+            let got = data
+                .claim_keys(owner, &keys, T0, T0 + 60_000)
+                .await
+                .unwrap();
+            (owner, got)
+        }));
+    }
+    let mut owner_of = std::collections::HashMap::new();
+    for t in tasks {
+        let (owner, got) = t.await.unwrap();
+        for e in got {
+            assert_eq!(e.lease.unwrap().owner, owner);
+            let prev = owner_of.insert(e.key, owner);
+            assert!(
+                prev.is_none_or(|p| p == owner),
+                "{:?} claimed by two nodes",
+                e.key
+            );
+        }
+    }
+    assert_eq!(owner_of.len(), 40, "every entry claimed by someone");
+    for e in s.data.scan(None, 100).await.unwrap() {
+        assert_eq!(Some(e.lease.unwrap().owner), owner_of.get(&e.key).copied());
+    }
 }

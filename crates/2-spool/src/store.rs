@@ -113,6 +113,26 @@ pub trait DataStore: Send + Sync + 'static {
     /// them with the lease set.
     async fn claim(&self, claim: &Claim) -> Result<Vec<QueueEntry>, StoreError>;
 
+    /// Leases exactly the named entries for `owner` until `lease_until`, and
+    /// returns the ones it leased, with the lease set, in the order of `keys`.
+    ///
+    /// This is how the scheduler takes the entries it picked from its own
+    /// index (by destination, priority and lane) instead of by due order as
+    /// [`DataStore::claim`] does. The due time is not checked: the scheduler
+    /// may start an entry early (ETRN, flush). An entry is skipped when it is
+    /// missing, held, or under a live lease (`until > now`) of another node.
+    /// A lease `owner` already holds (also one from before a restart) is taken
+    /// over and extended, so a restarted node reclaims its own entries
+    /// without waiting for their leases to lapse. Two nodes claiming the same
+    /// key at once: exactly one gets it.
+    async fn claim_keys(
+        &self,
+        owner: NodeId,
+        keys: &[EntryKey],
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<Vec<QueueEntry>, StoreError>;
+
     /// Extends the leases `owner` holds on `keys`. Returns how many were renewed;
     /// a missing one was lost (expired and claimed elsewhere, or cancelled).
     async fn renew(

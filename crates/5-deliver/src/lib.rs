@@ -4,6 +4,51 @@
 //!
 //! The scheduler decides *when* and *how many at once*; this crate decides
 //! *how*: which host, which connection, which extensions.
+//!
+//! [`SmtpTransport`] is the implementation that speaks SMTP (RFC 5321) and
+//! LMTP (RFC 2033). Its policies, where the RFCs leave a choice:
+//!
+//! * **Next hop.** Relay routes go to their address. The `mx` route looks up
+//!   MX records (RFC 5321 §5.1): lowest preference first, random among
+//!   equal preferences, at most `max-mx` hosts, each with at most
+//!   `max-multihomed` addresses in `ip-strategy` order; no MX means the
+//!   domain's own addresses (implicit MX). NXDOMAIN, or neither MX nor
+//!   address records, is permanent (5.1.2); a null MX (RFC 7505) is
+//!   permanent (5.1.10); SERVFAIL, REFUSED, timeouts are transient (4.4.3).
+//!   A host that fails (connect, greeting, EHLO, TLS, AUTH) is skipped for
+//!   the next one; when all fail the attempt is transient, with every
+//!   host's failure in the reason.
+//! * **TLS.** STARTTLS (RFC 3207) is used whenever offered unless
+//!   `tls.mode = "disable"`. In the default `optional` mode it is
+//!   opportunistic (RFC 7435, like Postfix's `may`): the session is
+//!   encrypted but the certificate is not verified, because MX hosts rarely
+//!   present one that verifies and the alternative is plain text. A failed
+//!   STARTTLS (refused or a broken handshake) makes that host fail
+//!   transiently and the next MX is tried; there is no fallback to plain
+//!   text on the same host, so an attacker who breaks the handshake cannot
+//!   downgrade the session. `require` and implicit TLS verify the
+//!   certificate (Mozilla's roots and the host name) unless
+//!   `tls.allow-invalid-certs`, and `require` fails a host that does not
+//!   offer STARTTLS (4.7.4).
+//! * **AUTH** (relay routes): PLAIN, else LOGIN, and only over TLS or to a
+//!   loopback address. A failure is transient.
+//! * **Extensions.** PIPELINING when offered (always for LMTP); BDAT
+//!   (CHUNKING) when offered, else DATA with dot-stuffing; SIZE declared and
+//!   enforced (a larger message fails permanently, 5.3.4); BODY=8BITMIME,
+//!   SMTPUTF8 and the DSN parameters passed on when supported. Without
+//!   support: SMTPUTF8 needed → permanent 5.6.7; 8-bit content → permanent
+//!   5.6.3 (no down-conversion; 8BITMIME mail that is 7-bit clean goes
+//!   without BODY); DSN parameters dropped and [`Remote::dsn`] false.
+//! * **Outcomes.** A RCPT reply applies to its recipient; the reply to the
+//!   end of DATA (or the last BDAT) to every recipient accepted at RCPT;
+//!   LMTP's per-recipient replies each to their own. Failures that are not
+//!   a reply (network, TLS, DNS, local checks) have a reason that begins
+//!   with an enhanced status code; [`Outcome::status`] returns it.
+//! * **Connections** are pooled per [`destination_key`], reused for up to
+//!   `max-messages-per-connection` transactions with RSET before each
+//!   reuse, and closed with QUIT after `idle-timeout`.
+//! * **Delivery log**: see the `log` module; one JSON line per recipient
+//!   per attempt.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,6 +56,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferrymail_spool::Envelope;
+
+mod dns;
+pub mod log;
+mod pool;
+pub mod protocol;
+mod session;
+mod tls;
+mod transport;
+
+pub use transport::{BuildError, SmtpTransport};
 
 /// One delivery attempt: a message and the recipients of it that share one
 /// destination.
@@ -74,6 +129,24 @@ pub enum Outcome {
         /// The remote reply, when there was one.
         reply: Option<RemoteReply>,
     },
+}
+
+impl Outcome {
+    /// The enhanced status code (RFC 3463) for DSNs and logs: the remote
+    /// reply's, else the one a local reason begins with, else the class
+    /// default (`2.0.0`, `4.0.0`, `5.0.0`).
+    pub fn status(&self) -> String {
+        let (reply, reason, default) = match self {
+            Outcome::Delivered { reply } => (Some(reply), None, "2.0.0"),
+            Outcome::Transient { reason, reply } => (reply.as_ref(), Some(reason), "4.0.0"),
+            Outcome::Permanent { reason, reply } => (reply.as_ref(), Some(reason), "5.0.0"),
+        };
+        reply
+            .and_then(|r| r.status.clone())
+            .or_else(|| reason.and_then(|r| protocol::reply::enhanced_status(r)))
+            .filter(|s| s.starts_with(&default[..1]))
+            .unwrap_or_else(|| default.to_string())
+    }
 }
 
 /// Where an attempt went, for the delivery log and DSNs (Remote-MTA).

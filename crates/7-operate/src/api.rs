@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,7 +19,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::view::*;
@@ -31,8 +32,44 @@ pub struct Management {
     pub spool: Spool,
     /// Required `Authorization: Bearer` token, if configured.
     pub token: Option<String>,
-    /// Where `queue flush [DOMAIN]` requests go (the same path as ETRN).
-    pub flush: mpsc::UnboundedSender<Option<String>>,
+    /// The queue engine, when one runs: told about every change an action
+    /// makes in the store, and asked to flush. `None`: actions change the
+    /// store only and flush answers 503.
+    pub control: Option<Arc<dyn QueueControl>>,
+}
+
+/// A boxed future, so [`QueueControl`] stays object-safe without extra
+/// dependencies.
+pub type ControlFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the management API needs from the queue engine. Defined here, not in
+/// the engine's crate, so that operate depends on neither the scheduler nor
+/// receive; the server binary connects the two.
+///
+/// Hold, release, retry and cancel are applied to the store by the API (so
+/// they take effect even for entries the engine has not indexed yet) and then
+/// reported with [`QueueControl::changed`], so the engine's in-memory index
+/// follows: a held entry leaves it, a released or retried one is due again, a
+/// cancelled one is forgotten.
+pub trait QueueControl: Send + Sync + 'static {
+    /// These entries changed in the store; re-read them. Must not block.
+    fn changed(&self, keys: &[EntryKey]);
+
+    /// `ferrymail queue flush [TARGET]`: attempt now every queued recipient
+    /// of `target` (a domain, `@domain` or `#queue`, as ETRN), or of every
+    /// destination for `None`. Answers how many messages were started.
+    fn flush(&self, target: Option<String>) -> ControlFuture<Result<usize, ControlError>>;
+}
+
+/// Why [`QueueControl::flush`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The target is not a domain or queue name (HTTP 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The queue engine is not running (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
@@ -159,12 +196,17 @@ async fn handle(
         },
         (Method::POST, "/api/queue/flush") => {
             let domain = query.get("domain").cloned();
-            match mgmt.flush.send(domain) {
-                Ok(()) => Ok(json(StatusCode::OK, &serde_json::json!({"flushed": true}))),
-                Err(_) => Ok(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "queue is not running",
+            let result = match &mgmt.control {
+                Some(c) => c.flush(domain).await,
+                None => Err(ControlError::Unavailable("queue is not running".into())),
+            };
+            match result {
+                Ok(messages) => Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({"flushed": true, "messages": messages}),
                 )),
+                Err(ControlError::BadRequest(e)) => Ok(error(StatusCode::BAD_REQUEST, e)),
+                Err(ControlError::Unavailable(e)) => Ok(error(StatusCode::SERVICE_UNAVAILABLE, e)),
             }
         }
         _ => Ok(error(
@@ -383,6 +425,11 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
             }
         }
     };
+    if let Some(c) = &mgmt.control
+        && !keys.is_empty()
+    {
+        c.changed(&keys);
+    }
     tracing::info!(action = %a.action, recipients = result.recipients, "queue action");
     Ok(json(StatusCode::OK, &result))
 }

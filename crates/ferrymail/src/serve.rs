@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ferrymail_config::{Config, Protocol, StoreKind};
-use ferrymail_operate::api::Management;
+use ferrymail_deliver::{SmtpTransport, Transport};
+use ferrymail_operate::api::{ControlError, ControlFuture, Management, QueueControl};
 use ferrymail_receive::server::ConnectionLimits;
 use ferrymail_receive::{EtrnAnswer, EtrnRequest, Receiver, SessionParams};
 use ferrymail_route::Router;
+use ferrymail_schedule::{Event, ManagerSettings, QueueError, QueueHandle, QueueManager};
 use ferrymail_spool::embedded::EmbeddedStore;
-use ferrymail_spool::{BlobStore, DataStore, IdGenerator, NodeId, QueueEntry, Spool};
+use ferrymail_spool::{BlobStore, DataStore, EntryKey, IdGenerator, NodeId, QueueEntry, Spool};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -220,25 +222,31 @@ async fn run(config: Config) -> Result<(), StartError> {
     let (node_name, node) = node_id(&config, &dir)?;
     let tls = tls_acceptor(&config, &dir)?;
     let shutdown = CancellationToken::new();
-    let (etrn_tx, mut etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
-    let (queued_tx, mut queued_rx) = mpsc::unbounded_channel::<Vec<QueueEntry>>();
-    let (flush_tx, mut flush_rx) = mpsc::unbounded_channel::<Option<String>>();
+    let (etrn_tx, etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
+    let (queued_tx, queued_rx) = mpsc::unbounded_channel::<Vec<QueueEntry>>();
 
-    // The queue engine (a later issue) consumes these; until then they are
-    // acknowledged and logged.
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                Some(r) = etrn_rx.recv() => {
-                    tracing::info!(node = %r.argument, "ETRN received");
-                    let _ = r.reply.send(EtrnAnswer::Started);
-                }
-                Some(_) = queued_rx.recv() => {}
-                Some(d) = flush_rx.recv() => tracing::info!(domain = ?d, "flush requested"),
-                else => break,
-            }
-        }
-    });
+    // The queue engine: recovers the queue from the store, schedules newly
+    // accepted mail (receive's `queued` channel), answers ETRN and flush,
+    // and delivers through the SMTP/LMTP client.
+    let smtp = Arc::new(
+        SmtpTransport::new(&config)
+            .map_err(|e| StartError::env(format!("cannot set up delivery: {e}")))?,
+    );
+    let transport: Arc<dyn Transport> = smtp.clone();
+    let queue = QueueManager::start(
+        &config,
+        spool.clone(),
+        transport,
+        ManagerSettings {
+            shutdown_grace: config.server.shutdown_grace,
+            ..ManagerSettings::new(node)
+        },
+        queued_rx,
+        shutdown.clone(),
+    );
+    tokio::spawn(answer_etrn(etrn_rx, queue.handle.clone()));
+    tokio::spawn(consume_events(queue.events));
+    let control: Arc<dyn QueueControl> = Arc::new(Control(queue.handle.clone()));
 
     let s = &config.session;
     let receiver = Arc::new(Receiver {
@@ -293,7 +301,7 @@ async fn run(config: Config) -> Result<(), StartError> {
                     let mgmt = Arc::new(Management {
                         spool: spool.clone(),
                         token: l.token.clone(),
-                        flush: flush_tx.clone(),
+                        control: Some(control.clone()),
                     });
                     listeners.spawn(ferrymail_operate::api::serve(
                         listener,
@@ -327,8 +335,69 @@ async fn run(config: Config) -> Result<(), StartError> {
             "sessions still open after the shutdown grace period; closing them"
         );
     }
+    // The queue manager drained its deliveries in parallel, within the same
+    // grace period; wait for it to finish, then say QUIT to idle next hops.
+    if let Err(e) = queue.task.await {
+        tracing::error!(error = %e, "queue manager ended abnormally");
+    }
+    smtp.close_idle().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects the management API to the queue engine (operate depends on
+/// neither schedule nor receive; the binary joins them).
+struct Control(QueueHandle);
+
+impl QueueControl for Control {
+    fn changed(&self, keys: &[EntryKey]) {
+        let _ = self.0.refresh(keys.to_vec());
+    }
+
+    fn flush(&self, target: Option<String>) -> ControlFuture<Result<usize, ControlError>> {
+        let handle = self.0.clone();
+        Box::pin(async move {
+            handle.flush(target.as_deref()).await.map_err(|e| match e {
+                QueueError::Target(t) => ControlError::BadRequest(t.to_string()),
+                QueueError::Closed => ControlError::Unavailable(e.to_string()),
+            })
+        })
+    }
+}
+
+/// Answers ETRN (RFC 1985 §5) from the queue engine: 251 when no message is
+/// queued for the node, 253 with the number of messages started, 458 when
+/// the argument names no domain or queue or the queue is not running.
+async fn answer_etrn(mut requests: mpsc::UnboundedReceiver<EtrnRequest>, queue: QueueHandle) {
+    while let Some(r) = requests.recv().await {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let answer = match queue.etrn(&r.argument).await {
+                Ok(0) => EtrnAnswer::NoMessages,
+                Ok(n) => EtrnAnswer::Pending(Some(n)),
+                Err(e) => {
+                    tracing::info!(node = %r.argument, error = %e, "ETRN refused");
+                    EtrnAnswer::Unable
+                }
+            };
+            let _ = r.reply.send(answer);
+        });
+    }
+}
+
+/// Takes the queue engine's per-recipient events.
+// TODO(DSN issue 5): hand these to the DSN generator; until it lands they
+// are only logged (the manager already logs every outcome at info).
+async fn consume_events(mut events: mpsc::UnboundedReceiver<Event>) {
+    while let Some(e) = events.recv().await {
+        tracing::debug!(
+            message = %e.envelope.id,
+            rcpt = e.rcpt,
+            action = e.action(),
+            status = %e.status(),
+            "queue event"
+        );
+    }
 }
 
 async fn wait_for_signal() {

@@ -59,6 +59,12 @@ enum Op {
     DeleteBlob(MessageId),
     Insert(Box<Envelope>, Vec<QueueEntry>, Option<Bytes>),
     Claim(Claim),
+    ClaimKeys {
+        owner: NodeId,
+        keys: Vec<EntryKey>,
+        now: UnixMillis,
+        until: UnixMillis,
+    },
     Renew(NodeId, Vec<EntryKey>, UnixMillis),
     Complete(NodeId, EntryKey),
     Defer(NodeId, EntryKey, Deferral),
@@ -278,6 +284,30 @@ impl<'a> Batch<'a> {
                 }
                 Ok(Outcome::Claimed(out))
             }
+            Op::ClaimKeys {
+                owner,
+                keys,
+                now,
+                until,
+            } => {
+                let mut out = Vec::with_capacity(keys.len());
+                let mut seen = std::collections::BTreeSet::new();
+                for key in keys {
+                    if !seen.insert(key) {
+                        continue; // named twice: claimed (or not) once
+                    }
+                    let Some(e) = self.entry(key)? else { continue };
+                    let foreign_live = e.lease.is_some_and(|l| l.owner != owner && l.until > now);
+                    if e.held || foreign_live {
+                        continue;
+                    }
+                    let mut n = e.clone();
+                    n.lease = Some(Lease { owner, until });
+                    self.replace(Some(&e), Some(&n));
+                    out.push(n);
+                }
+                Ok(Outcome::Claimed(out))
+            }
             Op::Renew(owner, keys, until) => {
                 let mut n = 0;
                 for key in keys {
@@ -411,6 +441,27 @@ impl DataStore for EmbeddedStore {
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<QueueEntry>, StoreError> {
         match self.submit(Op::Claim(claim.clone())).await? {
+            Outcome::Claimed(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn claim_keys(
+        &self,
+        owner: NodeId,
+        keys: &[EntryKey],
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        match self
+            .submit(Op::ClaimKeys {
+                owner,
+                keys: keys.to_vec(),
+                now,
+                until: lease_until,
+            })
+            .await?
+        {
             Outcome::Claimed(v) => Ok(v),
             _ => Err(unexpected()),
         }

@@ -33,7 +33,20 @@ pub struct Server {
 }
 
 /// The base configuration every test starts from; `extra` is appended.
+///
+/// Unless `extra` brings its own `[queue.strategy]`, every recipient is routed
+/// to `parked`: a relay on 127.0.0.1:9, where nothing listens. Delivery
+/// attempts then fail transiently (connection refused) and the mail stays
+/// queued, which is what tests of the receive side and of the queue CLI look
+/// at. (Without it, mail to the made-up test domains would bounce at once:
+/// their MX lookups fail with NXDOMAIN.)
 pub fn base_config(dir: &Path, smtp: u16, mgmt: u16, extra: &str) -> String {
+    let parked = if extra.contains("[queue.strategy]") {
+        ""
+    } else {
+        "[queue.route.parked]\ntype = \"relay\"\naddress = \"127.0.0.1\"\nport = 9\n\n\
+         [queue.strategy]\nroute = \"'parked'\"\n"
+    };
     format!(
         r#"[server]
 hostname = "mx.ferry.test"
@@ -54,6 +67,7 @@ path = "{data}"
 data = "local"
 blob = "local"
 
+{parked}
 {extra}
 "#,
         data = dir.join("data").display()

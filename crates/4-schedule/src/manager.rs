@@ -1,0 +1,964 @@
+//! The async driver: [`QueueManager`] owns the scheduling core and carries
+//! out what it decides against the real store and transport.
+//!
+//! # One loop, many helpers
+//!
+//! The manager's loop is the only owner of the [`Scheduler`], so the index
+//! needs no lock. It never waits on the store itself: helper tasks read
+//! (recovery scan, envelopes for new mail, re-reads after changes) and send
+//! the results back as commands; each delivery job is its own task that
+//! claims, delivers, records the outcome and returns a [`JobReport`]. The loop
+//! sleeps until the earliest of: a command, a finished job, the core's next
+//! wake time, or shutdown.
+//!
+//! # A delivery job
+//!
+//! 1. **Claim** the job's entries with a lease ([`DataStore::claim_keys`](ferrymail_spool::DataStore::claim_keys)).
+//!    The store refuses held entries and entries another node holds, so an
+//!    operator's hold and a second node are respected even when the index is
+//!    behind. Refused entries are re-read and re-indexed.
+//! 2. **Load** the envelope and the contents (the only place the scheduler
+//!    touches a body, and only to hand it to the transport).
+//! 3. **Deliver** through the [`Transport`], renewing the lease every
+//!    `renew_every` while it runs.
+//! 4. **Record** each recipient's outcome as the [`Policy`] decides:
+//!    `complete` (and delete the contents once no recipient is left) or
+//!    `defer` with the next due time, last error and notify count; then emit
+//!    the [`Event`].
+//!
+//! # Restart
+//!
+//! At start the manager pages through [`DataStore::scan`](ferrymail_spool::DataStore::scan) (entries only,
+//! never contents; one envelope read per message for the recipient domains)
+//! and indexes what it finds while new mail already flows. Entries leased by
+//! this node before the restart count as free.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrymail_config::Config;
+use ferrymail_deliver::{Job, Outcome, RecipientOutcome, Remote, Transport};
+use ferrymail_spool::{
+    EntryKey, Envelope, MessageId, NodeId, QueueEntry, Spool, StoreError, UnixMillis, now_millis,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{
+    CoreSettings, Dispatch, Health, JobId, JobReport, Mode, Next, Notice, Origin, Scheduler, Stats,
+    Target, TargetError,
+};
+use crate::event::{Event, EventKind};
+use crate::policy::{Attempt, Decision, Policy};
+
+/// How long a store operation that failed waits before the entry is tried
+/// again (the entry keeps this node's lease meanwhile, so nobody else takes
+/// it before then).
+const STORE_RETRY_MS: u64 = 60_000;
+
+/// How often a failed re-read of changed entries is retried, and how long to
+/// wait between tries.
+const RELOAD_TRIES: u32 = 6;
+const RELOAD_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Tunables of the driver. [`ManagerSettings::new`] gives production values.
+#[derive(Clone, Debug)]
+pub struct ManagerSettings {
+    /// This node: lease owner.
+    pub node: NodeId,
+    /// How long a claim lasts unless renewed. A node that dies holds its
+    /// entries at most this long.
+    pub lease: Duration,
+    /// How often a running delivery renews its lease.
+    pub renew_every: Duration,
+    /// How long shutdown waits for deliveries in flight before abandoning
+    /// them (their leases let this node reclaim them after a restart).
+    pub shutdown_grace: Duration,
+    /// Entries read per recovery scan page.
+    pub scan_page: usize,
+    /// Seed of the jitter generator.
+    pub seed: u64,
+}
+
+impl ManagerSettings {
+    /// Production values: 5-minute leases renewed every minute, 30 s grace,
+    /// 4096-entry pages, a seed from the clock and the node.
+    pub fn new(node: NodeId) -> ManagerSettings {
+        ManagerSettings {
+            node,
+            lease: Duration::from_secs(300),
+            renew_every: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            scan_page: 4096,
+            seed: now_millis() ^ node.0.rotate_left(17),
+        }
+    }
+}
+
+/// Why a request to the queue manager failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The manager is not running (shutting down, or never started).
+    #[error("the queue manager is not running")]
+    Closed,
+    /// The ETRN or flush argument is not a domain or queue name.
+    #[error("bad node name: {0}")]
+    Target(#[from] TargetError),
+}
+
+/// What the loop is asked to do.
+enum Command {
+    /// Entries to index, with their recipient domains.
+    Ingest {
+        entries: Vec<(QueueEntry, String)>,
+        origin: Origin,
+    },
+    /// The start-up scan ended.
+    Recovered {
+        entries: usize,
+        elapsed: Duration,
+        error: Option<String>,
+    },
+    /// These entries changed in the store: re-read them.
+    Refresh(Vec<EntryKey>),
+    /// The result of a re-read: `found` holds the keys that still exist.
+    Reloaded {
+        keys: Vec<EntryKey>,
+        found: Vec<(QueueEntry, String)>,
+    },
+    /// ETRN or flush.
+    Expedite {
+        target: Target,
+        reply: oneshot::Sender<usize>,
+    },
+    /// Counters.
+    Stats(oneshot::Sender<Stats>),
+}
+
+/// A cheap, clonable handle to a running [`QueueManager`]: what ETRN, the
+/// management API and tests use.
+#[derive(Clone, Debug)]
+pub struct QueueHandle {
+    /// The manager's command channel.
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Ingest { .. } => "Ingest",
+            Command::Recovered { .. } => "Recovered",
+            Command::Refresh(_) => "Refresh",
+            Command::Reloaded { .. } => "Reloaded",
+            Command::Expedite { .. } => "Expedite",
+            Command::Stats(_) => "Stats",
+        })
+    }
+}
+
+impl QueueHandle {
+    /// ETRN (RFC 1985): starts delivery of the queued mail for `argument`
+    /// (`domain`, `@domain` or `#queue`) and returns how many messages have
+    /// mail queued for it: 0 is reply 251, `n` is 253.
+    pub async fn etrn(&self, argument: &str) -> Result<usize, QueueError> {
+        let target = Target::parse(argument)?;
+        self.expedite(target).await
+    }
+
+    /// `ferrymail queue flush [DOMAIN]`: like ETRN for `target` (same
+    /// syntax), or for everything when `None`.
+    pub async fn flush(&self, target: Option<&str>) -> Result<usize, QueueError> {
+        let target = match target {
+            None => Target::All,
+            Some(t) => Target::parse(t)?,
+        };
+        self.expedite(target).await
+    }
+
+    async fn expedite(&self, target: Target) -> Result<usize, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Expedite { target, reply })
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)
+    }
+
+    /// Tells the manager that these entries changed in the store (an
+    /// operator's hold, release, retry or cancel); it re-reads them.
+    pub fn refresh(&self, keys: Vec<EntryKey>) -> Result<(), QueueError> {
+        self.tx
+            .send(Command::Refresh(keys))
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// The index's counters.
+    pub async fn stats(&self) -> Result<Stats, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stats(reply))
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)
+    }
+}
+
+/// What delivery tasks share.
+struct Shared {
+    spool: Spool,
+    transport: Arc<dyn Transport>,
+    policy: Policy,
+    events: mpsc::UnboundedSender<Event>,
+    settings: ManagerSettings,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// The queue engine's driver. See the module documentation.
+pub struct QueueManager {
+    core: Scheduler,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+/// A manager started with [`QueueManager::start`].
+pub struct Running {
+    /// Talks to it.
+    pub handle: QueueHandle,
+    /// Every [`Event`], for the DSN layer. Must be consumed: it is unbounded.
+    pub events: mpsc::UnboundedReceiver<Event>,
+    /// Ends after shutdown, once deliveries in flight finished or the grace
+    /// period ran out.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl QueueManager {
+    /// A manager for `config`, delivering through `transport`. Returns the
+    /// manager, a handle to it and the receiving end of its events.
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        transport: Arc<dyn Transport>,
+        settings: ManagerSettings,
+    ) -> (QueueManager, QueueHandle, mpsc::UnboundedReceiver<Event>) {
+        let (tx, commands) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let core = Scheduler::new(CoreSettings::from_config(
+            &config.queue,
+            settings.node,
+            settings.seed,
+        ));
+        let shared = Arc::new(Shared {
+            spool,
+            transport,
+            policy: Policy::from_config(&config.queue),
+            events,
+            settings,
+            commands: tx.clone(),
+        });
+        (
+            QueueManager {
+                core,
+                shared,
+                commands,
+            },
+            QueueHandle { tx },
+            events_rx,
+        )
+    }
+
+    /// [`QueueManager::new`] and [`QueueManager::run`] on a new task.
+    pub fn start(
+        config: &Config,
+        spool: Spool,
+        transport: Arc<dyn Transport>,
+        settings: ManagerSettings,
+        queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+        shutdown: CancellationToken,
+    ) -> Running {
+        let (manager, handle, events) = QueueManager::new(config, spool, transport, settings);
+        let task = tokio::spawn(manager.run(queued, shutdown));
+        Running {
+            handle,
+            events,
+            task,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled: recovers the queue from the store,
+    /// indexes entries arriving on `queued` (receive's channel of newly
+    /// accepted mail), dispatches jobs, and finally waits up to the grace
+    /// period for deliveries in flight.
+    pub async fn run(
+        mut self,
+        queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+        shutdown: CancellationToken,
+    ) {
+        tokio::spawn(recover(self.shared.clone(), shutdown.clone()));
+        tokio::spawn(ingest(self.shared.clone(), queued, shutdown.clone()));
+        let mut jobs: JoinSet<(JobId, JobReport)> = JoinSet::new();
+        let mut job_of_task: HashMap<tokio::task::Id, JobId> = HashMap::new();
+        loop {
+            let now = now_millis();
+            for d in self.core.poll(now) {
+                let job = d.job;
+                let handle = jobs.spawn(run_job(self.shared.clone(), d));
+                job_of_task.insert(handle.id(), job);
+            }
+            self.log_notices();
+            let wake = self.core.next_wake();
+            let sleep = async move {
+                match wake {
+                    Some(t) => {
+                        let ms = t.saturating_sub(now_millis());
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                    self.job_done(done, &mut job_of_task);
+                }
+                Some(cmd) = self.commands.recv() => self.command(cmd),
+                _ = sleep => {}
+            }
+        }
+        self.drain(jobs, job_of_task).await;
+    }
+
+    /// Graceful end: no new jobs; wait for those in flight up to the grace
+    /// period, then abandon the rest.
+    async fn drain(
+        mut self,
+        mut jobs: JoinSet<(JobId, JobReport)>,
+        mut job_of_task: HashMap<tokio::task::Id, JobId>,
+    ) {
+        if !jobs.is_empty() {
+            tracing::info!(jobs = jobs.len(), "queue: waiting for deliveries in flight");
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.settings.shutdown_grace;
+        while !jobs.is_empty() {
+            tokio::select! {
+                Some(done) = jobs.join_next_with_id() => self.job_done(done, &mut job_of_task),
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        jobs = jobs.len(),
+                        "queue: deliveries still running after the shutdown grace period; abandoning them (this node reclaims their leases at restart)"
+                    );
+                    jobs.abort_all();
+                    while jobs.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        tracing::info!("queue: stopped");
+    }
+
+    fn job_done(
+        &mut self,
+        done: Result<(tokio::task::Id, (JobId, JobReport)), tokio::task::JoinError>,
+        job_of_task: &mut HashMap<tokio::task::Id, JobId>,
+    ) {
+        let now = now_millis();
+        let (job, report) = match done {
+            Ok((id, (job, report))) => {
+                job_of_task.remove(&id);
+                (job, report)
+            }
+            Err(e) => {
+                let Some(job) = job_of_task.remove(&e.id()) else {
+                    return;
+                };
+                if e.is_panic() {
+                    tracing::error!(error = %e, "queue: delivery task panicked");
+                }
+                (
+                    job,
+                    JobReport {
+                        health: Health::NotAttempted,
+                        next: Vec::new(),
+                    },
+                )
+            }
+        };
+        let reload = self.core.finish(job, report, now);
+        if !reload.is_empty() {
+            tokio::spawn(reload_entries(self.shared.clone(), reload));
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = now_millis();
+        match cmd {
+            Command::Ingest { entries, origin } => {
+                for (e, domain) in &entries {
+                    self.core.insert(e, domain, origin, now);
+                }
+            }
+            Command::Recovered {
+                entries,
+                elapsed,
+                error,
+            } => match error {
+                None => tracing::info!(
+                    entries,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "queue: recovered the queue from the store"
+                ),
+                Some(e) => tracing::error!(
+                    entries,
+                    error = %e,
+                    "queue: recovery scan failed; entries not read yet are scheduled at the next start"
+                ),
+            },
+            Command::Refresh(keys) => {
+                tokio::spawn(reload_entries(self.shared.clone(), keys));
+            }
+            Command::Reloaded { keys, found } => {
+                let mut found: HashMap<EntryKey, (QueueEntry, String)> =
+                    found.into_iter().map(|(e, d)| (e.key, (e, d))).collect();
+                for k in keys {
+                    match found.remove(&k) {
+                        Some((e, d)) => {
+                            self.core.insert(&e, &d, Origin::Refresh, now);
+                        }
+                        None => {
+                            self.core.remove(k, now);
+                        }
+                    }
+                }
+            }
+            Command::Expedite { target, reply } => {
+                let n = self.core.expedite(&target, now);
+                tracing::info!(target = ?target, messages = n, "queue: delivery requested (ETRN/flush)");
+                let _ = reply.send(n);
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.core.stats());
+            }
+        }
+    }
+
+    fn log_notices(&mut self) {
+        for n in self.core.take_notices() {
+            match n {
+                Notice::DynamicQueueCap { name, cap } => tracing::warn!(
+                    queue = %name,
+                    cap,
+                    "queue: more virtual queues than queue.max-dynamic-queues; new queue names go to 'default' (said once)"
+                ),
+                Notice::InvalidQueueName { name } => tracing::warn!(
+                    queue = %name,
+                    "queue: invalid virtual queue name from queue.strategy.queue; using 'default'"
+                ),
+                Notice::Suspended {
+                    queue,
+                    destination,
+                    until,
+                    reason,
+                } => tracing::warn!(
+                    queue = %queue,
+                    destination = %destination,
+                    for_ms = until.saturating_sub(now_millis()),
+                    reason = %reason,
+                    "queue: destination suspended after repeated connection failures"
+                ),
+                Notice::Resumed { queue, destination } => tracing::info!(
+                    queue = %queue,
+                    destination = %destination,
+                    "queue: suspended destination answered its probe; resuming"
+                ),
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The lower-case domain of a recipient address (`""` without one).
+fn rcpt_domain(env: &Envelope, rcpt: u32) -> String {
+    env.recipients
+        .get(rcpt as usize)
+        .and_then(|r| r.address.rsplit_once('@'))
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Pairs the entries of one message with their recipient domains, reading
+/// the envelope. `Ok(empty)` when the message is gone.
+async fn with_domains(
+    sh: &Shared,
+    id: MessageId,
+    entries: Vec<QueueEntry>,
+) -> Result<Vec<(QueueEntry, String)>, StoreError> {
+    let Some(env) = sh.spool.data.envelope(id).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let d = rcpt_domain(&env, e.key.rcpt);
+            (e, d)
+        })
+        .collect())
+}
+
+/// Splits entries into runs of one message each (they arrive in key order).
+fn by_message(entries: Vec<QueueEntry>) -> Vec<(MessageId, Vec<QueueEntry>)> {
+    let mut out: Vec<(MessageId, Vec<QueueEntry>)> = Vec::new();
+    for e in entries {
+        match out.last_mut() {
+            Some((id, v)) if *id == e.key.message => v.push(e),
+            _ => out.push((e.key.message, vec![e])),
+        }
+    }
+    out
+}
+
+/// The start-up scan: pages through every entry and indexes it.
+async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
+    let start = Instant::now();
+    let mut after = None;
+    let mut total = 0usize;
+    let mut error = None;
+    while !shutdown.is_cancelled() {
+        let page = match sh.spool.data.scan(after, sh.settings.scan_page).await {
+            Ok(p) => p,
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        };
+        let Some(last) = page.last() else { break };
+        after = Some(last.key);
+        let mut batch = Vec::with_capacity(page.len());
+        for (id, entries) in by_message(page) {
+            match with_domains(&sh, id, entries).await {
+                Ok(v) => batch.extend(v),
+                Err(e) => {
+                    tracing::warn!(id = %id, error = %e, "queue: cannot read an envelope during recovery; skipping its entries until the next start")
+                }
+            }
+        }
+        total += batch.len();
+        if sh
+            .commands
+            .send(Command::Ingest {
+                entries: batch,
+                origin: Origin::Recovered,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = sh.commands.send(Command::Recovered {
+        entries: total,
+        elapsed: start.elapsed(),
+        error,
+    });
+}
+
+/// Newly accepted mail from receive: adds recipient domains and hands it to
+/// the loop.
+async fn ingest(
+    sh: Arc<Shared>,
+    mut queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            e = queued.recv() => e,
+            _ = shutdown.cancelled() => None,
+        };
+        let Some(first) = first else { return };
+        // Take whatever else is already waiting: one command per burst.
+        let mut all = first;
+        while all.len() < 4096 {
+            match queued.try_recv() {
+                Ok(more) => all.extend(more),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::with_capacity(all.len());
+        for (id, entries) in by_message(all) {
+            let mut tries = 0;
+            loop {
+                match with_domains(&sh, id, entries.clone()).await {
+                    Ok(v) => {
+                        batch.extend(v);
+                        break;
+                    }
+                    Err(e) if tries < RELOAD_TRIES => {
+                        tries += 1;
+                        tracing::warn!(id = %id, error = %e, "queue: cannot read a new message's envelope; retrying");
+                        tokio::time::sleep(RELOAD_BACKOFF).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %id, error = %e, "queue: cannot read a new message's envelope; it is scheduled at the next start");
+                        break;
+                    }
+                }
+            }
+        }
+        if sh
+            .commands
+            .send(Command::Ingest {
+                entries: batch,
+                origin: Origin::New,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Re-reads entries from the store and hands the result to the loop.
+async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>) {
+    keys.sort();
+    keys.dedup();
+    let mut found = Vec::new();
+    let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
+    messages.dedup();
+    for id in messages {
+        let mut tries = 0;
+        loop {
+            let read = async {
+                let entries = sh.spool.data.entries(id).await?;
+                let wanted: Vec<QueueEntry> = entries
+                    .into_iter()
+                    .filter(|e| keys.binary_search(&e.key).is_ok())
+                    .collect();
+                if wanted.is_empty() {
+                    return Ok(Vec::new());
+                }
+                with_domains(&sh, id, wanted).await
+            };
+            match read.await {
+                Ok(v) => {
+                    found.extend(v);
+                    break;
+                }
+                Err(e) if tries < RELOAD_TRIES => {
+                    tries += 1;
+                    tracing::warn!(id = %id, error = %e, "queue: cannot re-read changed entries; retrying");
+                    tokio::time::sleep(RELOAD_BACKOFF).await;
+                }
+                Err(e) => {
+                    tracing::error!(id = %id, error = %e, "queue: cannot re-read changed entries; they are rescheduled at the next start");
+                    // Leave them out of both lists: the index keeps nothing
+                    // stale, and the store still has them.
+                    keys.retain(|k| k.message != id);
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sh.commands.send(Command::Reloaded { keys, found });
+}
+
+/// Aborts a task when dropped: a delivery abandoned at shutdown must not
+/// outlive its job.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the transport while renewing the job's leases.
+async fn deliver_with_renewal(sh: &Shared, job: Job, keys: &[EntryKey]) -> Vec<RecipientOutcome> {
+    let rcpts = job.recipients.clone();
+    let transport = sh.transport.clone();
+    let mut task = tokio::spawn(async move { transport.deliver(job).await });
+    let _guard = AbortOnDrop(task.abort_handle());
+    let every = sh.settings.renew_every.max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            r = &mut task => {
+                return match r {
+                    Ok(v) => v,
+                    Err(e) => rcpts
+                        .into_iter()
+                        .map(|rcpt| RecipientOutcome {
+                            rcpt,
+                            outcome: Outcome::Transient {
+                                reason: format!("delivery failed internally: {e}"),
+                                reply: None,
+                            },
+                            remote: None,
+                        })
+                        .collect(),
+                };
+            }
+            _ = tick.tick() => {
+                let until = now_millis() + millis(sh.settings.lease);
+                match sh.spool.data.renew(sh.settings.node, keys, until).await {
+                    Ok(n) if n < keys.len() => tracing::debug!(
+                        renewed = n,
+                        of = keys.len(),
+                        "queue: some leases of a running delivery were lost (cancelled?)"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "queue: cannot renew delivery leases"),
+                }
+            }
+        }
+    }
+}
+
+/// What a finished delivery says about its destination. A job is a
+/// connection-level failure when no recipient got an answer from the next
+/// hop: every outcome is transient without a reply (refused, timed out, TLS
+/// or DNS failure) or with a 421 (service not available, RFC 5321 §3.8).
+/// Anything else, a 2xx, 4xx or 5xx to a command, means the host is alive.
+fn classify(results: &[RecipientOutcome]) -> Health {
+    let answered = results.iter().any(|r| match &r.outcome {
+        Outcome::Delivered { .. } | Outcome::Permanent { .. } => true,
+        Outcome::Transient {
+            reply: Some(rep), ..
+        } => rep.code != 421,
+        Outcome::Transient { reply: None, .. } => false,
+    });
+    if answered {
+        return Health::Answered;
+    }
+    match results.first().map(|r| &r.outcome) {
+        Some(Outcome::Transient { reason, reply }) => Health::ConnectionFailed {
+            reason: match reply {
+                Some(r) => format!("{r}"),
+                None => reason.clone(),
+            },
+        },
+        _ => Health::NotAttempted,
+    }
+}
+
+/// One job, start to end. Never fails: problems become [`Next`] values.
+async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
+    let keys = d.keys();
+    let node = sh.settings.node;
+    let lease = millis(sh.settings.lease);
+    let now = now_millis();
+    let not_attempted = |next| JobReport {
+        health: Health::NotAttempted,
+        next,
+    };
+    let retry_all = |keys: &[EntryKey]| -> Vec<(EntryKey, Next)> {
+        let due = now_millis() + STORE_RETRY_MS;
+        keys.iter().map(|k| (*k, Next::Retry { due })).collect()
+    };
+    let claimed = match sh
+        .spool
+        .data
+        .claim_keys(node, &keys, now, now + lease)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(id = %d.message, error = %e, "queue: cannot claim entries; retrying later");
+            return (d.job, not_attempted(retry_all(&keys)));
+        }
+    };
+    // Entries not claimed (held, another node's, gone) are left out of the
+    // report: the core re-reads them.
+    if claimed.is_empty() {
+        return (d.job, not_attempted(Vec::new()));
+    }
+    let claimed_keys: Vec<EntryKey> = claimed.iter().map(|e| e.key).collect();
+    let envelope = match sh.spool.data.envelope(d.message).await {
+        Ok(Some(e)) => Arc::new(e),
+        Ok(None) => {
+            // Entries without an envelope: nothing can be delivered or
+            // reported. Remove them so they do not come back.
+            tracing::error!(id = %d.message, "queue: entries without an envelope; removing them");
+            let mut next = Vec::new();
+            for k in &claimed_keys {
+                if let Ok(r) = sh.spool.data.complete(node, *k).await {
+                    if r.remaining == 0 {
+                        let _ = sh.spool.blob.delete(d.message).await;
+                    }
+                    next.push((*k, Next::Gone));
+                }
+            }
+            return (d.job, not_attempted(next));
+        }
+        Err(e) => {
+            tracing::warn!(id = %d.message, error = %e, "queue: cannot read an envelope; retrying later");
+            return (d.job, not_attempted(retry_all(&claimed_keys)));
+        }
+    };
+
+    let (results, health, not_before) = match &d.mode {
+        Mode::Suspended { reason, until } => {
+            let results: Vec<RecipientOutcome> = claimed_keys
+                .iter()
+                .map(|k| RecipientOutcome {
+                    rcpt: k.rcpt,
+                    outcome: Outcome::Transient {
+                        reason: reason.clone(),
+                        reply: None,
+                    },
+                    remote: None,
+                })
+                .collect();
+            (results, Health::NotAttempted, Some(*until))
+        }
+        Mode::Deliver => match sh.spool.blob.get(d.message).await {
+            Ok(Some(contents)) => {
+                let job = Job {
+                    envelope: envelope.clone(),
+                    contents,
+                    recipients: claimed_keys.iter().map(|k| k.rcpt).collect(),
+                    route: d.route.clone(),
+                    domain: d.domain.clone(),
+                    queue: d.queue.clone(),
+                };
+                let results = deliver_with_renewal(&sh, job, &claimed_keys).await;
+                let health = classify(&results);
+                (results, health, None)
+            }
+            Ok(None) => {
+                let results = claimed_keys
+                    .iter()
+                    .map(|k| RecipientOutcome {
+                        rcpt: k.rcpt,
+                        outcome: Outcome::Permanent {
+                            reason: "the message contents are missing from the blob store".into(),
+                            reply: None,
+                        },
+                        remote: None,
+                    })
+                    .collect();
+                (results, Health::NotAttempted, None)
+            }
+            Err(e) => {
+                tracing::warn!(id = %d.message, error = %e, "queue: cannot read message contents; retrying later");
+                return (d.job, not_attempted(retry_all(&claimed_keys)));
+            }
+        },
+    };
+
+    let by_rcpt: HashMap<u32, &RecipientOutcome> = results.iter().map(|r| (r.rcpt, r)).collect();
+    let at = now_millis();
+    let mut next = Vec::with_capacity(claimed.len());
+    for e in &claimed {
+        let missing;
+        let (outcome, remote) = match by_rcpt.get(&e.key.rcpt) {
+            Some(r) => (&r.outcome, r.remote.as_ref()),
+            None => {
+                missing = Outcome::Transient {
+                    reason: "the transport returned no outcome for this recipient".into(),
+                    reply: None,
+                };
+                (&missing, None)
+            }
+        };
+        let attempt = Attempt {
+            envelope: &envelope,
+            entry: e,
+            queue: &d.queue,
+            remote,
+        };
+        let decision = sh
+            .policy
+            .decide(&attempt, outcome, at, d.jitter, not_before);
+        let n = record(&sh, &envelope, e, &d.queue, decision, remote, at).await;
+        next.push((e.key, n));
+    }
+    (d.job, JobReport { health, next })
+}
+
+/// Writes one recipient's decision to the store and emits its event.
+async fn record(
+    sh: &Shared,
+    envelope: &Arc<Envelope>,
+    e: &QueueEntry,
+    queue: &str,
+    decision: Decision,
+    remote: Option<&Remote>,
+    at: UnixMillis,
+) -> Next {
+    let node = sh.settings.node;
+    let event = |kind: EventKind| Event {
+        envelope: envelope.clone(),
+        rcpt: e.key.rcpt,
+        queue: queue.to_string(),
+        kind,
+        attempt_at: at,
+        attempts: e.attempts.saturating_add(1),
+        remote: remote.cloned(),
+    };
+    let store_failed = |what: &str, err: StoreError| {
+        tracing::warn!(id = %e.key.message, rcpt = e.key.rcpt, error = %err, "queue: cannot record {what}; retrying later");
+        Next::Retry {
+            due: at + STORE_RETRY_MS,
+        }
+    };
+    let deferral = decision.deferral();
+    match decision {
+        Decision::Complete(kind) => match sh.spool.data.complete(node, e.key).await {
+            Ok(removal) => {
+                if removal.remaining == 0
+                    && let Err(err) = sh.spool.blob.delete(e.key.message).await
+                {
+                    tracing::warn!(id = %e.key.message, error = %err, "queue: cannot delete the contents of a finished message");
+                }
+                log_final(e, queue, &kind);
+                let _ = sh.events.send(event(kind));
+                Next::Gone
+            }
+            Err(StoreError::NotLeased(_)) => Next::Reload,
+            Err(err) => store_failed("an outcome", err),
+        },
+        Decision::Defer { due, delayed, .. } => {
+            let Some(deferral) = deferral else {
+                return Next::Reload;
+            };
+            match sh.spool.data.defer(node, e.key, &deferral).await {
+                Ok(()) => {
+                    tracing::debug!(
+                        id = %e.key.message,
+                        rcpt = e.key.rcpt,
+                        queue,
+                        attempts = e.attempts + 1,
+                        retry_in_ms = due.saturating_sub(at),
+                        reason = %deferral.last_error,
+                        "deferred"
+                    );
+                    if let Some(kind) = delayed {
+                        tracing::info!(id = %e.key.message, rcpt = e.key.rcpt, queue, notify = deferral.notify_count, reason = %deferral.last_error, "delayed: notify age reached");
+                        let _ = sh.events.send(event(kind));
+                    }
+                    Next::Retry { due }
+                }
+                Err(StoreError::NotLeased(_)) => Next::Reload,
+                Err(err) => store_failed("a deferral", err),
+            }
+        }
+    }
+}
+
+fn log_final(e: &QueueEntry, queue: &str, kind: &EventKind) {
+    let (what, detail) = match kind {
+        EventKind::Delivered { reply, .. } | EventKind::Relayed { reply } => {
+            ("delivered", reply.to_string())
+        }
+        EventKind::Failed { reason, reply } => (
+            "failed",
+            reply
+                .as_ref()
+                .map_or_else(|| reason.clone(), |r| r.to_string()),
+        ),
+        EventKind::Expired { reason, .. } => ("expired", reason.clone()),
+        EventKind::Delayed { reason, .. } => ("delayed", reason.clone()),
+    };
+    tracing::info!(id = %e.key.message, rcpt = e.key.rcpt, queue, attempts = e.attempts + 1, detail = %detail, "{what}");
+}

@@ -1,0 +1,609 @@
+//! The queue manager against the real embedded store (a temporary
+//! directory) and a scripted transport.
+//!
+//! The transport here is a test double on purpose: these tests are about
+//! what the driver does with each kind of outcome (defer, complete, delete
+//! contents, lease, recover), so they need outcomes chosen per recipient and
+//! per attempt, which a real SMTP peer cannot give on cue. The real SMTP
+//! client is tested against real peers in the delivery crate and end to end.
+//!
+//! Time is real but short: schedules in milliseconds, and every wait is
+//! bounded by [`WAIT`].
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferrymail_deliver::{Job, Outcome, RecipientOutcome, Remote, RemoteReply, Transport};
+use ferrymail_schedule::{Event, EventKind, ManagerSettings, QueueManager, Running};
+use ferrymail_spool::embedded::EmbeddedStore;
+use ferrymail_spool::{
+    AdminAction, DataStore, EntryKey, Envelope, Lane, MessageId, NodeId, QueueEntry, Routing,
+    Spool, conformance::sample_envelope, now_millis,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The longest any test waits for something to happen.
+const WAIT: Duration = Duration::from_secs(10);
+
+const CONFIG: &str = r#"
+[queue.schedule]
+retry = "[300ms]"
+notify = "[]"
+expire = "1h"
+"#;
+
+fn config(text: &str) -> ferrymail_config::Config {
+    ferrymail_config::parse(text, Path::new("test.toml")).unwrap()
+}
+
+/// What the scripted transport answers, per recipient index, attempt by
+/// attempt; when a recipient's script runs out it is delivered.
+#[derive(Default)]
+struct Script {
+    plan: Mutex<HashMap<(MessageId, u32), VecDeque<Outcome>>>,
+    /// Every job seen: (message, recipients, node tag).
+    calls: Mutex<Vec<(MessageId, Vec<u32>)>>,
+    /// How long each delivery takes.
+    delay: Duration,
+}
+
+impl Script {
+    fn with_delay(delay: Duration) -> Arc<Script> {
+        Arc::new(Script {
+            delay,
+            ..Script::default()
+        })
+    }
+    fn plan(&self, m: MessageId, rcpt: u32, outcomes: Vec<Outcome>) {
+        self.plan.lock().unwrap().insert((m, rcpt), outcomes.into());
+    }
+    fn deliveries(&self, m: MessageId, rcpt: u32) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(mm, r)| *mm == m && r.contains(&rcpt))
+            .count()
+    }
+}
+
+fn remote() -> Remote {
+    Remote {
+        host: "mx.test".into(),
+        ip: "192.0.2.25".parse().unwrap(),
+        port: 25,
+        tls: None,
+        dsn: true,
+        lmtp: false,
+    }
+}
+
+fn reply(code: u16, status: &str, text: &str) -> RemoteReply {
+    RemoteReply {
+        code,
+        status: Some(status.into()),
+        text: text.into(),
+    }
+}
+
+#[async_trait]
+impl Transport for Script {
+    async fn deliver(&self, job: Job) -> Vec<RecipientOutcome> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((job.envelope.id, job.recipients.clone()));
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let mut plan = self.plan.lock().unwrap();
+        job.recipients
+            .iter()
+            .map(|&rcpt| {
+                let outcome = plan
+                    .get_mut(&(job.envelope.id, rcpt))
+                    .and_then(VecDeque::pop_front)
+                    .unwrap_or(Outcome::Delivered {
+                        reply: reply(250, "2.0.0", "ok"),
+                    });
+                RecipientOutcome {
+                    rcpt,
+                    outcome,
+                    remote: Some(remote()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A message with `n` recipients (rcpt{i}@dest{i%3}.example) that arrived
+/// now, and its entries.
+fn message(seq: u64, n: u32) -> (Envelope, Vec<QueueEntry>) {
+    let now = now_millis();
+    let mut env = sample_envelope(seq, n);
+    env.id = MessageId((now << 22) | (seq & 0xfff));
+    env.arrived = now;
+    let entries = (0..n)
+        .map(|rcpt| {
+            QueueEntry::new(
+                EntryKey {
+                    message: env.id,
+                    rcpt,
+                },
+                Routing::default_with_weight(0),
+                now,
+            )
+        })
+        .collect();
+    (env, entries)
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Arc<EmbeddedStore>,
+    spool: Spool,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    Rig {
+        spool: Spool {
+            data: store.clone(),
+            blob: store.clone(),
+            unified: true,
+        },
+        store,
+        _dir: dir,
+    }
+}
+
+async fn accept(spool: &Spool, env: &Envelope, entries: &[QueueEntry]) {
+    spool
+        .accept(
+            env,
+            entries,
+            Bytes::from_static(b"Subject: t\r\n\r\nbody\r\n"),
+        )
+        .await
+        .unwrap();
+}
+
+fn settings(node: u64) -> ManagerSettings {
+    ManagerSettings {
+        lease: Duration::from_secs(2),
+        renew_every: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(5),
+        seed: node,
+        ..ManagerSettings::new(NodeId(node))
+    }
+}
+
+struct Started {
+    running: Running,
+    queued: mpsc::UnboundedSender<Vec<QueueEntry>>,
+    shutdown: CancellationToken,
+}
+
+fn start(cfg: &str, spool: &Spool, t: Arc<Script>, s: ManagerSettings) -> Started {
+    let (queued, rx) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let running = QueueManager::start(&config(cfg), spool.clone(), t, s, rx, shutdown.clone());
+    Started {
+        running,
+        queued,
+        shutdown,
+    }
+}
+
+impl Started {
+    async fn stop(self) -> mpsc::UnboundedReceiver<Event> {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.running.task)
+            .await
+            .expect("manager stops within the grace period")
+            .unwrap();
+        self.running.events
+    }
+}
+
+/// Polls `f` until it is true or [`WAIT`] passes.
+async fn until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    let end = tokio::time::Instant::now() + WAIT;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("an event in time")
+        .expect("the manager is running")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_then_success_updates_the_store() {
+    let r = rig();
+    let t = Script::with_delay(Duration::ZERO);
+    let (env, entries) = message(1, 1);
+    t.plan(
+        env.id,
+        0,
+        vec![Outcome::Transient {
+            reason: "ignored".into(),
+            reply: Some(reply(451, "4.3.0", "busy")),
+        }],
+    );
+    accept(&r.spool, &env, &entries).await;
+    let mut m = start(CONFIG, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone()).unwrap();
+
+    // After the first attempt: deferred, attempt counted, error kept.
+    until("the first attempt is recorded", async || {
+        r.store.entries(env.id).await.unwrap()[0].attempts == 1
+    })
+    .await;
+    let e = &r.store.entries(env.id).await.unwrap()[0];
+    assert_eq!(e.lane, Lane::Deferred);
+    assert_eq!(e.last_error.as_deref(), Some("451 4.3.0 busy"));
+    assert_eq!(e.lease, None, "the lease is released");
+    let now = now_millis();
+    assert!(
+        e.due > now.saturating_sub(300) && e.due <= now + 330,
+        "{} vs {now}",
+        e.due
+    );
+
+    // The retry succeeds: entry, envelope and contents are gone.
+    let ev = next_event(&mut m.running.events).await;
+    assert!(
+        matches!(ev.kind, EventKind::Delivered { lmtp: false, .. }),
+        "{:?}",
+        ev.kind
+    );
+    assert_eq!((ev.rcpt, ev.attempts, ev.queue.as_str()), (0, 2, "default"));
+    assert_eq!(ev.remote, Some(remote()));
+    assert!(r.store.entries(env.id).await.unwrap().is_empty());
+    assert_eq!(r.store.envelope(env.id).await.unwrap(), None);
+    assert_eq!(r.spool.blob.get(env.id).await.unwrap(), None);
+    assert_eq!(t.deliveries(env.id, 0), 2);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_removes_entry_and_contents() {
+    let r = rig();
+    let t = Script::with_delay(Duration::ZERO);
+    let (env, entries) = message(2, 2);
+    t.plan(
+        env.id,
+        1,
+        vec![Outcome::Permanent {
+            reason: "rejected".into(),
+            reply: Some(reply(550, "5.1.1", "no such user")),
+        }],
+    );
+    t.plan(
+        env.id,
+        0,
+        vec![Outcome::Transient {
+            reason: "greylisted".into(),
+            reply: Some(reply(450, "4.2.0", "greylisted")),
+        }],
+    );
+    accept(&r.spool, &env, &entries).await;
+    let mut m = start(CONFIG, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone()).unwrap();
+    let ev = next_event(&mut m.running.events).await;
+    assert_eq!(ev.rcpt, 1);
+    assert_eq!(
+        ev.kind,
+        EventKind::Failed {
+            reason: "rejected".into(),
+            reply: Some(reply(550, "5.1.1", "no such user"))
+        }
+    );
+    assert_eq!(ev.status(), "5.1.1");
+    assert_eq!(ev.action(), "failed");
+    // The other recipient keeps the message (and its contents) alive...
+    let left = r.store.entries(env.id).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(r.spool.blob.get(env.id).await.unwrap().is_some());
+    // ...until it is delivered.
+    let ev = next_event(&mut m.running.events).await;
+    assert_eq!(ev.rcpt, 0);
+    assert!(matches!(ev.kind, EventKind::Delivered { .. }));
+    until("contents deleted", async || {
+        r.spool.blob.get(env.id).await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(r.store.envelope(env.id).await.unwrap(), None);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_reopening_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fresh, fresh_e) = message(10, 2);
+    let (deferred, mut deferred_e) = message(11, 1);
+    let (held, mut held_e) = message(12, 1);
+    let (mine, mine_e) = message(13, 1);
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let spool = Spool {
+            data: store.clone(),
+            blob: store.clone(),
+            unified: true,
+        };
+        accept(&spool, &fresh, &fresh_e).await;
+        deferred_e[0].lane = Lane::Deferred;
+        deferred_e[0].attempts = 3;
+        deferred_e[0].due = now_millis() + 3_600_000;
+        accept(&spool, &deferred, &deferred_e).await;
+        held_e[0].held = true;
+        accept(&spool, &held, &held_e).await;
+        accept(&spool, &mine, &mine_e).await;
+        // Leased by this node (NodeId 1) for an hour, as if it crashed
+        // mid-delivery.
+        let now = now_millis();
+        let got = store
+            .claim_keys(NodeId(1), &[mine_e[0].key], now, now + 3_600_000)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the writer thread ends
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let spool = Spool {
+        data: store.clone(),
+        blob: store.clone(),
+        unified: true,
+    };
+    let t = Script::with_delay(Duration::ZERO);
+    let mut m = start(CONFIG, &spool, t.clone(), settings(1));
+    // The fresh message and the one leased by this node are delivered; the
+    // deferred one waits for its due time; the held one stays.
+    let mut delivered = Vec::new();
+    for _ in 0..3 {
+        delivered.push(next_event(&mut m.running.events).await.key());
+    }
+    delivered.sort();
+    let mut want = vec![fresh_e[0].key, fresh_e[1].key, mine_e[0].key];
+    want.sort();
+    assert_eq!(delivered, want);
+    let stats = m.running.handle.stats().await.unwrap();
+    assert_eq!((stats.entries, stats.waiting), (1, 1), "{stats:?}");
+    assert_eq!(t.deliveries(deferred.id, 0), 0);
+    assert_eq!(t.deliveries(held.id, 0), 0);
+    // A flush starts the deferred one now; the held one still never goes.
+    assert_eq!(m.running.handle.flush(None).await.unwrap(), 1);
+    assert_eq!(
+        next_event(&mut m.running.events).await.key(),
+        deferred_e[0].key
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(t.deliveries(held.id, 0), 0);
+    assert_eq!(store.entries(held.id).await.unwrap().len(), 1);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_mail_waits_until_released() {
+    let r = rig();
+    let t = Script::with_delay(Duration::ZERO);
+    let (env, mut entries) = message(20, 1);
+    entries[0].held = true;
+    accept(&r.spool, &env, &entries).await;
+    let mut m = start(CONFIG, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone()).unwrap();
+    // Even an ETRN for its domain does not start it.
+    assert_eq!(m.running.handle.etrn("dest0.example").await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(t.deliveries(env.id, 0), 0);
+    // The operator releases it (the management API does the store action
+    // and then tells the manager).
+    r.store
+        .admin(&[entries[0].key], AdminAction::Release)
+        .await
+        .unwrap();
+    m.running.handle.refresh(vec![entries[0].key]).unwrap();
+    let ev = next_event(&mut m.running.events).await;
+    assert_eq!(ev.key(), entries[0].key);
+    // A hold that reaches the store before the index still stops delivery:
+    // claim_keys refuses held entries.
+    let (env2, entries2) = message(21, 1);
+    accept(&r.spool, &env2, &entries2).await;
+    r.store
+        .admin(&[entries2[0].key], AdminAction::Hold)
+        .await
+        .unwrap();
+    let mut visible = entries2.clone();
+    visible[0].held = false; // the index was not told about the hold
+    m.queued.send(visible).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(t.deliveries(env2.id, 0), 0);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etrn_starts_deferred_mail_and_counts_messages() {
+    let r = rig();
+    let t = Script::with_delay(Duration::ZERO);
+    let (env, entries) = message(30, 3); // dest0, dest1, dest2
+    for rcpt in 0..3 {
+        t.plan(
+            env.id,
+            rcpt,
+            vec![Outcome::Transient {
+                reason: "connection refused".into(),
+                reply: None,
+            }],
+        );
+    }
+    accept(&r.spool, &env, &entries).await;
+    let cfg = "[queue.schedule]\nretry = \"[1h]\"\nnotify = \"[]\"\nexpire = \"1d\"\n";
+    let mut m = start(cfg, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone()).unwrap();
+    until("three deferrals", async || {
+        r.store
+            .entries(env.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.attempts == 1)
+    })
+    .await;
+    let h = &m.running.handle;
+    assert_eq!(h.etrn("nowhere.example").await.unwrap(), 0);
+    assert!(h.etrn("bad name").await.is_err());
+    assert_eq!(h.etrn("dest1.example").await.unwrap(), 1);
+    let ev = next_event(&mut m.running.events).await;
+    assert_eq!(ev.rcpt, 1);
+    assert_eq!(
+        h.etrn("#default").await.unwrap(),
+        1,
+        "one message, two recipients"
+    );
+    let mut rcpts = vec![
+        next_event(&mut m.running.events).await.rcpt,
+        next_event(&mut m.running.events).await.rcpt,
+    ];
+    rcpts.sort();
+    assert_eq!(rcpts, vec![0, 2]);
+    m.stop().await;
+}
+
+/// Two nodes sharing one store: the lease decides, every entry is delivered
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_never_deliver_one_entry_twice() {
+    let r = rig();
+    let mut keys = Vec::new();
+    for seq in 0..40 {
+        let (env, entries) = message(100 + seq, 2);
+        accept(&r.spool, &env, &entries).await;
+        keys.extend(entries.iter().map(|e| e.key));
+    }
+    let t1 = Script::with_delay(Duration::from_millis(20));
+    let t2 = Script::with_delay(Duration::from_millis(20));
+    // Both recover the same 80 entries at start and race for them.
+    let m1 = start(CONFIG, &r.spool, t1.clone(), settings(1));
+    let m2 = start(CONFIG, &r.spool, t2.clone(), settings(2));
+    until("every entry delivered", async || {
+        r.store.scan(None, 1000).await.unwrap().is_empty()
+    })
+    .await;
+    let count = |t: &Script| {
+        let mut c: HashMap<EntryKey, usize> = HashMap::new();
+        for (m, rcpts) in t.calls.lock().unwrap().iter() {
+            for r in rcpts {
+                *c.entry(EntryKey {
+                    message: *m,
+                    rcpt: *r,
+                })
+                .or_default() += 1;
+            }
+        }
+        c
+    };
+    let (c1, c2) = (count(&t1), count(&t2));
+    // Both nodes took part (they race from the first millisecond), so the
+    // exclusivity above was exercised, not avoided.
+    assert!(
+        !c1.is_empty() && !c2.is_empty(),
+        "{} / {}",
+        c1.len(),
+        c2.len()
+    );
+    for k in &keys {
+        let n = c1.get(k).copied().unwrap_or(0) + c2.get(k).copied().unwrap_or(0);
+        assert_eq!(n, 1, "{k:?} delivered {n} times");
+    }
+    m1.stop().await;
+    m2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_deliveries_renew_their_lease_and_finish_at_shutdown() {
+    let r = rig();
+    let t = Script::with_delay(Duration::from_millis(1500));
+    let (env, entries) = message(40, 1);
+    accept(&r.spool, &env, &entries).await;
+    let started = now_millis();
+    let m = start(CONFIG, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone()).unwrap();
+    until("delivery started", async || t.deliveries(env.id, 0) == 1).await;
+    // The 2 s lease is renewed every 200 ms while the delivery runs.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let e = &r.store.entries(env.id).await.unwrap()[0];
+    let lease = e.lease.expect("leased while in flight");
+    assert_eq!(lease.owner, NodeId(1));
+    assert!(
+        lease.until > started + 2_000 + 300,
+        "renewed: {} vs claimed at {started}",
+        lease.until
+    );
+    // Shutdown waits for the delivery in flight, which completes.
+    let mut events = m.stop().await;
+    assert!(matches!(
+        events.try_recv().unwrap().kind,
+        EventKind::Delivered { .. }
+    ));
+    assert!(r.store.entries(env.id).await.unwrap().is_empty());
+}
+
+/// Delay notices reach the event channel with the data RFC 3464 needs, and
+/// expiry ends the recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_notice_and_expiry_events() {
+    let r = rig();
+    let t = Script::with_delay(Duration::ZERO);
+    let (env, entries) = message(50, 1);
+    let busy = Outcome::Transient {
+        reason: "busy".into(),
+        reply: Some(reply(421, "4.7.0", "try later")),
+    };
+    t.plan(env.id, 0, vec![busy.clone(); 100]);
+    accept(&r.spool, &env, &entries).await;
+    let cfg = "[queue.schedule]\nretry = \"[100ms]\"\nnotify = \"[250ms]\"\nexpire = \"600ms\"\n";
+    let mut m = start(cfg, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone()).unwrap();
+    let ev = next_event(&mut m.running.events).await;
+    match &ev.kind {
+        EventKind::Delayed {
+            notify_num,
+            will_retry_until,
+            reason,
+            reply: Some(rep),
+        } => {
+            assert_eq!(*notify_num, 1);
+            assert_eq!(*will_retry_until, Some(env.arrived + 600));
+            assert_eq!(reason, "421 4.7.0 try later");
+            assert_eq!(rep.code, 421);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(ev.attempt_at >= env.arrived + 250);
+    assert_eq!(ev.status(), "4.7.0");
+    let ev = next_event(&mut m.running.events).await;
+    assert!(
+        matches!(ev.kind, EventKind::Expired { .. }),
+        "{:?}",
+        ev.kind
+    );
+    assert_eq!(ev.status(), "4.4.7");
+    assert!(ev.attempt_at >= env.arrived + 600);
+    assert!(r.store.entries(env.id).await.unwrap().is_empty());
+    assert_eq!(r.spool.blob.get(env.id).await.unwrap(), None);
+    m.stop().await;
+}

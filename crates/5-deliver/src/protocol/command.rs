@@ -1,0 +1,377 @@
+//! The transaction's commands: which parameters the next hop gets (RFC 1870
+//! SIZE, RFC 6152 8BITMIME, RFC 3030 BINARYMIME, RFC 6531 SMTPUTF8, RFC 3461
+//! DSN), whether it can take the message at all, and the MAIL and RCPT lines.
+//! No I/O.
+
+use ferrymail_spool::{BodyType, Envelope, Notify, Recipient, Ret};
+
+use super::ehlo::Capabilities;
+
+/// How one message goes to one next hop, decided from its capabilities
+/// before MAIL is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The BODY parameter to send, if any.
+    pub body: Option<&'static str>,
+    /// Send the SMTPUTF8 parameter.
+    pub smtputf8: bool,
+    /// Send DSN parameters (RET, ENVID, NOTIFY, ORCPT); false when the next
+    /// hop did not advertise DSN, which then drops them (RFC 3461 §4.1 lets
+    /// a relay that cannot pass them on treat the mail as relayed).
+    pub dsn: bool,
+    /// Declare the size with MAIL's SIZE parameter (RFC 1870 §6).
+    pub declare_size: bool,
+    /// Send the contents with BDAT (RFC 3030) instead of DATA.
+    pub chunking: bool,
+}
+
+/// A requirement of the message that the next hop cannot meet. Permanent
+/// for every recipient of the attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Enhanced status code for the DSN (RFC 3463), e.g. "5.6.7".
+    pub status: &'static str,
+    /// What is wrong, for logs and DSNs.
+    pub reason: String,
+}
+
+/// True when `bytes` has an octet above 127: content that only an 8BITMIME
+/// (or BINARYMIME) next hop may receive unconverted.
+pub fn has_eight_bit(bytes: &[u8]) -> bool {
+    !bytes.is_ascii()
+}
+
+/// Decides how the message goes to a next hop with `caps`, or why it cannot.
+///
+/// Policies (documented in the crate's docs):
+/// * SIZE: a message larger than the advertised limit fails with 5.3.4
+///   (RFC 1870 §6: the client should not send it; it will not fit later).
+/// * SMTPUTF8: mail that needs it (the sender asked for it, or an envelope
+///   address is not ASCII) to a next hop without it fails with 5.6.7
+///   (RFC 6531 §3.2; no downgrade is attempted).
+/// * 8BITMIME: 8-bit content to a next hop without 8BITMIME fails with
+///   5.6.3; Ferrymail does not down-convert to quoted-printable (RFC 6152 §3
+///   allows either). A message declared 8BITMIME whose octets are all
+///   7-bit is sent as is, without the BODY parameter.
+/// * BINARYMIME needs BINARYMIME and CHUNKING at the next hop (RFC 3030
+///   §3), else 5.6.3.
+/// * DSN parameters are sent when the next hop advertises DSN and dropped
+///   otherwise.
+pub fn plan(
+    env: &Envelope,
+    recipients: &[&Recipient],
+    contents: &[u8],
+    caps: &Capabilities,
+) -> Result<Plan, Refusal> {
+    if has_control(&env.sender) {
+        return Err(Refusal {
+            status: "5.1.7",
+            reason: "the sender address contains control characters".into(),
+        });
+    }
+    if let Some(r) = recipients.iter().find(|r| has_control(&r.address)) {
+        return Err(Refusal {
+            status: "5.1.3",
+            reason: format!("recipient {:?} contains control characters", r.address),
+        });
+    }
+    if let Some(limit) = caps.size
+        && limit > 0
+        && contents.len() as u64 > limit
+    {
+        return Err(Refusal {
+            status: "5.3.4",
+            reason: format!(
+                "message size {} exceeds the next hop's fixed limit of {limit} bytes",
+                contents.len()
+            ),
+        });
+    }
+    let needs_utf8 =
+        env.smtputf8 || !env.sender.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
+    if needs_utf8 && !caps.smtputf8 {
+        return Err(Refusal {
+            status: "5.6.7",
+            reason: "the message needs SMTPUTF8, which the next hop does not support".into(),
+        });
+    }
+    let body = match env.body {
+        BodyType::SevenBit => None,
+        BodyType::EightBitMime if caps.eight_bit_mime => Some("8BITMIME"),
+        BodyType::EightBitMime if !has_eight_bit(contents) => None,
+        BodyType::EightBitMime => {
+            return Err(Refusal {
+                status: "5.6.3",
+                reason: "the message has 8-bit content and the next hop does not support 8BITMIME (no down-conversion)".into(),
+            });
+        }
+        BodyType::BinaryMime if caps.binary_mime && caps.chunking => Some("BINARYMIME"),
+        BodyType::BinaryMime => {
+            return Err(Refusal {
+                status: "5.6.3",
+                reason: "the message is BINARYMIME and the next hop does not support BINARYMIME with CHUNKING".into(),
+            });
+        }
+    };
+    Ok(Plan {
+        body,
+        smtputf8: needs_utf8,
+        dsn: caps.dsn,
+        declare_size: caps.size.is_some(),
+        chunking: caps.chunking,
+    })
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_control() || c == '<' || c == '>')
+}
+
+/// `MAIL FROM:<sender> [SIZE=n] [BODY=..] [SMTPUTF8] [RET=..] [ENVID=..]`
+/// with CRLF (RFC 5321 §4.1.1.2 and the extensions' RFCs).
+pub fn mail_from(env: &Envelope, plan: &Plan, size: usize) -> String {
+    let mut line = format!("MAIL FROM:<{}>", env.sender);
+    if plan.declare_size {
+        line.push_str(&format!(" SIZE={size}"));
+    }
+    if let Some(body) = plan.body {
+        line.push_str(" BODY=");
+        line.push_str(body);
+    }
+    if plan.smtputf8 {
+        line.push_str(" SMTPUTF8");
+    }
+    if plan.dsn {
+        match env.ret {
+            Some(Ret::Full) => line.push_str(" RET=FULL"),
+            Some(Ret::Headers) => line.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &env.envid {
+            line.push_str(" ENVID=");
+            line.push_str(&xtext(envid));
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// `RCPT TO:<address> [NOTIFY=..] [ORCPT=type;xtext]` with CRLF
+/// (RFC 5321 §4.1.1.3, RFC 3461 §4.1-4.2).
+pub fn rcpt_to(rcpt: &Recipient, plan: &Plan) -> String {
+    let mut line = format!("RCPT TO:<{}>", rcpt.address);
+    if plan.dsn {
+        match rcpt.notify {
+            Notify::Default => {}
+            Notify::Never => line.push_str(" NOTIFY=NEVER"),
+            Notify::On {
+                success,
+                failure,
+                delay,
+            } => {
+                let list: Vec<&str> =
+                    [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                        .into_iter()
+                        .filter_map(|(on, name)| on.then_some(name))
+                        .collect();
+                if !list.is_empty() {
+                    line.push_str(" NOTIFY=");
+                    line.push_str(&list.join(","));
+                }
+            }
+        }
+        if let Some((kind, addr)) = rcpt.orcpt.as_deref().and_then(|o| o.split_once(';'))
+            && !kind.is_empty()
+            && kind.is_ascii()
+        {
+            line.push_str(" ORCPT=");
+            line.push_str(kind);
+            line.push(';');
+            line.push_str(&xtext(addr));
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// xtext (RFC 3461 §4): octets from `!` to `~` stand for themselves except
+/// `+` and `=`; everything else becomes `+XX` in upper-case hex.
+pub fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrymail_spool::{MessageId, Source};
+
+    fn env() -> Envelope {
+        Envelope {
+            id: MessageId(1),
+            sender: "a@example.org".into(),
+            recipients: vec![rcpt("b@example.net")],
+            size: 10,
+            arrived: 0,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            mt_priority: 0,
+            source: Source::Smtp,
+            remote_ip: None,
+            helo: None,
+            authenticated_as: None,
+        }
+    }
+
+    fn rcpt(a: &str) -> Recipient {
+        Recipient {
+            address: a.into(),
+            orcpt: None,
+            notify: Notify::Default,
+        }
+    }
+
+    fn all() -> Capabilities {
+        Capabilities {
+            pipelining: true,
+            size: Some(1000),
+            eight_bit_mime: true,
+            binary_mime: true,
+            chunking: true,
+            smtputf8: true,
+            dsn: true,
+            starttls: true,
+            auth_plain: true,
+            auth_login: true,
+        }
+    }
+
+    #[test]
+    fn xtext_encoding() {
+        assert_eq!(xtext("abc@example.org"), "abc@example.org");
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(xtext("é"), "+C3+A9");
+        assert_eq!(xtext("\r\n"), "+0D+0A");
+    }
+
+    #[test]
+    fn full_parameters_when_supported() {
+        let mut e = env();
+        e.body = BodyType::EightBitMime;
+        e.smtputf8 = true;
+        e.ret = Some(Ret::Headers);
+        e.envid = Some("id+1=x".into());
+        let r = Recipient {
+            address: "b@example.net".into(),
+            orcpt: Some("rfc822;B@Example.NET".into()),
+            notify: Notify::On {
+                success: true,
+                failure: true,
+                delay: false,
+            },
+        };
+        let p = plan(&e, &[&r], "é".as_bytes(), &all()).unwrap();
+        assert_eq!(
+            mail_from(&e, &p, 42),
+            "MAIL FROM:<a@example.org> SIZE=42 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=id+2B1+3Dx\r\n"
+        );
+        assert_eq!(
+            rcpt_to(&r, &p),
+            "RCPT TO:<b@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;B@Example.NET\r\n"
+        );
+        let never = Recipient {
+            notify: Notify::Never,
+            ..rcpt("c@x")
+        };
+        assert_eq!(rcpt_to(&never, &p), "RCPT TO:<c@x> NOTIFY=NEVER\r\n");
+    }
+
+    #[test]
+    fn dsn_dropped_without_support() {
+        let mut e = env();
+        e.ret = Some(Ret::Full);
+        e.envid = Some("x".into());
+        let r = Recipient {
+            notify: Notify::Never,
+            orcpt: Some("rfc822;b@x".into()),
+            ..rcpt("b@x")
+        };
+        let caps = Capabilities {
+            dsn: false,
+            size: None,
+            ..all()
+        };
+        let p = plan(&e, &[&r], b"x", &caps).unwrap();
+        assert!(!p.dsn);
+        assert_eq!(mail_from(&e, &p, 1), "MAIL FROM:<a@example.org>\r\n");
+        assert_eq!(rcpt_to(&r, &p), "RCPT TO:<b@x>\r\n");
+        let mut null = env();
+        null.sender.clear();
+        assert_eq!(mail_from(&null, &p, 1), "MAIL FROM:<>\r\n");
+    }
+
+    #[test]
+    fn refusals() {
+        let e = env();
+        let r = rcpt("b@x");
+        // SIZE: over the limit is 5.3.4; no limit (0) or no SIZE is fine
+        let err = plan(&e, &[&r], &[b'x'; 1001], &all()).unwrap_err();
+        assert_eq!(err.status, "5.3.4");
+        for size in [Some(0), None] {
+            let caps = Capabilities { size, ..all() };
+            assert!(plan(&e, &[&r], &[b'x'; 5000], &caps).is_ok());
+        }
+        // SMTPUTF8 required: flag, or a non-ASCII address
+        let plain = Capabilities {
+            smtputf8: false,
+            ..all()
+        };
+        let mut u = env();
+        u.smtputf8 = true;
+        assert_eq!(plan(&u, &[&r], b"x", &plain).unwrap_err().status, "5.6.7");
+        let ru = rcpt("jörg@x");
+        assert_eq!(plan(&e, &[&ru], b"x", &plain).unwrap_err().status, "5.6.7");
+        assert!(!plan(&e, &[&r], b"x", &plain).unwrap().smtputf8);
+        // 8BITMIME: 8-bit content fails, 7-bit content goes without BODY
+        let no8 = Capabilities {
+            eight_bit_mime: false,
+            ..all()
+        };
+        let mut e8 = env();
+        e8.body = BodyType::EightBitMime;
+        assert_eq!(
+            plan(&e8, &[&r], "é".as_bytes(), &no8).unwrap_err().status,
+            "5.6.3"
+        );
+        assert_eq!(plan(&e8, &[&r], b"plain", &no8).unwrap().body, None);
+        // BINARYMIME needs CHUNKING too
+        let mut eb = env();
+        eb.body = BodyType::BinaryMime;
+        assert_eq!(
+            plan(&eb, &[&r], b"x", &all()).unwrap().body,
+            Some("BINARYMIME")
+        );
+        let nochunk = Capabilities {
+            chunking: false,
+            ..all()
+        };
+        assert_eq!(
+            plan(&eb, &[&r], b"x", &nochunk).unwrap_err().status,
+            "5.6.3"
+        );
+        // command injection through an address is refused
+        let evil = rcpt("b@x>\r\nRCPT TO:<c@y");
+        assert_eq!(
+            plan(&e, &[&evil], b"x", &all()).unwrap_err().status,
+            "5.1.3"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The client side of SMTP and LMTP as pure functions: replies, EHLO
+//! capabilities, the transaction's commands and parameters, the contents
+//! on the wire, AUTH messages. Nothing here does I/O, so every rule is unit
+//! tested on bytes.
+
+pub mod auth;
+pub mod command;
+pub mod data;
+pub mod ehlo;
+pub mod reply;

@@ -1,0 +1,111 @@
+//! Outbound TLS (RFC 3207 STARTTLS, RFC 8314 implicit TLS): the rustls
+//! client configurations, with the ring provider only.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// The two client configurations a transport needs.
+#[derive(Clone)]
+pub struct TlsConfigs {
+    /// Verifies the certificate chain against the roots and the name.
+    pub verify: Arc<ClientConfig>,
+    /// Accepts any certificate (`tls.allow-invalid-certs`); the handshake
+    /// signatures are still checked, so the session is encrypted with
+    /// whoever holds the presented key.
+    pub any: Arc<ClientConfig>,
+}
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// rustls refused the protocol versions or the roots.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsConfigs {
+    /// Mozilla's root programme (webpki-roots) plus `extra` roots, e.g. a
+    /// private CA of a relay or a test.
+    pub fn new(extra: &[CertificateDer<'static>]) -> Result<TlsConfigs, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in extra {
+            roots.add(cert.clone())?;
+        }
+        let verify = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let any = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(
+                provider.signature_verification_algorithms,
+            )))
+            .with_no_client_auth();
+        Ok(TlsConfigs {
+            verify: Arc::new(verify),
+            any: Arc::new(any),
+        })
+    }
+}
+
+/// The name to verify and send as SNI: the host name tried, or its address
+/// for a relay given as an IP.
+pub fn server_name(host: &str, ip: std::net::IpAddr) -> ServerName<'static> {
+    ServerName::try_from(host.trim_end_matches('.').to_string())
+        .unwrap_or_else(|_| ServerName::IpAddress(ip.into()))
+}
+
+/// "TLSv1.3" for the delivery log and Remote-MTA notes.
+pub fn version_name(v: rustls::ProtocolVersion) -> String {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Certificate "verification" for `allow-invalid-certs`.
+#[derive(Debug)]
+struct AcceptAny(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}

@@ -1,0 +1,380 @@
+//! [`SmtpTransport`]: the [`Transport`] that speaks SMTP and LMTP. It finds
+//! the next hop (route, MX, addresses), takes a pooled connection or opens
+//! one, runs the transaction, logs every recipient's outcome, and keeps the
+//! connection for the next job to the same destination.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ferrymail_config::{Config, DeliveryProtocol, Outbound, Route, RouteKind};
+use ferrymail_spool::Recipient;
+use rustls::pki_types::CertificateDer;
+
+use crate::dns::{Dns, DnsError, address_literal};
+use crate::log::{DeliveryLog, Entry};
+use crate::pool::Pool;
+use crate::session::{Peer, Session, SessionError};
+use crate::tls::{TlsConfigs, TlsSetupError};
+use crate::{Job, Outcome, RecipientOutcome, Remote, Transport, destination_key};
+
+/// Why a transport could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The TLS client configuration (roots, versions).
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// `[queue.outbound] delivery-log` cannot be opened for appending.
+    #[error("cannot open the delivery log {path}: {source}")]
+    DeliveryLog {
+        /// The configured path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The SMTP/LMTP client. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct SmtpTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// EHLO/LHLO name (`server.hostname`).
+    hostname: String,
+    /// `[queue.route.<id>]`.
+    routes: BTreeMap<String, Route>,
+    /// `[queue.outbound]`.
+    outbound: Outbound,
+    dns: Dns,
+    tls: TlsConfigs,
+    pool: Pool,
+    log: DeliveryLog,
+    /// The idle reaper runs (started with the first pooled connection).
+    reaper: AtomicBool,
+}
+
+/// A job that got no session: what every recipient gets.
+struct Failure {
+    outcome: Outcome,
+    remote: Option<Remote>,
+}
+
+impl SmtpTransport {
+    /// A transport for `config`: its hostname, routes, resolver and
+    /// `[queue.outbound]` settings, with Mozilla's roots for TLS.
+    pub fn new(config: &Config) -> Result<SmtpTransport, BuildError> {
+        Self::with_roots(config, &[])
+    }
+
+    /// Like [`SmtpTransport::new`], trusting `extra_roots` too (a private
+    /// CA of a relay; tests).
+    pub fn with_roots(
+        config: &Config,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<SmtpTransport, BuildError> {
+        let outbound = config.queue.outbound.clone();
+        let log = DeliveryLog::open(outbound.delivery_log.as_deref()).map_err(|source| {
+            BuildError::DeliveryLog {
+                path: outbound
+                    .delivery_log
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                source,
+            }
+        })?;
+        Ok(SmtpTransport {
+            inner: Arc::new(Inner {
+                hostname: config.server.hostname.clone(),
+                routes: config.queue.routes.clone(),
+                outbound,
+                dns: Dns::new(&config.resolver),
+                tls: TlsConfigs::new(extra_roots)?,
+                pool: Pool::default(),
+                log,
+                reaper: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Connections idle in the pool now.
+    pub fn idle_connections(&self) -> usize {
+        self.inner.pool.len()
+    }
+
+    /// Sends QUIT on every idle connection and closes it; for a graceful
+    /// shutdown. Connections in use are not touched.
+    pub async fn close_idle(&self) {
+        let sessions = self.inner.pool.drain();
+        futures_join_all(sessions.into_iter().map(Session::quit)).await;
+    }
+}
+
+/// Runs futures concurrently to completion (QUITs at shutdown).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futures {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
+}
+
+#[async_trait]
+impl Transport for SmtpTransport {
+    async fn deliver(&self, job: Job) -> Vec<RecipientOutcome> {
+        let started = Instant::now();
+        let outcomes = self.inner.attempt(&job).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let entries: Vec<Entry<'_>> = outcomes
+            .iter()
+            .map(|o| Entry {
+                queue: &job.queue,
+                message_id: job.envelope.id.to_string(),
+                rcpt: job
+                    .envelope
+                    .recipients
+                    .get(o.rcpt as usize)
+                    .map(|r| r.address.as_str())
+                    .unwrap_or(""),
+                route: &job.route,
+                domain: &job.domain,
+                remote: o.remote.as_ref(),
+                outcome: &o.outcome,
+                duration_ms,
+            })
+            .collect();
+        self.inner.log.record(&entries);
+        outcomes
+    }
+}
+
+impl Inner {
+    async fn attempt(self: &Arc<Self>, job: &Job) -> Vec<RecipientOutcome> {
+        let env = &job.envelope;
+        let (valid, invalid): (Vec<u32>, Vec<u32>) = job
+            .recipients
+            .iter()
+            .partition(|&&i| (i as usize) < env.recipients.len());
+        let mut out: Vec<RecipientOutcome> = invalid
+            .into_iter()
+            .map(|rcpt| RecipientOutcome {
+                rcpt,
+                outcome: Outcome::Permanent {
+                    reason: "5.3.0 no such recipient in the envelope (internal error)".into(),
+                    reply: None,
+                },
+                remote: None,
+            })
+            .collect();
+        if valid.is_empty() {
+            return out;
+        }
+        let recipients: Vec<&Recipient> =
+            valid.iter().map(|&i| &env.recipients[i as usize]).collect();
+        let all = |outcome: Outcome, remote: Option<Remote>| {
+            valid
+                .iter()
+                .map(|&rcpt| RecipientOutcome {
+                    rcpt,
+                    outcome: outcome.clone(),
+                    remote: remote.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+
+        let Some(route) = self.routes.get(&job.route) else {
+            out.extend(all(
+                Outcome::Transient {
+                    reason: format!(
+                        "4.3.5 route '{}' is not configured (configuration changed?)",
+                        job.route
+                    ),
+                    reply: None,
+                },
+                None,
+            ));
+            return out;
+        };
+        let is_relay = matches!(route.kind, RouteKind::Relay { .. });
+        let key = destination_key(&job.route, &job.domain, is_relay);
+
+        match self.session(&key, route, &job.domain).await {
+            Err(f) => out.extend(all(f.outcome, f.remote)),
+            Ok(mut session) => {
+                let tx = session.send(job, &recipients).await;
+                let remote = session.remote.clone();
+                out.extend(valid.iter().zip(tx.outcomes).map(|(&rcpt, outcome)| {
+                    RecipientOutcome {
+                        rcpt,
+                        outcome,
+                        remote: Some(remote.clone()),
+                    }
+                }));
+                self.release(&key, session, tx.usable);
+            }
+        }
+        out
+    }
+
+    /// A pooled session that answers RSET, or a new one.
+    async fn session(
+        self: &Arc<Self>,
+        key: &str,
+        route: &Route,
+        domain: &str,
+    ) -> Result<Session, Failure> {
+        loop {
+            let (found, stale) = self.pool.take(key, self.outbound.idle_timeout);
+            for s in stale {
+                tokio::spawn(s.quit());
+            }
+            let Some(mut s) = found else { break };
+            // RSET between transactions (RFC 5321 §4.1.1.5); a connection
+            // the server dropped while idle fails here and is discarded.
+            match s.reset().await {
+                Ok(()) => return Ok(s),
+                Err(e) => {
+                    tracing::debug!(host = %s.remote.host, error = %e, "pooled connection unusable")
+                }
+            }
+        }
+        self.connect(route, domain).await
+    }
+
+    /// Opens a session to the first next hop that works: for `mx`, the MX
+    /// hosts in order (each with up to `max-multihomed` addresses); for a
+    /// relay, its address. Every failure of a host is transient for the
+    /// mail (the next host, or the next attempt, may do better); only DNS
+    /// can make the whole attempt permanent.
+    async fn connect(&self, route: &Route, domain: &str) -> Result<Session, Failure> {
+        let o = &self.outbound;
+        let hosts: Vec<(String, Option<IpAddr>)> = match &route.kind {
+            RouteKind::Relay { address } => {
+                vec![(address.clone(), address_literal(address))]
+            }
+            RouteKind::Mx => match address_literal(domain) {
+                Some(ip) => vec![(domain.to_string(), Some(ip))],
+                None => match self.dns.mx_hosts(domain, o.max_mx).await {
+                    Ok(hosts) => hosts.into_iter().map(|h| (h, None)).collect(),
+                    Err(DnsError::Permanent { status, reason }) => {
+                        return Err(Failure {
+                            outcome: Outcome::Permanent {
+                                reason: format!("{status} {reason}"),
+                                reply: None,
+                            },
+                            remote: None,
+                        });
+                    }
+                    Err(DnsError::Transient { reason }) => {
+                        return Err(Failure {
+                            outcome: Outcome::Transient {
+                                reason: format!("4.4.3 {reason}"),
+                                reply: None,
+                            },
+                            remote: None,
+                        });
+                    }
+                },
+            },
+        };
+
+        let mut errors: Vec<String> = Vec::new();
+        let mut status = "4.4.1";
+        let mut last_reply = None;
+        let mut last_remote = None;
+        for (host, literal) in hosts {
+            let addrs = match literal {
+                Some(ip) => vec![ip],
+                None => match self
+                    .dns
+                    .addresses(&host, o.ip_strategy, o.max_multihomed)
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        status = "4.4.3";
+                        errors.push(format!("{host}: {e}"));
+                        continue;
+                    }
+                },
+            };
+            for ip in addrs {
+                let peer = Peer {
+                    host: host.clone(),
+                    addr: SocketAddr::new(ip, route.port),
+                    lmtp: route.protocol == DeliveryProtocol::Lmtp,
+                    tls: route.tls,
+                    auth: route.auth.clone(),
+                };
+                match Session::open(&peer, &self.hostname, &o.timeout, &self.tls).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => {
+                        tracing::debug!(host = %host, %ip, error = %e, "next hop failed");
+                        status = e.status();
+                        errors.push(format!("{host}[{ip}]:{}: {e}", route.port));
+                        last_reply = e.reply().map(|r| r.to_remote());
+                        let connected = !matches!(
+                            e,
+                            SessionError::Connect(_) | SessionError::Timeout("connect")
+                        );
+                        last_remote = connected.then(|| Remote {
+                            host: host.clone(),
+                            ip,
+                            port: route.port,
+                            tls: None,
+                            dsn: false,
+                            lmtp: peer.lmtp,
+                        });
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            errors.push("no next-hop host to try".into());
+        }
+        Err(Failure {
+            outcome: Outcome::Transient {
+                reason: format!("{status} {}", errors.join("; ")),
+                reply: last_reply,
+            },
+            remote: last_remote,
+        })
+    }
+
+    /// After a transaction: back to the pool, or closed when unusable or
+    /// at `max-messages-per-connection`.
+    fn release(self: &Arc<Self>, key: &str, session: Session, usable: bool) {
+        if !usable {
+            return;
+        }
+        if session.transactions >= self.outbound.max_messages_per_connection {
+            tokio::spawn(session.quit());
+            return;
+        }
+        self.pool.put(key, session);
+        if !self.reaper.swap(true, Ordering::AcqRel) {
+            tokio::spawn(reap(Arc::downgrade(self), self.outbound.idle_timeout));
+        }
+    }
+}
+
+/// Closes connections idle for `idle-timeout`, until the transport is gone.
+async fn reap(inner: Weak<Inner>, idle_timeout: Duration) {
+    let tick = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        for s in inner.pool.expired(idle_timeout) {
+            tokio::spawn(s.quit());
+        }
+    }
+}

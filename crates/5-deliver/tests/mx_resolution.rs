@@ -1,0 +1,168 @@
+//! MX resolution against a real DNS server (hickory-server, in process) with
+//! `[resolver] type = "custom"`, and smtp-sink instances on several loopback
+//! addresses: preference order, fallback to the next MX when one refuses
+//! connections, max-mx and max-multihomed, implicit MX, null MX, NXDOMAIN,
+//! NODATA and SERVFAIL.
+
+mod common;
+
+use common::*;
+use ferrymail_deliver::{SmtpTransport, Transport};
+
+/// A config whose `viamx` route does MX lookups and connects on `port`.
+fn mx_config(dns: std::net::SocketAddr, port: u16, extra: &str) -> ferrymail_config::Config {
+    config(&format!(
+        "[resolver]\ntype = \"custom\"\ncustom = [\"udp://{dns}\"]\n\n[queue.route.viamx]\ntype = \"mx\"\nport = {port}\n\n{extra}\n"
+    ))
+}
+
+async fn send(t: &SmtpTransport, domain: &str) -> ferrymail_deliver::RecipientOutcome {
+    let j = job(
+        envelope("s@c.test", &[&format!("user@{domain}")]),
+        &message("mx"),
+        "viamx",
+        domain,
+    );
+    let mut out = tokio::time::timeout(std::time::Duration::from_secs(60), t.deliver(j))
+        .await
+        .unwrap();
+    out.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preference_order_and_fallback() {
+    let port = free_port();
+    let sink_a = Sink::start_at("127.0.0.2", port, &[]);
+    let sink_b = Sink::start_at("127.0.0.3", port, &[]);
+    let zone = Zone::new()
+        // a.test prefers 127.0.0.2, b.test prefers 127.0.0.3
+        .mx("a.test", 10, "mx-a.hosts.test")
+        .mx("a.test", 20, "mx-b.hosts.test")
+        .mx("b.test", 20, "mx-a.hosts.test")
+        .mx("b.test", 10, "mx-b.hosts.test")
+        // fallback.test: the best MX refuses connections (nothing on .4)
+        .mx("fallback.test", 5, "dead.hosts.test")
+        .mx("fallback.test", 50, "mx-b.hosts.test")
+        .mx("fallback.test", 90, "mx-a.hosts.test")
+        .addr("mx-a.hosts.test", "127.0.0.2")
+        .addr("mx-b.hosts.test", "127.0.0.3")
+        .addr("dead.hosts.test", "127.0.0.4");
+    let dns = DnsServer::start(zone).await;
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, "")).unwrap();
+
+    let o = send(&t, "a.test").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "mx-a.hosts.test");
+    assert_eq!(o.remote.as_ref().unwrap().ip.to_string(), "127.0.0.2");
+
+    let o = send(&t, "b.test").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "mx-b.hosts.test");
+
+    let o = send(&t, "fallback.test").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(
+        o.remote.as_ref().unwrap().host,
+        "mx-b.hosts.test",
+        "the next MX in order"
+    );
+    assert_eq!(sink_a.wait_dumped(1).len(), 1);
+    assert_eq!(sink_b.wait_dumped(2).len(), 2);
+
+    // max-mx = 1: only the dead host is tried.
+    let t1 =
+        SmtpTransport::new(&mx_config(dns.addr, port, "[queue.outbound]\nmax-mx = 1\n")).unwrap();
+    let o = send(&t1, "fallback.test").await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert!(
+        reason(&o).contains("dead.hosts.test[127.0.0.4]"),
+        "{}",
+        reason(&o)
+    );
+    assert!(!reason(&o).contains("mx-b"), "{}", reason(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multihomed_host() {
+    let port = free_port();
+    let _sink = Sink::start_at("127.0.0.5", port, &[]);
+    let zone = Zone::new()
+        .mx("multi.test", 10, "mx.multi.test")
+        .addr("mx.multi.test", "127.0.0.6") // refuses
+        .addr("mx.multi.test", "127.0.0.5");
+    let dns = DnsServer::start(zone).await;
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, "")).unwrap();
+    let o = send(&t, "multi.test").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().ip.to_string(), "127.0.0.5");
+    let t1 = SmtpTransport::new(&mx_config(
+        dns.addr,
+        port,
+        "[queue.outbound]\nmax-multihomed = 1\n",
+    ))
+    .unwrap();
+    let o = send(&t1, "multi.test").await;
+    assert_eq!(kind(&o), "transient", "one address per host: {o:?}");
+    // ipv6-only: the host has no AAAA record.
+    let t6 = SmtpTransport::new(&mx_config(
+        dns.addr,
+        port,
+        "[queue.outbound]\nip-strategy = \"ipv6-only\"\n",
+    ))
+    .unwrap();
+    let o = send(&t6, "multi.test").await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert!(
+        reason(&o).contains("no IPv6 address records"),
+        "{}",
+        reason(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_mx_null_mx_and_dns_errors() {
+    let port = free_port();
+    let _sink = Sink::start_at("127.0.0.1", port, &[]);
+    let zone = Zone::new()
+        .addr("implicit.test", "127.0.0.1")
+        .mx("null.test", 0, ".")
+        .addr("null.test", "127.0.0.1")
+        .empty("nothing.test")
+        .servfail("broken.test");
+    let dns = DnsServer::start(zone).await;
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, "")).unwrap();
+
+    let o = send(&t, "implicit.test").await;
+    assert_eq!(kind(&o), "delivered", "implicit MX: {o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "implicit.test");
+
+    let o = send(&t, "null.test").await;
+    assert_eq!(kind(&o), "permanent", "{o:?}");
+    assert_eq!(o.outcome.status(), "5.1.10");
+    assert_eq!(o.remote, None);
+
+    let o = send(&t, "nowhere.test").await;
+    assert_eq!(kind(&o), "permanent", "NXDOMAIN: {o:?}");
+    assert_eq!(o.outcome.status(), "5.1.2");
+    assert!(reason(&o).contains("NXDOMAIN"), "{}", reason(&o));
+
+    let o = send(&t, "nothing.test").await;
+    assert_eq!(kind(&o), "permanent", "no MX, no A: {o:?}");
+    assert_eq!(o.outcome.status(), "5.1.2");
+
+    let o = send(&t, "broken.test").await;
+    assert_eq!(kind(&o), "transient", "SERVFAIL: {o:?}");
+    assert_eq!(o.outcome.status(), "4.4.3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_dns_server_is_transient() {
+    // A UDP port nobody answers on: refused or timed out, never permanent.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    drop(silent);
+    let t = SmtpTransport::new(&mx_config(addr, 25, "")).unwrap();
+    let o = send(&t, "example.test").await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert_eq!(o.outcome.status(), "4.4.3");
+}
