@@ -348,7 +348,20 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
         }
     };
     let mut keys = Vec::new();
-    if !a.ids.is_empty() {
+    if !a.recipients.is_empty() {
+        for r in &a.recipients {
+            let Ok(message) = r.id.parse::<MessageId>() else {
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad message id '{}'", r.id),
+                ));
+            };
+            keys.push(EntryKey {
+                message,
+                rcpt: r.rcpt,
+            });
+        }
+    } else if !a.ids.is_empty() {
         for id in &a.ids {
             let Ok(id) = id.parse::<MessageId>() else {
                 return Ok(error(

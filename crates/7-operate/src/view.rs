@@ -199,12 +199,26 @@ pub struct ActionRequest {
     /// Message ids to act on (every recipient of each).
     #[serde(default)]
     pub ids: Vec<String>,
+    /// Single recipients to act on, as listed by `GET /api/queue/messages`.
+    /// The CLI sends bulk actions this way, in chunks, so it can show
+    /// progress; recipients that left the queue meanwhile are skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<RecipientRef>,
     /// Act on everything matching this filter (ignored when `ids` is non-empty).
     #[serde(default)]
     pub filter: Filter,
     /// With an empty filter and no ids, act on the whole queue only if set.
     #[serde(default)]
     pub all: bool,
+}
+
+/// One recipient of one message, by queue id and recipient index.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecipientRef {
+    /// Queue id (16 hex digits).
+    pub id: String,
+    /// Recipient index within the message.
+    pub rcpt: u32,
 }
 
 /// The answer to an action.

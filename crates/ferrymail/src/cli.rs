@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use ferrymail_config::{Config, Protocol};
 use ferrymail_operate::client::{Client, ClientError, encode_query_value};
-use ferrymail_operate::view::{ActionRequest, ActionResult, Filter, MessageList, MessageView};
+use ferrymail_operate::view::{
+    ActionRequest, ActionResult, Filter, MessageList, MessageView, RecipientRef,
+};
 
 /// The queue subcommands of INTERFACE.md.
 #[derive(Subcommand)]
@@ -225,34 +227,133 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> 
     serde_json::from_slice(body).map_err(|e| ClientError::Http(format!("unexpected answer: {e}")))
 }
 
+/// Recipients per request of a bulk action: small enough that progress moves
+/// and one request stays short, large enough that a million recipients take
+/// a few hundred requests.
+const BULK_CHUNK: usize = 500;
+
 async fn action(
     client: &Client,
     name: &str,
     s: Selection,
     out: &mut impl Write,
 ) -> Result<(), ClientError> {
-    let req = ActionRequest {
-        action: name.to_string(),
-        ids: s.ids,
-        filter: Filter {
-            queue: s.queue,
-            rcpt_domain: s.rcpt_domain,
-            ..Filter::default()
-        },
-        all: s.all,
-    };
-    let body = serde_json::to_vec(&req).unwrap_or_default();
-    let answer = client.call("POST", "/api/queue/action", Some(body)).await?;
-    if s.json {
-        let _ = out.write_all(&answer);
+    let result = if !s.ids.is_empty() {
+        // Named messages: one request.
+        let req = ActionRequest {
+            action: name.to_string(),
+            ids: s.ids,
+            recipients: Vec::new(),
+            filter: Filter::default(),
+            all: false,
+        };
+        let body = serde_json::to_vec(&req).unwrap_or_default();
+        parse::<ActionResult>(&client.call("POST", "/api/queue/action", Some(body)).await?)?
     } else {
-        let r: ActionResult = parse(&answer)?;
-        let _ = writeln!(out, "{name}: {} recipient(s)", r.recipients);
-        if r.removed_messages > 0 {
-            let _ = writeln!(out, "removed {} message(s)", r.removed_messages);
+        // A selection: list what matches, then act on it in chunks, with a
+        // progress bar on a terminal.
+        let mut q = Vec::new();
+        if let Some(v) = &s.queue {
+            q.push(format!("queue={}", encode_query_value(v)));
+        }
+        if let Some(v) = &s.rcpt_domain {
+            q.push(format!("rcpt_domain={}", encode_query_value(v)));
+        }
+        let path = format!("/api/queue/messages?{}", q.join("&"));
+        let list: MessageList = parse(&client.call("GET", &path, None).await?)?;
+        let targets: Vec<RecipientRef> = list
+            .messages
+            .iter()
+            .flat_map(|m| {
+                m.recipients.iter().map(|r| RecipientRef {
+                    id: m.id.clone(),
+                    rcpt: r.index,
+                })
+            })
+            .collect();
+        let mut progress = Progress::new(name, targets.len());
+        let mut total = ActionResult {
+            recipients: 0,
+            removed_messages: 0,
+        };
+        for chunk in targets.chunks(BULK_CHUNK) {
+            let req = ActionRequest {
+                action: name.to_string(),
+                ids: Vec::new(),
+                recipients: chunk.to_vec(),
+                filter: Filter::default(),
+                all: false,
+            };
+            let body = serde_json::to_vec(&req).unwrap_or_default();
+            let r: ActionResult =
+                parse(&client.call("POST", "/api/queue/action", Some(body)).await?)?;
+            total.recipients += r.recipients;
+            total.removed_messages += r.removed_messages;
+            progress.advance(chunk.len());
+        }
+        progress.finish();
+        total
+    };
+    if s.json {
+        let _ = serde_json::to_writer(&mut *out, &result);
+        let _ = writeln!(out);
+    } else {
+        let _ = writeln!(out, "{name}: {} recipient(s)", result.recipients);
+        if result.removed_messages > 0 {
+            let _ = writeln!(out, "removed {} message(s)", result.removed_messages);
         }
     }
     Ok(())
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal
+/// (scripts and logs get the final summary alone).
+struct Progress {
+    label: String,
+    total: usize,
+    done: usize,
+    visible: bool,
+}
+
+impl Progress {
+    fn new(label: &str, total: usize) -> Self {
+        use std::io::IsTerminal;
+        let p = Progress {
+            label: label.to_string(),
+            total,
+            done: 0,
+            visible: std::io::stderr().is_terminal() && total > 0,
+        };
+        p.draw();
+        p
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.done += n;
+        self.draw();
+    }
+
+    fn draw(&self) {
+        if !self.visible {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = (self.done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
+        eprint!(
+            "\r{} [{}{}] {}/{} recipients",
+            self.label,
+            "#".repeat(filled),
+            "-".repeat(WIDTH - filled),
+            self.done,
+            self.total
+        );
+    }
+
+    fn finish(&self) {
+        if self.visible {
+            eprintln!();
+        }
+    }
 }
 
 fn when(ms: u64) -> String {

@@ -466,3 +466,35 @@ fn action_on_an_unknown_id_fails() {
         );
     }
 }
+
+#[test]
+fn bulk_action_shows_progress_on_a_terminal() {
+    require("script");
+    let server = start();
+    for i in 0..3 {
+        send(
+            &server,
+            "p@example.org",
+            &["a@local.test", "b@other.test"],
+            &format!("p{i}"),
+        );
+    }
+    // `script` gives the command a pseudo-terminal, as an operator's shell would.
+    let cmd = format!("{} queue hold --all -c {}", bin(), server.config.display());
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("hold [##############################] 6/6 recipients"),
+        "no finished progress bar in: {shown:?}"
+    );
+    assert!(shown.contains("hold: 6 recipient(s)"), "{shown:?}");
+    // Without a terminal there is no bar, only the summary.
+    let out = server.cli(&["queue", "release", "--all"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(text(&out.stdout), "release: 6 recipient(s)\n");
+}
