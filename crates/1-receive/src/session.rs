@@ -711,6 +711,12 @@ impl Session {
         let Some(tx) = self.tx.take() else {
             return self.reply(replies::bad_sequence("no transaction"));
         };
+        // Our own Received header is the first one; count it too.
+        let hops = crate::protocol::received::count_received(&contents);
+        if hops > self.rx.params.max_received_headers {
+            tracing::info!(id = %id, hops, "refused: mail loop");
+            return self.reply(replies::mail_loop(hops));
+        }
         let now = now_millis();
         let envelope = Envelope {
             id,
@@ -856,4 +862,6 @@ pub struct SessionParams {
     pub data_timeout: Duration,
     /// Domains whose mail is accepted without relay permission.
     pub local_domains: std::collections::HashSet<String>,
+    /// More `Received:` headers than this (ours included) means a mail loop.
+    pub max_received_headers: usize,
 }

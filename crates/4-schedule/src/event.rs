@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use ferrymail_deliver::{Remote, RemoteReply};
 use ferrymail_spool::{EntryKey, Envelope, UnixMillis};
 
@@ -36,6 +37,12 @@ pub struct Event {
     pub attempts: u32,
     /// The next hop the attempt reached, if a connection was made: Remote-MTA.
     pub remote: Option<Remote>,
+    /// The message contents as the attempt had them, for the part of a
+    /// notification that returns the original (RFC 3464 §2, RFC 3461 §4.3).
+    /// Carried here because the blob is deleted as soon as the last
+    /// recipient completes, before the event is read. `None` when the
+    /// contents were missing from the blob store.
+    pub contents: Option<Bytes>,
 }
 
 impl Event {

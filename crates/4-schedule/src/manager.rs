@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ferrymail_config::Config;
 use ferrymail_deliver::{Job, Outcome, RecipientOutcome, Remote, Transport};
 use ferrymail_spool::{
@@ -796,6 +797,9 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
         }
     };
 
+    // The contents as loaded for delivery; events carry them to the DSN
+    // layer (the blob may be deleted before it reads them).
+    let mut loaded: Option<Bytes> = None;
     let (results, health, not_before) = match &d.mode {
         Mode::Suspended { reason, until } => {
             let results: Vec<RecipientOutcome> = claimed_keys
@@ -813,6 +817,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
         }
         Mode::Deliver => match sh.spool.blob.get(d.message).await {
             Ok(Some(contents)) => {
+                loaded = Some(contents.clone());
                 let job = Job {
                     envelope: envelope.clone(),
                     contents,
@@ -849,6 +854,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
     let by_rcpt: HashMap<u32, &RecipientOutcome> = results.iter().map(|r| (r.rcpt, r)).collect();
     let at = now_millis();
     let mut next = Vec::with_capacity(claimed.len());
+    let mut load_tried = loaded.is_some();
     for e in &claimed {
         let missing;
         let (outcome, remote) = match by_rcpt.get(&e.key.rcpt) {
@@ -870,13 +876,39 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
         let decision = sh
             .policy
             .decide(&attempt, outcome, at, d.jitter, not_before);
-        let n = record(&sh, &envelope, e, &d.queue, decision, remote, at).await;
+        // Not delivered (suspended destination) but an event is due: read
+        // the contents once for the notification, before completing the
+        // last recipient deletes them.
+        let emits = matches!(
+            decision,
+            Decision::Complete(_)
+                | Decision::Defer {
+                    delayed: Some(_),
+                    ..
+                }
+        );
+        if emits && !load_tried {
+            load_tried = true;
+            loaded = sh.spool.blob.get(d.message).await.ok().flatten();
+        }
+        let n = record(
+            &sh,
+            &envelope,
+            e,
+            &d.queue,
+            decision,
+            remote,
+            at,
+            loaded.as_ref(),
+        )
+        .await;
         next.push((e.key, n));
     }
     (d.job, JobReport { health, next })
 }
 
 /// Writes one recipient's decision to the store and emits its event.
+#[allow(clippy::too_many_arguments)]
 async fn record(
     sh: &Shared,
     envelope: &Arc<Envelope>,
@@ -885,6 +917,7 @@ async fn record(
     decision: Decision,
     remote: Option<&Remote>,
     at: UnixMillis,
+    contents: Option<&Bytes>,
 ) -> Next {
     let node = sh.settings.node;
     let event = |kind: EventKind| Event {
@@ -895,6 +928,7 @@ async fn record(
         attempt_at: at,
         attempts: e.attempts.saturating_add(1),
         remote: remote.cloned(),
+        contents: contents.cloned(),
     };
     let store_failed = |what: &str, err: StoreError| {
         tracing::warn!(id = %e.key.message, rcpt = e.key.rcpt, error = %err, "queue: cannot record {what}; retrying later");

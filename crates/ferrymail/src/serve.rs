@@ -256,6 +256,7 @@ async fn run(config: Config) -> Result<(), StartError> {
             max_recipients: s.rcpt.max_recipients,
             max_errors: s.max_errors,
             max_line_length: s.max_line_length,
+            max_received_headers: s.data.max_received_headers,
             command_timeout: s.timeout.command,
             data_timeout: s.timeout.data_block,
             local_domains: s

@@ -199,3 +199,31 @@ fn partial_message_is_never_queued() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(queued(&s), 0);
 }
+
+#[test]
+fn mail_loop_is_refused() {
+    let s = Server::start(
+        "[session.data]\nmax-received-headers = 5\n[session.rcpt]\nlocal-domains = [\"local.test\"]\n",
+    );
+    let mut c = s.client();
+    c.ehlo();
+    // Four earlier hops plus ours is five: still accepted.
+    let hops = |n: usize| {
+        let mut m = String::new();
+        for i in 0..n {
+            m.push_str(&format!("Received: from hop{i}.example by hop{}.example; Thu, 1 Jan 2026 00:00:00 +0000\r\n", i + 1));
+        }
+        m.push_str("Subject: loop\r\n\r\nbody\r\n");
+        m
+    };
+    let r = c.send_message("a@example.org", &["x@local.test"], hops(4).as_bytes());
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<x@local.test>").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send_raw(&dot_stuff(hops(5).as_bytes()));
+    c.send_raw(b".\r\n");
+    assert!(c.read().is(554, "5.4.6"));
+    assert_eq!(queued(&s), 1, "the looping message is not queued");
+    still_usable(&mut c);
+}

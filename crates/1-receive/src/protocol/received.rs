@@ -86,9 +86,37 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Counts the `Received:` fields in the header section of `message` (up to
+/// the first empty line). RFC 5321 §6.3: a message that has passed through too
+/// many relays is looping and must be refused rather than relayed again.
+pub fn count_received(message: &[u8]) -> usize {
+    let mut n = 0;
+    let mut rest = message;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let line = &rest[..end];
+        rest = &rest[end..];
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            n += 1;
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_fields_are_counted_in_the_header_section_only() {
+        let m = b"Received: a\r\n\tcontinued\r\nRECEIVED: b\r\nSubject: x\r\nreceived:c\r\n\r\nReceived: body\r\n";
+        assert_eq!(count_received(m), 3);
+        assert_eq!(count_received(b""), 0);
+        assert_eq!(count_received(b"\r\nReceived: x\r\n"), 0);
+    }
 
     #[test]
     fn dates() {

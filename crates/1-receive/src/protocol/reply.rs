@@ -180,6 +180,14 @@ pub mod replies {
             "Non-ASCII address requires the SMTPUTF8 parameter",
         )
     }
+    /// Too many Received headers: a mail loop (RFC 5321 §6.3, RFC 3463 X.4.6).
+    pub fn mail_loop(count: usize) -> Reply {
+        Reply::new(
+            554,
+            "5.4.6",
+            format!("Too many hops ({count} Received headers): mail loop detected"),
+        )
+    }
     /// Relaying refused.
     pub fn relay_denied() -> Reply {
         Reply::new(554, "5.7.1", "Relay access denied")

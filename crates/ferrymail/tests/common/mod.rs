@@ -562,3 +562,7 @@ pub fn queue_ids(list: &serde_json::Value) -> Vec<String> {
         .map(|m| m["id"].as_str().expect("id").to_string())
         .collect()
 }
+
+/// Real next hops (smtp-sink, an aiosmtpd recording sink, a private Postfix)
+/// and the server-side waits of the delivery scenarios.
+pub mod peers;
