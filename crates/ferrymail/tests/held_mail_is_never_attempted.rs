@@ -28,9 +28,14 @@ fn ok(out: std::process::Output) -> String {
 }
 
 fn held_state(server: &Server, id: &str) -> (bool, u64) {
-    let m = server.show(id).unwrap_or_else(|| panic!("{id} left the queue"));
+    let m = server
+        .show(id)
+        .unwrap_or_else(|| panic!("{id} left the queue"));
     let r = &m["recipients"][0];
-    (r["held"].as_bool().unwrap(), r["attempts"].as_u64().unwrap())
+    (
+        r["held"].as_bool().unwrap(),
+        r["attempts"].as_u64().unwrap(),
+    )
 }
 
 #[test]
@@ -101,7 +106,12 @@ route = "'relay'"
     std::thread::sleep(Duration::from_secs(2));
     ok(server.cli(&["queue", "flush"]));
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(sink.dumped().len(), 1, "held mail was delivered: {:?}", sink.dumped());
+    assert_eq!(
+        sink.dumped().len(),
+        1,
+        "held mail was delivered: {:?}",
+        sink.dumped()
+    );
     assert_eq!(held_state(&server, &held1), (true, 1), "never attempted");
     assert_eq!(held_state(&server, &held2), (true, 1), "never attempted");
 
@@ -110,7 +120,10 @@ route = "'relay'"
     ok(server.cli(&["queue", "flush"]));
     server.wait_gone(&held1, WAIT);
     let d = sink.wait_dumped(2, WAIT);
-    assert!(d.iter().any(|d| d.rcpt_args == ["<one@held.test>"]), "{d:?}");
+    assert!(
+        d.iter().any(|d| d.rcpt_args == ["<one@held.test>"]),
+        "{d:?}"
+    );
     assert_eq!(held_state(&server, &held2), (true, 1));
 
     // Release everything.
@@ -119,6 +132,9 @@ route = "'relay'"
     server.wait_gone(&held2, WAIT);
     let d = sink.wait_dumped(3, WAIT);
     assert_eq!(d.len(), 3, "{d:?}");
-    assert!(d.iter().any(|d| d.rcpt_args == ["<two@held.test>"]), "{d:?}");
+    assert!(
+        d.iter().any(|d| d.rcpt_args == ["<two@held.test>"]),
+        "{d:?}"
+    );
     server.wait_queue_empty(WAIT);
 }
