@@ -1161,7 +1161,39 @@ fn report(
     };
     r.check_keys(&sec, &["dsn"], false);
     if let Some(d) = r.sub(&sec, "dsn") {
-        r.check_keys(&d, &["from-name", "from-address", "sign"], false);
+        r.check_keys(
+            &d,
+            &[
+                "from-name",
+                "from-address",
+                "sign",
+                "max-returned-size",
+                "double-bounce",
+            ],
+            false,
+        );
+        if let Some(n) = r.size(&d, "max-returned-size") {
+            dsn.max_returned_size = n;
+        }
+        if let Some(a) = r.nonempty_string(&d, "double-bounce") {
+            let a = a
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string();
+            if a.contains('@') && !a.contains(char::is_whitespace) {
+                dsn.double_bounce = Some(a);
+            } else {
+                let span = r.value_span(&d, "double-bounce");
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' must be an address such as 'postmaster@example.org', found '{a}'",
+                        d.path("double-bounce")
+                    )),
+                );
+            }
+        }
         if let Some(e) = r.expr(&d, "from-name") {
             check_outcomes(r, &d, "from-name", &e, |v| match v {
                 Value::Str(_) => Ok(()),

@@ -858,7 +858,23 @@ pub struct DsnConfig {
     pub from_address: Expr,
     /// `sign`: list of `[signature.<id>]` ids to DKIM-sign DSNs with. Default `[]`.
     pub sign: Expr,
+    /// `max-returned-size`: the most of the original message a notification
+    /// returns. A RET=FULL message larger than this comes back as its
+    /// headers only (RFC 3461 §4.3 leaves the amount to the MTA), so a bounce
+    /// never carries a large body back across the net. Default
+    /// [`DEFAULT_MAX_RETURNED_SIZE`].
+    pub max_returned_size: u64,
+    /// `double-bounce`: where a failure notification about a message with
+    /// the null sender goes (a "double bounce", RFC 3461 §6.2 forbids
+    /// returning it to `<>`). Default none: the double bounce is only
+    /// logged.
+    pub double_bounce: Option<String>,
 }
+
+/// Default `report.dsn.max-returned-size`: 256 KiB, enough for the headers
+/// and the text of ordinary mail, small enough that bounces of large
+/// attachments stay small.
+pub const DEFAULT_MAX_RETURNED_SIZE: u64 = 256 << 10;
 
 impl DsnConfig {
     pub(crate) fn for_hostname(hostname: &str) -> DsnConfig {
@@ -866,6 +882,8 @@ impl DsnConfig {
             from_name: Expr::constant(Value::Str("Mail Delivery Subsystem".to_string())),
             from_address: Expr::constant(Value::Str(format!("MAILER-DAEMON@{hostname}"))),
             sign: Expr::constant(Value::List(Vec::new())),
+            max_returned_size: DEFAULT_MAX_RETURNED_SIZE,
+            double_bounce: None,
         }
     }
 }

@@ -1510,3 +1510,46 @@ fn queue_name_rule() {
         assert!(!is_valid_queue_name(bad), "{bad:?}");
     }
 }
+
+// ------------------------------------------------- [report.dsn] (DSN issue)
+
+/// `max-returned-size` and `double-bounce`: defaults, sizes in both forms,
+/// angle brackets tolerated, and exact errors on the right line.
+#[test]
+fn dsn_returned_size_and_double_bounce() {
+    let d = ok("").report.dsn;
+    assert_eq!(d.max_returned_size, DEFAULT_MAX_RETURNED_SIZE);
+    assert_eq!(DEFAULT_MAX_RETURNED_SIZE, 256 * 1024);
+    assert_eq!(d.double_bounce, None);
+
+    let d = ok(
+        "[report.dsn]\nmax-returned-size = \"1M\"\ndouble-bounce = \"postmaster@example.org\"\n",
+    )
+    .report
+    .dsn;
+    assert_eq!(d.max_returned_size, 1 << 20);
+    assert_eq!(d.double_bounce.as_deref(), Some("postmaster@example.org"));
+    let d = ok("[report.dsn]\nmax-returned-size = 1000\ndouble-bounce = \"<pm@example.org>\"\n")
+        .report
+        .dsn;
+    assert_eq!(d.max_returned_size, 1000);
+    assert_eq!(d.double_bounce.as_deref(), Some("pm@example.org"));
+
+    assert_eq!(
+        err("[report.dsn]\n\ndouble-bounce = \"postmaster\"\n"),
+        "/etc/ferrymail.toml:3: 'report.dsn.double-bounce' must be an address such as 'postmaster@example.org', found 'postmaster'"
+    );
+    assert_eq!(
+        err("[report.dsn]\ndouble-bounce = \"\"\n"),
+        "/etc/ferrymail.toml:2: 'report.dsn.double-bounce' must not be empty"
+    );
+    assert!(
+        err("[report.dsn]\nmax-returned-size = \"lots\"\n").starts_with(
+            "/etc/ferrymail.toml:2: invalid size 'lots' for 'report.dsn.max-returned-size'"
+        ),
+    );
+    assert_eq!(
+        err("[report.dsn]\nmax-return-size = 10\n"),
+        "/etc/ferrymail.toml:2: unknown key 'max-return-size' in [report.dsn]; did you mean 'max-returned-size'?"
+    );
+}

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod conformance;
 pub mod embedded;
 pub mod model;
+pub mod postgres;
 pub mod store;
 
 use std::sync::Arc;

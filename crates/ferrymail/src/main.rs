@@ -53,6 +53,13 @@ fn main() -> ExitCode {
         // Every problem at once, in line order, so one run fixes them all.
         Cmd::Check { config } => match ferrymail_config::check_file(&config) {
             Ok(cfg) => {
+                // DKIM keys are only known to be usable once parsed, which
+                // the report crate does (as `serve` does at start).
+                if let Err(e) = ferrymail_report::Signers::from_config(&cfg) {
+                    let line = signature_line(&config, &e.id);
+                    eprintln!("{}:{line}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
                 for w in &cfg.warnings {
                     eprintln!("warning: {w}");
                 }
@@ -68,4 +75,21 @@ fn main() -> ExitCode {
         },
         Cmd::Queue { command, config } => cli::main(command, config),
     }
+}
+
+/// The line of the `[signature.<id>]` table (or of its `private-key`
+/// dotted key) in `path`, for `FILE:LINE:` messages; 1 when not found.
+fn signature_line(path: &std::path::Path, id: &str) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let headers = [
+        format!("[signature.{id}]"),
+        format!("[signature.\"{id}\"]"),
+        format!("signature.{id}.private-key"),
+    ];
+    text.lines()
+        .position(|l| {
+            let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+            headers.iter().any(|h| l.starts_with(h.as_str()))
+        })
+        .map_or(1, |i| i + 1)
 }

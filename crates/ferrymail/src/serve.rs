@@ -10,9 +10,11 @@ use ferrymail_deliver::{SmtpTransport, Transport};
 use ferrymail_operate::api::{ControlError, ControlFuture, Management, QueueControl};
 use ferrymail_receive::server::ConnectionLimits;
 use ferrymail_receive::{EtrnAnswer, EtrnRequest, Receiver, SessionParams};
+use ferrymail_report::{ReportSettings, Reporter};
 use ferrymail_route::Router;
-use ferrymail_schedule::{Event, ManagerSettings, QueueError, QueueHandle, QueueManager};
+use ferrymail_schedule::{ManagerSettings, QueueError, QueueHandle, QueueManager};
 use ferrymail_spool::embedded::EmbeddedStore;
+use ferrymail_spool::postgres::{PgOptions, PgStore};
 use ferrymail_spool::{BlobStore, DataStore, EntryKey, IdGenerator, NodeId, QueueEntry, Spool};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -94,17 +96,63 @@ fn init_logging() {
     }
 }
 
-/// The directory of the embedded data store, where node identity and the
-/// self-signed certificate are kept too.
+/// Where node identity and the self-signed certificate are kept: the
+/// directory of the data store if it is local (embedded), else that of the
+/// blob store if it is local, else `./data` (relative to the working
+/// directory, like the embedded store's default path). So with a PostgreSQL
+/// data store the generated node id does not live in any store.
 fn state_dir(config: &Config) -> PathBuf {
-    match config.data_store().map(|s| &s.kind) {
-        Some(StoreKind::Embedded { path }) | Some(StoreKind::Fs { path }) => path.clone(),
-        _ => PathBuf::from(ferrymail_config::DEFAULT_DATA_PATH),
+    let local = |s: Option<&ferrymail_config::Store>| match s.map(|s| &s.kind) {
+        Some(StoreKind::Embedded { path }) | Some(StoreKind::Fs { path }) => Some(path.clone()),
+        _ => None,
+    };
+    local(config.data_store())
+        .or_else(|| local(config.blob_store()))
+        .unwrap_or_else(|| PathBuf::from(ferrymail_config::DEFAULT_DATA_PATH))
+}
+
+/// A store opened for one or both roles.
+enum Opened {
+    Embedded(Arc<EmbeddedStore>),
+    Pg(Arc<PgStore>),
+}
+
+/// Opens one `[store.<id>]` for `role` ("queue data" or "message contents").
+async fn open_store(store: &ferrymail_config::Store, role: &str) -> Result<Opened, StartError> {
+    match &store.kind {
+        StoreKind::Embedded { path } => {
+            EmbeddedStore::open(path)
+                .map(Opened::Embedded)
+                .map_err(|e| {
+                    StartError::env(format!(
+                        "cannot open embedded store at {}: {e}",
+                        path.display()
+                    ))
+                })
+        }
+        StoreKind::PostgreSql {
+            url,
+            pool_size,
+            tls,
+        } => PgStore::open(&PgOptions {
+            url: url.clone(),
+            pool_size: *pool_size,
+            tls: *tls,
+        })
+        .await
+        .map(Opened::Pg)
+        .map_err(|e| StartError::env(format!("store '{}': {e}", store.id))),
+        other => Err(StartError::config(format!(
+            "store '{}' of type '{}' cannot hold {role} in this release; use type \"embedded\" or \"postgresql\"",
+            store.id,
+            other.type_name()
+        ))),
     }
 }
 
-/// Opens the data and blob stores `[storage]` names. One embedded store serving
-/// both roles is opened once.
+/// Opens the data and blob stores `[storage]` names. A store serving both
+/// roles is opened once, and is `unified`: a message and its contents are
+/// then committed together ([`DataStore::insert_with_contents`]).
 async fn open_stores(config: &Config) -> Result<Spool, StartError> {
     let data_cfg = config
         .data_store()
@@ -112,36 +160,26 @@ async fn open_stores(config: &Config) -> Result<Spool, StartError> {
     let blob_cfg = config
         .blob_store()
         .ok_or_else(|| StartError::config("[storage] blob names no store"))?;
-    let embedded = |path: &Path| {
-        EmbeddedStore::open(path).map_err(|e| {
-            StartError::env(format!(
-                "cannot open embedded store at {}: {e}",
-                path.display()
-            ))
-        })
-    };
-    let shared: Arc<EmbeddedStore> = match &data_cfg.kind {
-        StoreKind::Embedded { path } => embedded(path)?,
-        other => {
-            return Err(StartError::config(format!(
-                "store '{}' of type '{}' cannot hold queue data in this release; use type \"embedded\"",
-                data_cfg.id,
-                other.type_name()
-            )));
-        }
-    };
-    let data: Arc<dyn DataStore> = shared.clone();
     let unified = blob_cfg.id == data_cfg.id;
-    let blob: Arc<dyn BlobStore> = match &blob_cfg.kind {
-        StoreKind::Embedded { .. } if unified => shared,
-        StoreKind::Embedded { path } => embedded(path)?,
-        other => {
-            return Err(StartError::config(format!(
-                "store '{}' of type '{}' cannot hold message contents in this release; use type \"embedded\"",
-                blob_cfg.id,
-                other.type_name()
-            )));
-        }
+    let data_store = open_store(data_cfg, "queue data").await?;
+    let blob_store = if unified {
+        None
+    } else {
+        Some(open_store(blob_cfg, "message contents").await?)
+    };
+    let (data, blob): (Arc<dyn DataStore>, Arc<dyn BlobStore>) = match (data_store, blob_store) {
+        (Opened::Embedded(s), None) => (s.clone(), s),
+        (Opened::Pg(s), None) => (s.clone(), s),
+        (data, Some(blob)) => (
+            match data {
+                Opened::Embedded(s) => s,
+                Opened::Pg(s) => s,
+            },
+            match blob {
+                Opened::Embedded(s) => s,
+                Opened::Pg(s) => s,
+            },
+        ),
     };
     Ok(Spool {
         data,
@@ -150,8 +188,12 @@ async fn open_stores(config: &Config) -> Result<Spool, StartError> {
     })
 }
 
-/// The node's identity: configured, or generated once and kept in the state
-/// directory so it survives restarts.
+/// The node's identity: configured, or generated once and kept in
+/// `node-id` in the state directory (see [`state_dir`]) so it survives
+/// restarts. It is the lease owner in the data store, so nodes sharing a
+/// PostgreSQL store must each have their own: a configured `[server]
+/// node-id`, or a state directory of their own. The generated id includes
+/// the host name and the start time, so two nodes never generate the same.
 fn node_id(config: &Config, dir: &Path) -> Result<(String, NodeId), StartError> {
     let name = match &config.server.node_id {
         Some(n) => n.clone(),
@@ -170,6 +212,7 @@ fn node_id(config: &Config, dir: &Path) -> Result<(String, NodeId), StartError> 
                         .map_err(|e| {
                             StartError::env(format!("cannot write {}: {e}", file.display()))
                         })?;
+                    tracing::info!(node = %generated, file = %file.display(), "generated this node's id");
                     generated
                 }
             }
@@ -224,6 +267,19 @@ async fn run(config: Config) -> Result<(), StartError> {
     let shutdown = CancellationToken::new();
     let (etrn_tx, etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
     let (queued_tx, queued_rx) = mpsc::unbounded_channel::<Vec<QueueEntry>>();
+    // One id generator for the node: receive and the notifications it
+    // generates must never mint the same id.
+    let ids = Arc::new(IdGenerator::new(node.0));
+    // Delivery status notifications: DKIM keys are loaded (and refused)
+    // here, before anything listens. Notifications are accepted into the
+    // spool and reach the queue engine through receive's channel.
+    let reporter =
+        Reporter::new(&config, spool.clone(), ids.clone(), queued_tx.clone()).map_err(|e| {
+            match &config.source {
+                Some(p) => StartError::config(format!("{}: {e}", p.display())),
+                None => StartError::config(e.to_string()),
+            }
+        })?;
 
     // The queue engine: recovers the queue from the store, schedules newly
     // accepted mail (receive's `queued` channel), answers ETRN and flush,
@@ -245,7 +301,8 @@ async fn run(config: Config) -> Result<(), StartError> {
         shutdown.clone(),
     );
     tokio::spawn(answer_etrn(etrn_rx, queue.handle.clone()));
-    tokio::spawn(consume_events(queue.events));
+    // The queue engine's per-recipient events become notifications.
+    let reporter = reporter.start(queue.events, ReportSettings::default());
     let control: Arc<dyn QueueControl> = Arc::new(Control(queue.handle.clone()));
 
     let s = &config.session;
@@ -270,7 +327,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         etrn_allow: s.etrn.allow.clone(),
         router: Arc::new(Router::from_config(&config.queue)),
         spool: spool.clone(),
-        ids: Arc::new(IdGenerator::new(node.0)),
+        ids,
         etrn: etrn_tx,
         queued: queued_tx,
         tls,
@@ -341,6 +398,14 @@ async fn run(config: Config) -> Result<(), StartError> {
     if let Err(e) = queue.task.await {
         tracing::error!(error = %e, "queue manager ended abnormally");
     }
+    // Notifications still being grouped are queued now (restart recovery
+    // delivers them), within the same grace period.
+    if tokio::time::timeout(config.server.shutdown_grace, reporter.finish())
+        .await
+        .is_err()
+    {
+        tracing::warn!("notifications still being written after the grace period; abandoning them");
+    }
     smtp.close_idle().await;
     tracing::info!("stopped");
     Ok(())
@@ -383,21 +448,6 @@ async fn answer_etrn(mut requests: mpsc::UnboundedReceiver<EtrnRequest>, queue: 
             };
             let _ = r.reply.send(answer);
         });
-    }
-}
-
-/// Takes the queue engine's per-recipient events.
-// TODO(DSN issue 5): hand these to the DSN generator; until it lands they
-// are only logged (the manager already logs every outcome at info).
-async fn consume_events(mut events: mpsc::UnboundedReceiver<Event>) {
-    while let Some(e) = events.recv().await {
-        tracing::debug!(
-            message = %e.envelope.id,
-            rcpt = e.rcpt,
-            action = e.action(),
-            status = %e.status(),
-            "queue event"
-        );
     }
 }
 

@@ -566,3 +566,7 @@ pub fn queue_ids(list: &serde_json::Value) -> Vec<String> {
 /// Real next hops (smtp-sink, an aiosmtpd recording sink, a private Postfix)
 /// and the server-side waits of the delivery scenarios.
 pub mod peers;
+
+/// PostgreSQL for the end-to-end scenarios: a database per test on the
+/// server scripts/test starts, and `ferrymail serve` with its stores there.
+pub mod pg;

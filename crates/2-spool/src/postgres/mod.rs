@@ -1,0 +1,666 @@
+//! The PostgreSQL store: data and blobs in one database that several
+//! Ferrymail nodes share (`[store.<id>] type = "postgresql"`).
+//!
+//! # Layout
+//!
+//! Three tables, created and migrated on open ([`schema`]): `blob` (message
+//! id → contents as `bytea`), `envelope` (message id → codec-encoded
+//! [`Envelope`]) and `entry` (one row per recipient, one column per
+//! [`QueueEntry`] field, plus the generated `eligible_at` column and the
+//! `entry_ready` index that play the embedded store's `ready` index).
+//!
+//! # Semantics
+//!
+//! The same as the embedded store's, checked by the same conformance suite:
+//! every operation is one SQL statement ([`sql`]), so each is atomic and
+//! durable when it returns, and concurrent operations run on concurrent
+//! connections of the [`pool`]. Leases are plain columns compared with the
+//! caller's clock (`now`), as in the embedded store: nodes sharing a
+//! database need clocks in step to well within a lease (NTP does that).
+//! Where the embedded store's single writer serializes everything, here
+//! the claims use `SKIP LOCKED`: an entry some other transaction is
+//! changing at that very moment is not claimed (the scheduler re-reads
+//! it), rather than waited for.
+//!
+//! The tables have plain names (`blob`, `envelope`, `entry`,
+//! `schema_version`): give Ferrymail a database of its own, or a schema of
+//! its own through the URL's `options`.
+//!
+//! # Duplicate ids
+//!
+//! Inserting a message (or contents) whose id exists fails with a
+//! [`StoreError`] instead of overwriting, unlike the embedded store: only
+//! here can two writers (two nodes) mint the same id, and the client
+//! retrying after a 4xx is better than one message silently replacing
+//! another.
+//!
+//! # Ids and times
+//!
+//! Message ids are stored with their top bit flipped ([`sql_id`]) so signed
+//! `bigint` order is `MessageId` order; node ids are stored bit for bit.
+//! Times are clamped to `i64::MAX` milliseconds (year 292 million), and
+//! counters to `i32::MAX`.
+//!
+//! # Connection loss
+//!
+//! An operation whose connection fails returns a [`StoreError`] (receive
+//! answers 4xx; the queue engine retries later) and the next one opens a new
+//! connection, so the store follows the database through a restart by
+//! itself. An idempotent operation that finds its idle connection was closed
+//! while idle (the restart happened in between) runs once more on a new one.
+
+pub mod pool;
+pub mod schema;
+pub mod sql;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio_postgres::Row;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::ToSql;
+
+use crate::codec::{decode, encode};
+use crate::model::*;
+use crate::store::*;
+use pool::{Failure, Pool};
+
+/// How to reach the database: `[store.<id>]` of type `postgresql`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgOptions {
+    /// `postgresql://user:password@host:port/db?params`. libpq's
+    /// `sslrootcert=<PEM file>` is understood too (the CA to trust with
+    /// `tls`); `options=-csearch_path%3D<schema>` puts the tables in a
+    /// schema of their own.
+    pub url: String,
+    /// Most connections open at once.
+    pub pool_size: usize,
+    /// Connect with TLS (required, and verified), see [`tls`].
+    pub tls: bool,
+}
+
+/// The PostgreSQL data and blob store.
+pub struct PgStore {
+    pool: Pool,
+}
+
+/// A database error as a [`StoreError`], with the server's message when
+/// there is one (tokio-postgres's own text is just "db error").
+pub fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Engine(format!("PostgreSQL: {}", error_text(&e)))
+}
+
+/// A failure to connect, naming where to (without the password).
+pub(crate) fn connection_error(target: &str, e: tokio_postgres::Error) -> StoreError {
+    StoreError::Engine(format!(
+        "cannot connect to PostgreSQL at {target}: {}",
+        error_text(&e)
+    ))
+}
+
+/// The server's message for a database error; otherwise the error and its
+/// causes ("error performing TLS handshake: invalid peer certificate: ...").
+fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.to_string();
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The `bigint` a message id is stored as: the id with its top bit flipped,
+/// so that signed order is the id's unsigned order.
+pub fn sql_id(id: MessageId) -> i64 {
+    (id.0 ^ (1 << 63)) as i64
+}
+
+/// Inverse of [`sql_id`].
+pub fn id_from_sql(v: i64) -> MessageId {
+    MessageId((v as u64) ^ (1 << 63))
+}
+
+fn sql_node(n: NodeId) -> i64 {
+    n.0 as i64
+}
+
+fn sql_time(t: UnixMillis) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn time_from_sql(v: i64) -> UnixMillis {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn sql_u32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn sql_lane(l: Lane) -> i16 {
+    match l {
+        Lane::Pending => 0,
+        Lane::Deferred => 1,
+    }
+}
+
+/// Splits keys into the two arrays the statements take.
+fn key_arrays(keys: &[EntryKey]) -> (Vec<i64>, Vec<i32>) {
+    keys.iter()
+        .map(|k| (sql_id(k.message), sql_u32(k.rcpt)))
+        .unzip()
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what: what.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Reads an entry selected as [`sql::ENTRY_COLS`].
+fn entry_from_row(r: &Row) -> Result<QueueEntry, StoreError> {
+    let get = |e: tokio_postgres::Error| corrupt("queue entry row", e);
+    let message = id_from_sql(r.try_get(0).map_err(get)?);
+    let rcpt: i32 = r.try_get(1).map_err(get)?;
+    let lane = match r.try_get::<_, i16>(5).map_err(get)? {
+        0 => Lane::Pending,
+        1 => Lane::Deferred,
+        other => return Err(corrupt("queue entry row", format!("unknown lane {other}"))),
+    };
+    let owner: Option<i64> = r.try_get(10).map_err(get)?;
+    let until: Option<i64> = r.try_get(11).map_err(get)?;
+    Ok(QueueEntry {
+        key: EntryKey {
+            message,
+            rcpt: rcpt as u32,
+        },
+        queue: r.try_get(2).map_err(get)?,
+        schedule: r.try_get(3).map_err(get)?,
+        route: r.try_get(4).map_err(get)?,
+        lane,
+        held: r.try_get(6).map_err(get)?,
+        due: time_from_sql(r.try_get(7).map_err(get)?),
+        attempts: r.try_get::<_, i32>(8).map_err(get)? as u32,
+        weight: r.try_get(9).map_err(get)?,
+        lease: match (owner, until) {
+            (Some(o), Some(u)) => Some(Lease {
+                owner: NodeId(o as u64),
+                until: time_from_sql(u),
+            }),
+            _ => None,
+        },
+        last_error: r.try_get(12).map_err(get)?,
+        notify_count: r.try_get::<_, i32>(13).map_err(get)? as u32,
+    })
+}
+
+/// Runs one operation on a pooled connection: `$c` names the connection in
+/// `$op`, an expression giving a tokio-postgres future.
+///
+/// `retry` is for idempotent operations only: when the connection came from
+/// the idle list and was found closed (the database restarted while it was
+/// idle), the operation runs once more on a new connection. Running it twice
+/// must then be harmless, since it may have been executed before the
+/// connection died.
+macro_rules! on_conn {
+    ($store:ident, retry, |$c:ident| $op:expr) => {{
+        let $c = $store.pool.get().await?;
+        match $c.run($op).await {
+            Err(Failure::Stale(e)) => {
+                drop($c);
+                tracing::info!(error = %e, "PostgreSQL connection found closed; retrying on a new one");
+                let $c = $store.pool.get_new().await?;
+                $c.run($op).await.map_err(StoreError::from)
+            }
+            other => other.map_err(StoreError::from),
+        }
+    }};
+    ($store:ident, once, |$c:ident| $op:expr) => {{
+        let $c = $store.pool.get().await?;
+        $c.run($op).await.map_err(StoreError::from)
+    }};
+}
+
+impl PgStore {
+    /// Connects, creates or migrates the schema, and returns the store.
+    /// Fails if the database cannot be reached now: a node does not start
+    /// without its queue. (Once running, it rides out outages: see the
+    /// module docs.)
+    pub async fn open(options: &PgOptions) -> Result<Arc<PgStore>, StoreError> {
+        let (url, root_file) = take_param(&options.url, "sslrootcert");
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Engine(format!("bad PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(pool::CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("ferrymail");
+        }
+        let tls = if options.tls {
+            if config.get_ssl_mode() != SslMode::Require {
+                config.ssl_mode(SslMode::Require);
+            }
+            Some(tls::RustlsConnect::new(
+                root_file.as_deref().map(std::path::Path::new),
+            )?)
+        } else {
+            if config.get_ssl_mode() == SslMode::Require {
+                return Err(StoreError::Engine(
+                    "the PostgreSQL URL says sslmode=require: set tls = true in the store's configuration"
+                        .into(),
+                ));
+            }
+            config.ssl_mode(SslMode::Disable);
+            None
+        };
+        let target = describe(&config);
+        let pool = Pool::new(config, tls, options.pool_size, target);
+        let mut client = pool.connect().await?;
+        schema::migrate(&mut client).await?;
+        let st = sql::Statements::prepare(&client).await?;
+        pool.give(pool::Conn { client, st });
+        tracing::info!(
+            target = %pool.target,
+            pool_size = options.pool_size,
+            tls = options.tls,
+            schema_version = schema::latest(),
+            "PostgreSQL store open"
+        );
+        Ok(Arc::new(PgStore { pool }))
+    }
+
+    async fn insert_impl(
+        &self,
+        envelope: &Envelope,
+        entries: &[QueueEntry],
+        contents: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let id = sql_id(envelope.id);
+        let record = encode(envelope);
+        let n = entries.len();
+        let mut cols = EntryColumns::with_capacity(n);
+        for e in entries {
+            cols.push(e);
+        }
+        let c = &cols;
+        let base: [&(dyn ToSql + Sync); 16] = [
+            &id,
+            &record,
+            &c.message,
+            &c.rcpt,
+            &c.queue,
+            &c.schedule,
+            &c.route,
+            &c.lane,
+            &c.held,
+            &c.due,
+            &c.attempts,
+            &c.weight,
+            &c.lease_owner,
+            &c.lease_until,
+            &c.last_error,
+            &c.notify_count,
+        ];
+        // Not retried: if a first run committed before its connection died,
+        // a second one would be refused (the id exists) anyway.
+        match contents {
+            None => on_conn!(self, once, |conn| conn
+                .client
+                .execute(&conn.st.insert, &base))?,
+            Some(contents) => {
+                let mut params: Vec<&(dyn ToSql + Sync)> = base.to_vec();
+                params.push(&contents);
+                on_conn!(self, once, |conn| conn
+                    .client
+                    .execute(&conn.st.insert_with_contents, &params))?
+            }
+        };
+        Ok(())
+    }
+}
+
+/// One array per entry column, for the insert statement's `unnest`.
+struct EntryColumns<'a> {
+    message: Vec<i64>,
+    rcpt: Vec<i32>,
+    queue: Vec<&'a str>,
+    schedule: Vec<&'a str>,
+    route: Vec<&'a str>,
+    lane: Vec<i16>,
+    held: Vec<bool>,
+    due: Vec<i64>,
+    attempts: Vec<i32>,
+    weight: Vec<i32>,
+    lease_owner: Vec<Option<i64>>,
+    lease_until: Vec<Option<i64>>,
+    last_error: Vec<Option<&'a str>>,
+    notify_count: Vec<i32>,
+}
+
+impl<'a> EntryColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        EntryColumns {
+            message: Vec::with_capacity(n),
+            rcpt: Vec::with_capacity(n),
+            queue: Vec::with_capacity(n),
+            schedule: Vec::with_capacity(n),
+            route: Vec::with_capacity(n),
+            lane: Vec::with_capacity(n),
+            held: Vec::with_capacity(n),
+            due: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            weight: Vec::with_capacity(n),
+            lease_owner: Vec::with_capacity(n),
+            lease_until: Vec::with_capacity(n),
+            last_error: Vec::with_capacity(n),
+            notify_count: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, e: &'a QueueEntry) {
+        self.message.push(sql_id(e.key.message));
+        self.rcpt.push(sql_u32(e.key.rcpt));
+        self.queue.push(&e.queue);
+        self.schedule.push(&e.schedule);
+        self.route.push(&e.route);
+        self.lane.push(sql_lane(e.lane));
+        self.held.push(e.held);
+        self.due.push(sql_time(e.due));
+        self.attempts.push(sql_u32(e.attempts));
+        self.weight.push(e.weight);
+        self.lease_owner.push(e.lease.map(|l| sql_node(l.owner)));
+        self.lease_until.push(e.lease.map(|l| sql_time(l.until)));
+        self.last_error.push(e.last_error.as_deref());
+        self.notify_count.push(sql_u32(e.notify_count));
+    }
+}
+
+/// Removes query parameter `key` from `url` (tokio-postgres refuses
+/// parameters it does not know) and returns the URL and the decoded value.
+fn take_param(url: &str, key: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| match p.split_once('=') {
+            Some((k, v)) if k == key => {
+                value = Some(percent_decode(v));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if kept.is_empty() {
+        (base.to_string(), value)
+    } else {
+        (format!("{base}?{}", kept.join("&")), value)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `user@host:port/db` of a configuration, for messages and logs.
+fn describe(c: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match c.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{host}:{port}/{}",
+        c.get_user().unwrap_or("?"),
+        c.get_dbname().unwrap_or("?")
+    )
+}
+
+#[async_trait]
+impl DataStore for PgStore {
+    async fn insert(&self, envelope: &Envelope, entries: &[QueueEntry]) -> Result<(), StoreError> {
+        self.insert_impl(envelope, entries, None).await
+    }
+
+    async fn insert_with_contents(
+        &self,
+        envelope: &Envelope,
+        entries: &[QueueEntry],
+        contents: Bytes,
+    ) -> Result<(), StoreError> {
+        self.insert_impl(envelope, entries, Some(&contents)).await
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Vec<QueueEntry>, StoreError> {
+        let owner = sql_node(claim.owner);
+        let lane = sql_lane(claim.lane);
+        let now = sql_time(claim.now);
+        let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
+        let until = sql_time(claim.lease_until);
+        let params: [&(dyn ToSql + Sync); 6] = [&owner, &lane, &now, &claim.queue, &limit, &until];
+        // Not retried: a second run would lease more entries than returned.
+        let rows = on_conn!(self, once, |c| c.client.query(&c.st.claim, &params))?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let rank: i64 = r
+                    .try_get(sql::ENTRY_COL_COUNT)
+                    .map_err(|e| corrupt("claim rank", e))?;
+                Ok((rank, entry_from_row(r)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Earliest eligible first, then key order, as the claim index reads.
+        out.sort_by_key(|(rank, e)| (*rank, e.key));
+        Ok(out.into_iter().map(|(_, e)| e).collect())
+    }
+
+    async fn claim_keys(
+        &self,
+        owner: NodeId,
+        keys: &[EntryKey],
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (messages, rcpts) = key_arrays(keys);
+        let (owner, now, until) = (sql_node(owner), sql_time(now), sql_time(lease_until));
+        let params: [&(dyn ToSql + Sync); 5] = [&owner, &messages, &rcpts, &now, &until];
+        // Idempotent: a second run by the same owner takes over its own leases.
+        let rows = on_conn!(self, retry, |c| c.client.query(&c.st.claim_keys, &params))?;
+        let mut got = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // In the order of `keys` (first mention), as the contract says.
+        let position: std::collections::HashMap<EntryKey, usize> = keys
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, k)| (*k, i))
+            .collect();
+        got.sort_by_key(|e| position.get(&e.key).copied().unwrap_or(usize::MAX));
+        Ok(got)
+    }
+
+    async fn renew(
+        &self,
+        owner: NodeId,
+        keys: &[EntryKey],
+        until: UnixMillis,
+    ) -> Result<usize, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let (messages, rcpts) = key_arrays(keys);
+        let (owner, until) = (sql_node(owner), sql_time(until));
+        let params: [&(dyn ToSql + Sync); 4] = [&owner, &messages, &rcpts, &until];
+        let n = on_conn!(self, retry, |c| c.client.execute(&c.st.renew, &params))?;
+        Ok(n as usize)
+    }
+
+    async fn complete(&self, owner: NodeId, key: EntryKey) -> Result<Removal, StoreError> {
+        let (message, rcpt, owner_sql) = (sql_id(key.message), sql_u32(key.rcpt), sql_node(owner));
+        let params: [&(dyn ToSql + Sync); 3] = [&message, &rcpt, &owner_sql];
+        // Not retried: a second run would find the entry gone (NotLeased) and
+        // lose the count that says whether to delete the contents.
+        let row = on_conn!(self, once, |c| c.client.query_one(&c.st.complete, &params))?;
+        let left: i64 = row.try_get(0).map_err(|e| corrupt("complete", e))?;
+        match usize::try_from(left) {
+            Ok(remaining) => Ok(Removal { remaining }),
+            Err(_) => Err(StoreError::NotLeased(key)),
+        }
+    }
+
+    async fn defer(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        deferral: &Deferral,
+    ) -> Result<(), StoreError> {
+        let (message, rcpt, owner_sql) = (sql_id(key.message), sql_u32(key.rcpt), sql_node(owner));
+        let due = sql_time(deferral.due);
+        let notify = sql_u32(deferral.notify_count);
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &message,
+            &rcpt,
+            &owner_sql,
+            &due,
+            &deferral.last_error,
+            &notify,
+        ];
+        // Not retried: a second run would find the lease released (NotLeased).
+        match on_conn!(self, once, |c| c.client.execute(&c.st.defer, &params))? {
+            0 => Err(StoreError::NotLeased(key)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn envelope(&self, id: MessageId) -> Result<Option<Envelope>, StoreError> {
+        let id = sql_id(id);
+        let row = on_conn!(self, retry, |c| c.client.query_opt(&c.st.envelope, &[&id]))?;
+        row.map(|r| {
+            let record: &[u8] = r.try_get(0).map_err(|e| corrupt("envelope", e))?;
+            decode(record, "envelope")
+        })
+        .transpose()
+    }
+
+    async fn entries(&self, id: MessageId) -> Result<Vec<QueueEntry>, StoreError> {
+        let id = sql_id(id);
+        let rows = on_conn!(self, retry, |c| c.client.query(&c.st.entries, &[&id]))?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn scan(
+        &self,
+        after: Option<EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        // Below every key: rcpt is never negative.
+        let (message, rcpt) = match after {
+            Some(k) => (sql_id(k.message), sql_u32(k.rcpt)),
+            None => (i64::MIN, -1),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let params: [&(dyn ToSql + Sync); 3] = [&message, &rcpt, &limit];
+        let rows = on_conn!(self, retry, |c| c.client.query(&c.st.scan, &params))?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn admin(&self, keys: &[EntryKey], action: AdminAction) -> Result<usize, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let (messages, rcpts) = key_arrays(keys);
+        let (code, now): (i16, i64) = match action {
+            AdminAction::Hold => (0, 0),
+            AdminAction::Release => (1, 0),
+            AdminAction::Retry { now } => (2, sql_time(now)),
+        };
+        let params: [&(dyn ToSql + Sync); 4] = [&messages, &rcpts, &code, &now];
+        // Idempotent: setting the same flag or due time twice.
+        let n = on_conn!(self, retry, |c| c.client.execute(&c.st.admin, &params))?;
+        Ok(n as usize)
+    }
+
+    async fn cancel(&self, keys: &[EntryKey]) -> Result<Vec<MessageId>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (messages, rcpts) = key_arrays(keys);
+        let params: [&(dyn ToSql + Sync); 2] = [&messages, &rcpts];
+        // Not retried: a second run would not report the emptied messages.
+        let rows = on_conn!(self, once, |c| c.client.query(&c.st.cancel, &params))?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<_, i64>(0)
+                    .map(id_from_sql)
+                    .map_err(|e| corrupt("cancel", e))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl BlobStore for PgStore {
+    async fn put(&self, id: MessageId, contents: Bytes) -> Result<(), StoreError> {
+        let id = sql_id(id);
+        let data: &[u8] = &contents;
+        // Not retried, as insert.
+        on_conn!(self, once, |c| c
+            .client
+            .execute(&c.st.blob_put, &[&id, &data]))?;
+        Ok(())
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<Bytes>, StoreError> {
+        let id = sql_id(id);
+        let row = on_conn!(self, retry, |c| c.client.query_opt(&c.st.blob_get, &[&id]))?;
+        row.map(|r| {
+            r.try_get::<_, Vec<u8>>(0)
+                .map(Bytes::from)
+                .map_err(|e| corrupt("contents", e))
+        })
+        .transpose()
+    }
+
+    async fn delete(&self, id: MessageId) -> Result<(), StoreError> {
+        let id = sql_id(id);
+        on_conn!(self, retry, |c| c.client.execute(&c.st.blob_delete, &[&id]))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,239 @@
+//! Every statement the store runs, prepared once per connection.
+//!
+//! Each store operation is one statement, so it runs in its own implicit
+//! transaction: atomic, and durable when it returns (as the server's
+//! `synchronous_commit` makes it). Statements that change several entries
+//! lock them in key order first, the order every writer uses, so two of
+//! them can wait for each other but never deadlock; the claims use
+//! `SKIP LOCKED` and never wait at all.
+//!
+//! Parameters carry explicit casts so that preparing needs no type hints.
+//! Entry columns are always selected as [`ENTRY_COLS`] and read back by
+//! `super::entry_from_row`.
+
+use tokio_postgres::{Client, Statement};
+
+use crate::store::StoreError;
+
+/// The columns of an entry row, in the order `super::entry_from_row` reads.
+pub const ENTRY_COLS: &str = "e.message, e.rcpt, e.queue, e.schedule, e.route, e.lane, e.held, \
+     e.due, e.attempts, e.weight, e.lease_owner, e.lease_until, e.last_error, e.notify_count";
+
+/// How many columns [`ENTRY_COLS`] names.
+pub const ENTRY_COL_COUNT: usize = 14;
+
+/// Envelope ($1 id, $2 record) and entries ($3..$16, one array per column).
+///
+/// Plain inserts: a message id that exists already is refused (a unique
+/// violation, so the statement fails whole), never overwritten. Ids are
+/// unique per node, but two nodes sharing the database could mint the same
+/// one (see `MessageId`: 10 bits of node tag); overwriting would silently
+/// replace another node's message, refusing costs the client a 4xx.
+const INSERT_ENTRIES: &str = "
+INSERT INTO entry (message, rcpt, queue, schedule, route, lane, held, due,
+                   attempts, weight, lease_owner, lease_until, last_error, notify_count)
+SELECT * FROM unnest($3::bigint[], $4::integer[], $5::text[], $6::text[], $7::text[],
+                     $8::smallint[], $9::boolean[], $10::bigint[], $11::integer[],
+                     $12::integer[], $13::bigint[], $14::bigint[], $15::text[], $16::integer[])";
+
+const INSERT_ENVELOPE: &str = "
+env AS (
+    INSERT INTO envelope (message, record) VALUES ($1::bigint, $2::bytea)
+)";
+
+/// The contents ($17) in the same statement, hence the same commit.
+const INSERT_CONTENTS: &str = "
+contents AS (
+    INSERT INTO blob (message, contents) VALUES ($1::bigint, $17::bytea)
+)";
+
+/// Due-order claim: $1 owner, $2 lane, $3 now, $4 queue or NULL, $5 limit,
+/// $6 lease deadline. Returns the entries and the eligible-at they were
+/// claimed by, for ordering.
+const CLAIM: &str = "
+WITH picked AS (
+    -- Lease rule: claimable is eligible_at <= now (not held, due, and no live
+    -- lease; see the entry table). SKIP LOCKED: rows another claim holds at
+    -- this moment are left to it, so nodes claiming at once never wait for
+    -- each other nor take the same entry.
+    SELECT message, rcpt, eligible_at FROM entry
+     WHERE lane = $2::smallint AND eligible_at <= $3::bigint
+       AND ($4::text IS NULL OR queue = $4::text)
+     ORDER BY eligible_at, message, rcpt
+     LIMIT $5::bigint
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE entry e SET lease_owner = $1::bigint, lease_until = $6::bigint
+  FROM picked
+ WHERE e.message = picked.message AND e.rcpt = picked.rcpt
+RETURNING ENTRY_COLS, picked.eligible_at";
+
+/// Claim by key: $1 owner, $2/$3 keys, $4 now, $5 lease deadline.
+const CLAIM_KEYS: &str = "
+WITH picked AS (
+    -- Lease rule: any lane, any due time; never a held entry nor one under
+    -- another node's live lease (lease_until > now). A lease $1 already holds,
+    -- live or from before a restart, is taken over and extended. SKIP LOCKED:
+    -- a row another transaction is changing right now is busy and simply not
+    -- claimed (the scheduler re-reads it); two nodes claiming one key at once
+    -- never wait for each other, and exactly one of them gets it.
+    SELECT e.message, e.rcpt FROM entry e
+     WHERE (e.message, e.rcpt) IN (SELECT * FROM unnest($2::bigint[], $3::integer[]))
+       AND NOT e.held
+       AND (e.lease_owner IS NULL OR e.lease_owner = $1::bigint OR e.lease_until <= $4::bigint)
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE entry e SET lease_owner = $1::bigint, lease_until = $5::bigint
+  FROM picked
+ WHERE e.message = picked.message AND e.rcpt = picked.rcpt
+RETURNING ENTRY_COLS";
+
+/// $1 owner, $2/$3 keys, $4 new deadline. Counts what it renewed.
+const RENEW: &str = "
+WITH mine AS (
+    -- Lease rule: only the owner renews, whether or not its lease has lapsed,
+    -- as long as no other node has taken the entry over.
+    SELECT e.message, e.rcpt FROM entry e
+      JOIN unnest($2::bigint[], $3::integer[]) AS k (message, rcpt)
+        ON e.message = k.message AND e.rcpt = k.rcpt
+     WHERE e.lease_owner = $1::bigint
+     ORDER BY e.message, e.rcpt
+     FOR UPDATE OF e
+)
+UPDATE entry e SET lease_until = $4::bigint
+  FROM mine
+ WHERE e.message = mine.message AND e.rcpt = mine.rcpt";
+
+/// $1 message, $2 rcpt, $3 owner; -1 when not leased by $3 (see migration 1).
+const COMPLETE: &str = "SELECT ferrymail_complete($1::bigint, $2::integer, $3::bigint)";
+
+/// $1 message, $2 rcpt, $3 owner, $4 next due, $5 last error, $6 notify count.
+const DEFER: &str = "
+-- Lease rule: only the owner records the outcome, and doing so releases the lease.
+UPDATE entry SET lane = 1, due = $4::bigint, attempts = attempts + 1,
+       lease_owner = NULL, lease_until = NULL,
+       last_error = $5::text, notify_count = $6::integer
+ WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint";
+
+const ENVELOPE: &str = "SELECT record FROM envelope WHERE message = $1::bigint";
+
+const ENTRIES: &str = "SELECT ENTRY_COLS FROM entry e WHERE e.message = $1::bigint ORDER BY e.rcpt";
+
+/// Entries after key ($1, $2), at most $3.
+const SCAN: &str = "
+SELECT ENTRY_COLS FROM entry e
+ WHERE (e.message, e.rcpt) > ($1::bigint, $2::integer)
+ ORDER BY e.message, e.rcpt
+ LIMIT $3::bigint";
+
+/// $1/$2 keys, $3 action (0 hold, 1 release, 2 retry), $4 "now" of a retry.
+const ADMIN: &str = "
+WITH target AS (
+    -- Operator actions ignore leases: an attempt in flight finishes and its
+    -- outcome is still recorded.
+    SELECT e.message, e.rcpt FROM entry e
+      JOIN unnest($1::bigint[], $2::integer[]) AS k (message, rcpt)
+        ON e.message = k.message AND e.rcpt = k.rcpt
+     ORDER BY e.message, e.rcpt
+     FOR UPDATE OF e
+)
+UPDATE entry e SET
+    held = CASE $3::smallint WHEN 0 THEN true WHEN 1 THEN false ELSE e.held END,
+    due = CASE WHEN $3::smallint = 2 THEN $4::bigint ELSE e.due END
+  FROM target
+ WHERE e.message = target.message AND e.rcpt = target.rcpt";
+
+/// $1/$2 keys; the emptied messages in the order they emptied.
+const CANCEL: &str = "
+SELECT m FROM ferrymail_cancel($1::bigint[], $2::integer[]) WITH ORDINALITY AS t (m, n)
+ ORDER BY n";
+
+/// A plain insert, refused if the id exists, for the reason given at
+/// [`INSERT_ENTRIES`].
+const BLOB_PUT: &str = "INSERT INTO blob (message, contents) VALUES ($1::bigint, $2::bytea)";
+
+const BLOB_GET: &str = "SELECT contents FROM blob WHERE message = $1::bigint";
+
+const BLOB_DELETE: &str = "DELETE FROM blob WHERE message = $1::bigint";
+
+/// The prepared statements of one connection, one per store operation.
+pub struct Statements {
+    /// [`crate::DataStore::insert`].
+    pub insert: Statement,
+    /// [`crate::DataStore::insert_with_contents`].
+    pub insert_with_contents: Statement,
+    /// [`crate::DataStore::claim`].
+    pub claim: Statement,
+    /// [`crate::DataStore::claim_keys`].
+    pub claim_keys: Statement,
+    /// [`crate::DataStore::renew`].
+    pub renew: Statement,
+    /// [`crate::DataStore::complete`].
+    pub complete: Statement,
+    /// [`crate::DataStore::defer`].
+    pub defer: Statement,
+    /// [`crate::DataStore::envelope`].
+    pub envelope: Statement,
+    /// [`crate::DataStore::entries`].
+    pub entries: Statement,
+    /// [`crate::DataStore::scan`].
+    pub scan: Statement,
+    /// [`crate::DataStore::admin`].
+    pub admin: Statement,
+    /// [`crate::DataStore::cancel`].
+    pub cancel: Statement,
+    /// [`crate::BlobStore::put`].
+    pub blob_put: Statement,
+    /// [`crate::BlobStore::get`].
+    pub blob_get: Statement,
+    /// [`crate::BlobStore::delete`].
+    pub blob_delete: Statement,
+}
+
+impl Statements {
+    /// Prepares every statement on `client`, all in one pipelined exchange.
+    pub async fn prepare(client: &Client) -> Result<Statements, StoreError> {
+        let cols = |s: &str| s.replace("ENTRY_COLS", ENTRY_COLS);
+        let insert = format!("WITH {INSERT_ENVELOPE} {INSERT_ENTRIES}");
+        let insert_with_contents =
+            format!("WITH {INSERT_ENVELOPE}, {INSERT_CONTENTS} {INSERT_ENTRIES}");
+        let (claim, claim_keys, entries, scan) =
+            (cols(CLAIM), cols(CLAIM_KEYS), cols(ENTRIES), cols(SCAN));
+        let p = |sql| client.prepare(sql);
+        let r = tokio::try_join!(
+            p(&insert),
+            p(&insert_with_contents),
+            p(&claim),
+            p(&claim_keys),
+            p(RENEW),
+            p(COMPLETE),
+            p(DEFER),
+            p(ENVELOPE),
+            p(&entries),
+            p(&scan),
+            p(ADMIN),
+            p(CANCEL),
+            p(BLOB_PUT),
+            p(BLOB_GET),
+            p(BLOB_DELETE),
+        )
+        .map_err(super::pg_error)?;
+        Ok(Statements {
+            insert: r.0,
+            insert_with_contents: r.1,
+            claim: r.2,
+            claim_keys: r.3,
+            renew: r.4,
+            complete: r.5,
+            defer: r.6,
+            envelope: r.7,
+            entries: r.8,
+            scan: r.9,
+            admin: r.10,
+            cancel: r.11,
+            blob_put: r.12,
+            blob_get: r.13,
+            blob_delete: r.14,
+        })
+    }
+}

@@ -1,0 +1,617 @@
+//! The PostgreSQL store against a real PostgreSQL 15: the conformance suite
+//! (unified, two separate PostgreSQL stores, and PostgreSQL data with
+//! embedded contents), migrations, connection loss and TLS.
+//!
+//! The server is the one `scripts/test` starts (see
+//! `scripts/postgres-test-server`); it exports its URL as
+//! `FERRYMAIL_TEST_PG_URL` and its CA certificate as `FERRYMAIL_TEST_PG_CA`.
+//! Without them these tests fail, saying so: they are never skipped. Each
+//! test works in a schema of its own, dropped at the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::NoTls;
+
+use super::*;
+use crate::conformance::{TestStores, sample_entries, sample_envelope};
+
+/// The test server's URL, or a failure that says how to get one.
+fn test_env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: the PostgreSQL tests need the PostgreSQL 15 that scripts/test \
+             starts. Run scripts/test (e.g. scripts/test -E 'test(postgres) | binary(/postgres/)'), or start one \
+             with `eval \"$(scripts/postgres-test-server start /tmp/ferry-pg)\"` and run \
+             cargo nextest in that shell."
+        )
+    })
+}
+
+fn test_url() -> String {
+    test_env("FERRYMAIL_TEST_PG_URL")
+}
+
+/// Adds query parameter `kv` to `url`.
+fn with_param(url: &str, kv: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{kv}")
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&test_url(), NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// A schema of its own for one test, dropped when the guard is.
+struct Schema {
+    name: String,
+}
+
+impl Schema {
+    async fn new() -> Schema {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            now_millis() % 1_000_000
+        );
+        admin()
+            .await
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .expect("create test schema");
+        Schema { name }
+    }
+
+    /// The URL of the test server with this schema first in `search_path`,
+    /// and this schema's name as `application_name` (to find its backends).
+    fn url(&self) -> String {
+        self.url_of(&test_url())
+    }
+
+    fn url_of(&self, base: &str) -> String {
+        with_param(
+            &with_param(base, &format!("options=-csearch_path%3D{}", self.name)),
+            &format!("application_name={}", self.name),
+        )
+    }
+
+    async fn open(&self, pool_size: usize) -> Arc<PgStore> {
+        PgStore::open(&PgOptions {
+            url: self.url(),
+            pool_size,
+            tls: false,
+        })
+        .await
+        .expect("open PostgreSQL store")
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        // The test's runtime may be shutting down: use a thread of our own.
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(&test_url(), NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = c.batch_execute(&sql).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn make() -> TestStores {
+    let schema = Schema::new().await;
+    let s = schema.open(4).await;
+    TestStores {
+        data: s.clone(),
+        blob: s,
+        unified: true,
+        guard: Box::new(schema),
+    }
+}
+
+crate::conformance_suite!(make);
+
+/// Data and contents in two PostgreSQL stores (two schemas), as when
+/// `[storage] data` and `blob` name different stores.
+mod separate {
+    use super::*;
+
+    async fn make() -> TestStores {
+        let (a, b) = (Schema::new().await, Schema::new().await);
+        let (data, blob) = (a.open(4).await, b.open(4).await);
+        TestStores {
+            data,
+            blob,
+            unified: false,
+            guard: Box::new((a, b)),
+        }
+    }
+
+    crate::conformance_suite!(make);
+}
+
+/// PostgreSQL data with contents in an embedded store.
+mod with_embedded_blobs {
+    use super::*;
+    use crate::embedded::EmbeddedStore;
+
+    async fn make() -> TestStores {
+        let schema = Schema::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let data = schema.open(4).await;
+        let blob = EmbeddedStore::open(dir.path()).unwrap();
+        TestStores {
+            data,
+            blob,
+            unified: false,
+            guard: Box::new((schema, dir)),
+        }
+    }
+
+    crate::conformance_suite!(make);
+}
+
+/// The schema is created once and recorded; opening again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_versioned_and_idempotent() {
+    let schema = Schema::new().await;
+    let env = sample_envelope(5, 1);
+    {
+        let s = schema.open(2).await;
+        s.insert(&env, &sample_entries(&env, "q", 1)).await.unwrap();
+    }
+    let s = schema.open(2).await;
+    assert_eq!(s.entries(env.id).await.unwrap().len(), 1, "data kept");
+    let rows = admin()
+        .await
+        .query(
+            &format!(
+                "SELECT version, name FROM {}.schema_version ORDER BY version",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let expected: Vec<i32> = schema::MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, expected);
+}
+
+/// Nodes starting together migrate once between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_migrate_once() {
+    let schema = Schema::new().await;
+    let url = schema.url();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                PgStore::open(&PgOptions {
+                    url,
+                    pool_size: 1,
+                    tls: false,
+                })
+                .await
+                .map(|_| ())
+            })
+        })
+        .collect();
+    for o in opens {
+        o.await.unwrap().expect("every node opens");
+    }
+    let n: i64 = admin()
+        .await
+        .query_one(
+            &format!("SELECT count(*) FROM {}.schema_version", schema.name),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n as usize, schema::MIGRATIONS.len());
+}
+
+/// A database migrated by a newer release is refused, not misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_schema_is_refused() {
+    let schema = Schema::new().await;
+    drop(schema.open(1).await);
+    admin()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO {}.schema_version (version, name) VALUES (999, 'from the future')",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    let err = PgStore::open(&PgOptions {
+        url: schema.url(),
+        pool_size: 1,
+        tls: false,
+    })
+    .await
+    .err()
+    .expect("open refused");
+    assert!(err.to_string().contains("version 999"), "{err}");
+}
+
+/// A message id that exists is refused, never overwritten: two nodes could
+/// mint the same id, and one must not replace the other's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_ids_are_refused_not_overwritten() {
+    let schema = Schema::new().await;
+    let s = schema.open(2).await;
+    let env = sample_envelope(9, 1);
+    let contents = Bytes::from_static(b"first");
+    s.insert_with_contents(&env, &sample_entries(&env, "q", 1), contents.clone())
+        .await
+        .unwrap();
+    let mut other = sample_envelope(9, 2);
+    other.sender = "someone-else@example.org".into();
+    let other_entries = sample_entries(&other, "other", 2);
+    assert!(
+        s.insert_with_contents(&other, &other_entries, Bytes::from_static(b"second"))
+            .await
+            .is_err()
+    );
+    assert!(s.insert(&other, &other_entries).await.is_err());
+    assert!(s.put(env.id, Bytes::from_static(b"second")).await.is_err());
+    assert_eq!(s.envelope(env.id).await.unwrap(), Some(env.clone()));
+    assert_eq!(
+        s.entries(env.id).await.unwrap(),
+        sample_entries(&env, "q", 1)
+    );
+    assert_eq!(s.get(env.id).await.unwrap(), Some(contents));
+}
+
+/// How many backends the store of `schema` has open.
+async fn backends(schema: &Schema) -> i64 {
+    admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Concurrent inserts run on concurrent connections (up to the pool size),
+/// not one after another on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_use_several_connections() {
+    let schema = Schema::new().await;
+    let s = schema.open(6).await;
+    // Hold a lock every insert needs, so they pile up and must each have a
+    // connection of their own to wait on.
+    let blocker = admin().await;
+    blocker.batch_execute("BEGIN").await.unwrap();
+    blocker
+        .batch_execute(&format!(
+            "LOCK TABLE {}.envelope IN SHARE MODE",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..6u64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let env = sample_envelope(100 + i, 1);
+                s.insert(&env, &sample_entries(&env, "q", 1)).await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let waiting = loop {
+        let n: i64 = admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND wait_event_type = 'Lock'",
+                &[&schema.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 6 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    blocker.batch_execute("COMMIT").await.unwrap();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(waiting, 6, "six inserts waiting at once on six connections");
+    assert!(backends(&schema).await >= 6);
+    assert_eq!(s.scan(None, 100).await.unwrap().len(), 6, "all landed");
+}
+
+/// Every backend of the store is killed (as a database restart does): the
+/// next operations reconnect by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_connections_are_killed() {
+    let schema = Schema::new().await;
+    let s = schema.open(3).await;
+    let env = sample_envelope(7, 2);
+    s.insert(&env, &sample_entries(&env, "q", 1)).await.unwrap();
+    s.put(env.id, Bytes::from_static(b"body")).await.unwrap();
+    assert!(backends(&schema).await >= 1);
+    admin()
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&schema.name],
+        )
+        .await
+        .unwrap();
+    // Give the client a moment to see the connections close, as it would
+    // during a restart; then everything works again without a restart of ours.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.entries(env.id).await.unwrap().len(), 2);
+    assert_eq!(
+        s.get(env.id).await.unwrap(),
+        Some(Bytes::from_static(b"body"))
+    );
+    let env2 = sample_envelope(8, 1);
+    s.insert_with_contents(
+        &env2,
+        &sample_entries(&env2, "q", 1),
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.scan(None, 10).await.unwrap().len(), 3);
+}
+
+/// A TCP relay to the test server that can be switched off, dropping every
+/// connection through it: the database "goes down" and "comes back" as far
+/// as the store can tell, without disturbing other tests.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(upstream: (String, u16)) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let upstream = upstream.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().unwrap().push(h);
+            }
+        });
+        Relay { port, up, conns }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Host and port of the test server's URL.
+fn test_server_addr() -> (String, u16) {
+    let config: tokio_postgres::Config = test_url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("the test server must be reached over TCP, not {other:?}"),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// While the database is unreachable every operation fails promptly with a
+/// StoreError (receive turns it into 451 4.3.0); when it is back, the same
+/// store works again and nothing acknowledged before was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_fails_operations_then_recovers() {
+    let schema = Schema::new().await;
+    let relay = Relay::start(test_server_addr()).await;
+    let config: tokio_postgres::Config = test_url().parse().unwrap();
+    let url = schema.url_of(&format!(
+        "postgresql://{}@127.0.0.1:{}/{}",
+        config.get_user().unwrap_or("postgres"),
+        relay.port,
+        config.get_dbname().unwrap_or("postgres")
+    ));
+    let s = PgStore::open(&PgOptions {
+        url,
+        pool_size: 3,
+        tls: false,
+    })
+    .await
+    .unwrap();
+    let spool = crate::Spool {
+        data: s.clone(),
+        blob: s.clone(),
+        unified: true,
+    };
+    let before = sample_envelope(1, 1);
+    spool
+        .accept(
+            &before,
+            &sample_entries(&before, "q", 1),
+            Bytes::from_static(b"a"),
+        )
+        .await
+        .unwrap();
+
+    relay.down();
+    let during = sample_envelope(2, 1);
+    let started = Instant::now();
+    for _ in 0..3 {
+        let r = spool
+            .accept(
+                &during,
+                &sample_entries(&during, "q", 1),
+                Bytes::from_static(b"b"),
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::Engine(_))), "{r:?}");
+        assert!(s.scan(None, 10).await.is_err());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failures are prompt ({:?})",
+        started.elapsed()
+    );
+
+    relay.up();
+    spool
+        .accept(
+            &during,
+            &sample_entries(&during, "q", 1),
+            Bytes::from_static(b"b"),
+        )
+        .await
+        .expect("works again once the database is back");
+    let keys: Vec<MessageId> = s
+        .scan(None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.key.message)
+        .collect();
+    assert_eq!(keys, vec![before.id, during.id]);
+    assert_eq!(
+        s.get(before.id).await.unwrap(),
+        Some(Bytes::from_static(b"a"))
+    );
+}
+
+/// With `tls = true` the connection is encrypted and the server's
+/// certificate verified against `sslrootcert`; a server certificate nobody
+/// vouches for is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_are_encrypted_and_verified() {
+    let ca = test_env("FERRYMAIL_TEST_PG_CA");
+    let schema = Schema::new().await;
+    let (_, port) = test_server_addr();
+    let config: tokio_postgres::Config = test_url().parse().unwrap();
+    // The test certificate is for "localhost".
+    let base = format!(
+        "postgresql://{}@localhost:{port}/{}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    );
+    let url = with_param(&schema.url_of(&base), &format!("sslrootcert={ca}"));
+    let s = PgStore::open(&PgOptions {
+        url,
+        pool_size: 2,
+        tls: true,
+    })
+    .await
+    .expect("open over TLS");
+    let env = sample_envelope(3, 1);
+    s.insert_with_contents(
+        &env,
+        &sample_entries(&env, "q", 1),
+        Bytes::from_static(b"t"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.envelope(env.id).await.unwrap(), Some(env));
+    let row = admin()
+        .await
+        .query_one(
+            "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+            &[&schema.name],
+        )
+        .await
+        .unwrap();
+    let (n, all_tls): (i64, bool) = (row.get(0), row.get(1));
+    assert!(n >= 1 && all_tls, "{n} connections, all TLS: {all_tls}");
+
+    // Mozilla's roots do not vouch for the test CA.
+    let err = PgStore::open(&PgOptions {
+        url: schema.url_of(&base),
+        pool_size: 1,
+        tls: true,
+    })
+    .await
+    .err()
+    .expect("an unknown issuer is refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ids_keep_their_order_in_sql() {
+    let ids = [0u64, 1, (1 << 62) + 5, (1 << 63) - 1, 1 << 63, u64::MAX];
+    for w in ids.windows(2) {
+        assert!(sql_id(MessageId(w[0])) < sql_id(MessageId(w[1])));
+    }
+    for id in ids {
+        assert_eq!(id_from_sql(sql_id(MessageId(id))), MessageId(id));
+    }
+}
+
+#[test]
+fn sslrootcert_is_taken_out_of_the_url() {
+    assert_eq!(
+        take_param(
+            "postgresql://u@h/db?sslrootcert=%2Fetc%2Fca.pem&application_name=x",
+            "sslrootcert"
+        ),
+        (
+            "postgresql://u@h/db?application_name=x".to_string(),
+            Some("/etc/ca.pem".to_string())
+        )
+    );
+    assert_eq!(
+        take_param("postgresql://u@h/db?sslrootcert=/ca.pem", "sslrootcert"),
+        (
+            "postgresql://u@h/db".to_string(),
+            Some("/ca.pem".to_string())
+        )
+    );
+    assert_eq!(
+        take_param("postgresql://u@h/db", "sslrootcert"),
+        ("postgresql://u@h/db".to_string(), None)
+    );
+}

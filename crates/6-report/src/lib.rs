@@ -1,0 +1,474 @@
+//! Report: delivery status notifications (RFC 3461, RFC 3464, RFC 6522,
+//! RFC 6533 for SMTPUTF8 mail). Turns the queue engine's per-recipient
+//! [`Event`]s into notifications to the original sender, signs them with
+//! DKIM, and queues them like any other mail, on the bounce queue.
+//!
+//! # Code map
+//!
+//! * [`notify`]: whether an event calls for a notification, and which kind
+//!   (failure, delay, success), from the recipient's NOTIFY. Pure.
+//! * [`batch`]: collects events per (message, kind) so that one
+//!   notification covers every recipient an event concerns. Pure, virtual
+//!   clock.
+//! * [`compose`]: the `multipart/report` message and every
+//!   `message/delivery-status` field. Pure.
+//! * [`sign`]: DKIM signers from `[signature.<id>]`, loaded at start.
+//! * [`Reporter`] (here): the async task that runs them in order and
+//!   accepts each notification into the spool.
+//!
+//! # Invariants
+//!
+//! * **No notification about a notification, nor to the null sender**
+//!   (RFC 3461 §6.2, RFC 5321 §4.5.5): a failed message with the null
+//!   sender is a *double bounce*, logged, and copied to
+//!   `report.dsn.double-bounce` when one is configured, except when it is
+//!   itself such a copy (no loop).
+//! * **A notification is ordinary mail once queued**: envelope sender `<>`,
+//!   `source = 'dsn'` (so the built-in strategy puts it on the `bounce`
+//!   queue and schedule), routed once by the same [`Router`] as received
+//!   mail, made durable by [`Spool::accept`], then handed to the queue
+//!   engine through the same channel receive uses.
+//! * **Keys are checked at start**: a `[signature.<id>]` whose key cannot
+//!   be used fails [`Reporter::new`], so the server does not start.
+//!
+//! # Not durable across a crash (known gap)
+//!
+//! The queue engine completes a recipient before it emits the event, and a
+//! notification is made durable only when its group closes (about a
+//! second later). A crash in between loses that notification; making it
+//! durable would need the store to keep "notification owed" records with
+//! the completion.
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod compose;
+pub mod notify;
+pub mod sign;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrymail_config::{Config, DsnConfig, Value, Var, Variables};
+use ferrymail_route::Router;
+use ferrymail_schedule::{Event, EventKind};
+use ferrymail_spool::{
+    BodyType, Envelope, IdGenerator, MessageId, Notify, QueueEntry, Recipient, Source, Spool,
+    UnixMillis, now_millis,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use batch::{Batch, BatchKey, Batcher};
+pub use compose::{Action, Composed, Notification, RecipientReport, Returned};
+pub use notify::{Kind, wanted};
+pub use sign::{KeyError, SignError, Signers};
+
+/// Timing of the [`Reporter`]. [`ReportSettings::default`] gives
+/// production values.
+#[derive(Clone, Debug)]
+pub struct ReportSettings {
+    /// A group of events closes once no event joined it for this long
+    /// ([`Batcher::quiet`]). Default 1 s: the recipients of one job are
+    /// recorded milliseconds apart.
+    pub quiet: Duration,
+    /// A group closes at the latest this long after its first event
+    /// ([`Batcher::max_hold`]). Default 10 s.
+    pub max_hold: Duration,
+    /// How often accepting a notification into the spool is tried before it
+    /// is given up (logged as an error). Default 5, doubling waits from 1 s.
+    pub accept_tries: u32,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        ReportSettings {
+            quiet: Duration::from_secs(1),
+            max_hold: Duration::from_secs(10),
+            accept_tries: 5,
+        }
+    }
+}
+
+/// Makes and queues notifications. Built once at start from the
+/// configuration; [`Reporter::start`] runs it as a task over the queue
+/// engine's events.
+pub struct Reporter {
+    hostname: String,
+    dsn: DsnConfig,
+    signers: Signers,
+    router: Router,
+    spool: Spool,
+    ids: Arc<IdGenerator>,
+    queued: mpsc::UnboundedSender<Vec<QueueEntry>>,
+}
+
+/// A notification ready to be accepted into the spool.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The message the notification is about.
+    pub about: MessageId,
+    /// Its kind.
+    pub kind: Kind,
+    /// The notification's envelope: null sender, one recipient, `source =
+    /// 'dsn'`.
+    pub envelope: Envelope,
+    /// Its queue entries, routed.
+    pub entries: Vec<QueueEntry>,
+    /// Its contents, signed.
+    pub contents: Vec<u8>,
+}
+
+/// The running reporter task.
+pub struct Running {
+    /// The task; ends after [`Running::finish`] or when the events channel
+    /// closes, once every open group has been reported.
+    pub task: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Asks the task to report what it holds (open groups and events
+    /// already sent) without waiting for quiet times, and waits for it.
+    pub async fn finish(self) {
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "report: the notification task ended abnormally");
+        }
+    }
+}
+
+impl Reporter {
+    /// Builds the reporter: loads every DKIM key (failing on one that
+    /// cannot be used) and the router. `ids` must be the generator receive
+    /// uses, so ids stay unique on this node; `queued` is receive's channel
+    /// to the queue engine.
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        ids: Arc<IdGenerator>,
+        queued: mpsc::UnboundedSender<Vec<QueueEntry>>,
+    ) -> Result<Reporter, KeyError> {
+        Ok(Reporter {
+            hostname: config.server.hostname.clone(),
+            dsn: config.report.dsn.clone(),
+            signers: Signers::from_config(config)?,
+            router: Router::from_config(&config.queue),
+            spool,
+            ids,
+            queued,
+        })
+    }
+
+    /// Runs the reporter over `events` until [`Running::finish`] or until
+    /// the channel closes.
+    pub fn start(
+        self,
+        events: mpsc::UnboundedReceiver<Event>,
+        settings: ReportSettings,
+    ) -> Running {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(self.run(events, settings, stopped));
+        Running { task, stop }
+    }
+
+    async fn run(
+        self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        settings: ReportSettings,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        let mut batcher = Batcher::new(settings.quiet, settings.max_hold);
+        loop {
+            let due = batcher.next_due();
+            let sleep = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(e) => self.take(&mut batcher, e),
+                    None => break,
+                },
+                _ = sleep => {
+                    for b in batcher.take_due(std::time::Instant::now()) {
+                        self.report(b, &settings).await;
+                    }
+                }
+                _ = &mut stop => {
+                    while let Ok(e) = events.try_recv() {
+                        self.take(&mut batcher, e);
+                    }
+                    break;
+                }
+            }
+        }
+        for b in batcher.drain() {
+            self.report(b, &settings).await;
+        }
+    }
+
+    /// Files an event under its group, or drops it when it calls for no
+    /// notification.
+    fn take(&self, batcher: &mut Batcher, e: Event) {
+        let notify = e
+            .envelope
+            .recipients
+            .get(e.rcpt as usize)
+            .map(|r| r.notify)
+            .unwrap_or_default();
+        match wanted(notify, &e.kind) {
+            Some(kind) => batcher.add(kind, e, std::time::Instant::now()),
+            None => tracing::debug!(
+                id = %e.envelope.id,
+                rcpt = e.rcpt,
+                action = e.action(),
+                ?notify,
+                "report: no notification due"
+            ),
+        }
+    }
+
+    /// Makes the notification of one closed group and queues it.
+    async fn report(&self, batch: Batch, settings: &ReportSettings) {
+        let Some(p) = self.prepare(&batch, now_millis()) else {
+            return;
+        };
+        let mut wait = Duration::from_secs(1);
+        for attempt in 1..=settings.accept_tries.max(1) {
+            match self
+                .spool
+                .accept(&p.envelope, &p.entries, Bytes::from(p.contents.clone()))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(
+                        id = %p.envelope.id,
+                        about = %p.about,
+                        kind = p.kind.as_str(),
+                        to = %p.envelope.recipients[0].address,
+                        recipients = batch.events.len(),
+                        queue = %p.entries.first().map(|e| e.queue.as_str()).unwrap_or(""),
+                        size = p.contents.len(),
+                        "notification queued"
+                    );
+                    // The queue engine may be gone at shutdown: the entry is
+                    // durable and restart recovery schedules it.
+                    let _ = self.queued.send(p.entries);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(about = %p.about, attempt, error = %e, "report: cannot queue a notification; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+        tracing::error!(about = %p.about, kind = p.kind.as_str(), "report: notification lost: the spool refused it");
+    }
+
+    /// Composes, signs and routes the notification of one group; `None`
+    /// when none may be sent (null sender without a double-bounce address).
+    pub fn prepare(&self, batch: &Batch, now: UnixMillis) -> Option<Prepared> {
+        let first = batch.events.first()?;
+        let env = &first.envelope;
+        let kind = batch.key.kind;
+        let rcpts: Vec<&str> = batch.events.iter().map(Event::recipient).collect();
+        let (to, double_bounce) = if env.is_null_sender() {
+            if kind != Kind::Failure {
+                tracing::debug!(id = %env.id, kind = kind.as_str(), "report: null sender, no notification");
+                return None;
+            }
+            match &self.dsn.double_bounce {
+                // A copy to the postmaster, unless this is such a copy.
+                Some(pm)
+                    if !(env.source == Source::Dsn
+                        && rcpts.iter().all(|r| r.eq_ignore_ascii_case(pm))) =>
+                {
+                    tracing::warn!(id = %env.id, recipients = ?rcpts, postmaster = %pm, "double bounce: a message with the null sender failed; a copy goes to the postmaster");
+                    (pm.clone(), true)
+                }
+                Some(pm) => {
+                    tracing::warn!(id = %env.id, postmaster = %pm, "double bounce: the postmaster copy of a double bounce failed; discarded");
+                    return None;
+                }
+                None => {
+                    tracing::warn!(id = %env.id, recipients = ?rcpts, "double bounce: a message with the null sender failed; no notification is sent (RFC 3461 §6.2)");
+                    return None;
+                }
+            }
+        } else {
+            (env.sender.clone(), false)
+        };
+
+        let id = self.ids.next();
+        let vars = DsnVars {
+            original: env,
+            to: &to,
+            queue: &first.queue,
+        };
+        let from_name = self.dsn.from_name.eval_string(&vars).unwrap_or_default();
+        let from_address = self
+            .dsn
+            .from_address
+            .eval_string(&vars)
+            .filter(|a| a.contains('@'))
+            .unwrap_or_else(|| format!("MAILER-DAEMON@{}", self.hostname));
+        let recipients: Vec<RecipientReport> = batch.events.iter().map(recipient_report).collect();
+        let original = batch.events.iter().find_map(|e| e.contents.as_deref());
+        let message_id = format!("{id}.dsn@{}", self.hostname);
+        let composed = compose::compose(&Notification {
+            kind,
+            reporting_mta: &self.hostname,
+            from_name: &from_name,
+            from_address: &from_address,
+            to: &to,
+            double_bounce,
+            envelope: env,
+            recipients: &recipients,
+            original,
+            max_returned_size: self.dsn.max_returned_size,
+            date: now,
+            message_id: &message_id,
+        });
+
+        // DKIM: every signer `sign` names, each over the unsigned message.
+        let mut contents = Vec::with_capacity(composed.message.len() + 1024);
+        let ids: BTreeSet<String> = self.dsn.sign.eval_strings(&vars).into_iter().collect();
+        for sid in &ids {
+            match self.signers.sign(sid, &composed.message) {
+                Some(Ok(header)) => contents.extend_from_slice(header.as_bytes()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "report: notification left unsigned by this signer")
+                }
+                None => {
+                    tracing::debug!(signature = %sid, "report: 'report.dsn.sign' names an undefined signature; skipped")
+                }
+            }
+        }
+        contents.extend_from_slice(&composed.message);
+
+        let envelope = Envelope {
+            id,
+            sender: String::new(),
+            recipients: vec![Recipient {
+                address: to.clone(),
+                orcpt: None,
+                notify: Notify::Default,
+            }],
+            size: contents.len() as u64,
+            arrived: now,
+            body: if composed.eight_bit {
+                BodyType::EightBitMime
+            } else {
+                BodyType::SevenBit
+            },
+            // Only when something in it needs it (RFC 6531 §3.4): an ASCII
+            // notice about an SMTPUTF8 message can go to any next hop.
+            smtputf8: env.smtputf8 && (!to.is_ascii() || !contents.is_ascii()),
+            ret: None,
+            envid: None,
+            mt_priority: 0,
+            source: Source::Dsn,
+            remote_ip: None,
+            helo: None,
+            authenticated_as: None,
+        };
+        let entries = self.router.entries(&envelope, &contents, now);
+        Some(Prepared {
+            about: env.id,
+            kind,
+            envelope,
+            entries,
+            contents,
+        })
+    }
+}
+
+/// One recipient block from its event.
+pub fn recipient_report(e: &Event) -> RecipientReport {
+    let rcpt = e.envelope.recipients.get(e.rcpt as usize);
+    let (action, reply, reason, will_retry_until) = match &e.kind {
+        EventKind::Failed { reason, reply } => {
+            (Action::Failed, reply.as_ref(), reason.clone(), None)
+        }
+        EventKind::Expired { reason, reply } => {
+            (Action::Failed, reply.as_ref(), reason.clone(), None)
+        }
+        EventKind::Delayed {
+            reason,
+            reply,
+            will_retry_until,
+            ..
+        } => (
+            Action::Delayed,
+            reply.as_ref(),
+            reason.clone(),
+            *will_retry_until,
+        ),
+        EventKind::Delivered { reply, .. } => {
+            (Action::Delivered, Some(reply), "delivered".into(), None)
+        }
+        EventKind::Relayed { reply } => (Action::Relayed, Some(reply), "relayed".into(), None),
+    };
+    RecipientReport {
+        address: e.recipient().to_string(),
+        original: rcpt.and_then(|r| r.orcpt.clone()),
+        action,
+        status: e.status(),
+        remote_mta: e.remote.as_ref().map(|r| r.host.clone()),
+        diagnostic: reply.map(|r| r.to_string()),
+        reason,
+        last_attempt: e.attempt_at,
+        will_retry_until,
+    }
+}
+
+/// What `report.dsn` expressions (`from-name`, `from-address`, `sign`) see:
+/// the notification's own recipient as `rcpt`/`rcpt_domain`, its null
+/// sender as `sender`, `source = 'dsn'`, and of the original message its
+/// queue, priority, size and client (`remote_ip`, `helo_domain`,
+/// `authenticated_as`).
+struct DsnVars<'a> {
+    original: &'a Envelope,
+    to: &'a str,
+    queue: &'a str,
+}
+
+impl Variables for DsnVars<'_> {
+    fn var(&self, v: Var) -> Value {
+        let domain = |a: &str| {
+            a.rsplit_once('@')
+                .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+                .unwrap_or_default()
+        };
+        let o = self.original;
+        match v {
+            Var::Sender | Var::SenderDomain => Value::Str(String::new()),
+            Var::Rcpt => Value::Str(self.to.to_string()),
+            Var::RcptDomain => Value::Str(domain(self.to)),
+            Var::Source => Value::Str(Source::Dsn.as_str().to_string()),
+            Var::Queue => Value::Str(self.queue.to_string()),
+            Var::Priority => Value::Int(i64::from(o.mt_priority)),
+            Var::Size => Value::Int(o.size as i64),
+            Var::RemoteIp => o
+                .remote_ip
+                .map(|ip| Value::Str(ip.to_string()))
+                .unwrap_or(Value::Null),
+            Var::HeloDomain => o.helo.clone().map(Value::Str).unwrap_or(Value::Null),
+            Var::AuthenticatedAs => o
+                .authenticated_as
+                .clone()
+                .map(Value::Str)
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,375 @@
+//! The reporter as a whole, against a real embedded spool: which events
+//! give which notifications, one per message and kind, their envelopes and
+//! routing (bounce queue), double bounces, DKIM keys at start.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrymail_deliver::{Remote, RemoteReply};
+use ferrymail_schedule::{Event, EventKind};
+use ferrymail_spool::embedded::EmbeddedStore;
+use ferrymail_spool::{
+    Envelope, IdGenerator, MessageId, Notify, QueueEntry, Recipient, Ret, Source, Spool,
+};
+use tokio::sync::mpsc;
+
+use crate::*;
+
+/// An Ed25519 key (PKCS#8 v1, as `openssl genpkey -algorithm ed25519`
+/// writes it), for tests only.
+const ED25519_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n";
+
+fn config(extra: &str) -> ferrymail_config::Config {
+    let text = format!("[server]\nhostname = \"mx.ferry.test\"\n\n{extra}");
+    ferrymail_config::parse(&text, Path::new("/t.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn signed_config(extra: &str) -> ferrymail_config::Config {
+    config(&format!(
+        "[report.dsn]\nsign = \"['ed']\"\n{extra}\n\n[signature.ed]\nprivate-key = \"\"\"\n{ED25519_PEM}\"\"\"\n\
+         domain = \"ferry.test\"\nselector = \"s1\"\nalgorithm = \"ed25519-sha256\"\n"
+    ))
+}
+
+struct Fixture {
+    _dir: tempfile_dir::Dir,
+    spool: Spool,
+    queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+    reporter: Option<Reporter>,
+}
+
+/// A temporary directory removed on drop (no tempfile crate needed).
+mod tempfile_dir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "ferrymail-report-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn fixture(cfg: &ferrymail_config::Config) -> Fixture {
+    let dir = tempfile_dir::Dir::new();
+    let store = EmbeddedStore::open(&dir.0).unwrap();
+    let spool = Spool {
+        data: store.clone(),
+        blob: store,
+        unified: true,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let reporter = Reporter::new(cfg, spool.clone(), Arc::new(IdGenerator::new(1)), tx).unwrap();
+    Fixture {
+        _dir: dir,
+        spool,
+        queued: rx,
+        reporter: Some(reporter),
+    }
+}
+
+fn original(sender: &str, notify: [Notify; 3]) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        id: MessageId(42 << 22),
+        sender: sender.into(),
+        recipients: notify
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Recipient {
+                address: format!("r{i}@dest.test"),
+                orcpt: None,
+                notify: *n,
+            })
+            .collect(),
+        size: 100,
+        arrived: 1_767_323_045_000,
+        body: ferrymail_spool::BodyType::SevenBit,
+        smtputf8: false,
+        ret: Some(Ret::Full),
+        envid: Some("e-1".into()),
+        mt_priority: 0,
+        source: Source::Smtp,
+        remote_ip: None,
+        helo: None,
+        authenticated_as: None,
+    })
+}
+
+fn reply(code: u16, status: &str) -> RemoteReply {
+    RemoteReply {
+        code,
+        status: Some(status.into()),
+        text: "said so".into(),
+    }
+}
+
+fn event(env: &Arc<Envelope>, rcpt: u32, kind: EventKind) -> Event {
+    Event {
+        envelope: env.clone(),
+        rcpt,
+        queue: "default".into(),
+        kind,
+        attempt_at: env.arrived + 5000,
+        attempts: 1,
+        remote: Some(Remote {
+            host: "hop.dest.test".into(),
+            ip: "127.0.0.1".parse().unwrap(),
+            port: 25,
+            tls: None,
+            dsn: false,
+            lmtp: false,
+        }),
+        contents: Some(bytes::Bytes::from_static(
+            b"Subject: hi\r\nMessage-ID: <m@x>\r\n\r\nbody\r\n",
+        )),
+    }
+}
+
+fn failed() -> EventKind {
+    EventKind::Failed {
+        reason: "rejected".into(),
+        reply: Some(reply(550, "5.1.1")),
+    }
+}
+
+/// Runs the reporter over `events` and returns every notification it
+/// queued: (envelope, entries, contents).
+async fn run(f: &mut Fixture, events: Vec<Event>) -> Vec<(Envelope, Vec<QueueEntry>, Vec<u8>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let running = f.reporter.take().unwrap().start(
+        rx,
+        ReportSettings {
+            quiet: Duration::from_millis(50),
+            ..ReportSettings::default()
+        },
+    );
+    for e in events {
+        tx.send(e).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.finish().await;
+    let mut out = Vec::new();
+    while let Ok(entries) = f.queued.try_recv() {
+        let id = entries[0].key.message;
+        let env = f.spool.data.envelope(id).await.unwrap().expect("envelope");
+        let stored = f.spool.data.entries(id).await.unwrap();
+        assert_eq!(stored, entries, "what the queue engine got is durable");
+        let contents = f.spool.blob.get(id).await.unwrap().expect("contents");
+        out.push((env, entries, contents.to_vec()));
+    }
+    out
+}
+
+/// One notification per message and kind: two failures of one job become
+/// one notice; a delivery to a DSN-capable hop and a NOTIFY=NEVER failure
+/// give none; the notice has the null sender, goes to the original sender,
+/// is `source = dsn` on the bounce queue and schedule, and is signed.
+#[tokio::test]
+async fn one_failure_notice_per_message_on_the_bounce_queue() {
+    let cfg = signed_config("");
+    let mut f = fixture(&cfg);
+    let env = original(
+        "sender@sender.test",
+        [Notify::Default, Notify::Default, Notify::Never],
+    );
+    let events = vec![
+        event(&env, 1, failed()),
+        event(&env, 0, failed()),
+        event(&env, 2, failed()),
+    ];
+    let got = run(&mut f, events).await;
+    assert_eq!(got.len(), 1, "one notice");
+    let (denv, entries, contents) = &got[0];
+    assert_eq!(denv.sender, "");
+    assert_eq!(denv.source, Source::Dsn);
+    assert_eq!(denv.recipients.len(), 1);
+    assert_eq!(denv.recipients[0].address, "sender@sender.test");
+    assert_eq!(denv.size, contents.len() as u64);
+    assert!(!denv.smtputf8);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].queue, "bounce");
+    assert_eq!(entries[0].schedule, "bounce");
+    let text = String::from_utf8_lossy(contents);
+    assert!(text.starts_with("DKIM-Signature: "), "{text}");
+    assert!(text.contains("a=ed25519-sha256"), "{text}");
+    assert!(text.contains("d=ferry.test"), "{text}");
+    assert!(text.contains("s=s1"), "{text}");
+    assert!(text.contains("Final-Recipient: rfc822; r0@dest.test"));
+    assert!(text.contains("Final-Recipient: rfc822; r1@dest.test"));
+    assert!(!text.contains("r2@dest.test"), "NOTIFY=NEVER");
+    assert!(text.contains("Content-Type: message/rfc822"), "RET=FULL");
+}
+
+/// Kinds are separate notices; delays only with NOTIFY=DELAY (the default
+/// is FAILURE only); success only with NOTIFY=SUCCESS, and never for an
+/// SMTP hop that supports DSN.
+#[tokio::test]
+async fn kinds_and_the_default_notify() {
+    let cfg = config("");
+    let mut f = fixture(&cfg);
+    let all = Notify::On {
+        success: true,
+        failure: true,
+        delay: true,
+    };
+    let env = original("s@sender.test", [Notify::Default, all, all]);
+    let delayed = EventKind::Delayed {
+        notify_num: 1,
+        will_retry_until: Some(env.arrived + 86_400_000),
+        reason: "busy".into(),
+        reply: Some(reply(450, "4.2.0")),
+    };
+    let events = vec![
+        event(&env, 0, delayed.clone()),
+        event(&env, 1, delayed),
+        event(
+            &env,
+            2,
+            EventKind::Delivered {
+                reply: reply(250, "2.0.0"),
+                lmtp: false,
+            },
+        ),
+    ];
+    let got = run(&mut f, events).await;
+    assert_eq!(got.len(), 1, "the delay notice of r1 only");
+    let text = String::from_utf8_lossy(&got[0].2);
+    assert!(text.contains("Action: delayed"));
+    assert!(text.contains("Final-Recipient: rfc822; r1@dest.test"));
+    assert!(
+        !text.contains("r0@dest.test"),
+        "absent NOTIFY: no delay notice"
+    );
+    assert!(!text.contains("DKIM-Signature"), "no signer configured");
+
+    let mut f = fixture(&cfg);
+    let env = original("s@sender.test", [all, all, all]);
+    let events = vec![
+        event(&env, 0, failed()),
+        event(
+            &env,
+            1,
+            EventKind::Relayed {
+                reply: reply(250, "2.0.0"),
+            },
+        ),
+        event(
+            &env,
+            2,
+            EventKind::Delivered {
+                reply: reply(250, "2.1.5"),
+                lmtp: true,
+            },
+        ),
+    ];
+    let got = run(&mut f, events).await;
+    assert_eq!(got.len(), 2, "a failure notice and a success notice");
+    let texts: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8_lossy(&g.2).to_string())
+        .collect();
+    let success = texts
+        .iter()
+        .find(|t| t.contains("Action: relayed"))
+        .unwrap();
+    assert!(success.contains("Action: delivered"));
+    assert!(success.contains("Status: 2.1.5"));
+    assert!(!success.contains("Action: failed"));
+}
+
+/// The null sender never gets a notification; with `double-bounce` the
+/// postmaster gets a copy of failures, but not of a failed copy.
+#[tokio::test]
+async fn null_sender_and_double_bounce() {
+    let mut f = fixture(&config(""));
+    let env = original("", [Notify::Default; 3]);
+    assert!(run(&mut f, vec![event(&env, 0, failed())]).await.is_empty());
+
+    let cfg = config("[report.dsn]\ndouble-bounce = \"postmaster@ferry.test\"\n");
+    let mut f = fixture(&cfg);
+    let got = run(&mut f, vec![event(&env, 0, failed())]).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.recipients[0].address, "postmaster@ferry.test");
+    assert_eq!(got[0].0.sender, "");
+    let text = String::from_utf8_lossy(&got[0].2);
+    assert!(text.contains("Subject: Postmaster copy: undeliverable bounce"));
+
+    // The copy itself fails: no copy of the copy.
+    let mut copy = (*original("", [Notify::Default; 3])).clone();
+    copy.source = Source::Dsn;
+    copy.recipients.truncate(1);
+    copy.recipients[0].address = "Postmaster@ferry.test".into();
+    let copy = Arc::new(copy);
+    let mut f = fixture(&cfg);
+    assert!(
+        run(&mut f, vec![event(&copy, 0, failed())])
+            .await
+            .is_empty()
+    );
+}
+
+/// SMTPUTF8 is kept on the notice only when it has non-ASCII in it.
+#[tokio::test]
+async fn smtputf8_only_when_needed() {
+    let cfg = config("");
+    let mut e = (*original("s@sender.test", [Notify::Default; 3])).clone();
+    e.smtputf8 = true;
+    let ascii = Arc::new(e.clone());
+    e.sender = "jos\u{e9}@sender.test".into();
+    let utf8 = Arc::new(e);
+    let mut f = fixture(&cfg);
+    let got = run(&mut f, vec![event(&ascii, 0, failed())]).await;
+    assert!(!got[0].0.smtputf8);
+    let mut f = fixture(&cfg);
+    let got = run(&mut f, vec![event(&utf8, 0, failed())]).await;
+    assert!(got[0].0.smtputf8);
+    assert_eq!(got[0].0.recipients[0].address, "jos\u{e9}@sender.test");
+}
+
+/// A key that cannot be used stops the reporter from being built, naming
+/// the signature; so does a key of the wrong type for the algorithm.
+#[test]
+fn bad_keys_are_refused() {
+    let garbage = config(
+        "[signature.bad]\nprivate-key = \"-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n\"\n\
+         domain = \"d.test\"\nselector = \"s\"\n",
+    );
+    let e = Signers::from_config(&garbage).unwrap_err();
+    assert_eq!(e.id, "bad");
+    assert!(
+        e.to_string().starts_with("[signature.bad] private-key: "),
+        "{e}"
+    );
+
+    let wrong_type = config(&format!(
+        "[signature.rsa]\nprivate-key = \"\"\"\n{ED25519_PEM}\"\"\"\ndomain = \"d.test\"\nselector = \"s\"\nalgorithm = \"rsa-sha256\"\n"
+    ));
+    let e = Signers::from_config(&wrong_type).unwrap_err();
+    assert!(e.to_string().contains("not an RSA key"), "{e}");
+
+    let good = signed_config("");
+    let s = Signers::from_config(&good).unwrap();
+    assert!(s.contains("ed"));
+    let h = s
+        .sign("ed", b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(
+        h.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;"),
+        "{h}"
+    );
+    assert!(h.ends_with("\r\n"));
+    assert!(s.sign("missing", b"x").is_none());
+}
