@@ -59,6 +59,10 @@ use crate::policy::{Attempt, Decision, Policy};
 /// it before then).
 const STORE_RETRY_MS: u64 = 60_000;
 
+/// Recovery pages the start-up scan may read ahead of the loop that
+/// indexes them: bounds its memory to a few pages instead of the whole queue.
+const RECOVERY_PAGES_AHEAD: usize = 2;
+
 /// How often a failed re-read of changed entries is retried, and how long to
 /// wait between tries.
 const RELOAD_TRIES: u32 = 6;
@@ -115,6 +119,10 @@ enum Command {
     Ingest {
         entries: Vec<(QueueEntry, String)>,
         origin: Origin,
+        /// Held while the command waits in the channel (recovery pages only):
+        /// the start-up scan reads the store faster than the loop indexes,
+        /// and without it the whole queue would pile up in the channel.
+        _page: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// The start-up scan ended.
     Recovered {
@@ -393,7 +401,9 @@ impl QueueManager {
     fn command(&mut self, cmd: Command) {
         let now = now_millis();
         match cmd {
-            Command::Ingest { entries, origin } => {
+            Command::Ingest {
+                entries, origin, ..
+            } => {
                 for (e, domain) in &entries {
                     self.core.insert(e, domain, origin, now);
                 }
@@ -526,7 +536,12 @@ async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
     let mut after = None;
     let mut total = 0usize;
     let mut error = None;
+    // At most this many pages read but not yet indexed (see `Ingest::_page`).
+    let pages = Arc::new(tokio::sync::Semaphore::new(RECOVERY_PAGES_AHEAD));
     while !shutdown.is_cancelled() {
+        let Ok(permit) = pages.clone().acquire_owned().await else {
+            break;
+        };
         let page = match sh.spool.data.scan(after, sh.settings.scan_page).await {
             Ok(p) => p,
             Err(e) => {
@@ -551,6 +566,7 @@ async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
             .send(Command::Ingest {
                 entries: batch,
                 origin: Origin::Recovered,
+                _page: Some(permit),
             })
             .is_err()
         {
@@ -611,6 +627,7 @@ async fn ingest(
             .send(Command::Ingest {
                 entries: batch,
                 origin: Origin::New,
+                _page: None,
             })
             .is_err()
         {

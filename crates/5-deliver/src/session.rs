@@ -31,6 +31,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// each block (RFC 5321 §4.5.3.2.5), not the whole message.
 const WRITE_BLOCK: usize = 256 * 1024;
 
+/// Up to this size the end of the contents is copied next to the terminator
+/// and sent in one write.
+const COALESCE_MAX: usize = 64 * 1024;
+
 /// The one next-hop host a session is opened to, and the route's policy.
 #[derive(Clone, Debug)]
 pub struct Peer {
@@ -618,8 +622,19 @@ impl Session {
                 self.write_part(b".", "DATA", t.data).await?;
                 last = p;
             }
-            self.write_part(&contents[last..], "DATA", t.data).await?;
-            self.write(terminator(contents), "DATA", t.data).await?;
+            let tail = &contents[last..];
+            let end = terminator(contents);
+            if tail.len() <= COALESCE_MAX {
+                // The last piece and the terminator in one write: one
+                // segment (and one wake-up of the next hop) less per message.
+                let mut buf = Vec::with_capacity(tail.len() + end.len());
+                buf.extend_from_slice(tail);
+                buf.extend_from_slice(end);
+                self.write(&buf, "DATA", t.data).await?;
+            } else {
+                self.write_part(tail, "DATA", t.data).await?;
+                self.write(end, "DATA", t.data).await?;
+            }
             "end of DATA"
         };
 

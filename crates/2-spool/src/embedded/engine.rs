@@ -30,6 +30,14 @@ pub type Row = (Vec<u8>, Vec<u8>);
 /// A batch of writes: `None` deletes.
 pub type Writes = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
 
+/// Memtable size of the envelope, entry and ready tables. fjall's default is
+/// 64 MiB per keyspace; with three busy keyspaces of small records that alone
+/// is a few hundred MiB resident under a large queue (a million queued
+/// recipients measured 450 MiB resident with it, about 200 MiB with 8 MiB; see
+/// BENCHMARKS.md). fjall stores this per keyspace when it creates it, so it
+/// applies to new stores only.
+const MEMTABLE: u64 = 8 * 1024 * 1024;
+
 /// An opened engine with one keyspace per table.
 pub struct Engine {
     // Keyspaces drop before the database.
@@ -61,15 +69,11 @@ impl Engine {
                     .with_kv_separation(Some(KvSeparationOptions::default()))
             })
             .map_err(err)?;
-        let env = db
-            .keyspace("env", KeyspaceCreateOptions::default)
-            .map_err(err)?;
-        let entry = db
-            .keyspace("entry", KeyspaceCreateOptions::default)
-            .map_err(err)?;
-        let ready = db
-            .keyspace("ready", KeyspaceCreateOptions::default)
-            .map_err(err)?;
+        // Small records: bounded memtables (see MEMTABLE).
+        let small = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE);
+        let env = db.keyspace("env", small).map_err(err)?;
+        let entry = db.keyspace("entry", small).map_err(err)?;
+        let ready = db.keyspace("ready", small).map_err(err)?;
         Ok(Engine {
             blob,
             env,
