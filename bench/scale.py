@@ -37,7 +37,7 @@ Measured, in this order:
 
 Prints figures; it is not a test.  Needs root only for smtp-sink -u.
 
-    python3 bench/scale.py                          # 1M, ~10 minutes
+    python3 bench/scale.py                          # 1M, ~5 minutes
     python3 bench/scale.py --recipients 100000 --rounds 2   # quick
 """
 
@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -54,7 +55,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -332,8 +332,8 @@ def latency_probe(port: int, sink: ProbeSink, tag: str, n: int, rate: float,
 def pct(v: list[float], p: float) -> float:
     if not v:
         return float("nan")
-    s = sorted(v)
-    k = min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))
+    s = sorted(v)                       # nearest rank
+    k = min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))
     return s[k]
 
 
