@@ -27,39 +27,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::peers::*;
 use common::*;
 use serde_json::json;
-
-fn cpython_corpus() -> PathBuf {
-    if let Some(d) = std::env::var_os("FERRYMAIL_TEST_EMAIL_CORPUS").filter(|d| !d.is_empty()) {
-        let d = PathBuf::from(d);
-        assert!(
-            d.is_dir(),
-            "FERRYMAIL_TEST_EMAIL_CORPUS={} is not a directory",
-            d.display()
-        );
-        return d;
-    }
-    require("python3");
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import test, os; print(os.path.join(os.path.dirname(test.__file__), 'test_email', 'data'))")
-        .output()
-        .expect("run python3");
-    let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        out.status.success() && d.join("msg_01.txt").is_file(),
-        "CPython's test_email/data corpus was not found (python3 said {:?}, {}); \
-         run scripts/test-deps or set FERRYMAIL_TEST_EMAIL_CORPUS",
-        d,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    d
-}
 
 /// `$CARGO_HOME/registry/src/*/mail-parser-0.11.9/resources/eml`.
 fn mail_parser_corpus() -> PathBuf {
@@ -155,26 +127,6 @@ fn send_data(c: &mut Smtp, name: &str, rcpt: &str, crlf: &[u8]) -> Reply {
     c.read()
 }
 
-fn describe_diff(sent: &[u8], got: &[u8]) -> String {
-    let at = sent
-        .iter()
-        .zip(got)
-        .position(|(a, b)| a != b)
-        .unwrap_or(sent.len().min(got.len()));
-    let ctx = |v: &[u8]| {
-        let lo = at.saturating_sub(20);
-        let hi = (at + 20).min(v.len());
-        format!("{:?}", String::from_utf8_lossy(&v[lo.min(hi)..hi]))
-    };
-    format!(
-        "sent {} bytes, received {}; first difference at {at}: sent {} received {}",
-        sent.len(),
-        got.len(),
-        ctx(sent),
-        ctx(got)
-    )
-}
-
 /// One message in flight: which file, how it was sent, what must arrive.
 struct Sent {
     name: String,
@@ -186,7 +138,7 @@ struct Sent {
 
 #[test]
 fn corpora_arrive_byte_exact() {
-    let cpython = cpython_corpus();
+    let cpython = corpus_dir();
     let mail_parser = mail_parser_corpus();
     let mut all = files("cpython", &cpython, &|_| true);
     let n_cpython = all.len();

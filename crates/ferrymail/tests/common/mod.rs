@@ -570,3 +570,53 @@ pub mod peers;
 /// PostgreSQL for the end-to-end scenarios: a database per test on the
 /// server scripts/test starts, and `ferrymail serve` with its stores there.
 pub mod pg;
+
+/// CPython's `test_email/data` message corpus: `FERRYMAIL_TEST_EMAIL_CORPUS`
+/// (scripts/test sets it), else wherever python3's `test` package is.
+pub fn corpus_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("FERRYMAIL_TEST_EMAIL_CORPUS").filter(|d| !d.is_empty()) {
+        let d = std::path::PathBuf::from(d);
+        assert!(
+            d.is_dir(),
+            "FERRYMAIL_TEST_EMAIL_CORPUS={} is not a directory",
+            d.display()
+        );
+        return d;
+    }
+    require("python3");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import test, os; print(os.path.join(os.path.dirname(test.__file__), 'test_email', 'data'))")
+        .output()
+        .expect("run python3");
+    let d = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && d.join("msg_01.txt").is_file(),
+        "CPython's test_email/data corpus was not found (python3 said {:?}, {}); \
+         run scripts/test-deps or set FERRYMAIL_TEST_EMAIL_CORPUS",
+        d,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    d
+}
+
+/// The first differing offset, with context, for a readable failure.
+pub fn describe_diff(sent: &[u8], stored: &[u8]) -> String {
+    let at = sent
+        .iter()
+        .zip(stored)
+        .position(|(a, b)| a != b)
+        .unwrap_or(sent.len().min(stored.len()));
+    let ctx = |v: &[u8]| {
+        let lo = at.saturating_sub(20);
+        let hi = (at + 20).min(v.len());
+        format!("{:?}", String::from_utf8_lossy(&v[lo.min(hi)..hi]))
+    };
+    format!(
+        "sent {} bytes, stored {}; first difference at {at}: sent {} stored {}",
+        sent.len(),
+        stored.len(),
+        ctx(sent),
+        ctx(stored)
+    )
+}
