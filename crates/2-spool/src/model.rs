@@ -28,6 +28,17 @@ pub fn now_millis() -> UnixMillis {
         .unwrap_or(0)
 }
 
+/// The domain of an address, lower-cased and without a trailing dot; `None`
+/// without an "@". Every stage that keys anything on a domain (relay control,
+/// routing, the scheduler's destinations, schedules, DSN variables) uses this
+/// one normalization, so `User@Example.ORG.` lands in the same place
+/// everywhere.
+pub fn domain_of(address: &str) -> Option<String> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+}
+
 /// Identifies one accepted message across the data store, the blob store, logs and
 /// the queue CLI.
 ///

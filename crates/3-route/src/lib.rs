@@ -57,11 +57,7 @@ impl Variables for RouteVars<'_> {
             .get(self.rcpt)
             .map(|r| r.address.as_str())
             .unwrap_or("");
-        let domain = |a: &str| {
-            a.rsplit_once('@')
-                .map(|(_, d)| d.to_ascii_lowercase())
-                .unwrap_or_default()
-        };
+        let domain = |a: &str| ferrymail_spool::domain_of(a).unwrap_or_default();
         match v {
             Var::Sender => Value::Str(env.sender.clone()),
             Var::SenderDomain => Value::Str(domain(&env.sender)),

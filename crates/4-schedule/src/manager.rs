@@ -494,8 +494,7 @@ fn millis(d: Duration) -> u64 {
 fn rcpt_domain(env: &Envelope, rcpt: u32) -> String {
     env.recipients
         .get(rcpt as usize)
-        .and_then(|r| r.address.rsplit_once('@'))
-        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .and_then(|r| ferrymail_spool::domain_of(&r.address))
         .unwrap_or_default()
 }
 

@@ -88,10 +88,7 @@ pub struct ScheduleVars<'a> {
 }
 
 fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
-        .unwrap_or_default()
+    ferrymail_spool::domain_of(address).unwrap_or_default()
 }
 
 impl Variables for ScheduleVars<'_> {

@@ -441,11 +441,7 @@ struct DsnVars<'a> {
 
 impl Variables for DsnVars<'_> {
     fn var(&self, v: Var) -> Value {
-        let domain = |a: &str| {
-            a.rsplit_once('@')
-                .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
-                .unwrap_or_default()
-        };
+        let domain = |a: &str| ferrymail_spool::domain_of(a).unwrap_or_default();
         let o = self.original;
         match v {
             Var::Sender | Var::SenderDomain => Value::Str(String::new()),

@@ -2,12 +2,7 @@
 //! relay-relevant forms (percent hack, bang path), the postmaster exception, and
 //! non-ASCII detection for SMTPUTF8.
 
-/// The domain part of an address, lower-cased; `None` without an "@".
-pub fn domain_of(address: &str) -> Option<String> {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
-}
+pub use ferrymail_spool::domain_of;
 
 /// True when the local part carries another routing layer that a downstream
 /// system might act on: `user%other.example@here` (percent hack) or
