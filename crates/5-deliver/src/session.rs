@@ -125,6 +125,11 @@ pub struct Transaction {
     pub outcomes: Vec<Outcome>,
     /// The connection can carry another transaction.
     pub usable: bool,
+    /// A connection reused from the pool turned out to be closed before
+    /// the next hop answered anything in this transaction (it timed out an
+    /// idle connection, say). Nothing was sent on, so the caller should
+    /// try again on a fresh connection; `outcomes` is empty.
+    pub stale: bool,
 }
 
 /// An open, greeted session, ready for transactions.
@@ -140,6 +145,12 @@ pub struct Session {
     /// When the session last finished a transaction; for the idle timeout.
     pub last_used: Instant,
     timeouts: OutboundTimeouts,
+    /// Replies read on this connection so far; tells a stale pooled
+    /// connection (nothing answered) from a transaction that failed.
+    replies: u64,
+    /// The last transaction did not end cleanly (a refusal left it open,
+    /// or it ended early), so the next one starts with RSET.
+    needs_reset: bool,
 }
 
 impl Session {
@@ -188,6 +199,8 @@ impl Session {
             transactions: 0,
             last_used: Instant::now(),
             timeouts: timeouts.clone(),
+            replies: 0,
+            needs_reset: false,
         };
         // RFC 5321 §4.3.1: the greeting is 220; 554 (or anything else)
         // means no service here.
@@ -325,8 +338,8 @@ impl Session {
         Ok(())
     }
 
-    /// RSET (RFC 5321 §4.1.1.5) before reusing a pooled connection: clears
-    /// any leftover transaction state and proves the connection alive.
+    /// RSET (RFC 5321 §4.1.1.5): clears the state a transaction that did not
+    /// end cleanly left behind, before the next one.
     pub async fn reset(&mut self) -> Result<(), SessionError> {
         let r = self
             .command(b"RSET\r\n", "RSET", self.timeouts.ehlo)
@@ -392,6 +405,7 @@ impl Session {
                 Err(e) => return Err(SessionError::Malformed(phase, e)),
                 Ok(Some((reply, used))) => {
                     self.rbuf.drain(..used);
+                    self.replies += 1;
                     return Ok(reply);
                 }
                 Ok(None) => {}
@@ -470,12 +484,26 @@ impl Session {
                 return Transaction {
                     outcomes: vec![o; n],
                     usable: true,
+                    stale: false,
                 };
             }
         };
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+        let reused = self.transactions > 1;
+        let replies_before = self.replies;
         let usable = match self.transact(job, recipients, &plan, &mut outcomes).await {
             Ok(usable) => usable,
+            Err(SessionError::Closed(_) | SessionError::Io(..))
+                if reused && self.replies == replies_before =>
+            {
+                // Closed while it sat in the pool: no reply means no MAIL
+                // was accepted, so no message can have gone anywhere.
+                return Transaction {
+                    outcomes: Vec::new(),
+                    usable: false,
+                    stale: true,
+                };
+            }
             Err(e) => {
                 let o = self.lost(&e);
                 for slot in outcomes.iter_mut().filter(|s| s.is_none()) {
@@ -497,7 +525,11 @@ impl Session {
             })
             .collect();
         self.last_used = Instant::now();
-        Transaction { outcomes, usable }
+        Transaction {
+            outcomes,
+            usable,
+            stale: false,
+        }
     }
 
     /// The transaction proper; fills `outcomes` and returns whether the
@@ -516,8 +548,23 @@ impl Session {
         let mail = mail_from(&job.envelope, plan, job.contents.len());
         let rcpts: Vec<String> = recipients.iter().map(|r| rcpt_to(r, plan)).collect();
 
+        // A connection whose last transaction ended cleanly (the reply to
+        // the end of the data, RFC 5321 §4.1.1.4, clears all state) takes
+        // the next MAIL directly: no RSET round trip per reused message.
+        // After anything else, RSET first (§4.1.1.5), in the same group
+        // when pipelining (RFC 2920 §3.1 allows RSET anywhere in one).
+        let reset = std::mem::replace(&mut self.needs_reset, true);
+        if reset && !pipelining {
+            self.reset().await?;
+        }
         if pipelining {
-            let mut out = mail;
+            let mut out = if reset {
+                let mut o = String::from("RSET\r\n");
+                o.push_str(&mail);
+                o
+            } else {
+                mail
+            };
             for r in &rcpts {
                 out.push_str(r);
             }
@@ -525,6 +572,12 @@ impl Session {
                 out.push_str("DATA\r\n");
             }
             self.write(out.as_bytes(), "MAIL", t.mail).await?;
+            if reset {
+                let r = self.read_reply("RSET", t.mail).await?;
+                if !r.is_positive() {
+                    return Err(SessionError::Rejected("RSET", r));
+                }
+            }
         } else {
             self.write(mail.as_bytes(), "MAIL", t.mail).await?;
         }
@@ -651,6 +704,8 @@ impl Session {
             accepted.iter().for_each(|&i| outcomes[i] = Some(o.clone()));
             usable = !reply.closes_connection();
         }
+        // Every reply of the transaction is in: the next one needs no RSET.
+        self.needs_reset = false;
         Ok(usable)
     }
 }

@@ -205,47 +205,62 @@ impl Inner {
         let is_relay = matches!(route.kind, RouteKind::Relay { .. });
         let key = destination_key(&job.route, &job.domain, is_relay);
 
-        match self.session(&key, route, &job.domain).await {
-            Err(f) => out.extend(all(f.outcome, f.remote)),
-            Ok(mut session) => {
-                let tx = session.send(job, &recipients).await;
-                let remote = session.remote.clone();
-                out.extend(valid.iter().zip(tx.outcomes).map(|(&rcpt, outcome)| {
-                    RecipientOutcome {
+        let mut fresh_only = false;
+        loop {
+            let session = if fresh_only {
+                self.connect(route, &job.domain).await
+            } else {
+                self.session(&key, route, &job.domain).await
+            };
+            let mut session = match session {
+                Err(f) => {
+                    out.extend(all(f.outcome, f.remote));
+                    break;
+                }
+                Ok(s) => s,
+            };
+            let tx = session.send(job, &recipients).await;
+            if tx.stale {
+                // A pooled connection the next hop had closed: nothing was
+                // sent, so try again, on a new connection this time.
+                tracing::debug!(host = %session.remote.host, "pooled connection was closed; reconnecting");
+                fresh_only = true;
+                continue;
+            }
+            let remote = session.remote.clone();
+            out.extend(
+                valid
+                    .iter()
+                    .zip(tx.outcomes)
+                    .map(|(&rcpt, outcome)| RecipientOutcome {
                         rcpt,
                         outcome,
                         remote: Some(remote.clone()),
-                    }
-                }));
-                self.release(&key, session, tx.usable);
-            }
+                    }),
+            );
+            self.release(&key, session, tx.usable);
+            break;
         }
         out
     }
 
-    /// A pooled session that answers RSET, or a new one.
+    /// A pooled session, or a new one. A pooled one is not probed: if the
+    /// next hop closed it meanwhile, the transaction finds out before
+    /// anything is sent on and says so ([`Transaction::stale`]).
     async fn session(
         self: &Arc<Self>,
         key: &str,
         route: &Route,
         domain: &str,
     ) -> Result<Session, Failure> {
-        loop {
-            let (found, stale) = self.pool.take(key, self.outbound.idle_timeout);
-            for s in stale {
-                tokio::spawn(s.quit());
-            }
-            let Some(mut s) = found else { break };
-            // RSET between transactions (RFC 5321 §4.1.1.5); a connection
-            // the server dropped while idle fails here and is discarded.
-            match s.reset().await {
-                Ok(()) => return Ok(s),
-                Err(e) => {
-                    tracing::debug!(host = %s.remote.host, error = %e, "pooled connection unusable")
-                }
-            }
+        let (found, stale) = self.pool.take(key, self.outbound.idle_timeout);
+        for s in stale {
+            tokio::spawn(s.quit());
         }
-        self.connect(route, domain).await
+        match found {
+            Some(s) => Ok(s),
+            None => self.connect(route, domain).await,
+        }
     }
 
     /// Opens a session to the first next hop that works: for `mx`, the MX

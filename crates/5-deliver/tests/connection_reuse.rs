@@ -1,8 +1,9 @@
 //! Connection reuse per destination, counted at a recording proxy in front
-//! of smtp-sink: one connection for many jobs (RSET between them), a new
-//! one after `max-messages-per-connection`, QUIT after `idle-timeout`, a
-//! connection the server dropped is replaced, and concurrent jobs each get
-//! their own connection.
+//! of smtp-sink: one connection for many jobs (no RSET after a clean
+//! transaction, RSET after one that ended early), a new one after
+//! `max-messages-per-connection`, QUIT after `idle-timeout`, a connection
+//! the server dropped is replaced, and concurrent jobs each get their own
+//! connection.
 
 mod common;
 
@@ -39,8 +40,8 @@ async fn sequential_jobs_share_one_connection() {
     assert_eq!(sent.matches("MAIL FROM:").count(), 5);
     assert_eq!(
         sent.matches("RSET\r\n").count(),
-        4,
-        "RSET before each reuse"
+        0,
+        "a clean transaction leaves nothing to reset"
     );
     assert_eq!(t.idle_connections(), 1);
     assert_eq!(sink.wait_dumped(5).len(), 5);
@@ -48,6 +49,24 @@ async fn sequential_jobs_share_one_connection() {
     assert_eq!(t.idle_connections(), 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(proxy.client_bytes(0).ends_with("QUIT\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_ended_early_is_followed_by_rset() {
+    // smtp-sink -f rcpt: every RCPT gets 5xx, so DATA is refused too and
+    // the transaction ends without a message (RFC 2920 §3.1).
+    let sink = Sink::start(&["-f", "rcpt"]);
+    let proxy = Proxy::start(sink.port).await;
+    let t = SmtpTransport::new(&relay_config(proxy.port, "smtp", "")).unwrap();
+    for j in jobs(3) {
+        let out = deliver(&t, j).await;
+        assert_eq!(kind(&out[0]), "permanent", "{out:?}");
+    }
+    assert_eq!(proxy.connections(), 1);
+    let sent = proxy.client_bytes(0);
+    assert_eq!(sent.matches("MAIL FROM:").count(), 3);
+    // Pipelined with the next MAIL (RFC 2920 §3.1), once per reuse.
+    assert_eq!(sent.matches("RSET\r\nMAIL FROM:").count(), 2, "{sent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
