@@ -70,8 +70,15 @@ pub struct Deferral {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Removal {
     /// Entries of the same message still queued. When it reaches zero the data
-    /// store has also removed the envelope, and the caller must delete the blob.
+    /// store has also removed the envelope, and the caller must delete the blob
+    /// unless `contents_removed` says this store already did.
     pub remaining: usize,
+    /// The last entry went and this store removed the message's contents
+    /// from its own blob table in the same commit. That table holds the
+    /// contents only when the data store is also the blob store
+    /// ([`crate::Spool::unified`]); then the caller need not delete them
+    /// again, which saves a second commit per finished message.
+    pub contents_removed: bool,
 }
 
 /// An operator action on queue entries, from the management API.
@@ -179,6 +186,15 @@ pub trait DataStore: Send + Sync + 'static {
     /// messages that have no entries left; their envelopes are gone too and the
     /// caller must delete their blobs.
     async fn cancel(&self, keys: &[EntryKey]) -> Result<Vec<MessageId>, StoreError>;
+
+    /// Called once at a graceful shutdown, after the last change: leaves the
+    /// store so that the next start has as little as possible to recover
+    /// (the embedded store writes its memtables out, so no journal needs
+    /// replaying). Nothing is lost without it; a restart after a crash just
+    /// takes longer. Changes after it are still accepted.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Holds message contents, keyed by message id. Written once, read by delivery
@@ -194,4 +210,9 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Removes the contents. Removing what is absent is not an error.
     async fn delete(&self, id: MessageId) -> Result<(), StoreError>;
+
+    /// Called once at a graceful shutdown; see [`DataStore::close`].
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -799,7 +799,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
             let mut next = Vec::new();
             for k in &claimed_keys {
                 if let Ok(r) = sh.spool.data.complete(node, *k).await {
-                    if r.remaining == 0 {
+                    if r.remaining == 0 && !(sh.spool.unified && r.contents_removed) {
                         let _ = sh.spool.blob.delete(d.message).await;
                     }
                     next.push((*k, Next::Gone));
@@ -957,6 +957,7 @@ async fn record(
         Decision::Complete(kind) => match sh.spool.data.complete(node, e.key).await {
             Ok(removal) => {
                 if removal.remaining == 0
+                    && !(sh.spool.unified && removal.contents_removed)
                     && let Err(err) = sh.spool.blob.delete(e.key.message).await
                 {
                     tracing::warn!(id = %e.key.message, error = %err, "queue: cannot delete the contents of a finished message");

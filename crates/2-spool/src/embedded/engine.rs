@@ -38,6 +38,14 @@ pub type Writes = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
 /// applies to new stores only.
 const MEMTABLE: u64 = 8 * 1024 * 1024;
 
+/// Memtable size of the contents table. A memtable holds whole message
+/// bodies until it is flushed, so fjall's default of 64 MiB showed up in full
+/// in the resident size: relaying 3,200 messages of 100 KiB left an otherwise
+/// empty server at 188 MiB, and a server with a million queued recipients
+/// reached 260 MiB under traffic. With 16 MiB the same relay left 92 MiB, at
+/// a cost within this machine's noise (BENCHMARKS.md, issue 3).
+const BLOB_MEMTABLE: u64 = 16 * 1024 * 1024;
+
 /// An opened engine with one keyspace per table.
 pub struct Engine {
     // Keyspaces drop before the database.
@@ -66,6 +74,7 @@ impl Engine {
         let blob = db
             .keyspace("blob", || {
                 KeyspaceCreateOptions::default()
+                    .max_memtable_size(BLOB_MEMTABLE)
                     .with_kv_separation(Some(KvSeparationOptions::default()))
             })
             .map_err(err)?;
@@ -141,16 +150,45 @@ impl Engine {
             .collect()
     }
 
-    /// Applies a batch atomically across tables and syncs it to disk (one
-    /// journal append, one fdatasync). An empty batch is free.
+    /// Writes every table's memtable out to disk and waits for it, so that
+    /// the journal holds nothing a restart must replay. Replaying is slow
+    /// for a large queue (one record per change, and a million deferrals
+    /// left a journal that took seconds to replay); a graceful shutdown
+    /// does this instead.
+    pub fn flush_memtables(&self) -> Result<(), StoreError> {
+        for ks in [&self.blob, &self.env, &self.entry, &self.ready] {
+            ks.rotate_memtable_and_wait().map_err(err)?;
+        }
+        self.db.persist(PersistMode::SyncAll).map_err(err)
+    }
+
+    /// Syncs everything committed so far to disk (one fdatasync of the
+    /// journal): bounds how much unsynced bookkeeping a machine crash could
+    /// take, and leaves nothing for a restart to wait on.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncData).map_err(err)
+    }
+
+    /// Applies a batch atomically across tables (one journal append). With
+    /// `sync` the append is also synced to disk (one fdatasync); without, it
+    /// is handed to the operating system only, which survives a crash of
+    /// this process but not of the machine, until the next synced commit
+    /// (the journal is one append-only file, so syncing a later commit
+    /// makes every earlier one durable too). An empty batch is free.
     pub fn commit(
         &self,
         writes: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+        sync: bool,
     ) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut b = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mode = if sync {
+            PersistMode::SyncData
+        } else {
+            PersistMode::Buffer
+        };
+        let mut b = self.db.batch().durability(Some(mode));
         for ((t, k), v) in writes {
             match v {
                 Some(v) => b.insert(self.ks(t), k, v),

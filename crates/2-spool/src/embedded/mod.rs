@@ -11,6 +11,22 @@
 //! the number of syncs per second stays bounded while messages per sync grow
 //! with load. Reads go straight to the engine from the caller.
 //!
+//! # What waits for the disk
+//!
+//! Only a batch that holds a change someone was promised durability for is
+//! synced ([`Op::needs_sync`]): an accepted message (its 250 depends on it)
+//! and operator actions. Delivery bookkeeping (leases, renewals, completions,
+//! deferrals, deleting finished contents) is written to the operating system
+//! at once but reaches the disk with the next synced batch. A crash of the
+//! process loses none of it; a crash of the machine may lose the last of it,
+//! which only means a message delivered again or retried early, never mail
+//! lost: leases only matter to this one node, which reclaims its own after a
+//! restart anyway. This saves an fdatasync share on the two or three
+//! bookkeeping commits of every relayed message. Unsynced writes do not stay
+//! so for long: the writer syncs them once it has been idle for
+//! [`IDLE_SYNC`], after [`MAX_UNSYNCED`] at the latest, and when the store
+//! closes.
+//!
 //! # Layout
 //!
 //! Four tables (engine keyspaces):
@@ -70,6 +86,22 @@ enum Op {
     Defer(NodeId, EntryKey, Deferral),
     Admin(Vec<EntryKey>, AdminAction),
     Cancel(Vec<EntryKey>),
+}
+
+impl Op {
+    /// Whether this change must be on disk before its caller hears back
+    /// (see "What waits for the disk" above).
+    fn needs_sync(&self) -> bool {
+        match self {
+            Op::PutBlob(..) | Op::Insert(..) | Op::Admin(..) | Op::Cancel(..) => true,
+            Op::DeleteBlob(..)
+            | Op::Claim(..)
+            | Op::ClaimKeys { .. }
+            | Op::Renew(..)
+            | Op::Complete(..)
+            | Op::Defer(..) => false,
+        }
+    }
 }
 
 enum Outcome {
@@ -203,14 +235,23 @@ impl<'a> Batch<'a> {
         Ok(keys.into_iter().collect())
     }
 
-    /// Removes one entry; if it was the message's last, the envelope too.
-    fn remove_entry(&mut self, e: &QueueEntry) -> Result<Removal, StoreError> {
+    /// Removes one entry; if it was the message's last, the envelope too,
+    /// and with `contents` also the message's contents.
+    fn remove_entry(&mut self, e: &QueueEntry, contents: bool) -> Result<Removal, StoreError> {
         self.replace(Some(e), None);
         let remaining = self.message_entry_keys(e.key.message)?.len();
+        let mut contents_removed = false;
         if remaining == 0 {
             self.delete(Table::Env, &mid_key(e.key.message));
+            if contents {
+                self.delete(Table::Blob, &mid_key(e.key.message));
+                contents_removed = true;
+            }
         }
-        Ok(Removal { remaining })
+        Ok(Removal {
+            remaining,
+            contents_removed,
+        })
     }
 
     fn leased_entry(&self, owner: NodeId, key: EntryKey) -> Result<QueueEntry, StoreError> {
@@ -322,7 +363,10 @@ impl<'a> Batch<'a> {
             }
             Op::Complete(owner, key) => {
                 let e = self.leased_entry(owner, key)?;
-                self.remove_entry(&e).map(Outcome::Removed)
+                // Contents live in this store's blob table whenever it is
+                // the blob store; when it is not, the table is empty and the
+                // delete is a no-op, but the caller is not told they are gone.
+                self.remove_entry(&e, true).map(Outcome::Removed)
             }
             Op::Defer(owner, key, d) => {
                 let e = self.leased_entry(owner, key)?;
@@ -355,7 +399,7 @@ impl<'a> Batch<'a> {
                 let mut gone = Vec::new();
                 for key in keys {
                     let Some(e) = self.entry(key)? else { continue };
-                    if self.remove_entry(&e)?.remaining == 0 {
+                    if self.remove_entry(&e, false)?.remaining == 0 {
                         gone.push(key.message);
                     }
                 }
@@ -365,9 +409,45 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// Longest time unsynced bookkeeping stays unsynced while the writer is busy
+/// (see "What waits for the disk"); an idle writer syncs it at once.
+const MAX_UNSYNCED: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long the writer must have been idle before it syncs unsynced
+/// bookkeeping on its own (under steady load the next synced batch does it).
+const IDLE_SYNC: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The writer thread: batch, apply, commit once, answer.
 fn writer(engine: Arc<Engine>, rx: std_mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
+    // When the oldest commit not yet synced was made.
+    let mut unsynced_since: Option<std::time::Instant> = None;
+    let sync_now = |engine: &Engine, since: &mut Option<std::time::Instant>| {
+        if since.take().is_some()
+            && let Err(e) = engine.sync()
+        {
+            tracing::error!(error = %e, "spool sync failed");
+        }
+    };
+    loop {
+        let first = match rx.try_recv() {
+            Ok(r) => r,
+            Err(std_mpsc::TryRecvError::Empty) if unsynced_since.is_some() => {
+                match rx.recv_timeout(IDLE_SYNC) {
+                    Ok(r) => r,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        // Quiet for a while: sync what is unsynced.
+                        sync_now(&engine, &mut unsynced_since);
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            Err(std_mpsc::TryRecvError::Empty) => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+            Err(std_mpsc::TryRecvError::Disconnected) => break,
+        };
         let mut requests = vec![first];
         while requests.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -381,12 +461,14 @@ fn writer(engine: Arc<Engine>, rx: std_mpsc::Receiver<Request>) {
         };
         let mut results = Vec::with_capacity(requests.len());
         let mut replies = Vec::with_capacity(requests.len());
+        let sync = requests.iter().any(|r| r.op.needs_sync())
+            || unsynced_since.is_some_and(|t| t.elapsed() >= MAX_UNSYNCED);
         for r in requests {
             results.push(batch.apply(r.op));
             replies.push(r.reply);
         }
         let writes = std::mem::take(&mut batch.writes);
-        if let Err(e) = engine.commit(writes) {
+        if let Err(e) = engine.commit(writes, sync) {
             tracing::error!(error = %e, "spool commit failed");
             let msg = e.to_string();
             for reply in replies {
@@ -394,10 +476,17 @@ fn writer(engine: Arc<Engine>, rx: std_mpsc::Receiver<Request>) {
             }
             continue;
         }
+        if sync {
+            unsynced_since = None;
+        } else if unsynced_since.is_none() {
+            unsynced_since = Some(std::time::Instant::now());
+        }
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
     }
+    // The store is closing: leave nothing unsynced behind.
+    sync_now(&engine, &mut unsynced_since);
 }
 
 fn unexpected() -> StoreError {
@@ -550,6 +639,13 @@ impl DataStore for EmbeddedStore {
             _ => Err(unexpected()),
         }
     }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush_memtables())
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string()))?
+    }
 }
 
 #[async_trait]
@@ -570,6 +666,10 @@ impl BlobStore for EmbeddedStore {
             Outcome::Done => Ok(()),
             _ => Err(unexpected()),
         }
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        DataStore::close(self).await
     }
 }
 

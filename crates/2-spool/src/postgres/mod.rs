@@ -540,7 +540,10 @@ impl DataStore for PgStore {
         let row = on_conn!(self, once, |c| c.client.query_one(&c.st.complete, &params))?;
         let left: i64 = row.try_get(0).map_err(|e| corrupt("complete", e))?;
         match usize::try_from(left) {
-            Ok(remaining) => Ok(Removal { remaining }),
+            Ok(remaining) => Ok(Removal {
+                remaining,
+                contents_removed: false,
+            }),
             Err(_) => Err(StoreError::NotLeased(key)),
         }
     }
