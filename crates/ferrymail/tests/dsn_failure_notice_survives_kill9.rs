@@ -2,9 +2,10 @@
 //! queued (the "notice owed" invariant). A next hop (Postfix's smtp-sink)
 //! refuses a recipient with 550 5.1.1; the reporter is configured to hold
 //! notifications for an hour, so the outcome is recorded but the notice is
-//! not queued. `queue list` shows the recipient as finished with a
-//! `failed` notice owed (another recipient with NOTIFY=NEVER is gone at
-//! once, as it owes nothing), and the sink has nothing. Then `kill -9`,
+//! not queued. `queue list` (JSON and text) and `queue show` show the
+//! recipient as finished with a `failed` notice owed (another recipient,
+//! with NOTIFY=NEVER, is gone at once, as it owes nothing), its contents
+//! are kept, and the sink has nothing. Then `kill -9`,
 //! and a restart on the same data directory with the usual one-second
 //! window: the failure notice reaches the sender exactly once, through the
 //! bounce queue, and passes every judge (Python's email package,
@@ -63,6 +64,15 @@ fn failure_notice_owed_at_kill9_is_sent_after_restart() {
     assert_eq!(rcpts.len(), 1, "only the recipient owed a notice: {m}");
     assert_eq!(rcpts[0]["attempts"], 1, "{m}");
     assert!(rcpts[0].get("lease_owner").is_none(), "lease cleared: {m}");
+    // The operator sees why it is still there.
+    let list = String::from_utf8_lossy(&server.cli(&["queue", "list"]).stdout).into_owned();
+    assert!(
+        list.lines()
+            .any(|l| l.contains("a@dest.test") && l.contains("NOTICE-OWED")),
+        "{list}"
+    );
+    let show = String::from_utf8_lossy(&server.cli(&["queue", "show", &id]).stdout).into_owned();
+    assert!(show.contains("notice owed: failed"), "{show}");
     // Kept with the entry until the notice is queued: the contents.
     let kept = String::from_utf8_lossy(&server.contents(&id)).into_owned();
     assert!(kept.contains("Subject: Before the crash"), "{kept}");
