@@ -6,6 +6,14 @@
 //! redesign: a node claims due entries for a while, renews its claim while it
 //! delivers, and ends it with the outcome. A node that dies simply lets its leases
 //! lapse.
+//!
+//! An outcome that owes the sender a delivery status notification (RFC 3461
+//! §6) is recorded together with that notice ([`DataStore::complete`] with a
+//! notice, [`Deferral::notice`]), and the notice is settled by
+//! [`DataStore::discharge`] only once the notification message is itself
+//! durable in the spool. Until then the entry (and, for a final outcome, its
+//! envelope and contents) stays, so a crash between the two cannot lose the
+//! notice; it can at most send it twice.
 
 use async_trait::async_trait;
 use bytes::Bytes;

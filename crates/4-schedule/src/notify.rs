@@ -33,7 +33,8 @@ use ferrymail_spool::{Envelope, Notify};
 use crate::event::EventKind;
 
 /// The three kinds of notification. Events of one message and one kind that
-/// arrive together are reported in one notification (see [`crate::batch`]).
+/// arrive together are reported in one notification (see the report
+/// crate's `batch` module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// Some recipients failed for good (action `failed`): a 5xx, or expiry.
