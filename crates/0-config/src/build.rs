@@ -1169,9 +1169,17 @@ fn report(
                 "sign",
                 "max-returned-size",
                 "double-bounce",
+                "batch-quiet",
+                "batch-max-hold",
             ],
             false,
         );
+        if let Some(d) = r.duration(&d, "batch-quiet") {
+            dsn.batch_quiet = d;
+        }
+        if let Some(d) = r.duration(&d, "batch-max-hold") {
+            dsn.batch_max_hold = d;
+        }
         if let Some(n) = r.size(&d, "max-returned-size") {
             dsn.max_returned_size = n;
         }

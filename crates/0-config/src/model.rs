@@ -869,6 +869,14 @@ pub struct DsnConfig {
     /// returning it to `<>`). Default none: the double bounce is only
     /// logged.
     pub double_bounce: Option<String>,
+    /// `batch-quiet`: a notification waits this long for further events
+    /// about the same message and kind before it is made (so one notice
+    /// covers the recipients of one job). Default 1 s. Owed notices are
+    /// kept in the store meanwhile, so a longer wait risks nothing.
+    pub batch_quiet: Duration,
+    /// `batch-max-hold`: the longest a notification waits for further
+    /// events, however busy. Default 10 s.
+    pub batch_max_hold: Duration,
 }
 
 /// Default `report.dsn.max-returned-size`: 256 KiB, enough for the headers
@@ -884,6 +892,8 @@ impl DsnConfig {
             sign: Expr::constant(Value::List(Vec::new())),
             max_returned_size: DEFAULT_MAX_RETURNED_SIZE,
             double_bounce: None,
+            batch_quiet: Duration::from_secs(1),
+            batch_max_hold: Duration::from_secs(10),
         }
     }
 }

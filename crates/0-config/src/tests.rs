@@ -1513,6 +1513,24 @@ fn queue_name_rule() {
 
 // ------------------------------------------------- [report.dsn] (DSN issue)
 
+/// `batch-quiet` and `batch-max-hold`: the reporter's grouping window,
+/// 1 s and 10 s by default, any duration when given, refused when not one.
+#[test]
+fn dsn_batch_window() {
+    let d = ok("").report.dsn;
+    assert_eq!(d.batch_quiet, Duration::from_secs(1));
+    assert_eq!(d.batch_max_hold, Duration::from_secs(10));
+    let d = ok("[report.dsn]\nbatch-quiet = \"5m\"\nbatch-max-hold = \"1h\"\n")
+        .report
+        .dsn;
+    assert_eq!(d.batch_quiet, Duration::from_secs(300));
+    assert_eq!(d.batch_max_hold, Duration::from_secs(3600));
+    assert!(
+        err("[report.dsn]\nbatch-quiet = \"soon\"\n").contains("batch-quiet"),
+        "a bad duration names its key"
+    );
+}
+
 /// `max-returned-size` and `double-bounce`: defaults, sizes in both forms,
 /// angle brackets tolerated, and exact errors on the right line.
 #[test]

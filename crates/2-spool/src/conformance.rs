@@ -33,7 +33,9 @@ macro_rules! conformance_suite {
             insert_then_read, blob_roundtrip, claim_filters, lease_is_exclusive,
             renew_only_by_owner, complete_removes_and_reports, defer_moves_to_deferred,
             admin_actions, cancel_removes, scan_pages_in_key_order, concurrent_inserts,
-            accept_through_spool, claim_keys_conditions, claim_keys_is_exclusive);
+            accept_through_spool, claim_keys_conditions, claim_keys_is_exclusive,
+            complete_owing_a_notice_keeps_until_discharged, delay_notice_owed_until_discharged,
+            final_notice_supersedes_a_delay_notice, cancel_drops_a_notice_owed);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
@@ -236,7 +238,7 @@ pub async fn lease_is_exclusive(s: &TestStores) {
     // A no longer owns them.
     let key = got[0].key;
     assert!(matches!(
-        s.data.complete(A, key).await,
+        s.data.complete(A, key, None).await,
         Err(StoreError::NotLeased(_))
     ));
 }
@@ -283,7 +285,7 @@ pub async fn complete_removes_and_reports(s: &TestStores) {
     };
     // Not leased yet: refused.
     assert!(matches!(
-        s.data.complete(A, k0).await,
+        s.data.complete(A, k0, None).await,
         Err(StoreError::NotLeased(_))
     ));
     s.data
@@ -291,12 +293,12 @@ pub async fn complete_removes_and_reports(s: &TestStores) {
         .await
         .unwrap();
     assert!(matches!(
-        s.data.complete(B, k0).await,
+        s.data.complete(B, k0, None).await,
         Err(StoreError::NotLeased(_))
     ));
-    assert_eq!(s.data.complete(A, k0).await.unwrap().remaining, 1);
+    assert_eq!(s.data.complete(A, k0, None).await.unwrap().remaining, 1);
     assert!(s.data.envelope(env.id).await.unwrap().is_some());
-    let last = s.data.complete(A, k1).await.unwrap();
+    let last = s.data.complete(A, k1, None).await.unwrap();
     assert_eq!(last.remaining, 0);
     if s.unified && last.contents_removed {
         // A store that is its own blob store and says so: the contents must
@@ -324,6 +326,7 @@ pub async fn defer_moves_to_deferred(s: &TestStores) {
         due: T0 + 120_000,
         last_error: "451 4.3.0 try later".into(),
         notify_count: 1,
+        notice: None,
     };
     assert!(matches!(
         s.data.defer(B, key, &d).await,
@@ -532,6 +535,7 @@ pub async fn claim_keys_conditions(s: &TestStores) {
                 due: T0 + 7_200_000,
                 last_error: "451 later".into(),
                 notify_count: 0,
+                notice: None,
             },
         )
         .await
@@ -573,7 +577,7 @@ pub async fn claim_keys_conditions(s: &TestStores) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(s.data.complete(A, k(0)).await.unwrap().remaining, 5);
+    assert_eq!(s.data.complete(A, k(0), None).await.unwrap().remaining, 5);
     // Claimed entries leave the due-order claim index until the lease lapses.
     assert!(
         s.data
@@ -634,4 +638,287 @@ pub async fn claim_keys_is_exclusive(s: &TestStores) {
     for e in s.data.scan(None, 100).await.unwrap() {
         assert_eq!(Some(e.lease.unwrap().owner), owner_of.get(&e.key).copied());
     }
+}
+
+/// An owed notice with every field set, so that it must round-trip whole:
+/// the final failure of `attempts` attempts, or with `delay = Some(n)` the
+/// delay notice of notify age `n`.
+pub fn sample_notice(delay: Option<u32>, attempts: u32) -> OwedNotice {
+    let reply = Some(NoticeReply {
+        code: if delay.is_some() { 452 } else { 550 },
+        status: Some(if delay.is_some() { "4.2.2" } else { "5.1.1" }.into()),
+        text: "Mailbox says ü".into(),
+    });
+    OwedNotice {
+        queue: "default".into(),
+        outcome: match delay {
+            Some(notify_num) => NoticeOutcome::Delayed {
+                notify_num,
+                will_retry_until: Some(T0 + 86_400_000),
+                reason: "452 mailbox full".into(),
+                reply,
+            },
+            None => NoticeOutcome::Failed {
+                reason: "550 user unknown".into(),
+                reply,
+            },
+        },
+        attempt_at: T0 + 1_234,
+        attempts,
+        remote: Some(NoticeRemote {
+            host: "mx.dest.example".into(),
+            ip: "192.0.2.25".parse().unwrap(),
+            port: 25,
+            tls: Some("TLSv1.3".into()),
+            dsn: true,
+            lmtp: false,
+        }),
+    }
+}
+
+fn final_slot(key: EntryKey) -> Discharge {
+    Discharge {
+        key,
+        slot: NoticeSlot::Final,
+    }
+}
+
+fn delay_slot(key: EntryKey, notify_num: u32) -> Discharge {
+    Discharge {
+        key,
+        slot: NoticeSlot::Delay { notify_num },
+    }
+}
+
+/// Completing with a final notice owed keeps the entry (finished: no
+/// lease, never claimable, by due order or by key) and the envelope, with
+/// the notice as given; only the discharge of that final notice removes
+/// them, and reports the message emptied once.
+pub async fn complete_owing_a_notice_keeps_until_discharged(s: &TestStores) {
+    let env = put(s, 1, 2, "default", T0).await;
+    let k0 = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    let k1 = EntryKey {
+        message: env.id,
+        rcpt: 1,
+    };
+    s.data
+        .claim(&claim(A, Lane::Pending, T0, 10))
+        .await
+        .unwrap();
+    let notice = sample_notice(None, 1);
+    assert!(matches!(
+        s.data.complete(B, k0, Some(&notice)).await,
+        Err(StoreError::NotLeased(_))
+    ));
+    assert_eq!(
+        s.data
+            .complete(A, k0, Some(&notice))
+            .await
+            .unwrap()
+            .remaining,
+        2,
+        "the finished entry still counts"
+    );
+    let e = &s.data.entries(env.id).await.unwrap()[0];
+    assert_eq!(e.notice.as_ref(), Some(&notice));
+    assert!(e.is_notice_owed());
+    assert_eq!(e.lease, None);
+    assert_eq!(e.attempts, 1, "the final attempt counts");
+    assert_eq!(s.data.scan(None, 10).await.unwrap()[0], *e);
+    // Its own outcome is recorded: completing it again is refused.
+    assert!(matches!(
+        s.data.complete(A, k0, None).await,
+        Err(StoreError::NotLeased(_))
+    ));
+    // The other recipient finishes without a notice: removed at once, but
+    // the message is not empty while k0 waits for its notice.
+    assert_eq!(s.data.complete(A, k1, None).await.unwrap().remaining, 1);
+    assert!(s.data.envelope(env.id).await.unwrap().is_some());
+    // Never claimable again, however late, by anyone.
+    for lane in [Lane::Pending, Lane::Deferred] {
+        assert!(
+            s.data
+                .claim(&claim(B, lane, T0 + 10_000_000, 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert!(
+        s.data
+            .claim_keys(A, &[k0], T0 + 10_000_000, T0 + 10_060_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A delay discharge does not settle a final notice.
+    assert!(
+        s.data
+            .discharge(&[delay_slot(k0, 1)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.data.entries(env.id).await.unwrap().len(), 1);
+    assert_eq!(
+        s.data.discharge(&[final_slot(k0)]).await.unwrap(),
+        vec![env.id]
+    );
+    assert_eq!(s.data.envelope(env.id).await.unwrap(), None);
+    assert!(s.data.entries(env.id).await.unwrap().is_empty());
+    // Repeating it is harmless and reports nothing.
+    assert!(
+        s.data
+            .discharge(&[final_slot(k0)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.data.discharge(&[]).await.unwrap().is_empty());
+}
+
+/// A deferral may owe a delay notice: the entry stays in the deferred lane
+/// and claimable, the notice stays through later deferrals that owe none,
+/// is replaced by a later age's, and only the discharge of the notice it
+/// holds clears it.
+pub async fn delay_notice_owed_until_discharged(s: &TestStores) {
+    let env = put(s, 1, 1, "default", T0).await;
+    let key = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    let defer = |due, notify_count, notice| Deferral {
+        due,
+        last_error: "452 4.2.2 full".into(),
+        notify_count,
+        notice,
+    };
+    s.data.claim_keys(A, &[key], T0, T0 + 60_000).await.unwrap();
+    let first = sample_notice(Some(1), 1);
+    s.data
+        .defer(A, key, &defer(T0 + 1_000, 1, Some(first.clone())))
+        .await
+        .unwrap();
+    let e = s.data.entries(env.id).await.unwrap().remove(0);
+    assert_eq!(e.notice.as_ref(), Some(&first));
+    assert!(
+        !e.is_notice_owed(),
+        "a delay notice does not finish the entry"
+    );
+    // Still delivered: claimable in the deferred lane once due.
+    let got = s
+        .data
+        .claim(&claim(A, Lane::Deferred, T0 + 1_000, 10))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].notice.as_ref(), Some(&first));
+    // A deferral that owes nothing keeps the owed notice.
+    s.data
+        .defer(A, key, &defer(T0 + 2_000, 1, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.data.entries(env.id).await.unwrap()[0].notice.as_ref(),
+        Some(&first)
+    );
+    // A later age's notice replaces it.
+    s.data
+        .claim_keys(A, &[key], T0 + 2_000, T0 + 62_000)
+        .await
+        .unwrap();
+    let second = sample_notice(Some(2), 3);
+    s.data
+        .defer(A, key, &defer(T0 + 3_000, 2, Some(second.clone())))
+        .await
+        .unwrap();
+    // Discharging the first (already superseded) changes nothing.
+    assert!(
+        s.data
+            .discharge(&[delay_slot(key, 1), final_slot(key)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.data.entries(env.id).await.unwrap()[0].notice.as_ref(),
+        Some(&second)
+    );
+    assert!(
+        s.data
+            .discharge(&[delay_slot(key, 2)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = s.data.entries(env.id).await.unwrap().remove(0);
+    assert_eq!(e.notice, None);
+    assert_eq!(e.attempts, 3);
+    assert_eq!(e.lane, Lane::Deferred);
+    assert!(s.data.envelope(env.id).await.unwrap().is_some());
+}
+
+/// The final outcome of a recipient whose delay notice is still owed
+/// supersedes it: the late discharge of the delay notice neither clears
+/// the final notice nor removes the entry.
+pub async fn final_notice_supersedes_a_delay_notice(s: &TestStores) {
+    let env = put(s, 1, 1, "default", T0).await;
+    let key = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    s.data.claim_keys(A, &[key], T0, T0 + 60_000).await.unwrap();
+    s.data
+        .defer(
+            A,
+            key,
+            &Deferral {
+                due: T0,
+                last_error: "452 later".into(),
+                notify_count: 1,
+                notice: Some(sample_notice(Some(1), 1)),
+            },
+        )
+        .await
+        .unwrap();
+    s.data.claim_keys(A, &[key], T0, T0 + 60_000).await.unwrap();
+    let fin = sample_notice(None, 2);
+    assert_eq!(
+        s.data.complete(A, key, Some(&fin)).await.unwrap().remaining,
+        1
+    );
+    assert!(
+        s.data
+            .discharge(&[delay_slot(key, 1)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = s.data.entries(env.id).await.unwrap().remove(0);
+    assert_eq!(e.notice.as_ref(), Some(&fin));
+    assert_eq!(
+        s.data.discharge(&[final_slot(key)]).await.unwrap(),
+        vec![env.id]
+    );
+}
+
+/// An operator's cancel drops an entry that only waits for its notice,
+/// like any other, and the notice with it.
+pub async fn cancel_drops_a_notice_owed(s: &TestStores) {
+    let env = put(s, 1, 1, "default", T0).await;
+    let key = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    s.data.claim_keys(A, &[key], T0, T0 + 60_000).await.unwrap();
+    s.data
+        .complete(A, key, Some(&sample_notice(None, 1)))
+        .await
+        .unwrap();
+    assert_eq!(s.data.cancel(&[key]).await.unwrap(), vec![env.id]);
+    assert_eq!(s.data.envelope(env.id).await.unwrap(), None);
+    assert!(s.data.scan(None, 10).await.unwrap().is_empty());
 }

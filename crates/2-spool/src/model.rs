@@ -359,6 +359,14 @@ pub struct QueueEntry {
     pub last_error: Option<String>,
     /// How many delay notifications were sent.
     pub notify_count: u32,
+    /// A delivery status notification about this recipient that is owed
+    /// and not yet durably queued (RFC 3461 §6, RFC 3464). Recorded in the
+    /// same write as the outcome it reports, so a crash between the outcome
+    /// and the notice cannot lose the notice; cleared by
+    /// [`crate::DataStore::discharge`] once the notice is in the spool.
+    /// A final one ([`OwedNotice::is_final`]) also ends the entry's
+    /// delivery: see [`QueueEntry::is_notice_owed`].
+    pub notice: Option<OwedNotice>,
 }
 
 impl QueueEntry {
@@ -378,12 +386,168 @@ impl QueueEntry {
             lease: None,
             last_error: None,
             notify_count: 0,
+            notice: None,
         }
     }
 
-    /// True when `node` may attempt this entry at `now`: due, not held, and not
-    /// leased by anyone else (an expired lease counts as none).
-    pub fn is_claimable(&self, now: UnixMillis) -> bool {
-        !self.held && self.due <= now && self.lease.is_none_or(|l| l.until <= now)
+    /// True when the recipient has its final outcome and only the
+    /// notification about it is still owed: the entry is never claimed or
+    /// delivered again, and it (with its envelope and contents) stays only
+    /// until [`crate::DataStore::discharge`] removes it.
+    pub fn is_notice_owed(&self) -> bool {
+        self.notice.as_ref().is_some_and(OwedNotice::is_final)
     }
+
+    /// True when `node` may attempt this entry at `now`: due, not held, and not
+    /// leased by anyone else (an expired lease counts as none), and not
+    /// finished with a notice owed.
+    pub fn is_claimable(&self, now: UnixMillis) -> bool {
+        !self.held
+            && !self.is_notice_owed()
+            && self.due <= now
+            && self.lease.is_none_or(|l| l.until <= now)
+    }
+}
+
+/// The remote reply a notice quotes (Diagnostic-Code, RFC 3464 §2.3.6), as
+/// the spool keeps it. Mirrors the deliver crate's reply, which the spool
+/// cannot name (it sits below delivery in the crate graph).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeReply {
+    /// Basic code, e.g. 550.
+    pub code: u16,
+    /// Enhanced status code (RFC 3463), when the server sent one.
+    pub status: Option<String>,
+    /// The reply text.
+    pub text: String,
+}
+
+/// The next hop an attempt reached (Remote-MTA, RFC 3464 §2.3.5), as the
+/// spool keeps it for an owed notice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRemote {
+    /// The host name tried.
+    pub host: String,
+    /// The address connected to.
+    pub ip: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// TLS version, when TLS was used.
+    pub tls: Option<String>,
+    /// The next hop advertised DSN (RFC 3461).
+    pub dsn: bool,
+    /// It spoke LMTP.
+    pub lmtp: bool,
+}
+
+/// What happened to the recipient, as an owed notice reports it: one
+/// variant per DSN action (RFC 3464 §2.3.3) plus expiry. Mirrors the queue
+/// engine's event kinds, which the spool cannot name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoticeOutcome {
+    /// Final delivery (LMTP) or accepted by a DSN-capable hop.
+    Delivered {
+        /// The accepting reply.
+        reply: NoticeReply,
+        /// The next hop spoke LMTP.
+        lmtp: bool,
+    },
+    /// Accepted by an SMTP hop without DSN (RFC 3461 §6.2.2).
+    Relayed {
+        /// The accepting reply.
+        reply: NoticeReply,
+    },
+    /// Failed permanently.
+    Failed {
+        /// Human-readable reason.
+        reason: String,
+        /// The remote reply, if any.
+        reply: Option<NoticeReply>,
+    },
+    /// Still undelivered at a notify age: a delay notice.
+    Delayed {
+        /// Which notify age, 1-based.
+        notify_num: u32,
+        /// Will-Retry-Until, when the schedule limits age.
+        will_retry_until: Option<UnixMillis>,
+        /// The last transient error.
+        reason: String,
+        /// The last remote reply, if any.
+        reply: Option<NoticeReply>,
+    },
+    /// Expired (status 4.4.7).
+    Expired {
+        /// The last transient error.
+        reason: String,
+        /// The last remote reply, if any.
+        reply: Option<NoticeReply>,
+    },
+}
+
+/// A delivery status notification that is owed about one recipient and not
+/// yet durably queued. It carries every per-recipient field the
+/// notification needs (RFC 3464 §2.3) except what the envelope and the
+/// contents give, so that restart recovery can compose the notice a crash
+/// interrupted (at-least-once: see `ARCHITECTURE.md`, "notice owed").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwedNotice {
+    /// The virtual queue the recipient was scheduled in.
+    pub queue: String,
+    /// What happened.
+    pub outcome: NoticeOutcome,
+    /// Last-Attempt-Date.
+    pub attempt_at: UnixMillis,
+    /// Attempts made, the reported one included.
+    pub attempts: u32,
+    /// Remote-MTA, when a connection was made.
+    pub remote: Option<NoticeRemote>,
+}
+
+impl OwedNotice {
+    /// True for a notice about the recipient's final outcome (every action
+    /// but `delayed`): the entry is finished once the notice is queued.
+    pub fn is_final(&self) -> bool {
+        !matches!(self.outcome, NoticeOutcome::Delayed { .. })
+    }
+
+    /// Which notice this is, as [`crate::DataStore::discharge`] names it.
+    pub fn which(&self) -> NoticeSlot {
+        match self.outcome {
+            NoticeOutcome::Delayed { notify_num, .. } => NoticeSlot::Delay { notify_num },
+            _ => NoticeSlot::Final,
+        }
+    }
+
+    /// The DSN Action field (RFC 3464 §2.3.3), for the queue CLI.
+    pub fn action(&self) -> &'static str {
+        match self.outcome {
+            NoticeOutcome::Delivered { .. } => "delivered",
+            NoticeOutcome::Relayed { .. } => "relayed",
+            NoticeOutcome::Failed { .. } | NoticeOutcome::Expired { .. } => "failed",
+            NoticeOutcome::Delayed { .. } => "delayed",
+        }
+    }
+}
+
+/// Names the notice a [`Discharge`] settles, so that settling an older
+/// notice never clears a newer one recorded since (a second delay notice,
+/// or the final outcome that superseded a delay notice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NoticeSlot {
+    /// The notice about the final outcome.
+    Final,
+    /// The delay notice for this notify age.
+    Delay {
+        /// The notify age, 1-based.
+        notify_num: u32,
+    },
+}
+
+/// One notice that is now durably queued, for [`crate::DataStore::discharge`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Discharge {
+    /// The recipient the notice reported on.
+    pub key: EntryKey,
+    /// Which notice.
+    pub slot: NoticeSlot,
 }

@@ -6,11 +6,21 @@
 //! redesign: a node claims due entries for a while, renews its claim while it
 //! delivers, and ends it with the outcome. A node that dies simply lets its leases
 //! lapse.
+//!
+//! An outcome that owes the sender a delivery status notification (RFC 3461
+//! §6) is recorded together with that notice ([`DataStore::complete`] with a
+//! notice, [`Deferral::notice`]), and the notice is settled by
+//! [`DataStore::discharge`] only once the notification message is itself
+//! durable in the spool. Until then the entry (and, for a final outcome, its
+//! envelope and contents) stays, so a crash between the two cannot lose the
+//! notice; it can at most send it twice.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::model::{EntryKey, Envelope, Lane, MessageId, NodeId, QueueEntry, UnixMillis};
+use crate::model::{
+    Discharge, EntryKey, Envelope, Lane, MessageId, NodeId, OwedNotice, QueueEntry, UnixMillis,
+};
 
 /// Why a store operation failed. Receive turns every variant into a 4xx reply
 /// (the client retries later); it is never the client's fault.
@@ -64,6 +74,11 @@ pub struct Deferral {
     pub last_error: String,
     /// Delay notifications sent so far (the scheduler may have just sent one).
     pub notify_count: u32,
+    /// The delay notice this deferral owes (a notify age was crossed and
+    /// the recipient asked for NOTIFY=DELAY), recorded in the same write so
+    /// a crash cannot lose it (RFC 3461 §6). `None` leaves a notice still
+    /// owed from before in place.
+    pub notice: Option<OwedNotice>,
 }
 
 /// What is left of a message after one of its entries was removed.
@@ -151,7 +166,28 @@ pub trait DataStore: Send + Sync + 'static {
 
     /// Ends an entry for good: delivered, failed permanently, or expired. Fails
     /// with [`StoreError::NotLeased`] unless `owner` holds the lease.
-    async fn complete(&self, owner: NodeId, key: EntryKey) -> Result<Removal, StoreError>;
+    ///
+    /// Without `notice` the entry is removed (and the envelope with the
+    /// message's last entry). With a final `notice` (one a notification is
+    /// owed for, RFC 3461 §6) the entry is kept in the *notice owed* state
+    /// instead, in the same write: lease cleared, attempt counted, never
+    /// claimable again
+    /// ([`QueueEntry::is_notice_owed`]), envelope and contents kept, until
+    /// [`DataStore::discharge`] removes it. Then `remaining` counts it.
+    ///
+    /// A delay notice still owed on the entry is superseded by the final
+    /// outcome: replaced by the final notice, or dropped with the entry
+    /// when the final outcome owes none. The delay notice was handed to the
+    /// DSN layer when it was recorded, so it is sent unless the process
+    /// dies before it is queued; then the sender learns the final outcome
+    /// (or, delivered without a notice, nothing about a delay that is
+    /// over).
+    async fn complete(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        notice: Option<&OwedNotice>,
+    ) -> Result<Removal, StoreError>;
 
     /// Records a transient failure: the entry moves to the deferred lane with a
     /// new due time, its attempt count rises by one, and the lease is released.
@@ -161,6 +197,17 @@ pub trait DataStore: Send + Sync + 'static {
         key: EntryKey,
         deferral: &Deferral,
     ) -> Result<(), StoreError>;
+
+    /// Settles notices that are now durably queued (the notification
+    /// message itself was accepted into the spool): an entry whose owed
+    /// notice matches the [`Discharge`]'s slot loses it; a final one is
+    /// removed altogether, and the envelope with the message's last entry.
+    /// A discharge that matches nothing (gone, never owed, or a newer
+    /// notice recorded since) changes nothing, so repeating one is
+    /// harmless. Returns the messages left without entries, whose contents
+    /// the caller must delete. Leases are ignored: a delay notice is
+    /// settled while the recipient's next attempt may be running.
+    async fn discharge(&self, notices: &[Discharge]) -> Result<Vec<MessageId>, StoreError>;
 
     /// Reads one envelope.
     async fn envelope(&self, id: MessageId) -> Result<Option<Envelope>, StoreError>;

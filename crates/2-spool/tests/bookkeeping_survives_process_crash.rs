@@ -37,7 +37,7 @@ async fn child(dir: &str) -> ! {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3);
-    store.complete(NODE, keys[0]).await.unwrap();
+    store.complete(NODE, keys[0], None).await.unwrap();
     store
         .defer(
             NODE,
@@ -46,6 +46,7 @@ async fn child(dir: &str) -> ! {
                 due: T0 + 3_600_000,
                 last_error: "451 4.3.0 try later".into(),
                 notify_count: 0,
+                notice: None,
             },
         )
         .await

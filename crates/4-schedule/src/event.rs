@@ -3,15 +3,21 @@
 //! anything else that wants to follow mail (metrics, audit).
 //!
 //! Events are emitted for every recipient whatever its message's sender and
-//! NOTIFY parameter; deciding whether a notification is due (never for the
-//! null sender, NOTIFY=NEVER, and so on) is the DSN layer's job, which keeps
-//! that policy in one place.
+//! NOTIFY parameter. Whether a notification is owed (never for the null
+//! sender, NOTIFY=NEVER, and so on) is decided once, by
+//! [`crate::notify::owes`]: the manager records an owed notice in the store
+//! with the outcome ([`Event::owed_notice`]), restart recovery turns it back
+//! into an event ([`Event::from_owed`]), and the DSN layer settles it
+//! ([`Event::discharge`]) once the notification is queued.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use ferrymail_deliver::{Remote, RemoteReply};
-use ferrymail_spool::{EntryKey, Envelope, UnixMillis};
+use ferrymail_spool::{
+    Discharge, EntryKey, Envelope, NoticeOutcome, NoticeRemote, NoticeReply, NoticeSlot,
+    OwedNotice, UnixMillis,
+};
 
 /// The status code (RFC 3463) of an expiry: "delivery time expired".
 pub const EXPIRED_STATUS: &str = "4.4.7";
@@ -39,8 +45,10 @@ pub struct Event {
     pub remote: Option<Remote>,
     /// The message contents as the attempt had them, for the part of a
     /// notification that returns the original (RFC 3464 §2, RFC 3461 §4.3).
-    /// Carried here because the blob is deleted as soon as the last
-    /// recipient completes, before the event is read. `None` when the
+    /// Carried here because, when no notice is owed (a double bounce),
+    /// the blob is deleted as soon as the last recipient completes, before
+    /// the event is read; with a notice owed it stays until the notice is
+    /// discharged, and restart recovery reads it back. `None` when the
     /// contents were missing from the blob store.
     pub contents: Option<Bytes>,
 }
@@ -61,6 +69,128 @@ impl Event {
             .get(self.rcpt as usize)
             .map(|r| r.address.as_str())
             .unwrap_or("")
+    }
+
+    /// The record the store keeps while the notice about this event is
+    /// owed (RFC 3461 §6): everything of the event but the envelope and
+    /// the contents, which the store keeps anyway until the notice is
+    /// discharged.
+    pub fn owed_notice(&self) -> OwedNotice {
+        let reply = |r: &RemoteReply| NoticeReply {
+            code: r.code,
+            status: r.status.clone(),
+            text: r.text.clone(),
+        };
+        OwedNotice {
+            queue: self.queue.clone(),
+            outcome: match &self.kind {
+                EventKind::Delivered { reply: r, lmtp } => NoticeOutcome::Delivered {
+                    reply: reply(r),
+                    lmtp: *lmtp,
+                },
+                EventKind::Relayed { reply: r } => NoticeOutcome::Relayed { reply: reply(r) },
+                EventKind::Failed { reason, reply: r } => NoticeOutcome::Failed {
+                    reason: reason.clone(),
+                    reply: r.as_ref().map(reply),
+                },
+                EventKind::Delayed {
+                    notify_num,
+                    will_retry_until,
+                    reason,
+                    reply: r,
+                } => NoticeOutcome::Delayed {
+                    notify_num: *notify_num,
+                    will_retry_until: *will_retry_until,
+                    reason: reason.clone(),
+                    reply: r.as_ref().map(reply),
+                },
+                EventKind::Expired { reason, reply: r } => NoticeOutcome::Expired {
+                    reason: reason.clone(),
+                    reply: r.as_ref().map(reply),
+                },
+            },
+            attempt_at: self.attempt_at,
+            attempts: self.attempts,
+            remote: self.remote.as_ref().map(|r| NoticeRemote {
+                host: r.host.clone(),
+                ip: r.ip,
+                port: r.port,
+                tls: r.tls.clone(),
+                dsn: r.dsn,
+                lmtp: r.lmtp,
+            }),
+        }
+    }
+
+    /// The event an owed notice recorded, rebuilt at restart from the
+    /// store: the inverse of [`Event::owed_notice`], with the envelope and
+    /// contents read back.
+    pub fn from_owed(
+        envelope: Arc<Envelope>,
+        rcpt: u32,
+        notice: &OwedNotice,
+        contents: Option<Bytes>,
+    ) -> Event {
+        let reply = |r: &NoticeReply| RemoteReply {
+            code: r.code,
+            status: r.status.clone(),
+            text: r.text.clone(),
+        };
+        Event {
+            envelope,
+            rcpt,
+            queue: notice.queue.clone(),
+            kind: match &notice.outcome {
+                NoticeOutcome::Delivered { reply: r, lmtp } => EventKind::Delivered {
+                    reply: reply(r),
+                    lmtp: *lmtp,
+                },
+                NoticeOutcome::Relayed { reply: r } => EventKind::Relayed { reply: reply(r) },
+                NoticeOutcome::Failed { reason, reply: r } => EventKind::Failed {
+                    reason: reason.clone(),
+                    reply: r.as_ref().map(reply),
+                },
+                NoticeOutcome::Delayed {
+                    notify_num,
+                    will_retry_until,
+                    reason,
+                    reply: r,
+                } => EventKind::Delayed {
+                    notify_num: *notify_num,
+                    will_retry_until: *will_retry_until,
+                    reason: reason.clone(),
+                    reply: r.as_ref().map(reply),
+                },
+                NoticeOutcome::Expired { reason, reply: r } => EventKind::Expired {
+                    reason: reason.clone(),
+                    reply: r.as_ref().map(reply),
+                },
+            },
+            attempt_at: notice.attempt_at,
+            attempts: notice.attempts,
+            remote: notice.remote.as_ref().map(|r| Remote {
+                host: r.host.clone(),
+                ip: r.ip,
+                port: r.port,
+                tls: r.tls.clone(),
+                dsn: r.dsn,
+                lmtp: r.lmtp,
+            }),
+            contents,
+        }
+    }
+
+    /// What settles the notice about this event once the notification is
+    /// queued ([`ferrymail_spool::DataStore::discharge`]). Harmless for an
+    /// event that owed nothing: the store finds no matching notice.
+    pub fn discharge(&self) -> Discharge {
+        Discharge {
+            key: self.key(),
+            slot: match self.kind {
+                EventKind::Delayed { notify_num, .. } => NoticeSlot::Delay { notify_num },
+                _ => NoticeSlot::Final,
+            },
+        }
     }
 
     /// The DSN Action field (RFC 3464 §2.3.3).
@@ -147,4 +277,82 @@ pub enum EventKind {
         /// The last remote reply, when there was one.
         reply: Option<RemoteReply>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrymail_spool::conformance::sample_envelope;
+
+    fn reply(code: u16, status: Option<&str>) -> RemoteReply {
+        RemoteReply {
+            code,
+            status: status.map(str::to_string),
+            text: format!("text of {code}"),
+        }
+    }
+
+    /// Every kind of event survives the trip through the store's owed
+    /// notice unchanged, and names the slot its discharge settles.
+    #[test]
+    fn owed_notice_round_trips_every_kind() {
+        let env = Arc::new(sample_envelope(3, 2));
+        let kinds = [
+            EventKind::Delivered {
+                reply: reply(250, Some("2.0.0")),
+                lmtp: true,
+            },
+            EventKind::Relayed {
+                reply: reply(250, None),
+            },
+            EventKind::Failed {
+                reason: "550 no".into(),
+                reply: Some(reply(550, Some("5.1.1"))),
+            },
+            EventKind::Delayed {
+                notify_num: 2,
+                will_retry_until: Some(99),
+                reason: "452 full".into(),
+                reply: None,
+            },
+            EventKind::Expired {
+                reason: "timeout".into(),
+                reply: Some(reply(451, None)),
+            },
+        ];
+        for kind in kinds {
+            let e = Event {
+                envelope: env.clone(),
+                rcpt: 1,
+                queue: "q".into(),
+                kind: kind.clone(),
+                attempt_at: 12_345,
+                attempts: 4,
+                remote: Some(Remote {
+                    host: "mx.example".into(),
+                    ip: "192.0.2.1".parse().unwrap(),
+                    port: 2525,
+                    tls: Some("TLSv1.3".into()),
+                    dsn: true,
+                    lmtp: false,
+                }),
+                contents: Some(Bytes::from_static(b"x")),
+            };
+            let owed = e.owed_notice();
+            assert_eq!(owed.action(), e.action());
+            let back = Event::from_owed(env.clone(), 1, &owed, e.contents.clone());
+            assert_eq!(back.kind, e.kind);
+            assert_eq!(back.queue, e.queue);
+            assert_eq!(back.attempt_at, e.attempt_at);
+            assert_eq!(back.attempts, e.attempts);
+            assert_eq!(back.remote, e.remote);
+            assert_eq!(back.status(), e.status());
+            assert_eq!(e.discharge().slot, owed.which());
+            assert_eq!(
+                owed.is_final(),
+                !matches!(kind, EventKind::Delayed { .. }),
+                "{kind:?}"
+            );
+        }
+    }
 }

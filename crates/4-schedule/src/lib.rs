@@ -18,6 +18,8 @@
 //!   with a lease ([`ferrymail_spool::DataStore::claim_keys`]), hands jobs to
 //!   a [`ferrymail_deliver::Transport`], records outcomes in the store and
 //!   emits [`Event`]s for delivery status notifications.
+//! * [`notify`]: whether an outcome owes the sender a notification (RFC
+//!   3461 §4.1, §6), the one copy of that rule.
 //!
 //! # Invariants
 //!
@@ -29,6 +31,10 @@
 //! * Exactly one node delivers an entry at a time: the store's lease.
 //! * A slow or suspended destination holds at most its own ready queue's
 //!   slots (see [`core`]).
+//! * **Notice owed**: an outcome that owes a notification is recorded
+//!   together with the owed notice, in one store write (`complete` with a
+//!   notice, `defer` with one); restart recovery hands owed notices to the
+//!   DSN layer, which discharges them once the notification is queued.
 
 #![warn(missing_docs)]
 
@@ -36,6 +42,7 @@ pub mod core;
 pub mod event;
 pub mod manager;
 mod names;
+pub mod notify;
 pub mod policy;
 pub mod rng;
 
@@ -45,5 +52,6 @@ pub use crate::core::{
 };
 pub use event::{Event, EventKind};
 pub use manager::{ManagerSettings, QueueError, QueueHandle, QueueManager, Running};
+pub use notify::{Kind, owes, wanted};
 
 pub use policy::{Decision, Policy};

@@ -24,7 +24,13 @@
 //! 4. **Record** each recipient's outcome as the [`Policy`] decides:
 //!    `complete` (and delete the contents once no recipient is left) or
 //!    `defer` with the next due time, last error and notify count; then emit
-//!    the [`Event`].
+//!    the [`Event`]. When the outcome owes the sender a notification
+//!    ([`crate::notify::owes`]), the owed notice goes into the same store
+//!    write: `complete` then keeps the entry, finished, with its envelope
+//!    and contents, until the DSN layer discharges the notice
+//!    ([`DataStore::discharge`](ferrymail_spool::DataStore::discharge));
+//!    `defer` keeps the delay notice on the entry. A crash before the
+//!    notification is queued therefore loses nothing (see Restart).
 //!
 //! # Restart
 //!
@@ -32,6 +38,13 @@
 //! never contents; one envelope read per message for the recipient domains)
 //! and indexes what it finds while new mail already flows. Entries leased by
 //! this node before the restart count as free.
+//!
+//! An entry with a notice owed is handed to the DSN layer as the [`Event`]
+//! it recorded ([`Event::from_owed`], with the envelope and contents read
+//! back); one whose notice is final is not indexed (it is finished), one
+//! with a delay notice is indexed as usual. The notice may have been queued
+//! before the crash and not yet discharged: then the sender gets it twice
+//! (at least once, never lost).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +65,7 @@ use crate::core::{
     Target, TargetError,
 };
 use crate::event::{Event, EventKind};
+use crate::notify::owes;
 use crate::policy::{Attempt, Decision, Policy};
 
 /// How long a store operation that failed waits before the entry is tried
@@ -551,7 +565,16 @@ async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
         let Some(last) = page.last() else { break };
         after = Some(last.key);
         let mut batch = Vec::with_capacity(page.len());
-        for (id, entries) in by_message(page) {
+        for (id, mut entries) in by_message(page) {
+            if entries.iter().any(|e| e.notice.is_some()) {
+                if let Err(e) = hand_owed_notices(&sh, id, &entries).await {
+                    tracing::warn!(id = %id, error = %e, "queue: cannot read a message with notices owed during recovery; they are sent after the next start");
+                }
+                entries.retain(|e| !e.is_notice_owed());
+                if entries.is_empty() {
+                    continue;
+                }
+            }
             match with_domains(&sh, id, entries).await {
                 Ok(v) => batch.extend(v),
                 Err(e) => {
@@ -577,6 +600,34 @@ async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
         elapsed: start.elapsed(),
         error,
     });
+}
+
+/// Restart recovery of the notices a crash left owed: turns each entry's
+/// owed notice back into its [`Event`] (with the envelope and the contents
+/// read from the stores) and hands it to the DSN layer, which queues the
+/// notification and discharges the notice.
+async fn hand_owed_notices(
+    sh: &Shared,
+    id: MessageId,
+    entries: &[QueueEntry],
+) -> Result<(), StoreError> {
+    let Some(envelope) = sh.spool.data.envelope(id).await? else {
+        return Ok(());
+    };
+    let envelope = Arc::new(envelope);
+    let contents = sh.spool.blob.get(id).await?;
+    for e in entries {
+        if let Some(notice) = &e.notice {
+            tracing::info!(id = %id, rcpt = e.key.rcpt, action = notice.action(), "queue: a notice owed before the restart is sent now");
+            let _ = sh.events.send(Event::from_owed(
+                envelope.clone(),
+                e.key.rcpt,
+                notice,
+                contents.clone(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Newly accepted mail from receive: adds recipient domains and hands it to
@@ -647,9 +698,11 @@ async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>) {
         loop {
             let read = async {
                 let entries = sh.spool.data.entries(id).await?;
+                // A finished entry waiting for its notice counts as gone:
+                // the index must never schedule it again.
                 let wanted: Vec<QueueEntry> = entries
                     .into_iter()
-                    .filter(|e| keys.binary_search(&e.key).is_ok())
+                    .filter(|e| keys.binary_search(&e.key).is_ok() && !e.is_notice_owed())
                     .collect();
                 if wanted.is_empty() {
                     return Ok(Vec::new());
@@ -798,7 +851,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
             tracing::error!(id = %d.message, "queue: entries without an envelope; removing them");
             let mut next = Vec::new();
             for k in &claimed_keys {
-                if let Ok(r) = sh.spool.data.complete(node, *k).await {
+                if let Ok(r) = sh.spool.data.complete(node, *k, None).await {
                     if r.remaining == 0 && !(sh.spool.unified && r.contents_removed) {
                         let _ = sh.spool.blob.delete(d.message).await;
                     }
@@ -952,9 +1005,18 @@ async fn record(
             due: at + STORE_RETRY_MS,
         }
     };
-    let deferral = decision.deferral();
+    let mut deferral = decision.deferral();
+    // The notice this outcome owes, if any, goes into the same write.
+    let owed = |kind: &EventKind| {
+        owes(envelope, e.key.rcpt, kind).map(|_| event(kind.clone()).owed_notice())
+    };
     match decision {
-        Decision::Complete(kind) => match sh.spool.data.complete(node, e.key).await {
+        Decision::Complete(kind) => match sh
+            .spool
+            .data
+            .complete(node, e.key, owed(&kind).as_ref())
+            .await
+        {
             Ok(removal) => {
                 if removal.remaining == 0
                     && !(sh.spool.unified && removal.contents_removed)
@@ -970,9 +1032,10 @@ async fn record(
             Err(err) => store_failed("an outcome", err),
         },
         Decision::Defer { due, delayed, .. } => {
-            let Some(deferral) = deferral else {
+            let Some(mut deferral) = deferral.take() else {
                 return Next::Reload;
             };
+            deferral.notice = delayed.as_ref().and_then(owed);
             match sh.spool.data.defer(node, e.key, &deferral).await {
                 Ok(()) => {
                     tracing::debug!(

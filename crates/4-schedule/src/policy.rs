@@ -167,6 +167,8 @@ impl Decision {
                 due: *due,
                 last_error: last_error.clone(),
                 notify_count: *notify_count,
+                // The manager adds the delay notice owed, if any.
+                notice: None,
             }),
             Decision::Complete(_) => None,
         }

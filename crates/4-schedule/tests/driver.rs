@@ -609,7 +609,97 @@ async fn delay_notice_and_expiry_events() {
     );
     assert_eq!(ev.status(), "4.4.7");
     assert!(ev.attempt_at >= env.arrived + 600);
+    // The expiry owes a failure notice (NOTIFY=SUCCESS,FAILURE), recorded
+    // with it: the entry stays, finished, with the contents, until the DSN
+    // layer discharges the notice. (The delay owed nothing: no DELAY.)
+    let kept = r.store.entries(env.id).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].is_notice_owed());
+    assert_eq!(kept[0].notice, Some(ev.owed_notice()));
+    assert!(r.spool.blob.get(env.id).await.unwrap().is_some());
+    assert_eq!(
+        r.store.discharge(&[ev.discharge()]).await.unwrap(),
+        vec![env.id]
+    );
     assert!(r.store.entries(env.id).await.unwrap().is_empty());
-    assert_eq!(r.spool.blob.get(env.id).await.unwrap(), None);
+    m.stop().await;
+}
+
+/// Notices a crash left owed are handed to the DSN layer at start, as the
+/// events they recorded, with the envelope and contents read back: a
+/// finished recipient is never delivered again, and one with a delay notice
+/// owed is also scheduled as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owed_notices_are_handed_over_at_restart() {
+    use ferrymail_spool::conformance::sample_notice;
+    use ferrymail_spool::{Deferral, Lease};
+    let r = rig();
+    let t = Script::with_delay(Duration::ZERO);
+    let (env, entries) = message(60, 3);
+    accept(&r.spool, &env, &entries).await;
+    let node = NodeId(1);
+    let k = |rcpt| EntryKey {
+        message: env.id,
+        rcpt,
+    };
+    let now = now_millis();
+    // As a crashed node left them: rcpt 0 failed with its notice owed,
+    // rcpt 1 deferred (due now) with a delay notice owed, rcpt 2 untouched.
+    r.store
+        .claim_keys(node, &[k(0), k(1)], now, now + 60_000)
+        .await
+        .unwrap();
+    let failed = sample_notice(None, 1);
+    r.store.complete(node, k(0), Some(&failed)).await.unwrap();
+    let delayed = sample_notice(Some(1), 1);
+    r.store
+        .defer(
+            node,
+            k(1),
+            &Deferral {
+                due: now,
+                last_error: "452 full".into(),
+                notify_count: 1,
+                notice: Some(delayed.clone()),
+            },
+        )
+        .await
+        .unwrap();
+
+    let mut m = start(CONFIG, &r.spool, t.clone(), settings(1));
+    let mut got = HashMap::new();
+    while got.len() < 3 {
+        let ev = next_event(&mut m.running.events).await;
+        let action = ev.action();
+        got.insert((ev.rcpt, action), ev);
+    }
+    // The overdue retry of rcpt 1 is spread over the restart; start it now.
+    assert_eq!(m.running.handle.flush(None).await.unwrap(), 1);
+    let ev = next_event(&mut m.running.events).await;
+    got.insert((ev.rcpt, ev.action()), ev);
+    let ev = &got[&(0, "failed")];
+    assert_eq!(ev.owed_notice(), failed, "the recorded event, unchanged");
+    assert_eq!(*ev.envelope, env);
+    assert_eq!(
+        ev.contents.as_deref(),
+        Some(&b"Subject: t\r\n\r\nbody\r\n"[..])
+    );
+    assert_eq!(got[&(1, "delayed")].owed_notice(), delayed);
+    // rcpt 1 and 2 are delivered (their scripts are empty); rcpt 0 never.
+    assert!(got.contains_key(&(1, "delivered")), "{:?}", got.keys());
+    assert!(got.contains_key(&(2, "delivered")), "{:?}", got.keys());
+    assert_eq!(t.deliveries(env.id, 0), 0, "a finished recipient");
+    // What is left is the finished recipient, its lease free, until its
+    // notice is discharged. (rcpt 1's entry went with its delivery, which
+    // owed nothing: the next hop has DSN; see `DataStore::complete` on a
+    // delay notice its final outcome supersedes.)
+    let left = r.store.entries(env.id).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].key, k(0));
+    assert_eq!(left[0].lease, None::<Lease>);
+    assert_eq!(
+        r.store.discharge(&[ev.discharge()]).await.unwrap(),
+        vec![env.id]
+    );
     m.stop().await;
 }

@@ -31,13 +31,22 @@
 //! * **Keys are checked at start**: a `[signature.<id>]` whose key cannot
 //!   be used fails [`Reporter::new`], so the server does not start.
 //!
-//! # Not durable across a crash (known gap)
+//! # Notice owed: at least once across a crash
 //!
-//! The queue engine completes a recipient before it emits the event, and a
-//! notification is made durable only when its group closes (about a
-//! second later). A crash in between loses that notification; making it
-//! durable would need the store to keep "notification owed" records with
-//! the completion.
+//! A notification is made durable only when its group closes (about a
+//! second after the first event). It is not lost if the process dies
+//! before: the queue engine records the owed notice with the outcome, in
+//! the same store write (see [`ferrymail_schedule::notify::owes`]), keeps a
+//! finished recipient (and its envelope and contents) until the notice is
+//! discharged, and hands owed notices back as events at restart. The
+//! reporter discharges a group's notices
+//! ([`ferrymail_spool::DataStore::discharge`]) only after the
+//! notification is accepted into the spool (or when none is to be sent),
+//! and deletes the contents of messages left without entries. A crash
+//! between the accept and the discharge sends the notification again
+//! after the restart: a duplicate, never a loss. Not kept across a crash:
+//! the double-bounce copy to `report.dsn.double-bounce` (nothing is owed
+//! to the null sender).
 
 #![warn(missing_docs)]
 
@@ -233,9 +242,13 @@ impl Reporter {
         }
     }
 
-    /// Makes the notification of one closed group and queues it.
+    /// Makes the notification of one closed group, queues it, and then
+    /// discharges the notices it settles.
     async fn report(&self, batch: Batch, settings: &ReportSettings) {
         let Some(p) = self.prepare(&batch, now_millis()) else {
+            // Nothing to send (e.g. a double bounce without a postmaster
+            // copy): nothing stays owed either.
+            self.discharge(&batch).await;
             return;
         };
         let mut wait = Duration::from_secs(1);
@@ -259,6 +272,7 @@ impl Reporter {
                     // The queue engine may be gone at shutdown: the entry is
                     // durable and restart recovery schedules it.
                     let _ = self.queued.send(p.entries);
+                    self.discharge(&batch).await;
                     return;
                 }
                 Err(e) => {
@@ -268,7 +282,30 @@ impl Reporter {
                 }
             }
         }
-        tracing::error!(about = %p.about, kind = p.kind.as_str(), "report: notification lost: the spool refused it");
+        tracing::error!(about = %p.about, kind = p.kind.as_str(), "report: the spool refused a notification; it stays owed and is sent after the next start");
+    }
+
+    /// Settles the notices of a group whose notification is queued (or
+    /// that calls for none): finished recipients leave the store, and the
+    /// contents of a message left without entries are deleted. A failure
+    /// leaves them owed: the next start sends the notification again
+    /// rather than lose it.
+    async fn discharge(&self, batch: &Batch) {
+        let notices: Vec<_> = batch.events.iter().map(Event::discharge).collect();
+        match self.spool.data.discharge(&notices).await {
+            Ok(gone) => {
+                for id in gone {
+                    if let Err(e) = self.spool.blob.delete(id).await {
+                        tracing::warn!(id = %id, error = %e, "report: cannot delete the contents of a finished message");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                about = %batch.key.message,
+                error = %e,
+                "report: cannot discharge the notices of a queued notification; they are sent again after the next start"
+            ),
+        }
     }
 
     /// Composes, signs and routes the notification of one group; `None`

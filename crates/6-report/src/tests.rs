@@ -373,3 +373,82 @@ fn bad_keys_are_refused() {
     assert!(h.ends_with("\r\n"));
     assert!(s.sign("missing", b"x").is_none());
 }
+
+/// Once a notification is queued, the notices it settles are discharged:
+/// the finished recipients it reports on leave the store, and with the last
+/// of them the original's envelope and contents. A recipient still being
+/// delivered (no notice owed) keeps the message until then.
+#[tokio::test]
+async fn notices_are_discharged_once_the_notification_is_queued() {
+    use ferrymail_spool::{EntryKey, NodeId, Routing};
+    let cfg = config("");
+    let mut f = fixture(&cfg);
+    let env = original(
+        "sender@sender.test",
+        [Notify::Default, Notify::Default, Notify::Default],
+    );
+    let key = |rcpt| EntryKey {
+        message: env.id,
+        rcpt,
+    };
+    let entries: Vec<QueueEntry> = (0..3)
+        .map(|r| QueueEntry::new(key(r), Routing::default_with_weight(0), 0))
+        .collect();
+    f.spool
+        .accept(
+            &env,
+            &entries,
+            bytes::Bytes::from_static(b"Subject: hi\r\n\r\nx\r\n"),
+        )
+        .await
+        .unwrap();
+    // Recipients 0 and 1 failed, each with its failure notice owed, as the
+    // queue engine records them; recipient 2 is still queued.
+    let node = NodeId(7);
+    f.spool
+        .data
+        .claim_keys(node, &[key(0), key(1)], 0, 60_000)
+        .await
+        .unwrap();
+    let events = vec![event(&env, 0, failed()), event(&env, 1, failed())];
+    for e in &events {
+        let owed = e.owed_notice();
+        f.spool
+            .data
+            .complete(node, e.key(), Some(&owed))
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.spool.data.entries(env.id).await.unwrap().len(), 3);
+
+    let got = run(&mut f, events.clone()).await;
+    assert_eq!(got.len(), 1, "one notice");
+    let left = f.spool.data.entries(env.id).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.key).collect::<Vec<_>>(),
+        vec![key(2)],
+        "the reported recipients are discharged"
+    );
+    assert!(f.spool.blob.get(env.id).await.unwrap().is_some());
+
+    // When the last recipient's notice is discharged, the message goes,
+    // contents included (a second reporter run, as after a restart).
+    f.spool
+        .data
+        .claim_keys(node, &[key(2)], 0, 60_000)
+        .await
+        .unwrap();
+    let last = event(&env, 2, failed());
+    f.spool
+        .data
+        .complete(node, key(2), Some(&last.owed_notice()))
+        .await
+        .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    f.reporter =
+        Some(Reporter::new(&cfg, f.spool.clone(), Arc::new(IdGenerator::new(2)), tx).unwrap());
+    run(&mut f, vec![last]).await;
+    assert!(f.spool.data.entries(env.id).await.unwrap().is_empty());
+    assert_eq!(f.spool.data.envelope(env.id).await.unwrap(), None);
+    assert_eq!(f.spool.blob.get(env.id).await.unwrap(), None);
+}

@@ -40,6 +40,12 @@ pub struct RecipientView {
     /// Lease deadline, Unix milliseconds.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lease_until: Option<u64>,
+    /// The DSN action (`failed`, `delayed`, `delivered`, `relayed`) of a
+    /// notification owed about this recipient and not yet queued (RFC 3464
+    /// §2.3.3). With any action but `delayed` the recipient is finished
+    /// and is listed only until the notification is queued ("notice owed").
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub notice_owed: Option<String>,
 }
 
 /// One queued message with its remaining recipients.
@@ -117,6 +123,7 @@ impl MessageView {
                         last_error: e.last_error.clone(),
                         lease_owner: e.lease.map(|l| l.owner.0),
                         lease_until: e.lease.map(|l| l.until),
+                        notice_owed: e.notice.as_ref().map(|n| n.action().to_string()),
                     }
                 })
                 .collect(),

@@ -386,11 +386,12 @@ fn print_list(out: &mut impl Write, list: &MessageList) {
         for r in &m.recipients {
             let _ = writeln!(
                 out,
-                "    {:<40} {}/{}{} attempts={} due={}{}",
+                "    {:<40} {}/{}{}{} attempts={} due={}{}",
                 r.address,
                 r.queue,
                 r.lane,
                 if r.held { " HELD" } else { "" },
+                notice_marker(r),
                 r.attempts,
                 when(r.due),
                 r.last_error
@@ -443,6 +444,9 @@ fn print_message(out: &mut impl Write, m: &MessageView) {
             r.weight,
             when(r.due)
         );
+        if let Some(action) = &r.notice_owed {
+            let _ = writeln!(out, "    notice owed: {action} (not yet queued)");
+        }
         if !r.notify.is_empty() {
             let _ = writeln!(out, "    notify={}", r.notify.join(","));
         }
@@ -452,5 +456,17 @@ fn print_message(out: &mut impl Write, m: &MessageView) {
         if let Some(e) = &r.last_error {
             let _ = writeln!(out, "    last error: {e}");
         }
+    }
+}
+
+/// The state shown after a recipient's lane in `queue list`: a recipient
+/// whose final outcome is recorded and whose notification is not yet
+/// queued is ` NOTICE-OWED` (it is never attempted again); one with a delay
+/// notice not yet queued is ` DELAY-NOTICE-OWED` (still being attempted).
+fn notice_marker(r: &ferrymail_operate::view::RecipientView) -> &'static str {
+    match r.notice_owed.as_deref() {
+        None => "",
+        Some("delayed") => " DELAY-NOTICE-OWED",
+        Some(_) => " NOTICE-OWED",
     }
 }

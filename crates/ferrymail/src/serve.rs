@@ -302,7 +302,14 @@ async fn run(config: Config) -> Result<(), StartError> {
     );
     tokio::spawn(answer_etrn(etrn_rx, queue.handle.clone()));
     // The queue engine's per-recipient events become notifications.
-    let reporter = reporter.start(queue.events, ReportSettings::default());
+    let reporter = reporter.start(
+        queue.events,
+        ReportSettings {
+            quiet: config.report.dsn.batch_quiet,
+            max_hold: config.report.dsn.batch_max_hold,
+            ..ReportSettings::default()
+        },
+    );
     let control: Arc<dyn QueueControl> = Arc::new(Control(queue.handle.clone()));
 
     let s = &config.session;

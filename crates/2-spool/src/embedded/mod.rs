@@ -37,7 +37,7 @@
 //! * `ready`: lane (1 byte) ‖ eligible-at (8 bytes BE) ‖ entry key → empty. The
 //!   eligible-at time is the due time, or the lease deadline while leased, so a
 //!   claim is a range scan up to "now" that never meets a leased entry. Held
-//!   entries are not indexed at all.
+//!   entries and entries with a final notice owed are not indexed at all.
 
 mod engine;
 
@@ -82,10 +82,11 @@ enum Op {
         until: UnixMillis,
     },
     Renew(NodeId, Vec<EntryKey>, UnixMillis),
-    Complete(NodeId, EntryKey),
+    Complete(NodeId, EntryKey, Option<OwedNotice>),
     Defer(NodeId, EntryKey, Deferral),
     Admin(Vec<EntryKey>, AdminAction),
     Cancel(Vec<EntryKey>),
+    Discharge(Vec<Discharge>),
 }
 
 impl Op {
@@ -99,7 +100,10 @@ impl Op {
             | Op::ClaimKeys { .. }
             | Op::Renew(..)
             | Op::Complete(..)
-            | Op::Defer(..) => false,
+            | Op::Defer(..)
+            // After the notification itself was synced: losing a discharge
+            // to a machine crash only means the notice is sent again.
+            | Op::Discharge(..) => false,
         }
     }
 }
@@ -149,9 +153,10 @@ fn ready_key(lane: Lane, at: UnixMillis, key: EntryKey) -> [u8; 21] {
     k
 }
 
-/// When an entry can next be claimed, or `None` if never (held).
+/// When an entry can next be claimed, or `None` if never (held, or
+/// finished with a notice owed).
 fn eligible_at(e: &QueueEntry) -> Option<UnixMillis> {
-    if e.held {
+    if e.held || e.is_notice_owed() {
         return None;
     }
     Some(match e.lease {
@@ -339,7 +344,7 @@ impl<'a> Batch<'a> {
                     }
                     let Some(e) = self.entry(key)? else { continue };
                     let foreign_live = e.lease.is_some_and(|l| l.owner != owner && l.until > now);
-                    if e.held || foreign_live {
+                    if e.held || e.is_notice_owed() || foreign_live {
                         continue;
                     }
                     let mut n = e.clone();
@@ -361,12 +366,26 @@ impl<'a> Batch<'a> {
                 }
                 Ok(Outcome::Count(n))
             }
-            Op::Complete(owner, key) => {
+            Op::Complete(owner, key, notice) => {
                 let e = self.leased_entry(owner, key)?;
-                // Contents live in this store's blob table whenever it is
-                // the blob store; when it is not, the table is empty and the
-                // delete is a no-op, but the caller is not told they are gone.
-                self.remove_entry(&e, true).map(Outcome::Removed)
+                match notice.filter(OwedNotice::is_final) {
+                    // Contents live in this store's blob table whenever it
+                    // is the blob store; when it is not, the table is empty
+                    // and the delete is a no-op.
+                    None => self.remove_entry(&e, true).map(Outcome::Removed),
+                    Some(notice) => {
+                        let mut n = e.clone();
+                        n.lease = None;
+                        n.attempts += 1;
+                        n.notice = Some(notice);
+                        self.replace(Some(&e), Some(&n));
+                        let remaining = self.message_entry_keys(key.message)?.len();
+                        Ok(Outcome::Removed(Removal {
+                            remaining,
+                            contents_removed: false,
+                        }))
+                    }
+                }
             }
             Op::Defer(owner, key, d) => {
                 let e = self.leased_entry(owner, key)?;
@@ -377,6 +396,9 @@ impl<'a> Batch<'a> {
                 n.lease = None;
                 n.last_error = Some(d.last_error);
                 n.notify_count = d.notify_count;
+                if let Some(notice) = d.notice {
+                    n.notice = Some(notice);
+                }
                 self.replace(Some(&e), Some(&n));
                 Ok(Outcome::Done)
             }
@@ -401,6 +423,27 @@ impl<'a> Batch<'a> {
                     let Some(e) = self.entry(key)? else { continue };
                     if self.remove_entry(&e, false)?.remaining == 0 {
                         gone.push(key.message);
+                    }
+                }
+                Ok(Outcome::Gone(gone))
+            }
+            Op::Discharge(notices) => {
+                let mut gone = Vec::new();
+                for d in notices {
+                    let Some(e) = self.entry(d.key)? else {
+                        continue;
+                    };
+                    if e.notice.as_ref().map(OwedNotice::which) != Some(d.slot) {
+                        continue;
+                    }
+                    if e.is_notice_owed() {
+                        if self.remove_entry(&e, false)?.remaining == 0 {
+                            gone.push(d.key.message);
+                        }
+                    } else {
+                        let mut n = e.clone();
+                        n.notice = None;
+                        self.replace(Some(&e), Some(&n));
                     }
                 }
                 Ok(Outcome::Gone(gone))
@@ -568,8 +611,16 @@ impl DataStore for EmbeddedStore {
         }
     }
 
-    async fn complete(&self, owner: NodeId, key: EntryKey) -> Result<Removal, StoreError> {
-        match self.submit(Op::Complete(owner, key)).await? {
+    async fn complete(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        notice: Option<&OwedNotice>,
+    ) -> Result<Removal, StoreError> {
+        match self
+            .submit(Op::Complete(owner, key, notice.cloned()))
+            .await?
+        {
             Outcome::Removed(r) => Ok(r),
             _ => Err(unexpected()),
         }
@@ -583,6 +634,16 @@ impl DataStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         match self.submit(Op::Defer(owner, key, deferral.clone())).await? {
             Outcome::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn discharge(&self, notices: &[Discharge]) -> Result<Vec<MessageId>, StoreError> {
+        if notices.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.submit(Op::Discharge(notices.to_vec())).await? {
+            Outcome::Gone(v) => Ok(v),
             _ => Err(unexpected()),
         }
     }

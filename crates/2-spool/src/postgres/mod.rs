@@ -203,7 +203,21 @@ fn entry_from_row(r: &Row) -> Result<QueueEntry, StoreError> {
         },
         last_error: r.try_get(12).map_err(get)?,
         notify_count: r.try_get::<_, i32>(13).map_err(get)? as u32,
+        notice: r
+            .try_get::<_, Option<&[u8]>>(14)
+            .map_err(get)?
+            .map(|b| decode(b, "owed notice"))
+            .transpose()?,
     })
+}
+
+/// The `notice_slot` column of an owed notice (see migration 2): 0 for the
+/// final outcome's, the notify age for a delay notice.
+fn sql_slot(slot: NoticeSlot) -> i32 {
+    match slot {
+        NoticeSlot::Final => 0,
+        NoticeSlot::Delay { notify_num } => sql_u32(notify_num.max(1)),
+    }
 }
 
 /// Runs one operation on a pooled connection: `$c` names the connection in
@@ -296,7 +310,7 @@ impl PgStore {
             cols.push(e);
         }
         let c = &cols;
-        let base: [&(dyn ToSql + Sync); 16] = [
+        let base: [&(dyn ToSql + Sync); 18] = [
             &id,
             &record,
             &c.message,
@@ -313,6 +327,8 @@ impl PgStore {
             &c.lease_until,
             &c.last_error,
             &c.notify_count,
+            &c.notice,
+            &c.notice_slot,
         ];
         // Not retried: if a first run committed before its connection died,
         // a second one would be refused (the id exists) anyway.
@@ -348,6 +364,8 @@ struct EntryColumns<'a> {
     lease_until: Vec<Option<i64>>,
     last_error: Vec<Option<&'a str>>,
     notify_count: Vec<i32>,
+    notice: Vec<Option<Vec<u8>>>,
+    notice_slot: Vec<Option<i32>>,
 }
 
 impl<'a> EntryColumns<'a> {
@@ -367,6 +385,8 @@ impl<'a> EntryColumns<'a> {
             lease_until: Vec::with_capacity(n),
             last_error: Vec::with_capacity(n),
             notify_count: Vec::with_capacity(n),
+            notice: Vec::with_capacity(n),
+            notice_slot: Vec::with_capacity(n),
         }
     }
 
@@ -385,6 +405,9 @@ impl<'a> EntryColumns<'a> {
         self.lease_until.push(e.lease.map(|l| sql_time(l.until)));
         self.last_error.push(e.last_error.as_deref());
         self.notify_count.push(sql_u32(e.notify_count));
+        self.notice.push(e.notice.as_ref().map(encode));
+        self.notice_slot
+            .push(e.notice.as_ref().map(|n| sql_slot(n.which())));
     }
 }
 
@@ -532,8 +555,29 @@ impl DataStore for PgStore {
         Ok(n as usize)
     }
 
-    async fn complete(&self, owner: NodeId, key: EntryKey) -> Result<Removal, StoreError> {
+    async fn complete(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        notice: Option<&OwedNotice>,
+    ) -> Result<Removal, StoreError> {
         let (message, rcpt, owner_sql) = (sql_id(key.message), sql_u32(key.rcpt), sql_node(owner));
+        if let Some(notice) = notice.filter(|n| n.is_final()) {
+            let (record, slot) = (encode(notice), sql_slot(notice.which()));
+            let params: [&(dyn ToSql + Sync); 5] = [&message, &rcpt, &owner_sql, &record, &slot];
+            // Not retried: a second run would find the lease released (NotLeased).
+            let row = on_conn!(self, once, |c| c
+                .client
+                .query_opt(&c.st.complete_owing, &params))?;
+            let Some(row) = row else {
+                return Err(StoreError::NotLeased(key));
+            };
+            let left: i64 = row.try_get(0).map_err(|e| corrupt("complete", e))?;
+            return Ok(Removal {
+                remaining: usize::try_from(left).unwrap_or(0),
+                contents_removed: false,
+            });
+        }
         let params: [&(dyn ToSql + Sync); 3] = [&message, &rcpt, &owner_sql];
         // Not retried: a second run would find the entry gone (NotLeased) and
         // lose the count that says whether to delete the contents.
@@ -557,19 +601,42 @@ impl DataStore for PgStore {
         let (message, rcpt, owner_sql) = (sql_id(key.message), sql_u32(key.rcpt), sql_node(owner));
         let due = sql_time(deferral.due);
         let notify = sql_u32(deferral.notify_count);
-        let params: [&(dyn ToSql + Sync); 6] = [
+        let notice = deferral.notice.as_ref().map(encode);
+        let slot = deferral.notice.as_ref().map(|n| sql_slot(n.which()));
+        let params: [&(dyn ToSql + Sync); 8] = [
             &message,
             &rcpt,
             &owner_sql,
             &due,
             &deferral.last_error,
             &notify,
+            &notice,
+            &slot,
         ];
         // Not retried: a second run would find the lease released (NotLeased).
         match on_conn!(self, once, |c| c.client.execute(&c.st.defer, &params))? {
             0 => Err(StoreError::NotLeased(key)),
             _ => Ok(()),
         }
+    }
+
+    async fn discharge(&self, notices: &[Discharge]) -> Result<Vec<MessageId>, StoreError> {
+        if notices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<EntryKey> = notices.iter().map(|d| d.key).collect();
+        let (messages, rcpts) = key_arrays(&keys);
+        let slots: Vec<i32> = notices.iter().map(|d| sql_slot(d.slot)).collect();
+        let params: [&(dyn ToSql + Sync); 3] = [&messages, &rcpts, &slots];
+        // Not retried: a second run would not report the emptied messages.
+        let rows = on_conn!(self, once, |c| c.client.query(&c.st.discharge, &params))?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<_, i64>(0)
+                    .map(id_from_sql)
+                    .map_err(|e| corrupt("discharge", e))
+            })
+            .collect()
     }
 
     async fn envelope(&self, id: MessageId) -> Result<Option<Envelope>, StoreError> {

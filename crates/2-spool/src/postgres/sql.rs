@@ -17,12 +17,13 @@ use crate::store::StoreError;
 
 /// The columns of an entry row, in the order `super::entry_from_row` reads.
 pub const ENTRY_COLS: &str = "e.message, e.rcpt, e.queue, e.schedule, e.route, e.lane, e.held, \
-     e.due, e.attempts, e.weight, e.lease_owner, e.lease_until, e.last_error, e.notify_count";
+     e.due, e.attempts, e.weight, e.lease_owner, e.lease_until, e.last_error, e.notify_count, \
+     e.notice";
 
 /// How many columns [`ENTRY_COLS`] names.
-pub const ENTRY_COL_COUNT: usize = 14;
+pub const ENTRY_COL_COUNT: usize = 15;
 
-/// Envelope ($1 id, $2 record) and entries ($3..$16, one array per column).
+/// Envelope ($1 id, $2 record) and entries ($3..$18, one array per column).
 ///
 /// Plain inserts: a message id that exists already is refused (a unique
 /// violation, so the statement fails whole), never overwritten. Ids are
@@ -31,20 +32,22 @@ pub const ENTRY_COL_COUNT: usize = 14;
 /// replace another node's message, refusing costs the client a 4xx.
 const INSERT_ENTRIES: &str = "
 INSERT INTO entry (message, rcpt, queue, schedule, route, lane, held, due,
-                   attempts, weight, lease_owner, lease_until, last_error, notify_count)
+                   attempts, weight, lease_owner, lease_until, last_error, notify_count,
+                   notice, notice_slot)
 SELECT * FROM unnest($3::bigint[], $4::integer[], $5::text[], $6::text[], $7::text[],
                      $8::smallint[], $9::boolean[], $10::bigint[], $11::integer[],
-                     $12::integer[], $13::bigint[], $14::bigint[], $15::text[], $16::integer[])";
+                     $12::integer[], $13::bigint[], $14::bigint[], $15::text[], $16::integer[],
+                     $17::bytea[], $18::integer[])";
 
 const INSERT_ENVELOPE: &str = "
 env AS (
     INSERT INTO envelope (message, record) VALUES ($1::bigint, $2::bytea)
 )";
 
-/// The contents ($17) in the same statement, hence the same commit.
+/// The contents ($19) in the same statement, hence the same commit.
 const INSERT_CONTENTS: &str = "
 contents AS (
-    INSERT INTO blob (message, contents) VALUES ($1::bigint, $17::bytea)
+    INSERT INTO blob (message, contents) VALUES ($1::bigint, $19::bytea)
 )";
 
 /// Due-order claim: $1 owner, $2 lane, $3 now, $4 queue or NULL, $5 limit,
@@ -71,7 +74,8 @@ RETURNING ENTRY_COLS, picked.eligible_at";
 /// Claim by key: $1 owner, $2/$3 keys, $4 now, $5 lease deadline.
 const CLAIM_KEYS: &str = "
 WITH picked AS (
-    -- Lease rule: any lane, any due time; never a held entry nor one under
+    -- Lease rule: any lane, any due time; never a held entry, one finished
+    -- with its notice owed (notice_slot 0), nor one under
     -- another node's live lease (lease_until > now). A lease $1 already holds,
     -- live or from before a restart, is taken over and extended. SKIP LOCKED:
     -- a row another transaction is changing right now is busy and simply not
@@ -79,7 +83,7 @@ WITH picked AS (
     -- never wait for each other, and exactly one of them gets it.
     SELECT e.message, e.rcpt FROM entry e
      WHERE (e.message, e.rcpt) IN (SELECT * FROM unnest($2::bigint[], $3::integer[]))
-       AND NOT e.held
+       AND NOT e.held AND e.notice_slot IS DISTINCT FROM 0
        AND (e.lease_owner IS NULL OR e.lease_owner = $1::bigint OR e.lease_until <= $4::bigint)
      FOR UPDATE SKIP LOCKED
 )
@@ -107,12 +111,31 @@ UPDATE entry e SET lease_until = $4::bigint
 /// $1 message, $2 rcpt, $3 owner; -1 when not leased by $3 (see migration 1).
 const COMPLETE: &str = "SELECT ferrymail_complete($1::bigint, $2::integer, $3::bigint)";
 
-/// $1 message, $2 rcpt, $3 owner, $4 next due, $5 last error, $6 notify count.
+/// $1 message, $2 rcpt, $3 owner, $4 notice record, $5 notice slot (0,
+/// final). One row with the entries the message has (this one included)
+/// when $3 held the lease, none otherwise.
+const COMPLETE_OWING: &str = "
+WITH done AS (
+    -- Lease rule: only the owner records the outcome, and doing so releases
+    -- the lease. The entry stays, finished, until its notice is discharged;
+    -- the count's snapshot is from before the update, which did not change
+    -- how many entries there are.
+    UPDATE entry SET lease_owner = NULL, lease_until = NULL, attempts = attempts + 1,
+           notice = $4::bytea, notice_slot = $5::integer
+     WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint
+    RETURNING message
+)
+SELECT (SELECT count(*) FROM entry WHERE message = $1::bigint) FROM done";
+
+/// $1 message, $2 rcpt, $3 owner, $4 next due, $5 last error, $6 notify
+/// count, $7/$8 the delay notice owed and its slot (NULL: keep what is there).
 const DEFER: &str = "
 -- Lease rule: only the owner records the outcome, and doing so releases the lease.
 UPDATE entry SET lane = 1, due = $4::bigint, attempts = attempts + 1,
        lease_owner = NULL, lease_until = NULL,
-       last_error = $5::text, notify_count = $6::integer
+       last_error = $5::text, notify_count = $6::integer,
+       notice = coalesce($7::bytea, notice),
+       notice_slot = coalesce($8::integer, notice_slot)
  WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint";
 
 const ENVELOPE: &str = "SELECT record FROM envelope WHERE message = $1::bigint";
@@ -148,6 +171,12 @@ const CANCEL: &str = "
 SELECT m FROM ferrymail_cancel($1::bigint[], $2::integer[]) WITH ORDINALITY AS t (m, n)
  ORDER BY n";
 
+/// $1/$2 keys, $3 slots; the emptied messages in the order they emptied.
+const DISCHARGE: &str = "
+SELECT m FROM ferrymail_discharge($1::bigint[], $2::integer[], $3::integer[])
+    WITH ORDINALITY AS t (m, n)
+ ORDER BY n";
+
 /// A plain insert, refused if the id exists, for the reason given at
 /// [`INSERT_ENTRIES`].
 const BLOB_PUT: &str = "INSERT INTO blob (message, contents) VALUES ($1::bigint, $2::bytea)";
@@ -170,6 +199,8 @@ pub struct Statements {
     pub renew: Statement,
     /// [`crate::DataStore::complete`].
     pub complete: Statement,
+    /// [`crate::DataStore::complete`] with a notice owed.
+    pub complete_owing: Statement,
     /// [`crate::DataStore::defer`].
     pub defer: Statement,
     /// [`crate::DataStore::envelope`].
@@ -182,6 +213,8 @@ pub struct Statements {
     pub admin: Statement,
     /// [`crate::DataStore::cancel`].
     pub cancel: Statement,
+    /// [`crate::DataStore::discharge`].
+    pub discharge: Statement,
     /// [`crate::BlobStore::put`].
     pub blob_put: Statement,
     /// [`crate::BlobStore::get`].
@@ -207,12 +240,14 @@ impl Statements {
             p(&claim_keys),
             p(RENEW),
             p(COMPLETE),
+            p(COMPLETE_OWING),
             p(DEFER),
             p(ENVELOPE),
             p(&entries),
             p(&scan),
             p(ADMIN),
             p(CANCEL),
+            p(DISCHARGE),
             p(BLOB_PUT),
             p(BLOB_GET),
             p(BLOB_DELETE),
@@ -225,15 +260,17 @@ impl Statements {
             claim_keys: r.3,
             renew: r.4,
             complete: r.5,
-            defer: r.6,
-            envelope: r.7,
-            entries: r.8,
-            scan: r.9,
-            admin: r.10,
-            cancel: r.11,
-            blob_put: r.12,
-            blob_get: r.13,
-            blob_delete: r.14,
+            complete_owing: r.6,
+            defer: r.7,
+            envelope: r.8,
+            entries: r.9,
+            scan: r.10,
+            admin: r.11,
+            cancel: r.12,
+            discharge: r.13,
+            blob_put: r.14,
+            blob_get: r.15,
+            blob_delete: r.16,
         })
     }
 }

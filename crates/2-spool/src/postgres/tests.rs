@@ -195,6 +195,83 @@ async fn migrations_are_versioned_and_idempotent() {
     assert_eq!(versions, expected);
 }
 
+/// A database the previous release made (schema version 1, version-1
+/// envelope records) is migrated with its queue: the entry reads back with
+/// no notice owed, is still claimable, and can then be completed with a
+/// notice owed and discharged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_database_upgrades_with_its_queue() {
+    let schema = Schema::new().await;
+    let env = sample_envelope(9, 1);
+    let old = admin().await;
+    old.batch_execute(&format!(
+        "SET search_path TO {s};
+         CREATE TABLE schema_version (
+             version integer PRIMARY KEY, name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now());
+         {m1}
+         INSERT INTO schema_version (version, name) VALUES (1, 'release 1');",
+        s = schema.name,
+        m1 = schema::MIGRATIONS[0].sql
+    ))
+    .await
+    .unwrap();
+    let record = crate::codec::encode_as(1, &env);
+    old.execute(
+        "INSERT INTO envelope (message, record) VALUES ($1, $2)",
+        &[&sql_id(env.id), &record],
+    )
+    .await
+    .unwrap();
+    old.execute(
+        "INSERT INTO entry (message, rcpt, queue, schedule, route, lane, held, due,
+                            attempts, weight, last_error, notify_count)
+         VALUES ($1, 0, 'q', 'default', 'mx', 1, false, 5, 2, 0, '451 later', 0)",
+        &[&sql_id(env.id)],
+    )
+    .await
+    .unwrap();
+
+    let s = schema.open(2).await;
+    assert_eq!(s.envelope(env.id).await.unwrap(), Some(env.clone()));
+    let e = s.entries(env.id).await.unwrap().remove(0);
+    assert_eq!((e.attempts, e.notice.clone()), (2, None));
+    let key = e.key;
+    let got = s
+        .claim(&Claim {
+            owner: NodeId(1),
+            queue: None,
+            lane: Lane::Deferred,
+            now: 10,
+            lease_until: 1_000,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "still claimable after the migration");
+    let notice = crate::conformance::sample_notice(None, 3);
+    assert_eq!(
+        s.complete(NodeId(1), key, Some(&notice))
+            .await
+            .unwrap()
+            .remaining,
+        1
+    );
+    assert_eq!(
+        s.entries(env.id).await.unwrap()[0].notice.as_ref(),
+        Some(&notice)
+    );
+    assert_eq!(
+        s.discharge(&[Discharge {
+            key,
+            slot: NoticeSlot::Final
+        }])
+        .await
+        .unwrap(),
+        vec![env.id]
+    );
+}
+
 /// Nodes starting together migrate once between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_opens_migrate_once() {

@@ -536,3 +536,79 @@ pub fn assert_bounce_queue(server: &Server, about: &str) {
         delivered.join("\n")
     );
 }
+
+/// `[report.dsn]` keys that keep every notification waiting (an hour) for
+/// more events: a crash scenario's window between "the outcome is
+/// recorded" and "the notification is queued", made as wide as a test
+/// needs it.
+pub const HOLD_NOTICES: &str = "batch-quiet = \"1h\"\nbatch-max-hold = \"1h\"";
+
+/// Waits (at most `limit`) until `queue list --json` shows recipient
+/// `address` of message `id` with a notification owed of DSN action
+/// `action` (`failed`, `delayed`, ...) and returns the message's JSON.
+pub fn wait_notice_owed(
+    server: &Server,
+    id: &str,
+    address: &str,
+    action: &str,
+    limit: Duration,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let list = server.queue_json();
+        let message = list["messages"]
+            .as_array()
+            .expect("messages array")
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned();
+        if let Some(m) = &message
+            && m["recipients"]
+                .as_array()
+                .expect("recipients array")
+                .iter()
+                .any(|r| r["address"] == address && r["notice_owed"] == action)
+        {
+            return m.clone();
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{address} of {id} never showed a '{action}' notice owed within {limit:?}; last: {}\n--- server log:\n{}",
+                serde_json::to_string_pretty(&message).unwrap(),
+                server.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (at most `limit`) until `queue list --json` satisfies `done`.
+pub fn wait_queue(server: &Server, limit: Duration, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let list = server.queue_json();
+        if done(&list) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "the queue never showed {what} within {limit:?}: {}",
+                serde_json::to_string_pretty(&list).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Restarts a server killed with `kill -9` on the same data directory and
+/// ports, with configuration `extra` (the scenario's, usually without
+/// [`HOLD_NOTICES`]).
+pub fn restart_with(server: &mut Server, extra: &str) {
+    let dir = server.dir.path().to_path_buf();
+    std::fs::write(
+        &server.config,
+        crate::common::base_config(&dir, server.smtp.port(), server.mgmt.port(), extra),
+    )
+    .unwrap();
+    server.spawn();
+}
