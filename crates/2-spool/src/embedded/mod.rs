@@ -550,6 +550,30 @@ impl DataStore for EmbeddedStore {
             _ => Err(unexpected()),
         }
     }
+
+    // The embedded store belongs to one node (its files are locked by one
+    // process), so there is no cluster: no registry, no feed, nobody to
+    // tell about a flush.
+
+    async fn register_node(&self, _name: &str, _node: NodeId) -> Result<Option<u16>, StoreError> {
+        Ok(None)
+    }
+
+    async fn feed_start(&self) -> Result<Option<FeedCursor>, StoreError> {
+        Ok(None)
+    }
+
+    async fn feed_read(
+        &self,
+        _cursor: &mut FeedCursor,
+        _limit: usize,
+    ) -> Result<FeedBatch, StoreError> {
+        Ok(FeedBatch::default())
+    }
+
+    async fn announce_expedite(&self, _argument: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[async_trait]

@@ -49,6 +49,7 @@
 //! itself. An idempotent operation that finds its idle connection was closed
 //! while idle (the restart happened in between) runs once more on a new one.
 
+pub mod feed;
 pub mod pool;
 pub mod schema;
 pub mod sql;
@@ -87,6 +88,12 @@ pub struct PgOptions {
 /// The PostgreSQL data and blob store.
 pub struct PgStore {
     pool: Pool,
+    /// This node once registered ([`DataStore::register_node`]): written
+    /// into every change-feed row this store object adds, so the node's own
+    /// feed skips them. `None` before (tests, tools): rows name no node.
+    node: std::sync::RwLock<Option<i64>>,
+    /// Pruning of the change feed and the registry heartbeat.
+    upkeep: std::sync::Mutex<feed::Upkeep>,
 }
 
 /// A database error as a [`StoreError`], with the server's message when
@@ -279,7 +286,16 @@ impl PgStore {
             schema_version = schema::latest(),
             "PostgreSQL store open"
         );
-        Ok(Arc::new(PgStore { pool }))
+        Ok(Arc::new(PgStore {
+            pool,
+            node: std::sync::RwLock::new(None),
+            upkeep: std::sync::Mutex::new(feed::Upkeep::default()),
+        }))
+    }
+
+    /// The node change-feed rows are attributed to.
+    fn node_sql(&self) -> Option<i64> {
+        *self.node.read().expect("node lock")
     }
 
     async fn insert_impl(
@@ -296,7 +312,8 @@ impl PgStore {
             cols.push(e);
         }
         let c = &cols;
-        let base: [&(dyn ToSql + Sync); 16] = [
+        let node = self.node_sql();
+        let base: [&(dyn ToSql + Sync); 17] = [
             &id,
             &record,
             &c.message,
@@ -313,6 +330,7 @@ impl PgStore {
             &c.lease_until,
             &c.last_error,
             &c.notify_count,
+            &node,
         ];
         // Not retried: if a first run committed before its connection died,
         // a second one would be refused (the id exists) anyway.
@@ -563,7 +581,8 @@ impl DataStore for PgStore {
             &notify,
         ];
         // Not retried: a second run would find the lease released (NotLeased).
-        match on_conn!(self, once, |c| c.client.execute(&c.st.defer, &params))? {
+        let row = on_conn!(self, once, |c| c.client.query_one(&c.st.defer, &params))?;
+        match row.try_get::<_, i64>(0).map_err(|e| corrupt("defer", e))? {
             0 => Err(StoreError::NotLeased(key)),
             _ => Ok(()),
         }
@@ -611,9 +630,12 @@ impl DataStore for PgStore {
             AdminAction::Release => (1, 0),
             AdminAction::Retry { now } => (2, sql_time(now)),
         };
-        let params: [&(dyn ToSql + Sync); 4] = [&messages, &rcpts, &code, &now];
-        // Idempotent: setting the same flag or due time twice.
-        let n = on_conn!(self, retry, |c| c.client.execute(&c.st.admin, &params))?;
+        let node = self.node_sql();
+        let params: [&(dyn ToSql + Sync); 5] = [&messages, &rcpts, &code, &now, &node];
+        // Idempotent: setting the same flag or due time twice (the feed
+        // then says twice that the message changed, which is harmless).
+        let row = on_conn!(self, retry, |c| c.client.query_one(&c.st.admin, &params))?;
+        let n: i64 = row.try_get(0).map_err(|e| corrupt("admin", e))?;
         Ok(n as usize)
     }
 
@@ -622,7 +644,8 @@ impl DataStore for PgStore {
             return Ok(Vec::new());
         }
         let (messages, rcpts) = key_arrays(keys);
-        let params: [&(dyn ToSql + Sync); 2] = [&messages, &rcpts];
+        let node = self.node_sql();
+        let params: [&(dyn ToSql + Sync); 3] = [&messages, &rcpts, &node];
         // Not retried: a second run would not report the emptied messages.
         let rows = on_conn!(self, once, |c| c.client.query(&c.st.cancel, &params))?;
         rows.iter()
@@ -632,6 +655,57 @@ impl DataStore for PgStore {
                     .map_err(|e| corrupt("cancel", e))
             })
             .collect()
+    }
+
+    async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError> {
+        let id = sql_node(node);
+        let row = on_conn!(self, retry, |c| c
+            .client
+            .query_one(&c.st.register, &[&name, &id]))?;
+        let tag: i32 = row
+            .try_get(0)
+            .map_err(|e| corrupt("node registration", e))?;
+        match tag {
+            -1 => Err(StoreError::Engine(
+                "all 1024 node tags are taken by nodes seen in the last 7 days; remove rows of retired nodes from the `node` table".into(),
+            )),
+            -2 => Err(StoreError::Engine(format!(
+                "node '{name}' cannot register: its node id (a hash of the name) is registered under another name; choose another server.node-id"
+            ))),
+            t => {
+                *self.node.write().expect("node lock") = Some(id);
+                *self.upkeep.lock().expect("upkeep lock") = feed::Upkeep::default();
+                Ok(Some(t as u16))
+            }
+        }
+    }
+
+    async fn feed_start(&self) -> Result<Option<FeedCursor>, StoreError> {
+        let row = on_conn!(self, retry, |c| c
+            .client
+            .query_one(&c.st.feed_snapshot, &[]))?;
+        let low: String = row.try_get(0).map_err(|e| corrupt("snapshot", e))?;
+        Ok(Some(FeedCursor {
+            low,
+            high: None,
+            after: 0,
+        }))
+    }
+
+    async fn feed_read(
+        &self,
+        cursor: &mut FeedCursor,
+        limit: usize,
+    ) -> Result<FeedBatch, StoreError> {
+        feed::read(self, cursor, limit).await
+    }
+
+    async fn announce_expedite(&self, argument: &str) -> Result<(), StoreError> {
+        let node = self.node_sql();
+        on_conn!(self, once, |c| c
+            .client
+            .execute(&c.st.announce, &[&node, &argument]))?;
+        Ok(())
     }
 }
 

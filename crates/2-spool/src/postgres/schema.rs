@@ -26,11 +26,18 @@ pub struct Migration {
 
 /// Every migration this release knows, in order. The last one's version is
 /// the schema version this release writes.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "queue tables, claim index, complete and cancel",
-    sql: include_str!("migrations/0001_queue.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "queue tables, claim index, complete and cancel",
+        sql: include_str!("migrations/0001_queue.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "change feed and node registry",
+        sql: include_str!("migrations/0002_cluster.sql"),
+    },
+];
 
 /// The schema version this release expects.
 pub fn latest() -> i32 {

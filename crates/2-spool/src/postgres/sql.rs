@@ -22,7 +22,8 @@ pub const ENTRY_COLS: &str = "e.message, e.rcpt, e.queue, e.schedule, e.route, e
 /// How many columns [`ENTRY_COLS`] names.
 pub const ENTRY_COL_COUNT: usize = 14;
 
-/// Envelope ($1 id, $2 record) and entries ($3..$16, one array per column).
+/// Envelope ($1 id, $2 record) and entries ($3..$16, one array per column);
+/// $17 is the writing node (for the change feed), $18 the contents if any.
 ///
 /// Plain inserts: a message id that exists already is refused (a unique
 /// violation, so the statement fails whole), never overwritten. Ids are
@@ -41,10 +42,16 @@ env AS (
     INSERT INTO envelope (message, record) VALUES ($1::bigint, $2::bytea)
 )";
 
-/// The contents ($17) in the same statement, hence the same commit.
+/// The contents ($18) in the same statement, hence the same commit.
 const INSERT_CONTENTS: &str = "
 contents AS (
-    INSERT INTO blob (message, contents) VALUES ($1::bigint, $17::bytea)
+    INSERT INTO blob (message, contents) VALUES ($1::bigint, $18::bytea)
+)";
+
+/// The change-feed row of an insert: $17 is the writing node.
+const INSERT_CHANGE: &str = "
+change_row AS (
+    INSERT INTO change (node, message) VALUES ($17::bigint, $1::bigint)
 )";
 
 /// Due-order claim: $1 owner, $2 lane, $3 now, $4 queue or NULL, $5 limit,
@@ -107,13 +114,20 @@ UPDATE entry e SET lease_until = $4::bigint
 /// $1 message, $2 rcpt, $3 owner; -1 when not leased by $3 (see migration 1).
 const COMPLETE: &str = "SELECT ferrymail_complete($1::bigint, $2::integer, $3::bigint)";
 
-/// $1 message, $2 rcpt, $3 owner, $4 next due, $5 last error, $6 notify count.
+/// $1 message, $2 rcpt, $3 owner, $4 next due, $5 last error, $6 notify
+/// count. Returns how many entries it deferred (0 or 1).
 const DEFER: &str = "
--- Lease rule: only the owner records the outcome, and doing so releases the lease.
-UPDATE entry SET lane = 1, due = $4::bigint, attempts = attempts + 1,
-       lease_owner = NULL, lease_until = NULL,
-       last_error = $5::text, notify_count = $6::integer
- WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint";
+WITH deferred AS (
+    -- Lease rule: only the owner records the outcome, and doing so releases the lease.
+    UPDATE entry SET lane = 1, due = $4::bigint, attempts = attempts + 1,
+           lease_owner = NULL, lease_until = NULL,
+           last_error = $5::text, notify_count = $6::integer
+     WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint
+    RETURNING message
+), change_row AS (
+    INSERT INTO change (node, message) SELECT $3::bigint, message FROM deferred
+)
+SELECT count(*) FROM deferred";
 
 const ENVELOPE: &str = "SELECT record FROM envelope WHERE message = $1::bigint";
 
@@ -126,7 +140,9 @@ SELECT ENTRY_COLS FROM entry e
  ORDER BY e.message, e.rcpt
  LIMIT $3::bigint";
 
-/// $1/$2 keys, $3 action (0 hold, 1 release, 2 retry), $4 "now" of a retry.
+/// $1/$2 keys, $3 action (0 hold, 1 release, 2 retry), $4 "now" of a
+/// retry, $5 the node acting (NULL if unknown). Returns how many entries it
+/// changed.
 const ADMIN: &str = "
 WITH target AS (
     -- Operator actions ignore leases: an attempt in flight finishes and its
@@ -136,17 +152,54 @@ WITH target AS (
         ON e.message = k.message AND e.rcpt = k.rcpt
      ORDER BY e.message, e.rcpt
      FOR UPDATE OF e
+), changed AS (
+    UPDATE entry e SET
+        held = CASE $3::smallint WHEN 0 THEN true WHEN 1 THEN false ELSE e.held END,
+        due = CASE WHEN $3::smallint = 2 THEN $4::bigint ELSE e.due END
+      FROM target
+     WHERE e.message = target.message AND e.rcpt = target.rcpt
+    RETURNING e.message
+), change_row AS (
+    INSERT INTO change (node, message) SELECT DISTINCT $5::bigint, message FROM changed
 )
-UPDATE entry e SET
-    held = CASE $3::smallint WHEN 0 THEN true WHEN 1 THEN false ELSE e.held END,
-    due = CASE WHEN $3::smallint = 2 THEN $4::bigint ELSE e.due END
-  FROM target
- WHERE e.message = target.message AND e.rcpt = target.rcpt";
+SELECT count(*) FROM changed";
 
-/// $1/$2 keys; the emptied messages in the order they emptied.
+/// $1/$2 keys, $3 the node acting (NULL if unknown); the emptied messages
+/// in the order they emptied.
 const CANCEL: &str = "
-SELECT m FROM ferrymail_cancel($1::bigint[], $2::integer[]) WITH ORDINALITY AS t (m, n)
+SELECT m FROM ferrymail_cancel($1::bigint[], $2::integer[], $3::bigint) WITH ORDINALITY AS t (m, n)
  ORDER BY n";
+
+/// The feed's high-water mark: the snapshot a read reads up to.
+const FEED_SNAPSHOT: &str = "SELECT pg_current_snapshot()::text";
+
+/// One page of change rows: committed after snapshot $1 (not visible in
+/// it) and by snapshot $2 (visible in it), after row $3, not written by
+/// node $4, at most $5. See `super::feed` for why snapshots and not `seq`.
+const FEED_PAGE: &str = "
+SELECT seq, message, expedite FROM change
+ WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+   AND xid <  pg_snapshot_xmax($2::text::pg_snapshot)
+   AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+   AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
+   AND seq > $3::bigint
+   AND node IS DISTINCT FROM $4::bigint
+ ORDER BY seq
+ LIMIT $5::bigint";
+
+/// The entries of messages $1, as they are now.
+const FEED_ENTRIES: &str = "
+SELECT ENTRY_COLS FROM entry e WHERE e.message = ANY ($1::bigint[]) ORDER BY e.message, e.rcpt";
+
+/// The envelopes of messages $1 (for their recipients' domains).
+const FEED_ENVELOPES: &str =
+    "SELECT message, record FROM envelope WHERE message = ANY ($1::bigint[])";
+
+/// $1 the node, $2 the ETRN/flush argument.
+const ANNOUNCE: &str = "INSERT INTO change (node, expedite) VALUES ($1::bigint, $2::text)";
+
+/// $1 name, $2 node id; see migration 2.
+const REGISTER: &str = "SELECT ferrymail_register($1::text, $2::bigint)";
 
 /// A plain insert, refused if the id exists, for the reason given at
 /// [`INSERT_ENTRIES`].
@@ -188,17 +241,34 @@ pub struct Statements {
     pub blob_get: Statement,
     /// [`crate::BlobStore::delete`].
     pub blob_delete: Statement,
+    /// [`crate::DataStore::feed_read`]: the snapshot to read up to.
+    pub feed_snapshot: Statement,
+    /// [`crate::DataStore::feed_read`]: one page of change rows.
+    pub feed_page: Statement,
+    /// [`crate::DataStore::feed_read`]: the changed messages' entries.
+    pub feed_entries: Statement,
+    /// [`crate::DataStore::feed_read`]: their envelopes.
+    pub feed_envelopes: Statement,
+    /// [`crate::DataStore::announce_expedite`].
+    pub announce: Statement,
+    /// [`crate::DataStore::register_node`].
+    pub register: Statement,
 }
 
 impl Statements {
     /// Prepares every statement on `client`, all in one pipelined exchange.
     pub async fn prepare(client: &Client) -> Result<Statements, StoreError> {
         let cols = |s: &str| s.replace("ENTRY_COLS", ENTRY_COLS);
-        let insert = format!("WITH {INSERT_ENVELOPE} {INSERT_ENTRIES}");
+        let insert = format!("WITH {INSERT_ENVELOPE}, {INSERT_CHANGE} {INSERT_ENTRIES}");
         let insert_with_contents =
-            format!("WITH {INSERT_ENVELOPE}, {INSERT_CONTENTS} {INSERT_ENTRIES}");
-        let (claim, claim_keys, entries, scan) =
-            (cols(CLAIM), cols(CLAIM_KEYS), cols(ENTRIES), cols(SCAN));
+            format!("WITH {INSERT_ENVELOPE}, {INSERT_CHANGE}, {INSERT_CONTENTS} {INSERT_ENTRIES}");
+        let (claim, claim_keys, entries, scan, feed_entries) = (
+            cols(CLAIM),
+            cols(CLAIM_KEYS),
+            cols(ENTRIES),
+            cols(SCAN),
+            cols(FEED_ENTRIES),
+        );
         let p = |sql| client.prepare(sql);
         let r = tokio::try_join!(
             p(&insert),
@@ -218,6 +288,15 @@ impl Statements {
             p(BLOB_DELETE),
         )
         .map_err(super::pg_error)?;
+        let f = tokio::try_join!(
+            p(FEED_SNAPSHOT),
+            p(FEED_PAGE),
+            p(&feed_entries),
+            p(FEED_ENVELOPES),
+            p(ANNOUNCE),
+            p(REGISTER),
+        )
+        .map_err(super::pg_error)?;
         Ok(Statements {
             insert: r.0,
             insert_with_contents: r.1,
@@ -234,6 +313,12 @@ impl Statements {
             blob_put: r.12,
             blob_get: r.13,
             blob_delete: r.14,
+            feed_snapshot: f.0,
+            feed_page: f.1,
+            feed_entries: f.2,
+            feed_envelopes: f.3,
+            announce: f.4,
+            register: f.5,
         })
     }
 }

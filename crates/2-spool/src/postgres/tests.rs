@@ -615,3 +615,225 @@ fn sslrootcert_is_taken_out_of_the_url() {
         ("postgresql://u@h/db".to_string(), None)
     );
 }
+
+// ---------------------------------------------------------------- cluster
+
+/// Message ids and the entry keys of a feed batch, for comparisons.
+fn fed(batch: &FeedBatch) -> Vec<(MessageId, Vec<u32>)> {
+    batch
+        .messages
+        .iter()
+        .map(|(id, es)| (*id, es.iter().map(|(e, _)| e.key.rcpt).collect()))
+        .collect()
+}
+
+/// Reads the feed until it has nothing more.
+async fn read_all(s: &PgStore, cursor: &mut FeedCursor, page: usize) -> FeedBatch {
+    let mut all = FeedBatch::default();
+    loop {
+        let b = s.feed_read(cursor, page).await.unwrap();
+        all.messages.extend(b.messages);
+        all.expedite.extend(b.expedite);
+        if !b.more {
+            return all;
+        }
+    }
+}
+
+/// Two nodes on one schema: each reads what the other changed (accepted,
+/// completed, cancelled, flushed), once, with recipient domains, and never
+/// its own changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_reads_other_nodes_changes_once_and_skips_its_own() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    let (na, nb) = (NodeId(0xa), NodeId(0xb));
+    a.register_node("a", na).await.unwrap();
+    b.register_node("b", nb).await.unwrap();
+    let mut ca = a
+        .feed_start()
+        .await
+        .unwrap()
+        .expect("a shared store has a feed");
+    let mut cb = b
+        .feed_start()
+        .await
+        .unwrap()
+        .expect("a shared store has a feed");
+
+    let m1 = sample_envelope(1 << 30, 2);
+    a.insert(&m1, &sample_entries(&m1, "q", 1)).await.unwrap();
+    let m2 = sample_envelope(2 << 30, 1);
+    b.insert(&m2, &sample_entries(&m2, "q", 1)).await.unwrap();
+
+    let got = read_all(&b, &mut cb, 100).await;
+    assert_eq!(
+        fed(&got),
+        vec![(m1.id, vec![0, 1])],
+        "b reads a's message only"
+    );
+    let domains: Vec<&str> = got.messages[0].1.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(domains, ["dest0.example", "dest1.example"]);
+    assert_eq!(
+        fed(&read_all(&a, &mut ca, 100).await),
+        vec![(m2.id, vec![0])]
+    );
+    assert!(
+        fed(&read_all(&b, &mut cb, 100).await).is_empty(),
+        "nothing is read twice"
+    );
+
+    // a delivers one recipient, then cancels the other.
+    let k0 = EntryKey {
+        message: m1.id,
+        rcpt: 0,
+    };
+    let k1 = EntryKey {
+        message: m1.id,
+        rcpt: 1,
+    };
+    assert_eq!(a.claim_keys(na, &[k0], 10, 1000).await.unwrap().len(), 1);
+    a.complete(na, k0).await.unwrap();
+    assert_eq!(
+        fed(&read_all(&b, &mut cb, 100).await),
+        vec![(m1.id, vec![1])]
+    );
+    a.cancel(&[k1]).await.unwrap();
+    assert_eq!(
+        fed(&read_all(&b, &mut cb, 100).await),
+        vec![(m1.id, vec![])],
+        "an empty list: the message is gone"
+    );
+    // b defers its own message: a hears of it.
+    let k = EntryKey {
+        message: m2.id,
+        rcpt: 0,
+    };
+    b.claim_keys(nb, &[k], 10, 1000).await.unwrap();
+    let deferral = Deferral {
+        due: 5000,
+        last_error: "4.0.0 try later".into(),
+        notify_count: 0,
+    };
+    b.defer(nb, k, &deferral).await.unwrap();
+    let got = read_all(&a, &mut ca, 100).await;
+    assert_eq!(fed(&got), vec![(m2.id, vec![0])]);
+    assert_eq!(got.messages[0].1[0].0.due, 5000);
+    assert_eq!(got.messages[0].1[0].0.lane, Lane::Deferred);
+    // An operator's hold on b, then a flush on a.
+    b.admin(&[k], AdminAction::Hold).await.unwrap();
+    assert!(read_all(&a, &mut ca, 100).await.messages[0].1[0].0.held);
+    a.announce_expedite("@example.org").await.unwrap();
+    a.announce_expedite("").await.unwrap();
+    let got = read_all(&b, &mut cb, 100).await;
+    assert_eq!(got.expedite, ["@example.org", ""]);
+    assert!(read_all(&a, &mut ca, 100).await.expedite.is_empty());
+}
+
+/// The pitfall of sequence watermarks: a transaction that took its place in
+/// the change table first but commits last. Its change must still be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_never_skips_a_change_that_commits_late() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    a.register_node("a", NodeId(1)).await.unwrap();
+    b.register_node("b", NodeId(2)).await.unwrap();
+    let mut cb = b.feed_start().await.unwrap().unwrap();
+
+    let (mut slow, conn) = tokio_postgres::connect(&schema.url(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let tx = slow.transaction().await.unwrap();
+    let late = MessageId(7 << 40);
+    tx.execute(
+        "INSERT INTO change (node, message) VALUES (1, $1)",
+        &[&sql_id(late)],
+    )
+    .await
+    .unwrap();
+    let seq_late: i64 = tx
+        .query_one("SELECT max(seq) FROM change", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let early = sample_envelope(8 << 40, 1);
+    a.insert(&early, &sample_entries(&early, "q", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        fed(&read_all(&b, &mut cb, 100).await),
+        vec![(early.id, vec![0])]
+    );
+    let seq_early: i64 = admin()
+        .await
+        .query_one(&format!("SELECT max(seq) FROM {}.change", schema.name), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        seq_late < seq_early,
+        "the late transaction holds the lower sequence number ({seq_late} < {seq_early})"
+    );
+
+    tx.commit().await.unwrap();
+    assert_eq!(
+        fed(&read_all(&b, &mut cb, 100).await),
+        vec![(late, vec![])],
+        "read once it commits, although a later sequence number was read before"
+    );
+    assert!(fed(&read_all(&b, &mut cb, 100).await).is_empty());
+}
+
+/// More changes than a page: read in pages, each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_pages_through_many_changes() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    a.register_node("a", NodeId(1)).await.unwrap();
+    b.register_node("b", NodeId(2)).await.unwrap();
+    let mut cb = b.feed_start().await.unwrap().unwrap();
+    let mut want = Vec::new();
+    for i in 0..10u64 {
+        let env = sample_envelope((i + 1) << 30, 1);
+        a.insert(&env, &sample_entries(&env, "q", 1)).await.unwrap();
+        want.push((env.id, vec![0]));
+    }
+    let first = b.feed_read(&mut cb, 3).await.unwrap();
+    assert!(first.more, "10 changes do not fit a page of 3");
+    let mut got = fed(&first);
+    got.extend(fed(&read_all(&b, &mut cb, 3).await));
+    assert_eq!(got, want);
+}
+
+/// Every node name gets its own message-id tag, the same one at every
+/// start; a node id registered under another name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_node_tags_are_unique_and_stable() {
+    let schema = Schema::new().await;
+    let s = schema.open(2).await;
+    let mut tags = Vec::new();
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        tags.push(
+            s.register_node(name, NodeId(100 + i as u64))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let mut unique = tags.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "tags {tags:?}");
+    assert!(tags.iter().all(|&t| t < 1024));
+    let again = schema.open(2).await;
+    assert_eq!(
+        again.register_node("c", NodeId(102)).await.unwrap(),
+        Some(tags[2]),
+        "a restarted node keeps its tag"
+    );
+    let err = again.register_node("e", NodeId(101)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("registered under another name"),
+        "{err}"
+    );
+}
