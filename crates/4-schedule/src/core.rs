@@ -530,6 +530,17 @@ impl Target {
             Target::Domain(d)
         })
     }
+
+    /// The ETRN argument [`Target::parse`] reads back as this target, and
+    /// `""` for [`Target::All`]: how a flush is passed on to other nodes.
+    pub fn argument(&self) -> String {
+        match self {
+            Target::All => String::new(),
+            Target::Domain(d) => d.clone(),
+            Target::Subdomains(d) => format!("@{d}"),
+            Target::Queue(q) => format!("#{q}"),
+        }
+    }
 }
 
 /// Something the driver should log; the core keeps no logger.
@@ -1549,6 +1560,24 @@ impl Scheduler {
             },
             State::InFlight | State::Free => Location::InFlight,
         })
+    }
+
+    /// The keys of `message` that are indexed (in flight included), in no
+    /// particular order: what the driver compares with the store's entries
+    /// when another node changed the message.
+    pub fn keys_of(&self, message: MessageId) -> Vec<EntryKey> {
+        let Some(&head) = self.by_msg.get(&message) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut s = head;
+        loop {
+            out.push(self.slots[s as usize].key());
+            s = self.slots[s as usize].next;
+            if s == head {
+                return out;
+            }
+        }
     }
 
     /// The virtual queue an indexed entry was placed in.

@@ -32,6 +32,21 @@
 //! never contents; one envelope read per message for the recipient domains)
 //! and indexes what it finds while new mail already flows. Entries leased by
 //! this node before the restart count as free.
+//!
+//! # Other nodes
+//!
+//! When the store is shared (PostgreSQL), every node indexes the whole
+//! cluster's queue, and follows what the other nodes change through the
+//! store's change feed ([`DataStore::feed_read`](ferrymail_spool::DataStore::feed_read)), read every
+//! `poll_interval`: mail they accepted, deferred, completed, or an operator
+//! acted on there, and ETRN or flush given to them. The feed is started
+//! before the start-up scan, so nothing committed during the scan is
+//! missed. Any node may then start any entry; the store's lease decides
+//! which one delivers it. An entry under another node's live lease waits in
+//! the index until the lease ends: if that node died, this one takes the
+//! entry over then; if not, the feed reports the outcome first. ETRN and
+//! flush given here are passed on through the feed
+//! ([`DataStore::announce_expedite`](ferrymail_spool::DataStore::announce_expedite)).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +56,8 @@ use bytes::Bytes;
 use ferrymail_config::Config;
 use ferrymail_deliver::{Job, Outcome, RecipientOutcome, Remote, Transport};
 use ferrymail_spool::{
-    EntryKey, Envelope, MessageId, NodeId, QueueEntry, Spool, StoreError, UnixMillis, now_millis,
+    EntryKey, Envelope, FEED_RESUME_LIMIT, FeedBatch, MessageId, NodeId, QueueEntry, Spool,
+    StoreError, UnixMillis, now_millis,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -74,10 +90,14 @@ pub struct ManagerSettings {
     /// This node: lease owner.
     pub node: NodeId,
     /// How long a claim lasts unless renewed. A node that dies holds its
-    /// entries at most this long.
+    /// entries at most this long (`cluster.lease`).
     pub lease: Duration,
-    /// How often a running delivery renews its lease.
+    /// How often a running delivery renews its lease: a third of `lease`,
+    /// so one late or failed renewal does not lose it.
     pub renew_every: Duration,
+    /// How often the change feed of a shared store is read
+    /// (`cluster.poll-interval`).
+    pub poll_interval: Duration,
     /// How long shutdown waits for deliveries in flight before abandoning
     /// them (their leases let this node reclaim them after a restart).
     pub shutdown_grace: Duration,
@@ -88,13 +108,20 @@ pub struct ManagerSettings {
 }
 
 impl ManagerSettings {
-    /// Production values: 5-minute leases renewed every minute, 30 s grace,
-    /// 4096-entry pages, a seed from the clock and the node.
+    /// Production values: `[cluster]`'s defaults (60 s leases renewed
+    /// every 20 s, the feed read every second), 30 s grace, 4096-entry
+    /// pages, a seed from the clock and the node.
     pub fn new(node: NodeId) -> ManagerSettings {
+        Self::with_cluster(node, &ferrymail_config::Cluster::default())
+    }
+
+    /// Production values with the lease and feed interval of `cluster`.
+    pub fn with_cluster(node: NodeId, cluster: &ferrymail_config::Cluster) -> ManagerSettings {
         ManagerSettings {
             node,
-            lease: Duration::from_secs(300),
-            renew_every: Duration::from_secs(60),
+            lease: cluster.lease,
+            renew_every: cluster.lease / 3,
+            poll_interval: cluster.poll_interval,
             shutdown_grace: Duration::from_secs(30),
             scan_page: 4096,
             seed: now_millis() ^ node.0.rotate_left(17),
@@ -137,11 +164,13 @@ enum Command {
         keys: Vec<EntryKey>,
         found: Vec<(QueueEntry, String)>,
     },
-    /// ETRN or flush.
+    /// ETRN or flush given to this node.
     Expedite {
         target: Target,
         reply: oneshot::Sender<usize>,
     },
+    /// What other nodes changed, from the change feed.
+    Changed(FeedBatch),
     /// Counters.
     Stats(oneshot::Sender<Stats>),
 }
@@ -162,6 +191,7 @@ impl std::fmt::Debug for Command {
             Command::Refresh(_) => "Refresh",
             Command::Reloaded { .. } => "Reloaded",
             Command::Expedite { .. } => "Expedite",
+            Command::Changed(_) => "Changed",
             Command::Stats(_) => "Stats",
         })
     }
@@ -302,7 +332,7 @@ impl QueueManager {
         queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
         shutdown: CancellationToken,
     ) {
-        tokio::spawn(recover(self.shared.clone(), shutdown.clone()));
+        tokio::spawn(follow(self.shared.clone(), shutdown.clone()));
         tokio::spawn(ingest(self.shared.clone(), queued, shutdown.clone()));
         let mut jobs: JoinSet<(JobId, JobReport)> = JoinSet::new();
         let mut job_of_task: HashMap<tokio::task::Id, JobId> = HashMap::new();
@@ -445,10 +475,50 @@ impl QueueManager {
                 let n = self.core.expedite(&target, now);
                 tracing::info!(target = ?target, messages = n, "queue: delivery requested (ETRN/flush)");
                 let _ = reply.send(n);
+                // Every other node starts its share too (a no-op when the
+                // store is not shared).
+                let sh = self.shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = sh.spool.data.announce_expedite(&target.argument()).await {
+                        tracing::warn!(target = ?target, error = %e, "queue: cannot pass ETRN/flush on to the other nodes");
+                    }
+                });
             }
+            Command::Changed(batch) => self.changed(batch, now),
             Command::Stats(reply) => {
                 let _ = reply.send(self.core.stats());
             }
+        }
+    }
+
+    /// Applies what other nodes changed: the entries of each message as
+    /// they are now (one missing from the list is gone), then the ETRN and
+    /// flush requests they passed on.
+    fn changed(&mut self, batch: FeedBatch, now: UnixMillis) {
+        for (id, entries) in batch.messages {
+            for k in self.core.keys_of(id) {
+                if !entries.iter().any(|(e, _)| e.key == k) {
+                    self.core.remove(k, now);
+                }
+            }
+            for (e, domain) in &entries {
+                self.core.insert(e, domain, Origin::Refresh, now);
+            }
+        }
+        for argument in batch.expedite {
+            let target = if argument.is_empty() {
+                Target::All
+            } else {
+                match Target::parse(&argument) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(argument = %argument, error = %e, "queue: another node passed on an ETRN/flush argument this node does not understand");
+                        continue;
+                    }
+                }
+            };
+            let n = self.core.expedite(&target, now);
+            tracing::info!(target = ?target, messages = n, "queue: delivery requested on another node (ETRN/flush)");
         }
     }
 
@@ -529,8 +599,81 @@ fn by_message(entries: Vec<QueueEntry>) -> Vec<(MessageId, Vec<QueueEntry>)> {
     out
 }
 
+/// Entries and flush requests read from the change feed per read.
+const FEED_PAGE: usize = 4096;
+
+/// Starts the change feed (when the store has one), runs the start-up
+/// scan, then follows the feed until shutdown. A feed that could not be
+/// read for [`FEED_RESUME_LIMIT`] may have lost changes to pruning: it is
+/// started afresh and the queue scanned again.
+async fn follow(sh: Arc<Shared>, shutdown: CancellationToken) {
+    let every = sh.settings.poll_interval.max(Duration::from_millis(10));
+    'start: loop {
+        // Before the scan: whatever commits while it runs is read after it.
+        let mut cursor = loop {
+            match sh.spool.data.feed_start().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue: cannot start the change feed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(every.max(Duration::from_secs(1))) => {}
+                    }
+                }
+            }
+        };
+        recover(&sh, &shutdown).await;
+        let Some(cursor) = cursor.as_mut() else {
+            return; // a single-node store: nobody else changes it
+        };
+        let mut read_all = Instant::now();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            loop {
+                match sh.spool.data.feed_read(cursor, FEED_PAGE).await {
+                    Ok(batch) => {
+                        if failing {
+                            tracing::info!("queue: reading the change feed again");
+                            failing = false;
+                        }
+                        let more = batch.more;
+                        if !more {
+                            read_all = Instant::now();
+                        }
+                        if (!batch.messages.is_empty() || !batch.expedite.is_empty())
+                            && sh.commands.send(Command::Changed(batch)).is_err()
+                        {
+                            return;
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "queue: cannot read the change feed; retrying");
+                            failing = true;
+                        }
+                        break;
+                    }
+                }
+            }
+            if read_all.elapsed() > FEED_RESUME_LIMIT {
+                tracing::warn!(
+                    "queue: the change feed was not read for too long; starting it afresh and rescanning the queue"
+                );
+                continue 'start;
+            }
+        }
+    }
+}
+
 /// The start-up scan: pages through every entry and indexes it.
-async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
+async fn recover(sh: &Arc<Shared>, shutdown: &CancellationToken) {
     let start = Instant::now();
     let mut after = None;
     let mut total = 0usize;
@@ -552,7 +695,7 @@ async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
         after = Some(last.key);
         let mut batch = Vec::with_capacity(page.len());
         for (id, entries) in by_message(page) {
-            match with_domains(&sh, id, entries).await {
+            match with_domains(sh, id, entries).await {
                 Ok(v) => batch.extend(v),
                 Err(e) => {
                     tracing::warn!(id = %id, error = %e, "queue: cannot read an envelope during recovery; skipping its entries until the next start")

@@ -867,7 +867,34 @@ fn etrn_arguments() {
     ];
     for (arg, want) in table {
         assert_eq!(&Target::parse(arg), want, "{arg}");
+        // What a node passes on to the others reads back as the same target.
+        if let Ok(t) = want {
+            assert_eq!(Target::parse(&t.argument()).as_ref(), Ok(t), "{arg}");
+        }
     }
+    assert_eq!(Target::All.argument(), "");
+}
+
+#[test]
+fn keys_of_lists_a_messages_indexed_entries_in_flight_included() {
+    let mut s = sched("");
+    for rcpt in 0..3 {
+        let e = E::new(mid(T0, 1), rcpt);
+        s.insert(&e.entry(), "a.example", Origin::New, T0);
+    }
+    s.insert(&E::new(mid(T0, 2), 0).entry(), "b.example", Origin::New, T0);
+    let started = s.poll(T0);
+    assert!(!started.is_empty());
+    let mut keys = s.keys_of(mid(T0, 1));
+    keys.sort();
+    let want: Vec<EntryKey> = (0..3)
+        .map(|rcpt| EntryKey {
+            message: mid(T0, 1),
+            rcpt,
+        })
+        .collect();
+    assert_eq!(keys, want);
+    assert!(s.keys_of(mid(T0, 3)).is_empty());
 }
 
 #[test]
