@@ -248,6 +248,23 @@ pub trait DataStore: Send + Sync + 'static {
     /// Tells every other node that ETRN or `queue flush` was given here
     /// with `argument` (`""` for everything), through the change feed.
     async fn announce_expedite(&self, argument: &str) -> Result<(), StoreError>;
+
+    /// Whether other nodes may share this store: then virtual queue rates
+    /// hold for the whole cluster, through [`DataStore::take_tokens`].
+    fn shared(&self) -> bool;
+
+    /// Takes up to `want` tokens from virtual queue `queue`'s cluster-wide
+    /// token bucket (`capacity` tokens, refilled at `capacity` per `period`
+    /// by the store's clock, starting full) and returns how many it got.
+    /// A node spends what it got before asking again, so the store sees one
+    /// round trip per batch, not per message.
+    async fn take_tokens(
+        &self,
+        queue: &str,
+        capacity: u64,
+        period: std::time::Duration,
+        want: u32,
+    ) -> Result<u32, StoreError>;
 }
 
 /// Holds message contents, keyed by message id. Written once, read by delivery

@@ -171,6 +171,8 @@ enum Command {
     },
     /// What other nodes changed, from the change feed.
     Changed(FeedBatch),
+    /// Tokens taken from a queue's cluster-wide rate bucket.
+    Tokens { queue: String, granted: u32 },
     /// Counters.
     Stats(oneshot::Sender<Stats>),
 }
@@ -192,6 +194,7 @@ impl std::fmt::Debug for Command {
             Command::Reloaded { .. } => "Reloaded",
             Command::Expedite { .. } => "Expedite",
             Command::Changed(_) => "Changed",
+            Command::Tokens { .. } => "Tokens",
             Command::Stats(_) => "Stats",
         })
     }
@@ -257,6 +260,8 @@ pub struct QueueManager {
     core: Scheduler,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// Queues whose cluster-wide rate tokens are being fetched.
+    fetching_tokens: std::collections::HashSet<String>,
 }
 
 /// A manager started with [`QueueManager::start`].
@@ -281,11 +286,10 @@ impl QueueManager {
     ) -> (QueueManager, QueueHandle, mpsc::UnboundedReceiver<Event>) {
         let (tx, commands) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
-        let core = Scheduler::new(CoreSettings::from_config(
-            &config.queue,
-            settings.node,
-            settings.seed,
-        ));
+        let core = Scheduler::new(CoreSettings {
+            shared_rates: spool.data.shared(),
+            ..CoreSettings::from_config(&config.queue, settings.node, settings.seed)
+        });
         let shared = Arc::new(Shared {
             spool,
             transport,
@@ -299,6 +303,7 @@ impl QueueManager {
                 core,
                 shared,
                 commands,
+                fetching_tokens: Default::default(),
             },
             QueueHandle { tx },
             events_rx,
@@ -344,6 +349,16 @@ impl QueueManager {
                 job_of_task.insert(handle.id(), job);
             }
             self.log_notices();
+            for (queue, rate) in self.core.token_requests() {
+                if self.fetching_tokens.insert(queue.clone()) {
+                    tokio::spawn(fetch_tokens(
+                        self.shared.clone(),
+                        queue,
+                        rate,
+                        shutdown.clone(),
+                    ));
+                }
+            }
             let wake = self.core.next_wake();
             let sleep = async move {
                 match wake {
@@ -485,6 +500,10 @@ impl QueueManager {
                 });
             }
             Command::Changed(batch) => self.changed(batch, now),
+            Command::Tokens { queue, granted } => {
+                self.fetching_tokens.remove(&queue);
+                self.core.grant(&queue, granted);
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(self.core.stats());
             }
@@ -668,6 +687,45 @@ async fn follow(sh: Arc<Shared>, shutdown: CancellationToken) {
                 );
                 continue 'start;
             }
+        }
+    }
+}
+
+/// Takes a batch of tokens from `queue`'s cluster-wide rate bucket in the
+/// store (a tenth of a second's worth, at least one, at most the burst),
+/// waiting for the bucket to refill if it is empty, and hands them to the
+/// loop. One round trip per batch, not per message.
+async fn fetch_tokens(
+    sh: Arc<Shared>,
+    queue: String,
+    rate: ferrymail_config::Rate,
+    shutdown: CancellationToken,
+) {
+    let period_ms = millis(rate.period).max(1) as f64;
+    let per_ms = rate.count as f64 / period_ms;
+    let want = ((per_ms * 100.0).ceil() as u64).clamp(1, rate.count.max(1));
+    let want = u32::try_from(want).unwrap_or(u32::MAX);
+    let one_token = Duration::from_millis(((1.0 / per_ms).ceil() as u64).clamp(5, 1000));
+    loop {
+        let pause = match sh
+            .spool
+            .data
+            .take_tokens(&queue, rate.count, rate.period, want)
+            .await
+        {
+            Ok(granted) if granted > 0 => {
+                let _ = sh.commands.send(Command::Tokens { queue, granted });
+                return;
+            }
+            Ok(_) => one_token,
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %e, "queue: cannot take rate tokens from the store; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -700,6 +700,28 @@ impl DataStore for PgStore {
         feed::read(self, cursor, limit).await
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn take_tokens(
+        &self,
+        queue: &str,
+        capacity: u64,
+        period: std::time::Duration,
+        want: u32,
+    ) -> Result<u32, StoreError> {
+        let cap = capacity as f64;
+        let per_ms = cap / (period.as_millis() as f64).max(1.0);
+        let want = i32::try_from(want).unwrap_or(i32::MAX);
+        // Not retried: a second run would take tokens twice.
+        let row = on_conn!(self, once, |c| c
+            .client
+            .query_one(&c.st.take_tokens, &[&queue, &cap, &per_ms, &want]))?;
+        let got: i32 = row.try_get(0).map_err(|e| corrupt("rate bucket", e))?;
+        Ok(got.max(0) as u32)
+    }
+
     async fn announce_expedite(&self, argument: &str) -> Result<(), StoreError> {
         let node = self.node_sql();
         on_conn!(self, once, |c| c

@@ -34,7 +34,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "change feed and node registry",
+        name: "change feed, node registry, rate buckets",
         sql: include_str!("migrations/0002_cluster.sql"),
     },
 ];

@@ -201,6 +201,11 @@ const ANNOUNCE: &str = "INSERT INTO change (node, expedite) VALUES ($1::bigint, 
 /// $1 name, $2 node id; see migration 2.
 const REGISTER: &str = "SELECT ferrymail_register($1::text, $2::bigint)";
 
+/// $1 queue, $2 capacity, $3 tokens per millisecond, $4 wanted; see
+/// migration 2.
+const TAKE_TOKENS: &str =
+    "SELECT ferrymail_take_tokens($1::text, $2::float8, $3::float8, $4::integer)";
+
 /// A plain insert, refused if the id exists, for the reason given at
 /// [`INSERT_ENTRIES`].
 const BLOB_PUT: &str = "INSERT INTO blob (message, contents) VALUES ($1::bigint, $2::bytea)";
@@ -253,6 +258,8 @@ pub struct Statements {
     pub announce: Statement,
     /// [`crate::DataStore::register_node`].
     pub register: Statement,
+    /// [`crate::DataStore::take_tokens`].
+    pub take_tokens: Statement,
 }
 
 impl Statements {
@@ -295,6 +302,7 @@ impl Statements {
             p(FEED_ENVELOPES),
             p(ANNOUNCE),
             p(REGISTER),
+            p(TAKE_TOKENS),
         )
         .map_err(super::pg_error)?;
         Ok(Statements {
@@ -319,6 +327,7 @@ impl Statements {
             feed_envelopes: f.3,
             announce: f.4,
             register: f.5,
+            take_tokens: f.6,
         })
     }
 }

@@ -837,3 +837,48 @@ async fn registered_node_tags_are_unique_and_stable() {
         "{err}"
     );
 }
+
+/// A virtual queue's rate bucket is one for all nodes: what one node takes,
+/// the other cannot; it starts full and refills by the database's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_tokens_are_shared_between_nodes() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    assert!(a.shared());
+    let sec = Duration::from_secs(1);
+    assert_eq!(
+        a.take_tokens("q", 10, sec, 8).await.unwrap(),
+        8,
+        "starts full"
+    );
+    assert_eq!(
+        b.take_tokens("q", 10, sec, 5).await.unwrap(),
+        2,
+        "what a took is gone"
+    );
+    assert_eq!(
+        b.take_tokens("other", 10, sec, 5).await.unwrap(),
+        5,
+        "one bucket per queue"
+    );
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = a.take_tokens("q", 10, sec, 10).await.unwrap();
+    let most = 3 + (t.elapsed().as_millis() as u32 - 300) / 100 + 1;
+    assert!(
+        (3..=most).contains(&got),
+        "10/s for 300 ms: 3 tokens, got {got}"
+    );
+    // Two nodes taking at once never get more than the bucket holds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (x, y) = tokio::join!(
+        a.take_tokens("q", 10, sec, 10),
+        b.take_tokens("q", 10, sec, 10)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(
+        x + y <= 11,
+        "a full bucket is 10 (+1 for time passing): {x} + {y}"
+    );
+    assert!(x + y >= 10);
+}

@@ -1,6 +1,6 @@
 -- Migration 2: what lets nodes sharing this database work as one cluster:
--- the change feed (`change`), and the node registry (`node`) that hands
--- every node a message-id tag of its own.
+-- the change feed (`change`), the node registry (`node`) that hands every
+-- node a message-id tag of its own, and cluster-wide rate buckets.
 
 -- The change feed. Every statement that changes queue entries adds one row
 -- per message it touched (in the same transaction, hence the same commit),
@@ -72,6 +72,40 @@ BEGIN
     END IF;
     INSERT INTO node (tag, name, node_id) VALUES (t, p_name, p_node);
     RETURN t;
+END
+$$;
+
+-- Cluster-wide rates: one token bucket per virtual queue with a rate
+-- (`[queue.virtual.<q>] rate`), refilled by the database's clock so that
+-- nodes' clocks do not matter. Nodes take tokens in small batches
+-- (ferrymail_take_tokens) and spend them locally.
+CREATE TABLE rate_bucket (
+    queue       text             PRIMARY KEY,
+    tokens      double precision NOT NULL,
+    refilled_at bigint           NOT NULL   -- Unix ms, the database's clock
+);
+
+-- Takes up to p_want tokens from p_queue's bucket (p_capacity at most,
+-- p_per_ms added per millisecond; created full) and returns how many.
+CREATE FUNCTION ferrymail_take_tokens(p_queue text, p_capacity double precision,
+                                      p_per_ms double precision, p_want integer)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    now_ms  bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+    t       double precision;
+    granted integer;
+BEGIN
+    INSERT INTO rate_bucket (queue, tokens, refilled_at)
+    VALUES (p_queue, p_capacity, now_ms)
+    ON CONFLICT (queue) DO NOTHING;
+    -- Takers of one queue take turns on its row.
+    SELECT least(p_capacity, tokens + greatest(0, now_ms - refilled_at) * p_per_ms)
+      INTO t FROM rate_bucket WHERE queue = p_queue FOR UPDATE;
+    granted := greatest(0, least(p_want, floor(t + 1e-9)))::integer;
+    UPDATE rate_bucket SET tokens = t - granted,
+                           refilled_at = greatest(refilled_at, now_ms)
+     WHERE queue = p_queue;
+    RETURN granted;
 END
 $$;
 
