@@ -64,8 +64,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{
-    CoreSettings, Dispatch, Health, JobId, JobReport, Mode, Next, Notice, Origin, Scheduler, Stats,
-    Target, TargetError,
+    CoreSettings, Dispatch, Health, JobId, JobReport, Location, Mode, Next, Notice, Origin,
+    Scheduler, Stats, Target, TargetError,
 };
 use crate::event::{Event, EventKind};
 use crate::policy::{Attempt, Decision, Policy};
@@ -521,6 +521,17 @@ impl QueueManager {
                 }
             }
             for (e, domain) in &entries {
+                // This node's own lease on an entry not in flight here: its
+                // job has just ended and this read is older than the
+                // outcome it recorded. Taking the stale copy would start a
+                // deferred entry again before its time. (In flight, the
+                // insert below marks it to be re-read when the job ends.)
+                if e.lease
+                    .is_some_and(|l| l.owner == self.shared.settings.node)
+                    && !matches!(self.core.locate(e.key), Some(Location::InFlight))
+                {
+                    continue;
+                }
                 self.core.insert(e, domain, Origin::Refresh, now);
             }
         }
