@@ -882,3 +882,51 @@ async fn rate_tokens_are_shared_between_nodes() {
     );
     assert!(x + y >= 10);
 }
+
+/// Completing (or cancelling) the last entry removes the contents in the
+/// same transaction: a node killed right after its complete leaves nothing
+/// behind, although the caller's own delete of the contents never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_complete_or_cancel_removes_the_contents_too() {
+    let schema = Schema::new().await;
+    let s = schema.open(2).await;
+    let node = NodeId(1);
+    let env = sample_envelope(3 << 30, 2);
+    s.insert_with_contents(
+        &env,
+        &sample_entries(&env, "q", 1),
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<EntryKey> = (0..2)
+        .map(|rcpt| EntryKey {
+            message: env.id,
+            rcpt,
+        })
+        .collect();
+    s.claim_keys(node, &keys, 10, 1000).await.unwrap();
+    assert_eq!(s.complete(node, keys[0]).await.unwrap().remaining, 1);
+    assert!(s.get(env.id).await.unwrap().is_some(), "one recipient left");
+    assert_eq!(s.complete(node, keys[1]).await.unwrap().remaining, 0);
+    assert_eq!(
+        s.get(env.id).await.unwrap(),
+        None,
+        "gone with the last entry"
+    );
+
+    let env = sample_envelope(4 << 30, 1);
+    s.insert_with_contents(
+        &env,
+        &sample_entries(&env, "q", 1),
+        Bytes::from_static(b"y"),
+    )
+    .await
+    .unwrap();
+    let key = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    assert_eq!(s.cancel(&[key]).await.unwrap(), vec![env.id]);
+    assert_eq!(s.get(env.id).await.unwrap(), None, "cancelled: gone too");
+}

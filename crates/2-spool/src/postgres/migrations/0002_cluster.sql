@@ -109,7 +109,12 @@ BEGIN
 END
 $$;
 
--- Completing an entry now also logs the change (p_owner is the writing node).
+-- Completing an entry now also logs the change (p_owner is the writing
+-- node), and removes the contents with the last entry, in the same
+-- transaction: a node killed between its complete and a separate delete of
+-- the contents left them behind for ever (no envelope refers to them).
+-- When the contents are kept elsewhere this `blob` table is empty and the
+-- delete finds nothing; the caller still deletes from its blob store.
 CREATE OR REPLACE FUNCTION ferrymail_complete(p_message bigint, p_rcpt integer, p_owner bigint)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
@@ -126,13 +131,15 @@ BEGIN
     SELECT count(*) INTO left_over FROM entry WHERE message = p_message;
     IF left_over = 0 THEN
         DELETE FROM envelope WHERE message = p_message;
+        DELETE FROM blob WHERE message = p_message;
     END IF;
     RETURN left_over;
 END
 $$;
 
 -- Cancel now logs the change too, naming the node that cancelled (p_node,
--- NULL when unknown).
+-- NULL when unknown), and removes the contents of emptied messages as
+-- complete does.
 DROP FUNCTION ferrymail_cancel(bigint[], integer[]);
 CREATE FUNCTION ferrymail_cancel(p_messages bigint[], p_rcpts integer[], p_node bigint)
 RETURNS SETOF bigint LANGUAGE plpgsql AS $$
@@ -152,6 +159,7 @@ BEGIN
         DELETE FROM entry WHERE message = p_messages[i] AND rcpt = p_rcpts[i];
         IF FOUND AND NOT EXISTS (SELECT 1 FROM entry WHERE message = p_messages[i]) THEN
             DELETE FROM envelope WHERE message = p_messages[i];
+            DELETE FROM blob WHERE message = p_messages[i];
             RETURN NEXT p_messages[i];
         END IF;
     END LOOP;
