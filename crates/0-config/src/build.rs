@@ -44,6 +44,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
             "report",
             "signature",
             "resolver",
+            "cluster",
         ],
         false,
     );
@@ -56,6 +57,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
     let queue = queue(&mut r, &root);
     let report = report(&mut r, &root, &server.hostname, &signatures);
     let resolver = resolver(&mut r, &root);
+    let cluster = cluster(&mut r, &root);
 
     if !r.errors.is_empty() {
         let mut errors = r.errors;
@@ -76,6 +78,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
         report,
         signatures,
         resolver,
+        cluster,
         warnings,
     })
 }
@@ -1249,6 +1252,54 @@ fn report(
         }
     }
     Report { dsn }
+}
+
+// ---------------------------------------------------------------- [cluster]
+
+fn cluster(r: &mut Reader, root: &Section) -> Cluster {
+    let mut out = Cluster::default();
+    let Some(sec) = r.sub(root, "cluster") else {
+        return out;
+    };
+    r.check_keys(&sec, &["lease", "poll-interval"], false);
+    if let Some(d) = r.duration(&sec, "lease") {
+        if d < MIN_LEASE || d > std::time::Duration::from_secs(86_400) {
+            let span = r.value_span(&sec, "lease");
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'cluster.lease' must be between {}s and 1d, found {d:?}",
+                    MIN_LEASE.as_secs()
+                )),
+            );
+        } else {
+            out.lease = d;
+        }
+    }
+    if let Some(d) = r.duration(&sec, "poll-interval") {
+        if d < std::time::Duration::from_millis(50) || d > std::time::Duration::from_secs(60) {
+            let span = r.value_span(&sec, "poll-interval");
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'cluster.poll-interval' must be between 50ms and 1m, found {d:?}"
+                )),
+            );
+        } else {
+            out.poll_interval = d;
+        }
+    }
+    if out.poll_interval >= out.lease {
+        let span = r.value_span(&sec, "poll-interval");
+        r.error(
+            &span,
+            Problem::Invalid(format!(
+                "'cluster.poll-interval' ({:?}) must be shorter than 'cluster.lease' ({:?}): a node must hear of other nodes' changes before their leases run out",
+                out.poll_interval, out.lease
+            )),
+        );
+    }
+    out
 }
 
 // ---------------------------------------------------------------- [resolver]

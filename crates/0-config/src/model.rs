@@ -96,6 +96,8 @@ pub struct Config {
     pub signatures: BTreeMap<String, Signature>,
     /// `[resolver]`: where DNS lookups go.
     pub resolver: Resolver,
+    /// `[cluster]`: how nodes sharing a PostgreSQL queue work together.
+    pub cluster: Cluster,
     /// Things that are allowed but probably not meant (e.g. `report.dsn.sign`
     /// naming an undefined signer); `ferrymail check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -125,6 +127,7 @@ impl Default for Config {
             report,
             signatures: BTreeMap::new(),
             resolver: Resolver::default(),
+            cluster: Cluster::default(),
             warnings: Vec::new(),
         }
     }
@@ -999,4 +1002,32 @@ pub enum DnsTransport {
     Udp,
     /// `tcp://`.
     Tcp,
+}
+
+/// `[cluster]`: the settings that matter when several nodes share one
+/// PostgreSQL queue. Harmless (leases still apply) with an embedded store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// `lease`: how long a node's claim on the entries it is delivering
+    /// lasts unless renewed; a running delivery renews it every third of
+    /// it. It is how long the entries of a node that died wait before
+    /// another node takes them over. Default 60 s; at least 3 s.
+    pub lease: Duration,
+    /// `poll-interval`: how often a node reads the change feed to learn of
+    /// mail accepted, deferred, completed or acted on by other nodes, and
+    /// of ETRN and flush given to them. Default 1 s; 50 ms to 1 min.
+    pub poll_interval: Duration,
+}
+
+/// The shortest `cluster.lease`: renewals every third of it must not be
+/// outrun by a store round trip under load.
+pub const MIN_LEASE: Duration = Duration::from_secs(3);
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
 }

@@ -1571,3 +1571,26 @@ fn dsn_returned_size_and_double_bounce() {
         "/etc/ferrymail.toml:2: unknown key 'max-return-size' in [report.dsn]; did you mean 'max-returned-size'?"
     );
 }
+
+#[test]
+fn cluster_lease_and_poll_interval() {
+    let d = ok("");
+    assert_eq!(d.cluster.lease, Duration::from_secs(60), "default lease");
+    assert_eq!(d.cluster.poll_interval, Duration::from_secs(1));
+    let c = ok("[cluster]\nlease = \"5s\"\npoll-interval = \"250ms\"\n");
+    assert_eq!(c.cluster.lease, Duration::from_secs(5));
+    assert_eq!(c.cluster.poll_interval, Duration::from_millis(250));
+    assert_eq!(
+        err("[cluster]\nlease = \"1s\"\n"),
+        "/etc/ferrymail.toml:2: 'cluster.lease' must be between 3s and 1d, found 1s"
+    );
+    assert_eq!(
+        err("[cluster]\npoll-interval = \"10ms\"\n"),
+        "/etc/ferrymail.toml:2: 'cluster.poll-interval' must be between 50ms and 1m, found 10ms"
+    );
+    assert_eq!(
+        err("[cluster]\nlease = \"5s\"\npoll-interval = \"10s\"\n"),
+        "/etc/ferrymail.toml:3: 'cluster.poll-interval' (10s) must be shorter than 'cluster.lease' (5s): a node must hear of other nodes' changes before their leases run out"
+    );
+    assert!(err("[cluster]\nleese = \"5s\"\n").contains("did you mean 'lease'"));
+}

@@ -110,6 +110,43 @@ pub enum AdminAction {
     },
 }
 
+/// A node whose change feed has not completed a read for this long must not
+/// trust its cursor any more (the store may have pruned changes it has not
+/// read): it starts a new feed and rescans the queue instead.
+pub const FEED_RESUME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// Where a node stands in a shared store's change feed
+/// ([`DataStore::feed_start`]). Opaque outside the store that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedCursor {
+    /// Everything committed as of this snapshot has been read (PostgreSQL
+    /// `pg_snapshot` text).
+    pub(crate) low: String,
+    /// A read in progress: the snapshot it reads up to, when the changes
+    /// did not fit one page.
+    pub(crate) high: Option<String>,
+    /// Paging within `low..high`: the last change row read.
+    pub(crate) after: i64,
+}
+
+/// What other nodes changed in a shared store since a [`FeedCursor`]: how
+/// a node learns, while running, of mail accepted, deferred, completed or
+/// acted on elsewhere, and of ETRN and flush issued on other nodes.
+#[derive(Clone, Debug, Default)]
+pub struct FeedBatch {
+    /// Each message whose entries changed, with its entries as they are now
+    /// (and each entry's recipient domain). An entry missing from the list
+    /// is gone (delivered, failed, cancelled); an empty list means the
+    /// whole message is gone.
+    pub messages: Vec<(MessageId, Vec<(QueueEntry, String)>)>,
+    /// ETRN or `queue flush` arguments given on other nodes, in the order
+    /// read: `""` for everything, otherwise the ETRN syntax (`domain`,
+    /// `@domain`, `#queue`).
+    pub expedite: Vec<String>,
+    /// More changes are waiting: read again at once.
+    pub more: bool,
+}
+
 /// Holds envelopes and per-recipient queue entries. See the module docs for the
 /// lease model.
 #[async_trait]
@@ -242,6 +279,55 @@ pub trait DataStore: Send + Sync + 'static {
     async fn close(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    // ------------------------------------------------------------ cluster
+    //
+    // Only a store several nodes share has anything to do here; a
+    // single-node store (embedded) answers with no-ops.
+
+    /// Registers node `name` (lease owner `node`) and returns the 10-bit
+    /// message-id tag it must use, unique among the nodes sharing this
+    /// store and stable across restarts; `None` when the store is not
+    /// shared (any tag will do). It also makes the store attribute this
+    /// node's later changes to it, so that its own feed skips them.
+    async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError>;
+
+    /// Starts a change feed at "now": every change committed after this
+    /// call returns is read by [`DataStore::feed_read`] from the returned
+    /// cursor. `None` for a store no other node writes to.
+    async fn feed_start(&self) -> Result<Option<FeedCursor>, StoreError>;
+
+    /// Reads what other nodes changed after `cursor`, at most about `limit`
+    /// changes, and advances `cursor`. Every committed change is read
+    /// exactly once, however late its transaction commits; changes made
+    /// through this store object after [`DataStore::register_node`] are
+    /// left out (the node knows them).
+    async fn feed_read(
+        &self,
+        cursor: &mut FeedCursor,
+        limit: usize,
+    ) -> Result<FeedBatch, StoreError>;
+
+    /// Tells every other node that ETRN or `queue flush` was given here
+    /// with `argument` (`""` for everything), through the change feed.
+    async fn announce_expedite(&self, argument: &str) -> Result<(), StoreError>;
+
+    /// Whether other nodes may share this store: then virtual queue rates
+    /// hold for the whole cluster, through [`DataStore::take_tokens`].
+    fn shared(&self) -> bool;
+
+    /// Takes up to `want` tokens from virtual queue `queue`'s cluster-wide
+    /// token bucket (`capacity` tokens, refilled at `capacity` per `period`
+    /// by the store's clock, starting full) and returns how many it got.
+    /// A node spends what it got before asking again, so the store sees one
+    /// round trip per batch, not per message.
+    async fn take_tokens(
+        &self,
+        queue: &str,
+        capacity: u64,
+        period: std::time::Duration,
+        want: u32,
+    ) -> Result<u32, StoreError>;
 }
 
 /// Holds message contents, keyed by message id. Written once, read by delivery

@@ -43,7 +43,8 @@
 //!   **dead-destination suspension with a single probe**.
 //! * **Destination round robin with headroom**: isolation between
 //!   destinations inside one virtual queue.
-//! * **Token-bucket queue rate**: `rate = "500/1s"`.
+//! * **Token-bucket queue rate**: `rate = "500/1s"`, per node or, with a
+//!   shared store, for the whole cluster (see `Bucket`).
 //! * **Restart spreading** ([`RESTART_SPREAD_MS`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -222,8 +223,20 @@ impl ReadyQueue {
 }
 
 /// A token bucket: `count` tokens per `period`, starting full.
+///
+/// **Cluster-wide rate.** When the queue's rate is shared by every node of
+/// a cluster ([`CoreSettings::shared_rates`]), the bucket does not refill
+/// by itself: the one bucket is in the shared store, the driver takes
+/// tokens from it in small batches ([`Scheduler::token_requests`],
+/// [`Scheduler::grant`]) and this bucket only holds what was granted.
 #[derive(Clone, Debug)]
 struct Bucket {
+    /// The configured rate (what the driver asks the store for).
+    rate: ferrymail_config::Rate,
+    /// Tokens come only from [`Scheduler::grant`].
+    shared: bool,
+    /// Tokens are missing and the driver should ask for more.
+    wanted: bool,
     /// Most tokens held (the burst).
     capacity: f64,
     /// Tokens added per millisecond.
@@ -235,18 +248,24 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: ferrymail_config::Rate) -> Bucket {
+    fn new(rate: ferrymail_config::Rate, shared: bool) -> Bucket {
         let capacity = rate.count as f64;
         let period = (rate.period.as_millis() as f64).max(1.0);
         Bucket {
+            rate,
+            shared,
+            wanted: false,
             capacity,
             per_ms: capacity / period,
-            tokens: capacity,
+            tokens: if shared { 0.0 } else { capacity },
             last: 0,
         }
     }
 
     fn refill(&mut self, now: UnixMillis) {
+        if self.shared {
+            return;
+        }
         if self.last == 0 {
             self.last = now;
         }
@@ -262,6 +281,7 @@ impl Bucket {
             self.tokens -= 1.0;
             true
         } else {
+            self.wanted = self.shared;
             false
         }
     }
@@ -333,6 +353,9 @@ pub struct CoreSettings {
     pub relay_routes: BTreeSet<String>,
     /// Seed of the jitter generator.
     pub seed: u64,
+    /// Virtual queue rates hold for the whole cluster: tokens are granted
+    /// by the driver from the shared store instead of refilling here.
+    pub shared_rates: bool,
 }
 
 impl CoreSettings {
@@ -349,6 +372,7 @@ impl CoreSettings {
                 .map(|(id, _)| id.clone())
                 .collect(),
             seed,
+            shared_rates: false,
         }
     }
 }
@@ -530,6 +554,17 @@ impl Target {
             Target::Domain(d)
         })
     }
+
+    /// The ETRN argument [`Target::parse`] reads back as this target, and
+    /// `""` for [`Target::All`]: how a flush is passed on to other nodes.
+    pub fn argument(&self) -> String {
+        match self {
+            Target::All => String::new(),
+            Target::Domain(d) => d.clone(),
+            Target::Subdomains(d) => format!("@{d}"),
+            Target::Queue(q) => format!("#{q}"),
+        }
+    }
 }
 
 /// Something the driver should log; the core keeps no logger.
@@ -681,6 +716,8 @@ pub struct Scheduler {
     routes: Interner,
     /// Relay route ids.
     relay_routes: BTreeSet<String>,
+    /// Queue rates are cluster-wide (see [`Bucket`]).
+    shared_rates: bool,
     /// Jobs in flight.
     jobs: HashMap<u64, JobInfo, IdBuild>,
     /// The next job id.
@@ -725,6 +762,7 @@ impl Scheduler {
             names: Interner::default(),
             routes: Interner::default(),
             relay_routes: settings.relay_routes,
+            shared_rates: settings.shared_rates,
             jobs: HashMap::default(),
             next_job: 1,
             rng: Rng::new(settings.seed),
@@ -752,7 +790,7 @@ impl Scheduler {
             dynamic,
             concurrency: q.concurrency.clamp(1, u32::MAX as usize) as u32,
             dest: q.destination.clone(),
-            bucket: q.rate.map(Bucket::new),
+            bucket: q.rate.map(|r| Bucket::new(r, self.shared_rates)),
             in_flight: 0,
             ring: VecDeque::new(),
             active: false,
@@ -1218,7 +1256,8 @@ impl Scheduler {
             if let Some(b) = &mut q.bucket
                 && !b.try_take(now)
             {
-                q.rate_wake = Some(b.next_at());
+                // A shared bucket wakes the loop with a grant, not a time.
+                q.rate_wake = (!b.shared).then(|| b.next_at());
                 break;
             }
             self.pop_ring(qid);
@@ -1549,6 +1588,55 @@ impl Scheduler {
             },
             State::InFlight | State::Free => Location::InFlight,
         })
+    }
+
+    /// Queues whose shared rate bucket ran dry with work waiting, with
+    /// their rate: the driver asks the store for tokens and hands them over
+    /// with [`Scheduler::grant`]. Each is reported once per shortage.
+    pub fn token_requests(&mut self) -> Vec<(String, ferrymail_config::Rate)> {
+        let mut out = Vec::new();
+        for q in self.queues.iter_mut().flatten() {
+            if let Some(b) = &mut q.bucket
+                && b.wanted
+            {
+                b.wanted = false;
+                out.push((q.name.clone(), b.rate));
+            }
+        }
+        out
+    }
+
+    /// Adds `tokens` taken from the shared store to queue `queue`'s bucket
+    /// (ignored if the queue is gone or has no shared rate).
+    pub fn grant(&mut self, queue: &str, tokens: u32) {
+        let Some(&qid) = self.queue_index.get(queue) else {
+            return;
+        };
+        if let Some(b) = &mut self.q_mut(qid).bucket
+            && b.shared
+        {
+            // Never more than one burst on hand: tokens left over when
+            // other nodes took the work must not add up to a bigger burst.
+            b.tokens = (b.tokens + f64::from(tokens)).min(b.capacity);
+        }
+    }
+
+    /// The keys of `message` that are indexed (in flight included), in no
+    /// particular order: what the driver compares with the store's entries
+    /// when another node changed the message.
+    pub fn keys_of(&self, message: MessageId) -> Vec<EntryKey> {
+        let Some(&head) = self.by_msg.get(&message) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut s = head;
+        loop {
+            out.push(self.slots[s as usize].key());
+            s = self.slots[s as usize].next;
+            if s == head {
+                return out;
+            }
+        }
     }
 
     /// The virtual queue an indexed entry was placed in.

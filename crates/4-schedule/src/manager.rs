@@ -45,6 +45,21 @@
 //! with a delay notice is indexed as usual. The notice may have been queued
 //! before the crash and not yet discharged: then the sender gets it twice
 //! (at least once, never lost).
+//!
+//! # Other nodes
+//!
+//! When the store is shared (PostgreSQL), every node indexes the whole
+//! cluster's queue, and follows what the other nodes change through the
+//! store's change feed ([`DataStore::feed_read`](ferrymail_spool::DataStore::feed_read)), read every
+//! `poll_interval`: mail they accepted, deferred, completed, or an operator
+//! acted on there, and ETRN or flush given to them. The feed is started
+//! before the start-up scan, so nothing committed during the scan is
+//! missed. Any node may then start any entry; the store's lease decides
+//! which one delivers it. An entry under another node's live lease waits in
+//! the index until the lease ends: if that node died, this one takes the
+//! entry over then; if not, the feed reports the outcome first. ETRN and
+//! flush given here are passed on through the feed
+//! ([`DataStore::announce_expedite`](ferrymail_spool::DataStore::announce_expedite)).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,15 +69,16 @@ use bytes::Bytes;
 use ferrymail_config::Config;
 use ferrymail_deliver::{Job, Outcome, RecipientOutcome, Remote, Transport};
 use ferrymail_spool::{
-    EntryKey, Envelope, MessageId, NodeId, QueueEntry, Spool, StoreError, UnixMillis, now_millis,
+    EntryKey, Envelope, FEED_RESUME_LIMIT, FeedBatch, MessageId, NodeId, QueueEntry, Spool,
+    StoreError, UnixMillis, now_millis,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{
-    CoreSettings, Dispatch, Health, JobId, JobReport, Mode, Next, Notice, Origin, Scheduler, Stats,
-    Target, TargetError,
+    CoreSettings, Dispatch, Health, JobId, JobReport, Location, Mode, Next, Notice, Origin,
+    Scheduler, Stats, Target, TargetError,
 };
 use crate::event::{Event, EventKind};
 use crate::notify::owes;
@@ -88,10 +104,14 @@ pub struct ManagerSettings {
     /// This node: lease owner.
     pub node: NodeId,
     /// How long a claim lasts unless renewed. A node that dies holds its
-    /// entries at most this long.
+    /// entries at most this long (`cluster.lease`).
     pub lease: Duration,
-    /// How often a running delivery renews its lease.
+    /// How often a running delivery renews its lease: a third of `lease`,
+    /// so one late or failed renewal does not lose it.
     pub renew_every: Duration,
+    /// How often the change feed of a shared store is read
+    /// (`cluster.poll-interval`).
+    pub poll_interval: Duration,
     /// How long shutdown waits for deliveries in flight before abandoning
     /// them (their leases let this node reclaim them after a restart).
     pub shutdown_grace: Duration,
@@ -102,13 +122,20 @@ pub struct ManagerSettings {
 }
 
 impl ManagerSettings {
-    /// Production values: 5-minute leases renewed every minute, 30 s grace,
-    /// 4096-entry pages, a seed from the clock and the node.
+    /// Production values: `[cluster]`'s defaults (60 s leases renewed
+    /// every 20 s, the feed read every second), 30 s grace, 4096-entry
+    /// pages, a seed from the clock and the node.
     pub fn new(node: NodeId) -> ManagerSettings {
+        Self::with_cluster(node, &ferrymail_config::Cluster::default())
+    }
+
+    /// Production values with the lease and feed interval of `cluster`.
+    pub fn with_cluster(node: NodeId, cluster: &ferrymail_config::Cluster) -> ManagerSettings {
         ManagerSettings {
             node,
-            lease: Duration::from_secs(300),
-            renew_every: Duration::from_secs(60),
+            lease: cluster.lease,
+            renew_every: cluster.lease / 3,
+            poll_interval: cluster.poll_interval,
             shutdown_grace: Duration::from_secs(30),
             scan_page: 4096,
             seed: now_millis() ^ node.0.rotate_left(17),
@@ -151,11 +178,15 @@ enum Command {
         keys: Vec<EntryKey>,
         found: Vec<(QueueEntry, String)>,
     },
-    /// ETRN or flush.
+    /// ETRN or flush given to this node.
     Expedite {
         target: Target,
         reply: oneshot::Sender<usize>,
     },
+    /// What other nodes changed, from the change feed.
+    Changed(FeedBatch),
+    /// Tokens taken from a queue's cluster-wide rate bucket.
+    Tokens { queue: String, granted: u32 },
     /// Counters.
     Stats(oneshot::Sender<Stats>),
 }
@@ -176,6 +207,8 @@ impl std::fmt::Debug for Command {
             Command::Refresh(_) => "Refresh",
             Command::Reloaded { .. } => "Reloaded",
             Command::Expedite { .. } => "Expedite",
+            Command::Changed(_) => "Changed",
+            Command::Tokens { .. } => "Tokens",
             Command::Stats(_) => "Stats",
         })
     }
@@ -241,6 +274,8 @@ pub struct QueueManager {
     core: Scheduler,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// Queues whose cluster-wide rate tokens are being fetched.
+    fetching_tokens: std::collections::HashSet<String>,
 }
 
 /// A manager started with [`QueueManager::start`].
@@ -265,11 +300,10 @@ impl QueueManager {
     ) -> (QueueManager, QueueHandle, mpsc::UnboundedReceiver<Event>) {
         let (tx, commands) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
-        let core = Scheduler::new(CoreSettings::from_config(
-            &config.queue,
-            settings.node,
-            settings.seed,
-        ));
+        let core = Scheduler::new(CoreSettings {
+            shared_rates: spool.data.shared(),
+            ..CoreSettings::from_config(&config.queue, settings.node, settings.seed)
+        });
         let shared = Arc::new(Shared {
             spool,
             transport,
@@ -283,6 +317,7 @@ impl QueueManager {
                 core,
                 shared,
                 commands,
+                fetching_tokens: Default::default(),
             },
             QueueHandle { tx },
             events_rx,
@@ -316,7 +351,7 @@ impl QueueManager {
         queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
         shutdown: CancellationToken,
     ) {
-        tokio::spawn(recover(self.shared.clone(), shutdown.clone()));
+        tokio::spawn(follow(self.shared.clone(), shutdown.clone()));
         tokio::spawn(ingest(self.shared.clone(), queued, shutdown.clone()));
         let mut jobs: JoinSet<(JobId, JobReport)> = JoinSet::new();
         let mut job_of_task: HashMap<tokio::task::Id, JobId> = HashMap::new();
@@ -328,6 +363,16 @@ impl QueueManager {
                 job_of_task.insert(handle.id(), job);
             }
             self.log_notices();
+            for (queue, rate) in self.core.token_requests() {
+                if self.fetching_tokens.insert(queue.clone()) {
+                    tokio::spawn(fetch_tokens(
+                        self.shared.clone(),
+                        queue,
+                        rate,
+                        shutdown.clone(),
+                    ));
+                }
+            }
             let wake = self.core.next_wake();
             let sleep = async move {
                 match wake {
@@ -459,10 +504,71 @@ impl QueueManager {
                 let n = self.core.expedite(&target, now);
                 tracing::info!(target = ?target, messages = n, "queue: delivery requested (ETRN/flush)");
                 let _ = reply.send(n);
+                // Every other node starts its share too (a no-op when the
+                // store is not shared).
+                let sh = self.shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = sh.spool.data.announce_expedite(&target.argument()).await {
+                        tracing::warn!(target = ?target, error = %e, "queue: cannot pass ETRN/flush on to the other nodes");
+                    }
+                });
+            }
+            Command::Changed(batch) => self.changed(batch, now),
+            Command::Tokens { queue, granted } => {
+                self.fetching_tokens.remove(&queue);
+                self.core.grant(&queue, granted);
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.core.stats());
             }
+        }
+    }
+
+    /// Applies what other nodes changed: the entries of each message as
+    /// they are now (one missing from the list is gone), then the ETRN and
+    /// flush requests they passed on.
+    fn changed(&mut self, batch: FeedBatch, now: UnixMillis) {
+        for (id, entries) in batch.messages {
+            for k in self.core.keys_of(id) {
+                if !entries.iter().any(|(e, _)| e.key == k) {
+                    self.core.remove(k, now);
+                }
+            }
+            for (e, domain) in &entries {
+                // Finished, waiting only for its notice to be queued (by the
+                // node that finished it): nothing left to schedule.
+                if e.is_notice_owed() {
+                    self.core.remove(e.key, now);
+                    continue;
+                }
+                // This node's own lease on an entry not in flight here: its
+                // job has just ended and this read is older than the
+                // outcome it recorded. Taking the stale copy would start a
+                // deferred entry again before its time. (In flight, the
+                // insert below marks it to be re-read when the job ends.)
+                if e.lease
+                    .is_some_and(|l| l.owner == self.shared.settings.node)
+                    && !matches!(self.core.locate(e.key), Some(Location::InFlight))
+                {
+                    continue;
+                }
+                self.core.insert(e, domain, Origin::Refresh, now);
+            }
+        }
+        for argument in batch.expedite {
+            let target = if argument.is_empty() {
+                Target::All
+            } else {
+                match Target::parse(&argument) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(argument = %argument, error = %e, "queue: another node passed on an ETRN/flush argument this node does not understand");
+                        continue;
+                    }
+                }
+            };
+            let n = self.core.expedite(&target, now);
+            tracing::info!(target = ?target, messages = n, "queue: delivery requested on another node (ETRN/flush)");
         }
     }
 
@@ -543,8 +649,120 @@ fn by_message(entries: Vec<QueueEntry>) -> Vec<(MessageId, Vec<QueueEntry>)> {
     out
 }
 
+/// Entries and flush requests read from the change feed per read.
+const FEED_PAGE: usize = 4096;
+
+/// Starts the change feed (when the store has one), runs the start-up
+/// scan, then follows the feed until shutdown. A feed that could not be
+/// read for [`FEED_RESUME_LIMIT`] may have lost changes to pruning: it is
+/// started afresh and the queue scanned again.
+async fn follow(sh: Arc<Shared>, shutdown: CancellationToken) {
+    let every = sh.settings.poll_interval.max(Duration::from_millis(10));
+    'start: loop {
+        // Before the scan: whatever commits while it runs is read after it.
+        let mut cursor = loop {
+            match sh.spool.data.feed_start().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue: cannot start the change feed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(every.max(Duration::from_secs(1))) => {}
+                    }
+                }
+            }
+        };
+        recover(&sh, &shutdown).await;
+        let Some(cursor) = cursor.as_mut() else {
+            return; // a single-node store: nobody else changes it
+        };
+        let mut read_all = Instant::now();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            loop {
+                match sh.spool.data.feed_read(cursor, FEED_PAGE).await {
+                    Ok(batch) => {
+                        if failing {
+                            tracing::info!("queue: reading the change feed again");
+                            failing = false;
+                        }
+                        let more = batch.more;
+                        if !more {
+                            read_all = Instant::now();
+                        }
+                        if (!batch.messages.is_empty() || !batch.expedite.is_empty())
+                            && sh.commands.send(Command::Changed(batch)).is_err()
+                        {
+                            return;
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "queue: cannot read the change feed; retrying");
+                            failing = true;
+                        }
+                        break;
+                    }
+                }
+            }
+            if read_all.elapsed() > FEED_RESUME_LIMIT {
+                tracing::warn!(
+                    "queue: the change feed was not read for too long; starting it afresh and rescanning the queue"
+                );
+                continue 'start;
+            }
+        }
+    }
+}
+
+/// Takes a batch of tokens from `queue`'s cluster-wide rate bucket in the
+/// store (a tenth of a second's worth, at least one, at most the burst),
+/// waiting for the bucket to refill if it is empty, and hands them to the
+/// loop. One round trip per batch, not per message.
+async fn fetch_tokens(
+    sh: Arc<Shared>,
+    queue: String,
+    rate: ferrymail_config::Rate,
+    shutdown: CancellationToken,
+) {
+    let period_ms = millis(rate.period).max(1) as f64;
+    let per_ms = rate.count as f64 / period_ms;
+    let want = ((per_ms * 100.0).ceil() as u64).clamp(1, rate.count.max(1));
+    let want = u32::try_from(want).unwrap_or(u32::MAX);
+    let one_token = Duration::from_millis(((1.0 / per_ms).ceil() as u64).clamp(5, 1000));
+    loop {
+        let pause = match sh
+            .spool
+            .data
+            .take_tokens(&queue, rate.count, rate.period, want)
+            .await
+        {
+            Ok(granted) if granted > 0 => {
+                let _ = sh.commands.send(Command::Tokens { queue, granted });
+                return;
+            }
+            Ok(_) => one_token,
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %e, "queue: cannot take rate tokens from the store; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 /// The start-up scan: pages through every entry and indexes it.
-async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
+async fn recover(sh: &Arc<Shared>, shutdown: &CancellationToken) {
     let start = Instant::now();
     let mut after = None;
     let mut total = 0usize;
@@ -567,7 +785,7 @@ async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(page.len());
         for (id, mut entries) in by_message(page) {
             if entries.iter().any(|e| e.notice.is_some()) {
-                if let Err(e) = hand_owed_notices(&sh, id, &entries).await {
+                if let Err(e) = hand_owed_notices(sh, id, &entries).await {
                     tracing::warn!(id = %id, error = %e, "queue: cannot read a message with notices owed during recovery; they are sent after the next start");
                 }
                 entries.retain(|e| !e.is_notice_owed());
@@ -575,7 +793,7 @@ async fn recover(sh: Arc<Shared>, shutdown: CancellationToken) {
                     continue;
                 }
             }
-            match with_domains(&sh, id, entries).await {
+            match with_domains(sh, id, entries).await {
                 Ok(v) => batch.extend(v),
                 Err(e) => {
                     tracing::warn!(id = %id, error = %e, "queue: cannot read an envelope during recovery; skipping its entries until the next start")

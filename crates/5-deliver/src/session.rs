@@ -345,6 +345,7 @@ impl Session {
             .command(b"RSET\r\n", "RSET", self.timeouts.ehlo)
             .await?;
         if r.is_positive() {
+            self.needs_reset = false;
             Ok(())
         } else {
             Err(SessionError::Rejected("RSET", r))
@@ -553,10 +554,12 @@ impl Session {
         // the next MAIL directly: no RSET round trip per reused message.
         // After anything else, RSET first (§4.1.1.5), in the same group
         // when pipelining (RFC 2920 §3.1 allows RSET anywhere in one).
-        let reset = std::mem::replace(&mut self.needs_reset, true);
+        let reset = self.needs_reset;
         if reset && !pipelining {
             self.reset().await?;
         }
+        // Until every reply of this transaction is in.
+        self.needs_reset = true;
         if pipelining {
             let mut out = if reset {
                 let mut o = String::from("RSET\r\n");

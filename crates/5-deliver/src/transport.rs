@@ -244,23 +244,37 @@ impl Inner {
         out
     }
 
-    /// A pooled session, or a new one. A pooled one is not probed: if the
-    /// next hop closed it meanwhile, the transaction finds out before
-    /// anything is sent on and says so ([`Transaction::stale`]).
+    /// A pooled session, or a new one. One reused at once is not probed: if
+    /// the next hop closed it meanwhile, the transaction finds out before
+    /// anything is sent on and says so ([`crate::session::Transaction::stale`]).
     async fn session(
         self: &Arc<Self>,
         key: &str,
         route: &Route,
         domain: &str,
     ) -> Result<Session, Failure> {
-        let (found, stale) = self.pool.take(key, self.outbound.idle_timeout);
-        for s in stale {
-            tokio::spawn(s.quit());
+        loop {
+            let (found, stale) = self.pool.take(key, self.outbound.idle_timeout);
+            for s in stale {
+                tokio::spawn(s.quit());
+            }
+            let Some(mut s) = found else { break };
+            // Back-to-back reuse (the common case under load) goes straight
+            // to MAIL. A connection that sat idle for a while is probed with
+            // RSET first (RFC 5321 §4.1.1.5): the next hop may have dropped
+            // it meanwhile, and finding that out before the transaction is
+            // cheaper than inside it.
+            if s.last_used.elapsed() < PROBE_IDLE_AFTER {
+                return Ok(s);
+            }
+            match s.reset().await {
+                Ok(()) => return Ok(s),
+                Err(e) => {
+                    tracing::debug!(host = %s.remote.host, error = %e, "pooled connection unusable")
+                }
+            }
         }
-        match found {
-            Some(s) => Ok(s),
-            None => self.connect(route, domain).await,
-        }
+        self.connect(route, domain).await
     }
 
     /// Opens a session to the first next hop that works: for `mx`, the MX
@@ -379,6 +393,10 @@ impl Inner {
         }
     }
 }
+
+/// A pooled connection idle for longer than this is probed with RSET before
+/// it is reused; one reused sooner is not.
+const PROBE_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// Closes connections idle for `idle-timeout`, until the transport is gone.
 async fn reap(inner: Weak<Inner>, idle_timeout: Duration) {

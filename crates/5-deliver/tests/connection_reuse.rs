@@ -1,6 +1,7 @@
 //! Connection reuse per destination, counted at a recording proxy in front
 //! of smtp-sink: one connection for many jobs (no RSET after a clean
-//! transaction, RSET after one that ended early), a new one after
+//! transaction reused at once, RSET after one that ended early or after a
+//! pause), a new one after
 //! `max-messages-per-connection`, QUIT after `idle-timeout`, a connection
 //! the server dropped is replaced, and concurrent jobs each get their own
 //! connection.
@@ -139,7 +140,17 @@ async fn connection_dropped_by_the_server_is_replaced() {
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let out = deliver(&t, all.next().unwrap()).await;
-    assert_eq!(kind(&out[0]), "delivered", "{out:?}");
+    assert_eq!(
+        kind(&out[0]),
+        "delivered",
+        "{out:?}\n{}\n--- connection 1 ---\n{}",
+        proxy.transcript(0),
+        if proxy.connections() > 1 {
+            proxy.transcript(1)
+        } else {
+            String::new()
+        }
+    );
     assert_eq!(proxy.connections(), 2);
 }
 

@@ -225,6 +225,23 @@ fn node_id(config: &Config, dir: &Path) -> Result<(String, NodeId), StartError> 
     Ok((name, NodeId(hash)))
 }
 
+/// The 10-bit tag this node's message ids carry. A shared store hands out
+/// one unique among its nodes and kept for this node's name across
+/// restarts ([`DataStore::register_node`]); a store of its own leaves the
+/// tag to a hash of the node id, which no other node can collide with.
+async fn node_tag(spool: &Spool, name: &str, node: NodeId) -> Result<u64, StartError> {
+    match spool.data.register_node(name, node).await {
+        Ok(Some(tag)) => {
+            tracing::info!(node = %name, tag, "registered with the shared queue");
+            Ok(u64::from(tag))
+        }
+        Ok(None) => Ok(node.0 & 0x3ff),
+        Err(e) => Err(StartError::env(format!(
+            "cannot register node '{name}' with the queue store: {e}"
+        ))),
+    }
+}
+
 fn tls_acceptor(
     config: &Config,
     dir: &Path,
@@ -263,13 +280,14 @@ async fn run(config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError::env(format!("cannot create {}: {e}", dir.display())))?;
     let spool = open_stores(&config).await?;
     let (node_name, node) = node_id(&config, &dir)?;
+    let tag = node_tag(&spool, &node_name, node).await?;
     let tls = tls_acceptor(&config, &dir)?;
     let shutdown = CancellationToken::new();
     let (etrn_tx, etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
     let (queued_tx, queued_rx) = mpsc::unbounded_channel::<Vec<QueueEntry>>();
     // One id generator for the node: receive and the notifications it
     // generates must never mint the same id.
-    let ids = Arc::new(IdGenerator::new(node.0));
+    let ids = Arc::new(IdGenerator::new(tag));
     // Delivery status notifications: DKIM keys are loaded (and refused)
     // here, before anything listens. Notifications are accepted into the
     // spool and reach the queue engine through receive's channel.
@@ -295,7 +313,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         transport,
         ManagerSettings {
             shutdown_grace: config.server.shutdown_grace,
-            ..ManagerSettings::new(node)
+            ..ManagerSettings::with_cluster(node, &config.cluster)
         },
         queued_rx,
         shutdown.clone(),
@@ -383,7 +401,7 @@ async fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
-    tracing::info!(node = %node_name, listeners = ?bound, "ferrymail started");
+    tracing::info!(node = %node_name, tag, listeners = ?bound, "ferrymail started");
 
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections; finishing sessions in progress");

@@ -81,6 +81,14 @@ fn postgres_store_accepts_survives_kill9_and_delivers() {
     assert_eq!(names[0], names[1], "same node id after the restart");
     let kept = std::fs::read_to_string(s.dir.path().join("data/node-id")).unwrap();
     assert_eq!(kept.trim(), names[0]);
+    // The registry kept the node's name and its message-id tag, and both
+    // messages carry that tag (bits 12..22 of the id).
+    assert_eq!(db.sql("SELECT name FROM node"), names[0]);
+    let tag: u64 = db.sql("SELECT tag FROM node").parse().unwrap();
+    for id in [&first, &second] {
+        let id = u64::from_str_radix(id, 16).unwrap();
+        assert_eq!((id >> 12) & 0x3ff, tag, "{id:016x}");
+    }
 
     let sink = SmtpSink::start_on(relay, &[]);
     let out = s.cli(&["queue", "flush"]);

@@ -1,4 +1,4 @@
-//! The configuration example in README.md passes `ferrymail check`, so the
+//! Every configuration example in README.md passes `ferrymail check`, so the
 //! documentation cannot drift from what the server accepts.
 
 mod common;
@@ -6,11 +6,9 @@ use common::*;
 use std::process::Command;
 
 #[test]
-fn readme_example_checks_clean() {
+fn readme_examples_check_clean() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README.md");
-    let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
-    let end = start + readme[start..].find("```").expect("end of the toml block");
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("dkim-rsa.pem");
     require("openssl");
@@ -27,25 +25,34 @@ fn readme_example_checks_clean() {
         .output()
         .unwrap();
     assert!(st.status.success());
-    // The example names the key where production keeps it; point it at ours.
-    let example =
-        readme[start..end].replace("/etc/ferrymail/dkim-rsa.pem", &key.display().to_string());
-    let file = dir.path().join("example.toml");
-    std::fs::write(&file, example).unwrap();
-    let out = Command::new(bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "README example fails check:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "warnings: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut rest = readme.as_str();
+    let mut checked = 0;
+    while let Some(i) = rest.find("```toml\n") {
+        let start = i + "```toml\n".len();
+        let end = start + rest[start..].find("```").expect("end of the toml block");
+        // The example names the key where production keeps it; point it at ours.
+        let example =
+            rest[start..end].replace("/etc/ferrymail/dkim-rsa.pem", &key.display().to_string());
+        rest = &rest[end..];
+        let file = dir.path().join(format!("example{checked}.toml"));
+        std::fs::write(&file, &example).unwrap();
+        let out = Command::new(bin())
+            .arg("check")
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README example fails check:\n{}\n{example}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "warnings: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "the main example and the cluster example");
 }

@@ -707,6 +707,46 @@ impl DataStore for EmbeddedStore {
             .await
             .map_err(|e| StoreError::Engine(e.to_string()))?
     }
+
+    // The embedded store belongs to one node (its files are locked by one
+    // process), so there is no cluster: no registry, no feed, nobody to
+    // tell about a flush.
+
+    async fn register_node(&self, _name: &str, _node: NodeId) -> Result<Option<u16>, StoreError> {
+        Ok(None)
+    }
+
+    async fn feed_start(&self) -> Result<Option<FeedCursor>, StoreError> {
+        Ok(None)
+    }
+
+    async fn feed_read(
+        &self,
+        _cursor: &mut FeedCursor,
+        _limit: usize,
+    ) -> Result<FeedBatch, StoreError> {
+        Ok(FeedBatch::default())
+    }
+
+    async fn announce_expedite(&self, _argument: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Rates are kept by the scheduler itself with a store of one node;
+    /// this grants whatever is asked.
+    async fn take_tokens(
+        &self,
+        _queue: &str,
+        _capacity: u64,
+        _period: std::time::Duration,
+        want: u32,
+    ) -> Result<u32, StoreError> {
+        Ok(want)
+    }
 }
 
 #[async_trait]

@@ -49,6 +49,7 @@
 //! itself. An idempotent operation that finds its idle connection was closed
 //! while idle (the restart happened in between) runs once more on a new one.
 
+pub mod feed;
 pub mod pool;
 pub mod schema;
 pub mod sql;
@@ -87,6 +88,12 @@ pub struct PgOptions {
 /// The PostgreSQL data and blob store.
 pub struct PgStore {
     pool: Pool,
+    /// This node once registered ([`DataStore::register_node`]): written
+    /// into every change-feed row this store object adds, so the node's own
+    /// feed skips them. `None` before (tests, tools): rows name no node.
+    node: std::sync::RwLock<Option<i64>>,
+    /// Pruning of the change feed and the registry heartbeat.
+    upkeep: std::sync::Mutex<feed::Upkeep>,
 }
 
 /// A database error as a [`StoreError`], with the server's message when
@@ -293,7 +300,16 @@ impl PgStore {
             schema_version = schema::latest(),
             "PostgreSQL store open"
         );
-        Ok(Arc::new(PgStore { pool }))
+        Ok(Arc::new(PgStore {
+            pool,
+            node: std::sync::RwLock::new(None),
+            upkeep: std::sync::Mutex::new(feed::Upkeep::default()),
+        }))
+    }
+
+    /// The node change-feed rows are attributed to.
+    fn node_sql(&self) -> Option<i64> {
+        *self.node.read().expect("node lock")
     }
 
     async fn insert_impl(
@@ -310,7 +326,8 @@ impl PgStore {
             cols.push(e);
         }
         let c = &cols;
-        let base: [&(dyn ToSql + Sync); 18] = [
+        let node = self.node_sql();
+        let base: [&(dyn ToSql + Sync); 19] = [
             &id,
             &record,
             &c.message,
@@ -329,6 +346,7 @@ impl PgStore {
             &c.notify_count,
             &c.notice,
             &c.notice_slot,
+            &node,
         ];
         // Not retried: if a first run committed before its connection died,
         // a second one would be refused (the id exists) anyway.
@@ -584,9 +602,11 @@ impl DataStore for PgStore {
         let row = on_conn!(self, once, |c| c.client.query_one(&c.st.complete, &params))?;
         let left: i64 = row.try_get(0).map_err(|e| corrupt("complete", e))?;
         match usize::try_from(left) {
+            // ferrymail_complete removes the contents from this store's blob
+            // table with the last entry (migration 3).
             Ok(remaining) => Ok(Removal {
                 remaining,
-                contents_removed: false,
+                contents_removed: remaining == 0,
             }),
             Err(_) => Err(StoreError::NotLeased(key)),
         }
@@ -614,7 +634,8 @@ impl DataStore for PgStore {
             &slot,
         ];
         // Not retried: a second run would find the lease released (NotLeased).
-        match on_conn!(self, once, |c| c.client.execute(&c.st.defer, &params))? {
+        let row = on_conn!(self, once, |c| c.client.query_one(&c.st.defer, &params))?;
+        match row.try_get::<_, i64>(0).map_err(|e| corrupt("defer", e))? {
             0 => Err(StoreError::NotLeased(key)),
             _ => Ok(()),
         }
@@ -627,7 +648,8 @@ impl DataStore for PgStore {
         let keys: Vec<EntryKey> = notices.iter().map(|d| d.key).collect();
         let (messages, rcpts) = key_arrays(&keys);
         let slots: Vec<i32> = notices.iter().map(|d| sql_slot(d.slot)).collect();
-        let params: [&(dyn ToSql + Sync); 3] = [&messages, &rcpts, &slots];
+        let node = self.node_sql();
+        let params: [&(dyn ToSql + Sync); 4] = [&messages, &rcpts, &slots, &node];
         // Not retried: a second run would not report the emptied messages.
         let rows = on_conn!(self, once, |c| c.client.query(&c.st.discharge, &params))?;
         rows.iter()
@@ -681,9 +703,12 @@ impl DataStore for PgStore {
             AdminAction::Release => (1, 0),
             AdminAction::Retry { now } => (2, sql_time(now)),
         };
-        let params: [&(dyn ToSql + Sync); 4] = [&messages, &rcpts, &code, &now];
-        // Idempotent: setting the same flag or due time twice.
-        let n = on_conn!(self, retry, |c| c.client.execute(&c.st.admin, &params))?;
+        let node = self.node_sql();
+        let params: [&(dyn ToSql + Sync); 5] = [&messages, &rcpts, &code, &now, &node];
+        // Idempotent: setting the same flag or due time twice (the feed
+        // then says twice that the message changed, which is harmless).
+        let row = on_conn!(self, retry, |c| c.client.query_one(&c.st.admin, &params))?;
+        let n: i64 = row.try_get(0).map_err(|e| corrupt("admin", e))?;
         Ok(n as usize)
     }
 
@@ -692,7 +717,8 @@ impl DataStore for PgStore {
             return Ok(Vec::new());
         }
         let (messages, rcpts) = key_arrays(keys);
-        let params: [&(dyn ToSql + Sync); 2] = [&messages, &rcpts];
+        let node = self.node_sql();
+        let params: [&(dyn ToSql + Sync); 3] = [&messages, &rcpts, &node];
         // Not retried: a second run would not report the emptied messages.
         let rows = on_conn!(self, once, |c| c.client.query(&c.st.cancel, &params))?;
         rows.iter()
@@ -702,6 +728,79 @@ impl DataStore for PgStore {
                     .map_err(|e| corrupt("cancel", e))
             })
             .collect()
+    }
+
+    async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError> {
+        let id = sql_node(node);
+        let row = on_conn!(self, retry, |c| c
+            .client
+            .query_one(&c.st.register, &[&name, &id]))?;
+        let tag: i32 = row
+            .try_get(0)
+            .map_err(|e| corrupt("node registration", e))?;
+        match tag {
+            -1 => Err(StoreError::Engine(
+                "all 1024 node tags are taken by nodes seen in the last 7 days; remove rows of retired nodes from the `node` table".into(),
+            )),
+            -2 => Err(StoreError::Engine(format!(
+                "node '{name}' cannot register: its node id (a hash of the name) is registered under another name; choose another server.node-id"
+            ))),
+            t => {
+                *self.node.write().expect("node lock") = Some(id);
+                *self.upkeep.lock().expect("upkeep lock") = feed::Upkeep::default();
+                Ok(Some(t as u16))
+            }
+        }
+    }
+
+    async fn feed_start(&self) -> Result<Option<FeedCursor>, StoreError> {
+        let row = on_conn!(self, retry, |c| c
+            .client
+            .query_one(&c.st.feed_snapshot, &[]))?;
+        let low: String = row.try_get(0).map_err(|e| corrupt("snapshot", e))?;
+        Ok(Some(FeedCursor {
+            low,
+            high: None,
+            after: 0,
+        }))
+    }
+
+    async fn feed_read(
+        &self,
+        cursor: &mut FeedCursor,
+        limit: usize,
+    ) -> Result<FeedBatch, StoreError> {
+        feed::read(self, cursor, limit).await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn take_tokens(
+        &self,
+        queue: &str,
+        capacity: u64,
+        period: std::time::Duration,
+        want: u32,
+    ) -> Result<u32, StoreError> {
+        let cap = capacity as f64;
+        let per_ms = cap / (period.as_millis() as f64).max(1.0);
+        let want = i32::try_from(want).unwrap_or(i32::MAX);
+        // Not retried: a second run would take tokens twice.
+        let row = on_conn!(self, once, |c| c
+            .client
+            .query_one(&c.st.take_tokens, &[&queue, &cap, &per_ms, &want]))?;
+        let got: i32 = row.try_get(0).map_err(|e| corrupt("rate bucket", e))?;
+        Ok(got.max(0) as u32)
+    }
+
+    async fn announce_expedite(&self, argument: &str) -> Result<(), StoreError> {
+        let node = self.node_sql();
+        on_conn!(self, once, |c| c
+            .client
+            .execute(&c.st.announce, &[&node, &argument]))?;
+        Ok(())
     }
 }
 

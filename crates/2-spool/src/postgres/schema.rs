@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "notices owed: entry notice columns, claim index without them, discharge",
         sql: include_str!("migrations/0002_notice_owed.sql"),
     },
+    Migration {
+        version: 3,
+        name: "change feed, node registry, rate buckets",
+        sql: include_str!("migrations/0003_cluster.sql"),
+    },
 ];
 
 /// The schema version this release expects.

@@ -23,7 +23,8 @@ pub const ENTRY_COLS: &str = "e.message, e.rcpt, e.queue, e.schedule, e.route, e
 /// How many columns [`ENTRY_COLS`] names.
 pub const ENTRY_COL_COUNT: usize = 15;
 
-/// Envelope ($1 id, $2 record) and entries ($3..$18, one array per column).
+/// Envelope ($1 id, $2 record) and entries ($3..$18, one array per column);
+/// $19 is the writing node (for the change feed), $20 the contents if any.
 ///
 /// Plain inserts: a message id that exists already is refused (a unique
 /// violation, so the statement fails whole), never overwritten. Ids are
@@ -44,10 +45,16 @@ env AS (
     INSERT INTO envelope (message, record) VALUES ($1::bigint, $2::bytea)
 )";
 
-/// The contents ($19) in the same statement, hence the same commit.
+/// The contents ($20) in the same statement, hence the same commit.
 const INSERT_CONTENTS: &str = "
 contents AS (
-    INSERT INTO blob (message, contents) VALUES ($1::bigint, $19::bytea)
+    INSERT INTO blob (message, contents) VALUES ($1::bigint, $20::bytea)
+)";
+
+/// The change-feed row of an insert: $19 is the writing node.
+const INSERT_CHANGE: &str = "
+change_row AS (
+    INSERT INTO change (node, message) VALUES ($19::bigint, $1::bigint)
 )";
 
 /// Due-order claim: $1 owner, $2 lane, $3 now, $4 queue or NULL, $5 limit,
@@ -113,7 +120,8 @@ const COMPLETE: &str = "SELECT ferrymail_complete($1::bigint, $2::integer, $3::b
 
 /// $1 message, $2 rcpt, $3 owner, $4 notice record, $5 notice slot (0,
 /// final). One row with the entries the message has (this one included)
-/// when $3 held the lease, none otherwise.
+/// when $3 held the lease, none otherwise. The change feed learns that the
+/// entry is finished (other nodes drop it from their index).
 const COMPLETE_OWING: &str = "
 WITH done AS (
     -- Lease rule: only the owner records the outcome, and doing so releases
@@ -124,19 +132,28 @@ WITH done AS (
            notice = $4::bytea, notice_slot = $5::integer
      WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint
     RETURNING message
+), change_row AS (
+    INSERT INTO change (node, message) SELECT $3::bigint, message FROM done
 )
 SELECT (SELECT count(*) FROM entry WHERE message = $1::bigint) FROM done";
 
 /// $1 message, $2 rcpt, $3 owner, $4 next due, $5 last error, $6 notify
-/// count, $7/$8 the delay notice owed and its slot (NULL: keep what is there).
+/// count, $7/$8 the delay notice owed and its slot (NULL: keep what is
+/// there). Returns how many entries it deferred (0 or 1).
 const DEFER: &str = "
--- Lease rule: only the owner records the outcome, and doing so releases the lease.
-UPDATE entry SET lane = 1, due = $4::bigint, attempts = attempts + 1,
-       lease_owner = NULL, lease_until = NULL,
-       last_error = $5::text, notify_count = $6::integer,
-       notice = coalesce($7::bytea, notice),
-       notice_slot = coalesce($8::integer, notice_slot)
- WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint";
+WITH deferred AS (
+    -- Lease rule: only the owner records the outcome, and doing so releases the lease.
+    UPDATE entry SET lane = 1, due = $4::bigint, attempts = attempts + 1,
+           lease_owner = NULL, lease_until = NULL,
+           last_error = $5::text, notify_count = $6::integer,
+           notice = coalesce($7::bytea, notice),
+           notice_slot = coalesce($8::integer, notice_slot)
+     WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint
+    RETURNING message
+), change_row AS (
+    INSERT INTO change (node, message) SELECT $3::bigint, message FROM deferred
+)
+SELECT count(*) FROM deferred";
 
 const ENVELOPE: &str = "SELECT record FROM envelope WHERE message = $1::bigint";
 
@@ -149,7 +166,9 @@ SELECT ENTRY_COLS FROM entry e
  ORDER BY e.message, e.rcpt
  LIMIT $3::bigint";
 
-/// $1/$2 keys, $3 action (0 hold, 1 release, 2 retry), $4 "now" of a retry.
+/// $1/$2 keys, $3 action (0 hold, 1 release, 2 retry), $4 "now" of a
+/// retry, $5 the node acting (NULL if unknown). Returns how many entries it
+/// changed.
 const ADMIN: &str = "
 WITH target AS (
     -- Operator actions ignore leases: an attempt in flight finishes and its
@@ -159,23 +178,66 @@ WITH target AS (
         ON e.message = k.message AND e.rcpt = k.rcpt
      ORDER BY e.message, e.rcpt
      FOR UPDATE OF e
+), changed AS (
+    UPDATE entry e SET
+        held = CASE $3::smallint WHEN 0 THEN true WHEN 1 THEN false ELSE e.held END,
+        due = CASE WHEN $3::smallint = 2 THEN $4::bigint ELSE e.due END
+      FROM target
+     WHERE e.message = target.message AND e.rcpt = target.rcpt
+    RETURNING e.message
+), change_row AS (
+    INSERT INTO change (node, message) SELECT DISTINCT $5::bigint, message FROM changed
 )
-UPDATE entry e SET
-    held = CASE $3::smallint WHEN 0 THEN true WHEN 1 THEN false ELSE e.held END,
-    due = CASE WHEN $3::smallint = 2 THEN $4::bigint ELSE e.due END
-  FROM target
- WHERE e.message = target.message AND e.rcpt = target.rcpt";
+SELECT count(*) FROM changed";
 
-/// $1/$2 keys; the emptied messages in the order they emptied.
+/// $1/$2 keys, $3 the node acting (NULL if unknown); the emptied messages
+/// in the order they emptied.
 const CANCEL: &str = "
-SELECT m FROM ferrymail_cancel($1::bigint[], $2::integer[]) WITH ORDINALITY AS t (m, n)
+SELECT m FROM ferrymail_cancel($1::bigint[], $2::integer[], $3::bigint) WITH ORDINALITY AS t (m, n)
  ORDER BY n";
 
-/// $1/$2 keys, $3 slots; the emptied messages in the order they emptied.
+/// $1/$2 keys, $3 slots, $4 the node discharging (for the change feed);
+/// the emptied messages in the order they emptied.
 const DISCHARGE: &str = "
-SELECT m FROM ferrymail_discharge($1::bigint[], $2::integer[], $3::integer[])
+SELECT m FROM ferrymail_discharge($1::bigint[], $2::integer[], $3::integer[], $4::bigint)
     WITH ORDINALITY AS t (m, n)
  ORDER BY n";
+
+/// The feed's high-water mark: the snapshot a read reads up to.
+const FEED_SNAPSHOT: &str = "SELECT pg_current_snapshot()::text";
+
+/// One page of change rows: committed after snapshot $1 (not visible in
+/// it) and by snapshot $2 (visible in it), after row $3, not written by
+/// node $4, at most $5. See `super::feed` for why snapshots and not `seq`.
+const FEED_PAGE: &str = "
+SELECT seq, message, expedite FROM change
+ WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+   AND xid <  pg_snapshot_xmax($2::text::pg_snapshot)
+   AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+   AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
+   AND seq > $3::bigint
+   AND node IS DISTINCT FROM $4::bigint
+ ORDER BY seq
+ LIMIT $5::bigint";
+
+/// The entries of messages $1, as they are now.
+const FEED_ENTRIES: &str = "
+SELECT ENTRY_COLS FROM entry e WHERE e.message = ANY ($1::bigint[]) ORDER BY e.message, e.rcpt";
+
+/// The envelopes of messages $1 (for their recipients' domains).
+const FEED_ENVELOPES: &str =
+    "SELECT message, record FROM envelope WHERE message = ANY ($1::bigint[])";
+
+/// $1 the node, $2 the ETRN/flush argument.
+const ANNOUNCE: &str = "INSERT INTO change (node, expedite) VALUES ($1::bigint, $2::text)";
+
+/// $1 name, $2 node id; see migration 3.
+const REGISTER: &str = "SELECT ferrymail_register($1::text, $2::bigint)";
+
+/// $1 queue, $2 capacity, $3 tokens per millisecond, $4 wanted; see
+/// migration 3.
+const TAKE_TOKENS: &str =
+    "SELECT ferrymail_take_tokens($1::text, $2::float8, $3::float8, $4::integer)";
 
 /// A plain insert, refused if the id exists, for the reason given at
 /// [`INSERT_ENTRIES`].
@@ -221,17 +283,36 @@ pub struct Statements {
     pub blob_get: Statement,
     /// [`crate::BlobStore::delete`].
     pub blob_delete: Statement,
+    /// [`crate::DataStore::feed_read`]: the snapshot to read up to.
+    pub feed_snapshot: Statement,
+    /// [`crate::DataStore::feed_read`]: one page of change rows.
+    pub feed_page: Statement,
+    /// [`crate::DataStore::feed_read`]: the changed messages' entries.
+    pub feed_entries: Statement,
+    /// [`crate::DataStore::feed_read`]: their envelopes.
+    pub feed_envelopes: Statement,
+    /// [`crate::DataStore::announce_expedite`].
+    pub announce: Statement,
+    /// [`crate::DataStore::register_node`].
+    pub register: Statement,
+    /// [`crate::DataStore::take_tokens`].
+    pub take_tokens: Statement,
 }
 
 impl Statements {
     /// Prepares every statement on `client`, all in one pipelined exchange.
     pub async fn prepare(client: &Client) -> Result<Statements, StoreError> {
         let cols = |s: &str| s.replace("ENTRY_COLS", ENTRY_COLS);
-        let insert = format!("WITH {INSERT_ENVELOPE} {INSERT_ENTRIES}");
+        let insert = format!("WITH {INSERT_ENVELOPE}, {INSERT_CHANGE} {INSERT_ENTRIES}");
         let insert_with_contents =
-            format!("WITH {INSERT_ENVELOPE}, {INSERT_CONTENTS} {INSERT_ENTRIES}");
-        let (claim, claim_keys, entries, scan) =
-            (cols(CLAIM), cols(CLAIM_KEYS), cols(ENTRIES), cols(SCAN));
+            format!("WITH {INSERT_ENVELOPE}, {INSERT_CHANGE}, {INSERT_CONTENTS} {INSERT_ENTRIES}");
+        let (claim, claim_keys, entries, scan, feed_entries) = (
+            cols(CLAIM),
+            cols(CLAIM_KEYS),
+            cols(ENTRIES),
+            cols(SCAN),
+            cols(FEED_ENTRIES),
+        );
         let p = |sql| client.prepare(sql);
         let r = tokio::try_join!(
             p(&insert),
@@ -253,6 +334,16 @@ impl Statements {
             p(BLOB_DELETE),
         )
         .map_err(super::pg_error)?;
+        let f = tokio::try_join!(
+            p(FEED_SNAPSHOT),
+            p(FEED_PAGE),
+            p(&feed_entries),
+            p(FEED_ENVELOPES),
+            p(ANNOUNCE),
+            p(REGISTER),
+            p(TAKE_TOKENS),
+        )
+        .map_err(super::pg_error)?;
         Ok(Statements {
             insert: r.0,
             insert_with_contents: r.1,
@@ -271,6 +362,13 @@ impl Statements {
             blob_put: r.14,
             blob_get: r.15,
             blob_delete: r.16,
+            feed_snapshot: f.0,
+            feed_page: f.1,
+            feed_entries: f.2,
+            feed_envelopes: f.3,
+            announce: f.4,
+            register: f.5,
+            take_tokens: f.6,
         })
     }
 }

@@ -692,3 +692,319 @@ fn sslrootcert_is_taken_out_of_the_url() {
         ("postgresql://u@h/db".to_string(), None)
     );
 }
+
+// ---------------------------------------------------------------- cluster
+
+/// Message ids and the entry keys of a feed batch, for comparisons.
+fn fed(batch: &FeedBatch) -> Vec<(MessageId, Vec<u32>)> {
+    batch
+        .messages
+        .iter()
+        .map(|(id, es)| (*id, es.iter().map(|(e, _)| e.key.rcpt).collect()))
+        .collect()
+}
+
+/// Reads the feed until it has nothing more.
+async fn read_all(s: &PgStore, cursor: &mut FeedCursor, page: usize) -> FeedBatch {
+    let mut all = FeedBatch::default();
+    loop {
+        let b = s.feed_read(cursor, page).await.unwrap();
+        all.messages.extend(b.messages);
+        all.expedite.extend(b.expedite);
+        if !b.more {
+            return all;
+        }
+    }
+}
+
+/// Two nodes on one schema: each reads what the other changed (accepted,
+/// completed, cancelled, flushed), once, with recipient domains, and never
+/// its own changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_reads_other_nodes_changes_once_and_skips_its_own() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    let (na, nb) = (NodeId(0xa), NodeId(0xb));
+    a.register_node("a", na).await.unwrap();
+    b.register_node("b", nb).await.unwrap();
+    let mut ca = a
+        .feed_start()
+        .await
+        .unwrap()
+        .expect("a shared store has a feed");
+    let mut cb = b
+        .feed_start()
+        .await
+        .unwrap()
+        .expect("a shared store has a feed");
+
+    let m1 = sample_envelope(1 << 30, 2);
+    a.insert(&m1, &sample_entries(&m1, "q", 1)).await.unwrap();
+    let m2 = sample_envelope(2 << 30, 1);
+    b.insert(&m2, &sample_entries(&m2, "q", 1)).await.unwrap();
+
+    let got = read_all(&b, &mut cb, 100).await;
+    assert_eq!(
+        fed(&got),
+        vec![(m1.id, vec![0, 1])],
+        "b reads a's message only"
+    );
+    let domains: Vec<&str> = got.messages[0].1.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(domains, ["dest0.example", "dest1.example"]);
+    assert_eq!(
+        fed(&read_all(&a, &mut ca, 100).await),
+        vec![(m2.id, vec![0])]
+    );
+    assert!(
+        fed(&read_all(&b, &mut cb, 100).await).is_empty(),
+        "nothing is read twice"
+    );
+
+    // a delivers one recipient, then cancels the other.
+    let k0 = EntryKey {
+        message: m1.id,
+        rcpt: 0,
+    };
+    let k1 = EntryKey {
+        message: m1.id,
+        rcpt: 1,
+    };
+    assert_eq!(a.claim_keys(na, &[k0], 10, 1000).await.unwrap().len(), 1);
+    a.complete(na, k0, None).await.unwrap();
+    assert_eq!(
+        fed(&read_all(&b, &mut cb, 100).await),
+        vec![(m1.id, vec![1])]
+    );
+    a.cancel(&[k1]).await.unwrap();
+    assert_eq!(
+        fed(&read_all(&b, &mut cb, 100).await),
+        vec![(m1.id, vec![])],
+        "an empty list: the message is gone"
+    );
+    // b defers its own message: a hears of it.
+    let k = EntryKey {
+        message: m2.id,
+        rcpt: 0,
+    };
+    b.claim_keys(nb, &[k], 10, 1000).await.unwrap();
+    let deferral = Deferral {
+        due: 5000,
+        last_error: "4.0.0 try later".into(),
+        notify_count: 0,
+        notice: None,
+    };
+    b.defer(nb, k, &deferral).await.unwrap();
+    let got = read_all(&a, &mut ca, 100).await;
+    assert_eq!(fed(&got), vec![(m2.id, vec![0])]);
+    assert_eq!(got.messages[0].1[0].0.due, 5000);
+    assert_eq!(got.messages[0].1[0].0.lane, Lane::Deferred);
+    // An operator's hold on b, then a flush on a.
+    b.admin(&[k], AdminAction::Hold).await.unwrap();
+    assert!(read_all(&a, &mut ca, 100).await.messages[0].1[0].0.held);
+    a.announce_expedite("@example.org").await.unwrap();
+    a.announce_expedite("").await.unwrap();
+    let got = read_all(&b, &mut cb, 100).await;
+    assert_eq!(got.expedite, ["@example.org", ""]);
+    assert!(read_all(&a, &mut ca, 100).await.expedite.is_empty());
+}
+
+/// The pitfall of sequence watermarks: a transaction that took its place in
+/// the change table first but commits last. Its change must still be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_never_skips_a_change_that_commits_late() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    a.register_node("a", NodeId(1)).await.unwrap();
+    b.register_node("b", NodeId(2)).await.unwrap();
+    let mut cb = b.feed_start().await.unwrap().unwrap();
+
+    let (mut slow, conn) = tokio_postgres::connect(&schema.url(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let tx = slow.transaction().await.unwrap();
+    let late = MessageId(7 << 40);
+    tx.execute(
+        "INSERT INTO change (node, message) VALUES (1, $1)",
+        &[&sql_id(late)],
+    )
+    .await
+    .unwrap();
+    let seq_late: i64 = tx
+        .query_one("SELECT max(seq) FROM change", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let early = sample_envelope(8 << 40, 1);
+    a.insert(&early, &sample_entries(&early, "q", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        fed(&read_all(&b, &mut cb, 100).await),
+        vec![(early.id, vec![0])]
+    );
+    let seq_early: i64 = admin()
+        .await
+        .query_one(&format!("SELECT max(seq) FROM {}.change", schema.name), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        seq_late < seq_early,
+        "the late transaction holds the lower sequence number ({seq_late} < {seq_early})"
+    );
+
+    tx.commit().await.unwrap();
+    assert_eq!(
+        fed(&read_all(&b, &mut cb, 100).await),
+        vec![(late, vec![])],
+        "read once it commits, although a later sequence number was read before"
+    );
+    assert!(fed(&read_all(&b, &mut cb, 100).await).is_empty());
+}
+
+/// More changes than a page: read in pages, each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_pages_through_many_changes() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    a.register_node("a", NodeId(1)).await.unwrap();
+    b.register_node("b", NodeId(2)).await.unwrap();
+    let mut cb = b.feed_start().await.unwrap().unwrap();
+    let mut want = Vec::new();
+    for i in 0..10u64 {
+        let env = sample_envelope((i + 1) << 30, 1);
+        a.insert(&env, &sample_entries(&env, "q", 1)).await.unwrap();
+        want.push((env.id, vec![0]));
+    }
+    let first = b.feed_read(&mut cb, 3).await.unwrap();
+    assert!(first.more, "10 changes do not fit a page of 3");
+    let mut got = fed(&first);
+    got.extend(fed(&read_all(&b, &mut cb, 3).await));
+    assert_eq!(got, want);
+}
+
+/// Every node name gets its own message-id tag, the same one at every
+/// start; a node id registered under another name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_node_tags_are_unique_and_stable() {
+    let schema = Schema::new().await;
+    let s = schema.open(2).await;
+    let mut tags = Vec::new();
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        tags.push(
+            s.register_node(name, NodeId(100 + i as u64))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let mut unique = tags.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "tags {tags:?}");
+    assert!(tags.iter().all(|&t| t < 1024));
+    let again = schema.open(2).await;
+    assert_eq!(
+        again.register_node("c", NodeId(102)).await.unwrap(),
+        Some(tags[2]),
+        "a restarted node keeps its tag"
+    );
+    let err = again.register_node("e", NodeId(101)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("registered under another name"),
+        "{err}"
+    );
+}
+
+/// A virtual queue's rate bucket is one for all nodes: what one node takes,
+/// the other cannot; it starts full and refills by the database's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_tokens_are_shared_between_nodes() {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    assert!(a.shared());
+    let sec = Duration::from_secs(1);
+    assert_eq!(
+        a.take_tokens("q", 10, sec, 8).await.unwrap(),
+        8,
+        "starts full"
+    );
+    assert_eq!(
+        b.take_tokens("q", 10, sec, 5).await.unwrap(),
+        2,
+        "what a took is gone"
+    );
+    assert_eq!(
+        b.take_tokens("other", 10, sec, 5).await.unwrap(),
+        5,
+        "one bucket per queue"
+    );
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = a.take_tokens("q", 10, sec, 10).await.unwrap();
+    let most = 3 + (t.elapsed().as_millis() as u32 - 300) / 100 + 1;
+    assert!(
+        (3..=most).contains(&got),
+        "10/s for 300 ms: 3 tokens, got {got}"
+    );
+    // Two nodes taking at once never get more than the bucket holds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (x, y) = tokio::join!(
+        a.take_tokens("q", 10, sec, 10),
+        b.take_tokens("q", 10, sec, 10)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(
+        x + y <= 11,
+        "a full bucket is 10 (+1 for time passing): {x} + {y}"
+    );
+    assert!(x + y >= 10);
+}
+
+/// Completing (or cancelling) the last entry removes the contents in the
+/// same transaction: a node killed right after its complete leaves nothing
+/// behind, although the caller's own delete of the contents never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_complete_or_cancel_removes_the_contents_too() {
+    let schema = Schema::new().await;
+    let s = schema.open(2).await;
+    let node = NodeId(1);
+    let env = sample_envelope(3 << 30, 2);
+    s.insert_with_contents(
+        &env,
+        &sample_entries(&env, "q", 1),
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<EntryKey> = (0..2)
+        .map(|rcpt| EntryKey {
+            message: env.id,
+            rcpt,
+        })
+        .collect();
+    s.claim_keys(node, &keys, 10, 1000).await.unwrap();
+    assert_eq!(s.complete(node, keys[0], None).await.unwrap().remaining, 1);
+    assert!(s.get(env.id).await.unwrap().is_some(), "one recipient left");
+    assert_eq!(s.complete(node, keys[1], None).await.unwrap().remaining, 0);
+    assert_eq!(
+        s.get(env.id).await.unwrap(),
+        None,
+        "gone with the last entry"
+    );
+
+    let env = sample_envelope(4 << 30, 1);
+    s.insert_with_contents(
+        &env,
+        &sample_entries(&env, "q", 1),
+        Bytes::from_static(b"y"),
+    )
+    .await
+    .unwrap();
+    let key = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    assert_eq!(s.cancel(&[key]).await.unwrap(), vec![env.id]);
+    assert_eq!(s.get(env.id).await.unwrap(), None, "cancelled: gone too");
+}

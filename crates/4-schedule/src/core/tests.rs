@@ -663,6 +663,50 @@ fn queue_concurrency_and_rate() {
 }
 
 #[test]
+fn shared_rate_spends_only_granted_tokens() {
+    let c = ferrymail_config::parse(
+        "[queue.virtual.rated]\nrate = \"4/1s\"\nconcurrency = 100\n",
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    let mut s = Scheduler::new(CoreSettings {
+        shared_rates: true,
+        ..CoreSettings::from_config(&c.queue, NODE, 42)
+    });
+    let put = |s: &mut Scheduler, from: u64, n: u64| {
+        for i in from..from + n {
+            let mut e = E::new(mid(T0, 100 + i), 0);
+            e.queue = "rated";
+            s.insert(&e.entry(), &format!("r{i}.example"), Origin::New, T0);
+        }
+    };
+    put(&mut s, 0, 6);
+    assert!(
+        s.poll(T0).is_empty(),
+        "no tokens until the store grants some"
+    );
+    let asked = s.token_requests();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].0, "rated");
+    assert_eq!(asked[0].1.count, 4);
+    assert!(s.token_requests().is_empty(), "asked once per shortage");
+    assert_eq!(s.next_wake(), None, "a grant wakes it, not the clock");
+    assert!(s.poll(T0 + 60_000).is_empty(), "time alone adds nothing");
+    s.grant("rated", 3);
+    assert_eq!(s.poll(T0 + 60_000).len(), 3, "one job per granted token");
+    assert_eq!(s.token_requests().len(), 1, "dry again, three entries wait");
+    s.grant("nope", 5);
+    s.grant("rated", 5);
+    assert_eq!(s.poll(T0 + 60_000).len(), 3, "the rest");
+    assert!(s.token_requests().is_empty(), "not dry: nothing waits");
+    // One token was left (5 granted, held up to the burst of 4, 3 spent);
+    // more grants never hold more than one burst.
+    s.grant("rated", 10);
+    put(&mut s, 10, 6);
+    assert_eq!(s.poll(T0 + 60_000).len(), 4, "a burst at most");
+}
+
+#[test]
 fn dynamic_queues_are_capped_and_freed() {
     let mut s = sched("[queue]\nmax-dynamic-queues = 2\n");
     let put = |s: &mut Scheduler, n: u64, q: &'static str| {
@@ -867,7 +911,34 @@ fn etrn_arguments() {
     ];
     for (arg, want) in table {
         assert_eq!(&Target::parse(arg), want, "{arg}");
+        // What a node passes on to the others reads back as the same target.
+        if let Ok(t) = want {
+            assert_eq!(Target::parse(&t.argument()).as_ref(), Ok(t), "{arg}");
+        }
     }
+    assert_eq!(Target::All.argument(), "");
+}
+
+#[test]
+fn keys_of_lists_a_messages_indexed_entries_in_flight_included() {
+    let mut s = sched("");
+    for rcpt in 0..3 {
+        let e = E::new(mid(T0, 1), rcpt);
+        s.insert(&e.entry(), "a.example", Origin::New, T0);
+    }
+    s.insert(&E::new(mid(T0, 2), 0).entry(), "b.example", Origin::New, T0);
+    let started = s.poll(T0);
+    assert!(!started.is_empty());
+    let mut keys = s.keys_of(mid(T0, 1));
+    keys.sort();
+    let want: Vec<EntryKey> = (0..3)
+        .map(|rcpt| EntryKey {
+            message: mid(T0, 1),
+            rcpt,
+        })
+        .collect();
+    assert_eq!(keys, want);
+    assert!(s.keys_of(mid(T0, 3)).is_empty());
 }
 
 #[test]

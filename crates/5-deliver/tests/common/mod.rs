@@ -485,6 +485,20 @@ impl Proxy {
         self.client_turns(i).concat()
     }
 
+    /// Connection `i` as it happened, for a failure message: `C:` what the
+    /// client sent, `S:` what the server answered, in order.
+    pub fn transcript(&self, i: usize) -> String {
+        let mut out = String::new();
+        for e in &self.conns.lock().unwrap()[i] {
+            match e {
+                Event::Client(b) => out.push_str(&format!("C: {}", String::from_utf8_lossy(b))),
+                Event::Server(b) => out.push_str(&format!("S: {}", String::from_utf8_lossy(b))),
+                Event::ClientClosed => out.push_str("(client closed)\n"),
+            }
+        }
+        out
+    }
+
     /// Whether the client closed connection `i`.
     pub fn client_closed(&self, i: usize) -> bool {
         self.conns.lock().unwrap()[i]

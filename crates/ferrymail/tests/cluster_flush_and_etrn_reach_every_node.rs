@@ -1,0 +1,176 @@
+//! ETRN and `queue flush` given to one node of a cluster make the other
+//! node deliver too.
+//!
+//! Two nodes on one PostgreSQL database; mail for x.test and y.test waits in
+//! the deferred lane with its next try an hour away (the relay was down at
+//! the first attempt). The relay comes up as an smtp-sink that takes a
+//! second per message, and each node may have one delivery in flight to it
+//! (`destination.concurrency = 1`), so one node alone would need eight
+//! seconds for eight messages. Then:
+//!
+//! * `ETRN x.test` over SMTP to node a: node b delivers some of the x.test
+//!   mail as well (nothing else would make it try before the hour is up),
+//!   and no y.test mail moves;
+//! * `ferrymail queue flush` on node b: node a delivers some of the y.test
+//!   mail as well.
+//!
+//! Every message arrives exactly once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::peers::*;
+use common::pg::*;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const PER_DOMAIN: usize = 8;
+
+fn config(relay: u16, delivery_log: &Path) -> String {
+    format!(
+        r#"[session.rcpt]
+local-domains = ["local.test"]
+relay = "remote_ip == '127.0.0.1'"
+
+[queue.schedule]
+retry = "[1h]"
+
+[queue.virtual.default]
+destination.concurrency = 1
+
+[queue.outbound]
+delivery-log = "{log}"
+
+[cluster]
+lease = "5s"
+poll-interval = "500ms"
+
+{route}
+[queue.strategy]
+route = "'sink'"
+"#,
+        log = delivery_log.display(),
+        route = relay_route("sink", relay, "smtp"),
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// How many `domain` recipients a node's delivery log says it delivered.
+fn delivered(log: &Path, domain: &str) -> usize {
+    delivery_log(log)
+        .iter()
+        .filter(|l| l["outcome"] == "delivered" && l["domain"] == domain)
+        .count()
+}
+
+/// Subject → arrivals at the sink.
+fn arrivals(sink: &SmtpSink) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for d in sink.dumped() {
+        let text = String::from_utf8_lossy(&d.body).to_string();
+        let subject = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or_else(|| panic!("no subject: {d:?}"))
+            .to_string();
+        *seen.entry(subject).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn etrn_and_flush_on_one_node_make_the_other_deliver() {
+    let db = TestDb::create();
+    let logs = tempfile::tempdir().unwrap();
+    let (log_a, log_b) = (logs.path().join("a.jsonl"), logs.path().join("b.jsonl"));
+    let relay = free_port();
+    let a = Server::start_pg(&db, "node-id = \"a\"", &config(relay, &log_a));
+    let b = Server::start_pg(&db, "node-id = \"b\"", &config(relay, &log_b));
+
+    let mut ids = Vec::new();
+    for (domain, node) in [("x.test", &a), ("y.test", &b)] {
+        let mut c = node.client();
+        c.ehlo();
+        for i in 0..PER_DOMAIN {
+            let body = format!("Subject: {domain} {i}\r\n\r\nfor {domain}\r\n");
+            ids.push(queued_id(&c.send_message(
+                "sender@origin.test",
+                &[&format!("r{i}@{domain}")],
+                body.as_bytes(),
+            )));
+        }
+        c.cmd("QUIT");
+    }
+    // Every first attempt failed (nothing listens): next try in an hour.
+    let hour_away = now_ms() + 30 * 60 * 1000;
+    for id in &ids {
+        let m = a.wait_attempted(id, WAIT);
+        let r = &m["recipients"][0];
+        assert_eq!(r["lane"], "deferred", "{m}");
+        assert!(r["due"].as_u64().unwrap() > hour_away, "{m}");
+    }
+    // Both nodes hear of every deferral (the feed is read every 500 ms).
+    std::thread::sleep(Duration::from_secs(2));
+
+    let sink = SmtpSink::start_on(relay, &["-w", "1"]);
+    let mut c = a.client();
+    c.ehlo();
+    let r = c.cmd("ETRN x.test");
+    assert_eq!(r.code, 253, "ETRN answered {r:?}");
+    c.cmd("QUIT");
+
+    let x_subjects: Vec<String> = (0..PER_DOMAIN).map(|i| format!("x.test {i}")).collect();
+    wait_for(
+        WAIT,
+        "the x.test mail at the sink",
+        || {
+            format!(
+                "{:?}\n{}\n-----\n{}",
+                arrivals(&sink),
+                a.log_text(),
+                b.log_text()
+            )
+        },
+        || {
+            let seen = arrivals(&sink);
+            x_subjects
+                .iter()
+                .all(|s| seen.contains_key(s))
+                .then_some(())
+        },
+    );
+    let (xa, xb) = (delivered(&log_a, "x.test"), delivered(&log_b, "x.test"));
+    eprintln!("x.test delivered by a: {xa}, by b: {xb}");
+    assert!(xb > 0, "node b delivered x.test mail after ETRN on node a");
+    assert_eq!(xa + xb, PER_DOMAIN);
+    assert!(
+        arrivals(&sink).keys().all(|s| s.starts_with("x.test")),
+        "ETRN x.test moved nothing else"
+    );
+
+    let out = b.cli(&["queue", "flush"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.wait_queue_empty(WAIT);
+    let seen = arrivals(&sink);
+    let (ya, yb) = (delivered(&log_a, "y.test"), delivered(&log_b, "y.test"));
+    eprintln!("y.test delivered by a: {ya}, by b: {yb}");
+    assert!(
+        ya > 0,
+        "node a delivered y.test mail after a flush on node b"
+    );
+    assert_eq!(seen.len(), 2 * PER_DOMAIN, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
+}
