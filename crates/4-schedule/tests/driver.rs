@@ -473,6 +473,13 @@ async fn etrn_starts_deferred_mail_and_counts_messages() {
     })
     .await;
     let h = &m.running.handle;
+    // The store has the deferrals; the engine's index learns of them when
+    // the jobs report back, a moment later.
+    until("the jobs are back in the index", async || {
+        let s = h.stats().await.unwrap();
+        s.in_flight == 0 && s.waiting == 3
+    })
+    .await;
     assert_eq!(h.etrn("nowhere.example").await.unwrap(), 0);
     assert!(h.etrn("bad name").await.is_err());
     assert_eq!(h.etrn("dest1.example").await.unwrap(), 1);
