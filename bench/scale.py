@@ -560,7 +560,10 @@ def main() -> int:
             log(f"RSS L after the fill: {rss_filled:.1f} MiB (peak {hwm_filled:.1f} MiB)")
 
             # ---- restart ----------------------------------------------
-            log("restarting L (SIGTERM, start again) ...")
+            # the restart is timed too: not while someone else's build runs
+            restart_idle = wait_for_idle(*WAIT_IDLE)
+            log(f"restarting L (SIGTERM, start again; machine {restart_idle:.0f}% "
+                "idle the second before) ...")
             offset = L.log_file.stat().st_size
             stop_s, status = L.stop_timed()
             t_exec = L.start_again()
@@ -702,7 +705,7 @@ def main() -> int:
             "restart_stop_s": stop_s, "restart_accepting_s": rel(t_accept),
             "restart_delivered_s": rel(t_delivered),
             "restart_recovered_s": rel(t_recovered),
-            "restart_server_scan_ms": rec_ms,
+            "restart_server_scan_ms": rec_ms, "restart_idle": restart_idle,
             "fresh": {
                 label: {"rate": rows[label][0], "e2e_p99_ms": rows[label][1],
                         "e2e_p50_ms": rows[label][2], "accept_p99_ms": rows[label][3],

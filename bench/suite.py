@@ -967,12 +967,14 @@ def main() -> int:
     print_summary(res)
     print(f"\n{len(busy)} of {len(res.samples)} timed runs (scenarios 1, 2, 4, 5) "
           f"started on a busy machine (< {args.wait_idle:g}% idle): compare with care."
-          if busy else f"\nevery timed run of scenarios 1, 2, 4, 5 started with the "
-          f"machine >= {args.wait_idle:g}% idle.")
+          if busy else (f"\nevery timed run of scenarios 1, 2, 4, 5 started with the "
+                        f"machine >= {args.wait_idle:g}% idle." if res.samples else ""))
     if scale_idle:
+        r_idle = (done.get("3") or {}).get("restart_idle")
         print(f"scenario 3: {len(scale_busy)} of {len(scale_idle)} fresh-mail "
               f"throughput runs started busy (idle % per run: "
-              f"{', '.join(f'{i:.0f}' for i in scale_idle)}).")
+              f"{', '.join(f'{i:.0f}' for i in scale_idle)})"
+              + (f"; the restart {r_idle:.0f}% idle." if r_idle is not None else "."))
     if args.quick:
         print("QUICK run: counts too small for the targets; this proves the harness, "
               "not the figures.")
