@@ -34,6 +34,7 @@ from postfix import (TempPostfix, bench_tmpdir, free_port, fs_type,  # noqa: E40
                      postfix_version, run_smtp_source)
 from ferry import (Blackhole, TempFerrymail, blackhole_route_toml,  # noqa: E402
                    ensure_binary)
+from sink import wait_for_idle  # noqa: E402
 
 MTAS = ("postfix", "ferrymail")
 
@@ -48,6 +49,7 @@ class Run:
     queued: int | None = None
     expected_queued: int = 0
     note: str = ""
+    idle: float | None = None       # machine idle % just before the timed run
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -56,7 +58,9 @@ class Run:
 
 
 def source_kwargs(args) -> dict:
-    return dict(sessions=args.sessions, size=args.size, one_msg_per_conn=True,
+    # getattr: bench/suite.py calls in here with its own option set
+    return dict(sessions=args.sessions, size=args.size,
+                one_msg_per_conn=not getattr(args, "many_per_conn", False),
                 rcpt_domain=args.rcpt_domain)
 
 
@@ -70,6 +74,10 @@ def measure(port: int, args, rnd: int, mta: str) -> Run:
             run.note = f"warm-up failed (rc {w.returncode}): {w.stderr.strip()[-300:]}"
             return run
     os.sync()          # don't let the previous run's dirty pages land on us
+    # other people compile on this machine: wait for a quiet second (and
+    # print how quiet it was) so a busy run shows as such
+    run.idle = wait_for_idle(getattr(args, "wait_idle", 0.0),
+                             getattr(args, "max_wait", 0.0))
     r = run_smtp_source(port, args.count, **source_kwargs(args))
     run.seconds = r.elapsed
     run.ok = r.ok
@@ -140,6 +148,14 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=200,
                     help="untimed messages sent first to each instance (default 200)")
     ap.add_argument("--only", choices=MTAS, help="measure one MTA only")
+    ap.add_argument("-d", "--many-per-conn", action="store_true",
+                    help="smtp-source -d: many messages per connection "
+                         "(default: one message per connection)")
+    ap.add_argument("--wait-idle", type=float, default=85.0, metavar="PCT",
+                    help="before each timed run wait until the machine is PCT%% "
+                         "idle for a second (default 85; 0 = don't wait)")
+    ap.add_argument("--max-wait", type=float, default=300.0,
+                    help="...but at most this many seconds (default 300)")
     ap.add_argument("--rcpt-domain", default="bench.example",
                     help="recipient domain (default bench.example)")
     ap.add_argument("--ferry-binary", default=None,
@@ -178,12 +194,14 @@ def main() -> int:
     print(f"  postfix {postfix_version()}; ferrymail {binary or '-'}")
     print(f"  {args.rounds} rounds x {args.count} msgs (+{args.warmup} warm-up), "
           f"{args.size}-byte body, smtp-source -s {args.sessions}, "
-          f"one message per connection, rcpt @{args.rcpt_domain}")
+          f"{'many messages per connection (-d)' if args.many_per_conn else 'one message per connection'}"
+          f", rcpt @{args.rcpt_domain}")
     print(f"  {os.cpu_count()} CPUs; scratch dirs in {scratch} ({fs_type(scratch)})")
     print(flush=True)
 
     runs: list[Run] = []
-    hdr = f"{'round':>5}  {'mta':<10} {'msgs':>6} {'seconds':>8} {'msg/s':>8}  queued"
+    hdr = (f"{'round':>5}  {'mta':<10} {'msgs':>6} {'seconds':>8} {'msg/s':>8} "
+           f"{'idle%':>5}  queued")
     print(hdr)
     print("-" * len(hdr))
     for rnd in range(1, args.rounds + 1):
@@ -198,8 +216,9 @@ def main() -> int:
                 q = f"{run.queued}" + ("" if run.queued == run.expected_queued
                                        else f" (expected {run.expected_queued}!)")
             secs = f"{run.seconds:.2f}" if run.seconds else "-"
+            idle = f"{run.idle:.0f}" if run.idle is not None else "-"
             line = (f"{rnd:>5}  {mta:<10} {run.count:>6} {secs:>8} "
-                    f"{fmt_rate(run.rate):>8}  {q}")
+                    f"{fmt_rate(run.rate):>8} {idle:>5}  {q}")
             if not run.ok:
                 line += "  FAILED: " + run.note.strip().splitlines()[0][:200] \
                     if run.note.strip() else "  FAILED"

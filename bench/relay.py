@@ -92,8 +92,10 @@ destination.concurrency = {dest_conc}
 
 
 def source(port: int, n: int, args, size: int):
+    # getattr: bench/suite.py reuses this module with its own option set
     return run_smtp_source(port, n, sessions=args.sessions, size=size,
-                           one_msg_per_conn=True, rcpt_domain=args.rcpt_domain)
+                           one_msg_per_conn=True, rcpt_domain=args.rcpt_domain,
+                           recipients=getattr(args, "recipients", 1))
 
 
 def wait_queue_empty(count_fn, timeout: float) -> int | None:
@@ -206,7 +208,8 @@ def run_postfix(args, rnd: int, size: int, count: int) -> Run:
     try:
         with CountingSink() as sink:
             with TempPostfix(free_port(), relay_to=sink.address,
-                             keep=args.keep) as pf:
+                             keep=args.keep,
+                             extra_main=getattr(args, "postfix_extra", None)) as pf:
                 timed(run, pf.port, sink, args, size,
                       queue_count=lambda: sum(pf.queue_files().values()))
                 run.warnings += pf.log_problems()[:5]
