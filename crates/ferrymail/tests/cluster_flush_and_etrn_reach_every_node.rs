@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -57,34 +56,12 @@ route = "'sink'"
     )
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// How many `domain` recipients a node's delivery log says it delivered.
 fn delivered(log: &Path, domain: &str) -> usize {
     delivery_log(log)
         .iter()
         .filter(|l| l["outcome"] == "delivered" && l["domain"] == domain)
         .count()
-}
-
-/// Subject → arrivals at the sink.
-fn arrivals(sink: &SmtpSink) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for d in sink.dumped() {
-        let text = String::from_utf8_lossy(&d.body).to_string();
-        let subject = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: "))
-            .unwrap_or_else(|| panic!("no subject: {d:?}"))
-            .to_string();
-        *seen.entry(subject).or_default() += 1;
-    }
-    seen
 }
 
 #[test]
@@ -111,7 +88,7 @@ fn etrn_and_flush_on_one_node_make_the_other_deliver() {
         c.cmd("QUIT");
     }
     // Every first attempt failed (nothing listens): next try in an hour.
-    let hour_away = now_ms() + 30 * 60 * 1000;
+    let hour_away = ferrymail_spool::now_millis() + 30 * 60 * 1000;
     for id in &ids {
         let m = a.wait_attempted(id, WAIT);
         let r = &m["recipients"][0];
@@ -135,13 +112,13 @@ fn etrn_and_flush_on_one_node_make_the_other_deliver() {
         || {
             format!(
                 "{:?}\n{}\n-----\n{}",
-                arrivals(&sink),
+                sink.arrivals_by_header("Subject"),
                 a.log_text(),
                 b.log_text()
             )
         },
         || {
-            let seen = arrivals(&sink);
+            let seen = sink.arrivals_by_header("Subject");
             x_subjects
                 .iter()
                 .all(|s| seen.contains_key(s))
@@ -153,7 +130,9 @@ fn etrn_and_flush_on_one_node_make_the_other_deliver() {
     assert!(xb > 0, "node b delivered x.test mail after ETRN on node a");
     assert_eq!(xa + xb, PER_DOMAIN);
     assert!(
-        arrivals(&sink).keys().all(|s| s.starts_with("x.test")),
+        sink.arrivals_by_header("Subject")
+            .keys()
+            .all(|s| s.starts_with("x.test")),
         "ETRN x.test moved nothing else"
     );
 
@@ -164,7 +143,7 @@ fn etrn_and_flush_on_one_node_make_the_other_deliver() {
         String::from_utf8_lossy(&out.stderr)
     );
     a.wait_queue_empty(WAIT);
-    let seen = arrivals(&sink);
+    let seen = sink.arrivals_by_header("Subject");
     let (ya, yb) = (delivered(&log_a, "y.test"), delivered(&log_b, "y.test"));
     eprintln!("y.test delivered by a: {ya}, by b: {yb}");
     assert!(

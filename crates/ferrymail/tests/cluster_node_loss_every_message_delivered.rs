@@ -101,21 +101,6 @@ fn finish(mut child: Child, what: &str) {
     }
 }
 
-/// Message-Id header → how many times the sink received it.
-fn arrivals(sink: &SmtpSink) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for d in sink.dumped() {
-        let text = String::from_utf8_lossy(&d.body).to_string();
-        let id = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Message-Id: "))
-            .unwrap_or_else(|| panic!("no Message-Id: {d:?}"))
-            .to_string();
-        *seen.entry(id).or_default() += 1;
-    }
-    seen
-}
-
 /// Files in the sink's dump directory: a cheap progress count.
 fn dump_files(sink: &SmtpSink) -> usize {
     std::fs::read_dir(sink.dir.path()).map_or(0, |d| d.count())
@@ -131,13 +116,13 @@ fn wait_distinct(
     let deadline = Instant::now() + limit;
     loop {
         if dump_files(sink) >= n {
-            let seen = arrivals(sink);
+            let seen = sink.arrivals_by_header("Message-Id");
             if seen.len() >= n {
                 return seen;
             }
         }
         if Instant::now() > deadline {
-            let seen = arrivals(sink);
+            let seen = sink.arrivals_by_header("Message-Id");
             let logs: Vec<String> = servers.iter().map(|s| s.log_text()).collect();
             panic!(
                 "only {} of {n} distinct messages arrived within {limit:?}\n{}",

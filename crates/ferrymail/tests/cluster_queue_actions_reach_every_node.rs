@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -63,27 +62,6 @@ fn delivered(log: &Path) -> usize {
         .count()
 }
 
-fn arrivals(sink: &SmtpSink) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for d in sink.dumped() {
-        let text = String::from_utf8_lossy(&d.body).to_string();
-        let subject = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: "))
-            .unwrap_or_else(|| panic!("no subject: {d:?}"))
-            .to_string();
-        *seen.entry(subject).or_default() += 1;
-    }
-    seen
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[test]
 fn hold_retry_and_release_on_one_node_act_on_the_cluster() {
     let db = TestDb::create();
@@ -105,7 +83,7 @@ fn hold_retry_and_release_on_one_node_act_on_the_cluster() {
         )));
     }
     c.cmd("QUIT");
-    let hour_away = now_ms() + 30 * 60 * 1000;
+    let hour_away = ferrymail_spool::now_millis() + 30 * 60 * 1000;
     for id in &ids {
         let m = a.wait_attempted(id, WAIT);
         assert_eq!(m["recipients"][0]["lane"], "deferred", "{m}");
@@ -138,13 +116,13 @@ fn hold_retry_and_release_on_one_node_act_on_the_cluster() {
         || {
             format!(
                 "{:?}\n{}\n-----\n{}",
-                arrivals(&sink),
+                sink.arrivals_by_header("Subject"),
                 a.log_text(),
                 b.log_text()
             )
         },
         || {
-            let seen = arrivals(&sink);
+            let seen = sink.arrivals_by_header("Subject");
             want.iter().all(|s| seen.contains_key(s)).then_some(())
         },
     );
@@ -153,7 +131,7 @@ fn hold_retry_and_release_on_one_node_act_on_the_cluster() {
     assert!(db_ > 0, "node b delivered after `queue retry` on node a");
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        !arrivals(&sink).contains_key("msg 8"),
+        !sink.arrivals_by_header("Subject").contains_key("msg 8"),
         "the held message stays"
     );
     let m = b.show(&held).expect("still queued");
@@ -167,7 +145,7 @@ fn hold_retry_and_release_on_one_node_act_on_the_cluster() {
     );
     a.wait_queue_empty(WAIT);
     sink.wait_dumped(9, WAIT);
-    let seen = arrivals(&sink);
+    let seen = sink.arrivals_by_header("Subject");
     assert_eq!(seen.len(), 9, "{seen:?}");
     assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
 }

@@ -19,13 +19,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// Everything relays to 127.0.0.1:`relay`, retried hourly; `strategy_extra`
 /// goes into `[queue.strategy]`.
 fn start(relay: u16, strategy_extra: &str) -> Server {
@@ -77,7 +70,7 @@ fn retry_delivers_deferred_mail_now() {
     let m = server.wait_attempted(&id, WAIT);
     let due = m["recipients"][0]["due"].as_u64().unwrap();
     assert!(
-        due > now_ms() + 30 * 60 * 1000,
+        due > ferrymail_spool::now_millis() + 30 * 60 * 1000,
         "next try an hour away: {m}"
     );
 

@@ -121,6 +121,24 @@ impl std::fmt::Debug for Dumped {
 }
 
 impl SmtpSink {
+    /// How many times each value of header `name` (e.g. `Subject`,
+    /// `Message-Id`) arrived: duplicates show up as counts above one.
+    #[allow(dead_code)]
+    pub fn arrivals_by_header(&self, name: &str) -> std::collections::BTreeMap<String, usize> {
+        let prefix = format!("{name}: ");
+        let mut seen = std::collections::BTreeMap::new();
+        for d in self.dumped() {
+            let text = String::from_utf8_lossy(&d.body).to_string();
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no {name}: {d:?}"))
+                .to_string();
+            *seen.entry(value).or_default() += 1;
+        }
+        seen
+    }
+
     /// smtp-sink on a free port with extra `args` (e.g. `["-r", "RCPT"]`).
     pub fn start(args: &[&str]) -> SmtpSink {
         Self::start_on(free_port(), args)
