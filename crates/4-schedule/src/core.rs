@@ -1122,6 +1122,19 @@ impl Scheduler {
             self.slots[s as usize].dirty = true;
             return Placement::InFlight;
         }
+        // An entry already indexed is replaced only by a re-read after a
+        // change (Refresh). A copy that arrives by another way (the accept
+        // channel, or the start-up scan racing it) may have been read before
+        // this node's own outcome for it, and taking it would undo that
+        // outcome: a deferred entry would be delivered again at once.
+        if let Some(s) = existing
+            && origin != Origin::Refresh
+        {
+            return match self.slots[s as usize].state {
+                State::Waiting => Placement::Waiting,
+                _ => Placement::Ready,
+            };
+        }
         if e.held {
             if let Some(s) = existing {
                 self.free_slot(s, now);

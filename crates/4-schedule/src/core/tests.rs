@@ -342,6 +342,42 @@ fn no_starvation_under_continuous_streams() {
 // ---------------------------------------------------------------- retry timeline
 
 #[test]
+fn a_stale_copy_does_not_undo_a_deferral() {
+    // The start-up scan and the accept channel can both deliver the same
+    // freshly accepted entry; the second copy arrives after the first was
+    // already attempted and deferred.
+    let mut s = sched("");
+    let m = mid(T0, 1);
+    let fresh = E::new(m, 0).entry();
+    s.insert(&fresh, "x.example", Origin::Recovered, T0);
+    let d = s.poll(T0);
+    finish(
+        &mut s,
+        &d[0],
+        Health::Answered,
+        Next::Retry { due: T0 + HOUR_MS },
+        T0 + 1,
+    );
+    for origin in [Origin::New, Origin::Recovered] {
+        assert_eq!(
+            s.insert(&fresh, "x.example", origin, T0 + 2),
+            Placement::Waiting
+        );
+        assert_eq!(
+            s.locate(key(m, 0)),
+            Some(Location::Waiting { due: T0 + HOUR_MS }),
+            "{origin:?}"
+        );
+        assert!(s.poll(T0 + 2).is_empty(), "not attempted again");
+    }
+    // A re-read after a change still replaces it.
+    assert_eq!(
+        s.insert(&fresh, "x.example", Origin::Refresh, T0 + 3),
+        Placement::Ready
+    );
+}
+
+#[test]
 fn deferred_entries_wait_for_their_due_time() {
     let mut s = sched("");
     let m = mid(T0, 1);
