@@ -1140,7 +1140,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
 
     let by_rcpt: HashMap<u32, &RecipientOutcome> = results.iter().map(|r| (r.rcpt, r)).collect();
     let at = now_millis();
-    let mut next = Vec::with_capacity(claimed.len());
+    let mut decided = Vec::with_capacity(claimed.len());
     let mut load_tried = loaded.is_some();
     for e in &claimed {
         let missing;
@@ -1178,19 +1178,22 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
             load_tried = true;
             loaded = sh.spool.blob.get(d.message).await.ok().flatten();
         }
-        let n = record(
-            &sh,
-            &envelope,
-            e,
-            &d.queue,
-            decision,
-            remote,
-            at,
-            loaded.as_ref(),
-        )
-        .await;
-        next.push((e.key, n));
+        decided.push((e, decision, remote));
     }
+    // Every recipient's outcome is its own store write; writing them all at
+    // once lets the store commit them together (one batch of the embedded
+    // store's writer, one connection each from PostgreSQL's pool) instead of
+    // one round trip after another: a job for 100 recipients waited for
+    // 100 commits in a row.
+    let (sh, envelope, loaded) = (&sh, &envelope, loaded.as_ref());
+    let queue = d.queue.as_str();
+    let next = futures_util::future::join_all(decided.into_iter().map(
+        |(e, decision, remote)| async move {
+            let n = record(sh, envelope, e, queue, decision, remote, at, loaded).await;
+            (e.key, n)
+        },
+    ))
+    .await;
     (d.job, JobReport { health, next })
 }
 
