@@ -29,30 +29,16 @@ const WAIT: Duration = Duration::from_secs(30);
 const PER_DOMAIN: usize = 8;
 
 fn config(relay: u16, delivery_log: &Path) -> String {
-    format!(
-        r#"[session.rcpt]
-local-domains = ["local.test"]
-relay = "remote_ip == '127.0.0.1'"
-
-[queue.schedule]
+    cluster_node_config(
+        relay,
+        delivery_log,
+        "500ms",
+        r#"[queue.schedule]
 retry = "[1h]"
 
 [queue.virtual.default]
 destination.concurrency = 1
-
-[queue.outbound]
-delivery-log = "{log}"
-
-[cluster]
-lease = "5s"
-poll-interval = "500ms"
-
-{route}
-[queue.strategy]
-route = "'sink'"
 "#,
-        log = delivery_log.display(),
-        route = relay_route("sink", relay, "smtp"),
     )
 }
 

@@ -28,30 +28,16 @@ const TOTAL: usize = 5000;
 const SECOND_WAVE: usize = 600;
 
 fn config(relay: u16, delivery_log: &Path) -> String {
-    format!(
-        r#"[session.rcpt]
-local-domains = ["local.test"]
-relay = "remote_ip == '127.0.0.1'"
-
-[queue.schedule]
+    cluster_node_config(
+        relay,
+        delivery_log,
+        "500ms",
+        r#"[queue.schedule]
 retry = "[2s]"
 
 [queue.virtual.default]
 destination.suspend = "2s"
-
-[queue.outbound]
-delivery-log = "{log}"
-
-[cluster]
-lease = "5s"
-poll-interval = "500ms"
-
-{route}
-[queue.strategy]
-route = "'sink'"
 "#,
-        log = delivery_log.display(),
-        route = relay_route("sink", relay, "smtp"),
     )
 }
 

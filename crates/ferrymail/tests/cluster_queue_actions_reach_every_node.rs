@@ -25,12 +25,11 @@ use common::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(relay: u16, delivery_log: &Path) -> String {
-    format!(
-        r#"[session.rcpt]
-local-domains = ["local.test"]
-relay = "remote_ip == '127.0.0.1'"
-
-[queue.schedule]
+    cluster_node_config(
+        relay,
+        delivery_log,
+        "500ms",
+        r#"[queue.schedule]
 retry = "[1h]"
 
 # Not suspended by the failed first attempts: `queue retry` does not lift
@@ -38,20 +37,7 @@ retry = "[1h]"
 [queue.virtual.default]
 destination.concurrency = 1
 destination.failure-limit = 100
-
-[queue.outbound]
-delivery-log = "{log}"
-
-[cluster]
-lease = "5s"
-poll-interval = "500ms"
-
-{route}
-[queue.strategy]
-route = "'sink'"
 "#,
-        log = delivery_log.display(),
-        route = relay_route("sink", relay, "smtp"),
     )
 }
 

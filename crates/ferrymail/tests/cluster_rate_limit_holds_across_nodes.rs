@@ -20,27 +20,13 @@ use common::*;
 const PER_NODE: usize = 15;
 
 fn config(relay: u16, delivery_log: &Path) -> String {
-    format!(
-        r#"[session.rcpt]
-local-domains = ["local.test"]
-relay = "remote_ip == '127.0.0.1'"
-
-[queue.virtual.default]
+    cluster_node_config(
+        relay,
+        delivery_log,
+        "200ms",
+        r#"[queue.virtual.default]
 rate = "5/1s"
-
-[queue.outbound]
-delivery-log = "{log}"
-
-[cluster]
-lease = "5s"
-poll-interval = "200ms"
-
-{route}
-[queue.strategy]
-route = "'sink'"
 "#,
-        log = delivery_log.display(),
-        route = relay_route("sink", relay, "smtp"),
     )
 }
 

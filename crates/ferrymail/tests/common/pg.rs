@@ -8,6 +8,40 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Server, base_config, free_port};
 
+/// The configuration the cluster scenarios give every node: relaying from
+/// loopback to one sink at 127.0.0.1:`relay`, a delivery log per node, a
+/// 5 s lease so a dead node's work is taken over within the test, and the
+/// feed read every `poll_interval`. `specific` is the scenario's own
+/// `[queue.schedule]` and `[queue.virtual.default]` settings.
+#[allow(dead_code)]
+pub fn cluster_node_config(
+    relay: u16,
+    delivery_log: &std::path::Path,
+    poll_interval: &str,
+    specific: &str,
+) -> String {
+    format!(
+        r#"[session.rcpt]
+local-domains = ["local.test"]
+relay = "remote_ip == '127.0.0.1'"
+
+{specific}
+[queue.outbound]
+delivery-log = "{log}"
+
+[cluster]
+lease = "5s"
+poll-interval = "{poll_interval}"
+
+{route}
+[queue.strategy]
+route = "'sink'"
+"#,
+        log = delivery_log.display(),
+        route = super::peers::relay_route("sink", relay, "smtp"),
+    )
+}
+
 /// The test server's URL; fails (never skips) when it is not there.
 pub fn pg_url() -> String {
     std::env::var("FERRYMAIL_TEST_PG_URL").unwrap_or_else(|_| {
