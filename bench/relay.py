@@ -108,9 +108,42 @@ def wait_queue_empty(count_fn, timeout: float) -> int | None:
     return n
 
 
+# `--perf-stat`: counted per timed message (warm-up excluded, as perf
+# attaches after it). Syscalls are the ones a relayed message costs.
+STAT_EVENTS = [
+    "task-clock", "context-switches", "cpu-migrations",
+    "syscalls:sys_enter_sendto", "syscalls:sys_enter_recvfrom",
+    "syscalls:sys_enter_write", "syscalls:sys_enter_writev",
+    "syscalls:sys_enter_read", "syscalls:sys_enter_fdatasync",
+    "syscalls:sys_enter_fsync", "syscalls:sys_enter_futex",
+    "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_accept4",
+    "syscalls:sys_enter_connect", "syscalls:sys_enter_close",
+    "syscalls:sys_enter_pwrite64", "syscalls:sys_enter_pread64",
+]
+
+
+def per_message_counts(path: Path, count: int) -> str:
+    """One line: each perf-stat counter divided by ``count``."""
+    parts = []
+    for line in path.read_text().splitlines():
+        f = line.split(",")
+        if len(f) < 3 or line.startswith("#"):
+            continue
+        try:
+            value = float(f[0])
+        except ValueError:
+            continue
+        name = f[2].replace("syscalls:sys_enter_", "")
+        if name == "task-clock":           # msec
+            parts.append(f"cpu {value * 1000 / count:.0f}us")
+        else:
+            parts.append(f"{name} {value / count:.2f}")
+    return "per message: " + ", ".join(parts)
+
+
 def timed(run: Run, port: int, sink: CountingSink, args, size: int,
           queue_count=None, pid: int | None = None,
-          perf_out: Path | None = None) -> None:
+          perf_out: Path | None = None, stat_out: Path | None = None) -> None:
     """Warm-up, then the timed part; fills ``run``."""
     wait_s = 120 + run.count / 20
     if args.warmup:
@@ -136,6 +169,13 @@ def timed(run: Run, port: int, sink: CountingSink, args, size: int,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE)
         time.sleep(1.0)        # let perf attach before the load starts
+    if stat_out is not None and pid is not None:
+        perf = subprocess.Popen(
+            ["perf", "stat", "-e", ",".join(STAT_EVENTS), "-x", ",",
+             "-p", str(pid), "-o", str(stat_out)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        time.sleep(1.0)
     cpu0 = proc_cpu_seconds(pid) if pid else None
     sink.expect(args.warmup + run.count)
     t0 = time.monotonic()
@@ -152,6 +192,8 @@ def timed(run: Run, port: int, sink: CountingSink, args, size: int,
         except subprocess.TimeoutExpired:
             perf.kill()
             perf.wait()
+    if stat_out is not None and stat_out.exists():
+        run.warnings.append(per_message_counts(stat_out, run.count))
     if cpu0 is not None and cpu1 is not None:
         run.cpu_s = cpu1 - cpu0
     if reached is None:
@@ -184,8 +226,11 @@ def run_ferrymail(args, rnd: int, size: int, count: int, binary: Path) -> Run:
                 perf_out = None
                 if args.perf_dir:
                     perf_out = Path(args.perf_dir) / f"ferrymail-{size}-r{rnd}.perf.data"
+                stat_out = None
+                if args.perf_stat:
+                    stat_out = Path(args.perf_stat) / f"ferrymail-{size}-r{rnd}.stat"
                 timed(run, fm.port, sink, args, size, queue_count=fm.queued_count,
-                      pid=fm.proc.pid, perf_out=perf_out)
+                      pid=fm.proc.pid, perf_out=perf_out, stat_out=stat_out)
                 if perf_out is not None:
                     run.warnings.append(f"perf data: {perf_out}")
                 if run.queued_after is None and run.ok:
@@ -296,6 +341,10 @@ def main() -> int:
                     help="record `perf record -e cpu-clock -g` of the Ferrymail "
                          "server during each timed Ferrymail run into DIR "
                          "(skews those figures: profile runs only)")
+    ap.add_argument("--perf-stat", default=None, metavar="DIR",
+                    help="count syscalls, context switches and CPU of the "
+                         "Ferrymail server with `perf stat` during each timed "
+                         "Ferrymail run (files in DIR) and print them per message")
     ap.add_argument("--wait-idle", type=float, default=85.0, metavar="PCT",
                     help="before each timed run wait until the machine is PCT%% "
                          "idle for a second (default 85; 0 = don't wait)")
@@ -322,6 +371,11 @@ def main() -> int:
             print("--perf-dir: perf not found", file=sys.stderr)
             return 2
         os.makedirs(args.perf_dir, exist_ok=True)
+    if args.perf_stat:
+        if not shutil.which("perf"):
+            print("--perf-stat: perf not found", file=sys.stderr)
+            return 2
+        os.makedirs(args.perf_stat, exist_ok=True)
 
     scratch = bench_tmpdir() or os.environ.get("TMPDIR") or "/tmp"
     print(f"end-to-end relay throughput -- {time.strftime('%Y-%m-%d %H:%M:%S')}")

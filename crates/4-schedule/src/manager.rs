@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferrymail_config::Config;
-use ferrymail_deliver::{Job, Outcome, RecipientOutcome, Remote, Transport};
+use ferrymail_deliver::{CommitGate, Job, Outcome, RecipientOutcome, Remote, Transport};
 use ferrymail_spool::{
     EntryKey, Envelope, FEED_RESUME_LIMIT, FeedBatch, MessageId, NodeId, QueueEntry, Spool,
     StoreError, UnixMillis, now_millis,
@@ -344,8 +344,9 @@ impl QueueManager {
 
     /// Runs until `shutdown` is cancelled: recovers the queue from the store,
     /// indexes entries arriving on `queued` (receive's channel of newly
-    /// accepted mail), dispatches jobs, and finally waits up to the grace
-    /// period for deliveries in flight.
+    /// accepted mail), dispatches jobs, and finally drops the deliveries in
+    /// flight that have not sent a message's end and waits up to the grace
+    /// period for the others (see [`CommitGate`]).
     pub async fn run(
         mut self,
         queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
@@ -354,13 +355,14 @@ impl QueueManager {
         tokio::spawn(follow(self.shared.clone(), shutdown.clone()));
         tokio::spawn(ingest(self.shared.clone(), queued, shutdown.clone()));
         let mut jobs: JoinSet<(JobId, JobReport)> = JoinSet::new();
-        let mut job_of_task: HashMap<tokio::task::Id, JobId> = HashMap::new();
+        let mut job_of_task: HashMap<tokio::task::Id, RunningJob> = HashMap::new();
         loop {
             let now = now_millis();
             for d in self.core.poll(now) {
                 let job = d.job;
-                let handle = jobs.spawn(run_job(self.shared.clone(), d));
-                job_of_task.insert(handle.id(), job);
+                let gate = CommitGate::default();
+                let handle = jobs.spawn(run_job(self.shared.clone(), d, gate.clone()));
+                job_of_task.insert(handle.id(), RunningJob { job, gate, handle });
             }
             self.log_notices();
             for (queue, rate) in self.core.token_requests() {
@@ -396,15 +398,28 @@ impl QueueManager {
         self.drain(jobs, job_of_task).await;
     }
 
-    /// Graceful end: no new jobs; wait for those in flight up to the grace
-    /// period, then abandon the rest.
+    /// Graceful end: no new jobs; abandon at once the deliveries that have
+    /// not sent the end of a message (nothing is lost: they are tried again
+    /// after the restart), wait up to the grace period for the others, then
+    /// abandon the rest.
     async fn drain(
         mut self,
         mut jobs: JoinSet<(JobId, JobReport)>,
-        mut job_of_task: HashMap<tokio::task::Id, JobId>,
+        mut job_of_task: HashMap<tokio::task::Id, RunningJob>,
     ) {
+        let mut abandoned = 0;
+        for running in job_of_task.values() {
+            if running.gate.close() {
+                running.handle.abort();
+                abandoned += 1;
+            }
+        }
         if !jobs.is_empty() {
-            tracing::info!(jobs = jobs.len(), "queue: waiting for deliveries in flight");
+            tracing::info!(
+                abandoned,
+                waiting = jobs.len() - abandoned,
+                "queue: abandoning deliveries that had not sent a message's end (their leases are taken back at restart); waiting for the others"
+            );
         }
         let deadline = tokio::time::Instant::now() + self.shared.settings.shutdown_grace;
         while !jobs.is_empty() {
@@ -427,16 +442,17 @@ impl QueueManager {
     fn job_done(
         &mut self,
         done: Result<(tokio::task::Id, (JobId, JobReport)), tokio::task::JoinError>,
-        job_of_task: &mut HashMap<tokio::task::Id, JobId>,
+        job_of_task: &mut HashMap<tokio::task::Id, RunningJob>,
     ) {
         let now = now_millis();
         let (job, report) = match done {
             Ok((id, (job, report))) => {
                 job_of_task.remove(&id);
+
                 (job, report)
             }
             Err(e) => {
-                let Some(job) = job_of_task.remove(&e.id()) else {
+                let Some(RunningJob { job, .. }) = job_of_task.remove(&e.id()) else {
                     return;
                 };
                 if e.is_panic() {
@@ -1029,8 +1045,18 @@ fn classify(results: &[RecipientOutcome]) -> Health {
     }
 }
 
+/// A job's task as the loop tracks it.
+struct RunningJob {
+    job: JobId,
+    /// Closed at shutdown to abandon the job if it can be (see [`CommitGate`]).
+    gate: CommitGate,
+    handle: tokio::task::AbortHandle,
+}
+
 /// One job, start to end. Never fails: problems become [`Next`] values.
-async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
+/// `gate` is the delivery's point of no return: once it is closed (shutdown)
+/// the job records nothing and its task is dropped.
+async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobReport) {
     let keys = d.keys();
     let node = sh.settings.node;
     let lease = millis(sh.settings.lease);
@@ -1112,6 +1138,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
                     route: d.route.clone(),
                     domain: d.domain.clone(),
                     queue: d.queue.clone(),
+                    gate: gate.clone(),
                 };
                 let results = deliver_with_renewal(&sh, job, &claimed_keys).await;
                 let health = classify(&results);
@@ -1138,6 +1165,11 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch) -> (JobId, JobReport) {
         },
     };
 
+    // From here on the outcomes must be recorded; a shutdown that got here
+    // first abandons the job instead (its task is being dropped).
+    if !gate.seal() {
+        return (d.job, not_attempted(Vec::new()));
+    }
     let by_rcpt: HashMap<u32, &RecipientOutcome> = results.iter().map(|r| (r.rcpt, r)).collect();
     let at = now_millis();
     let mut decided = Vec::with_capacity(claimed.len());

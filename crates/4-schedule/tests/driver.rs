@@ -48,14 +48,24 @@ struct Script {
     plan: Mutex<HashMap<(MessageId, u32), VecDeque<Outcome>>>,
     /// Every job seen: (message, recipients, node tag).
     calls: Mutex<Vec<(MessageId, Vec<u32>)>>,
-    /// How long each delivery takes.
+    /// How long each delivery takes: the wait for the next hop's reply
+    /// after the message was sent (the job's gate is entered first).
     delay: Duration,
+    /// Never sends the message's end (the gate stays open) and never
+    /// returns: a next hop that never greets.
+    stall: bool,
 }
 
 impl Script {
     fn with_delay(delay: Duration) -> Arc<Script> {
         Arc::new(Script {
             delay,
+            ..Script::default()
+        })
+    }
+    fn stalled() -> Arc<Script> {
+        Arc::new(Script {
+            stall: true,
             ..Script::default()
         })
     }
@@ -98,6 +108,13 @@ impl Transport for Script {
             .lock()
             .unwrap()
             .push((job.envelope.id, job.recipients.clone()));
+        if self.stall {
+            std::future::pending::<()>().await;
+        }
+        assert!(
+            job.gate.enter(),
+            "the gate was closed before the message went out"
+        );
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
@@ -576,6 +593,31 @@ async fn long_deliveries_renew_their_lease_and_finish_at_shutdown() {
         EventKind::Delivered { .. }
     ));
     assert!(r.store.entries(env.id).await.unwrap().is_empty());
+}
+
+/// A delivery that has not sent the message's end does not hold up the
+/// shutdown (the grace period here is 5 s): it is dropped at once, records
+/// nothing, and the recipient is still queued, not attempted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drops_deliveries_that_sent_nothing() {
+    let r = rig();
+    let t = Script::stalled();
+    let (env, entries) = message(41, 1);
+    accept(&r.spool, &env, &entries).await;
+    let m = start(CONFIG, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone()).unwrap();
+    until("delivery started", async || t.deliveries(env.id, 0) == 1).await;
+    let t0 = std::time::Instant::now();
+    let mut events = m.stop().await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "shutdown waited {:?} for a delivery that sent nothing",
+        t0.elapsed()
+    );
+    assert!(events.try_recv().is_err(), "no outcome may be recorded");
+    let left = r.store.entries(env.id).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].attempts, 0, "{:?}", left[0]);
 }
 
 /// Delay notices reach the event channel with the data RFC 3464 needs, and

@@ -83,6 +83,70 @@ pub struct Job {
     pub domain: String,
     /// The virtual queue, for the delivery log.
     pub queue: String,
+    /// Passed just before the transport sends what lets the next hop take
+    /// the message (the end of DATA, the last BDAT chunk); see [`CommitGate`].
+    pub gate: CommitGate,
+}
+
+/// The point of no return of one delivery, shared by the transport and
+/// whoever may want to abandon the delivery (the queue engine at shutdown).
+///
+/// Until the transport sends the end of the message, dropping the delivery
+/// loses nothing: the next hop discards a transaction that never ended, and
+/// the recipients are tried again later. After it, the next hop may have
+/// taken the message, and abandoning the delivery before its outcome is
+/// recorded would send the message twice. The gate makes the two sides
+/// agree: the transport [`enter`](Self::enter)s it before that last write
+/// and does not send if it cannot; a shutdown [`close`](Self::close)s it and
+/// abandons the delivery at once only if that worked. Otherwise it waits
+/// for the outcome. So a SIGTERM does not wait out a next hop that never
+/// greets, and never loses track of a message the next hop may have.
+#[derive(Clone, Debug, Default)]
+pub struct CommitGate(Arc<std::sync::atomic::AtomicU8>);
+
+impl CommitGate {
+    const OPEN: u8 = 0;
+    const ENTERED: u8 = 1;
+    const CLOSED: u8 = 2;
+
+    /// The transport is about to send the end of the message: true if it
+    /// may (the gate was open, or already entered by an earlier attempt of
+    /// the same job), false if the delivery is being abandoned.
+    pub fn enter(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match self.0.compare_exchange(
+            Self::OPEN,
+            Self::ENTERED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(state) => state == Self::ENTERED,
+        }
+    }
+
+    /// Marks the delivery as past the point of no return without sending
+    /// anything (it ended: its outcome must now be recorded). Same result
+    /// as [`enter`](Self::enter).
+    pub fn seal(&self) -> bool {
+        self.enter()
+    }
+
+    /// Abandons the delivery if it has not reached the point of no return:
+    /// true if it had not (the transport will not send the end now, so the
+    /// delivery may be dropped), false if it has (wait for its outcome).
+    pub fn close(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(
+                Self::OPEN,
+                Self::CLOSED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+            || self.0.load(Ordering::Acquire) == Self::CLOSED
+    }
 }
 
 /// A reply from the next hop, kept whole for logs and DSNs.

@@ -73,6 +73,9 @@ pub enum SessionError {
     TlsRequired,
     /// AUTH cannot be done (no common mechanism, or no TLS for it).
     Auth(String),
+    /// The delivery is being abandoned (shutdown) before the end of the
+    /// message was sent; see [`crate::CommitGate`].
+    Abandoned,
 }
 
 impl SessionError {
@@ -88,6 +91,8 @@ impl SessionError {
             SessionError::Tls(_) => "4.7.5",
             SessionError::TlsRequired => "4.7.4",
             SessionError::Auth(_) => "4.7.8",
+            // RFC 3463 X.3.2: system not accepting network messages.
+            SessionError::Abandoned => "4.3.2",
         }
     }
 
@@ -114,6 +119,9 @@ impl std::fmt::Display for SessionError {
             SessionError::Tls(e) => write!(f, "TLS failed: {e}"),
             SessionError::TlsRequired => write!(f, "TLS is required but STARTTLS is not offered"),
             SessionError::Auth(e) => write!(f, "AUTH failed: {e}"),
+            SessionError::Abandoned => {
+                write!(f, "abandoned by a shutdown before the end of the message")
+            }
         }
     }
 }
@@ -653,6 +661,9 @@ impl Session {
             let ranges = chunks(contents.len(), BDAT_CHUNK);
             let last = ranges.len() - 1;
             for (k, range) in ranges.into_iter().enumerate() {
+                if k == last && !job.gate.enter() {
+                    return Err(SessionError::Abandoned);
+                }
                 let header = if k == last {
                     format!("BDAT {} LAST\r\n", range.len())
                 } else {
@@ -680,6 +691,9 @@ impl Session {
             }
             let tail = &contents[last..];
             let end = terminator(contents);
+            if !job.gate.enter() {
+                return Err(SessionError::Abandoned);
+            }
             if tail.len() <= COALESCE_MAX {
                 // The last piece and the terminator in one write: one
                 // segment (and one wake-up of the next hop) less per message.

@@ -703,6 +703,7 @@ pub fn job(env: Envelope, contents: &[u8], route: &str, domain: &str) -> Job {
         route: route.to_string(),
         domain: domain.to_string(),
         queue: "default".to_string(),
+        gate: Default::default(),
     }
 }
 
