@@ -966,35 +966,31 @@ async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>) {
     let _ = sh.commands.send(Command::Reloaded { keys, found });
 }
 
-/// Aborts a task when dropped: a delivery abandoned at shutdown must not
-/// outlive its job.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Runs the transport while renewing the job's leases.
+/// Runs the transport while renewing the job's leases. The delivery runs
+/// inside the job's own task (no task of its own: one spawn and one wake-up
+/// less per message); a panic in it becomes a transient outcome for every
+/// recipient, as a failed delivery task's did.
 async fn deliver_with_renewal(sh: &Shared, job: Job, keys: &[EntryKey]) -> Vec<RecipientOutcome> {
+    use futures_util::FutureExt;
     let rcpts = job.recipients.clone();
-    let transport = sh.transport.clone();
-    let mut task = tokio::spawn(async move { transport.deliver(job).await });
-    let _guard = AbortOnDrop(task.abort_handle());
+    let delivery = std::panic::AssertUnwindSafe(sh.transport.deliver(job)).catch_unwind();
+    tokio::pin!(delivery);
     let every = sh.settings.renew_every.max(Duration::from_millis(10));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
-            r = &mut task => {
+            r = &mut delivery => {
                 return match r {
                     Ok(v) => v,
-                    Err(e) => rcpts
+                    Err(panic) => rcpts
                         .into_iter()
                         .map(|rcpt| RecipientOutcome {
                             rcpt,
                             outcome: Outcome::Transient {
-                                reason: format!("delivery failed internally: {e}"),
+                                reason: format!(
+                                    "delivery failed internally: panicked: {}",
+                                    panic_text(&*panic)
+                                ),
                                 reply: None,
                             },
                             remote: None,
@@ -1016,6 +1012,15 @@ async fn deliver_with_renewal(sh: &Shared, job: Job, keys: &[EntryKey]) -> Vec<R
             }
         }
     }
+}
+
+/// The message of a panic payload, as the standard panic hook prints it.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// What a finished delivery says about its destination. A job is a

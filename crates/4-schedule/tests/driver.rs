@@ -54,6 +54,8 @@ struct Script {
     /// Never sends the message's end (the gate stays open) and never
     /// returns: a next hop that never greets.
     stall: bool,
+    /// Panics instead of delivering: a bug in the transport.
+    panics: bool,
 }
 
 impl Script {
@@ -110,6 +112,9 @@ impl Transport for Script {
             .push((job.envelope.id, job.recipients.clone()));
         if self.stall {
             std::future::pending::<()>().await;
+        }
+        if self.panics {
+            panic!("scripted transport bug");
         }
         assert!(
             job.gate.enter(),
@@ -246,6 +251,41 @@ async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
         .await
         .expect("an event in time")
         .expect("the manager is running")
+}
+
+/// A panic in the transport ends neither the job nor the manager: every
+/// recipient of the job is deferred with the panic's message, like any
+/// transient failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_transport_defers_the_job() {
+    let r = rig();
+    let t = Arc::new(Script {
+        panics: true,
+        ..Script::default()
+    });
+    let (env, entries) = message(2, 2);
+    accept(&r.spool, &env, &entries).await;
+    let config = CONFIG.replace("[300ms]", "[1h]");
+    let m = start(&config, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone()).unwrap();
+    until("the failed attempts are recorded", async || {
+        r.store
+            .entries(env.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.attempts == 1)
+    })
+    .await;
+    for e in r.store.entries(env.id).await.unwrap() {
+        assert_eq!(e.lane, Lane::Deferred);
+        assert_eq!(
+            e.last_error.as_deref(),
+            Some("delivery failed internally: panicked: scripted transport bug")
+        );
+        assert_eq!(e.lease, None);
+    }
+    m.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
