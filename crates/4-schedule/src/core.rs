@@ -1546,6 +1546,29 @@ impl Scheduler {
         messages.len()
     }
 
+    /// An operator's `queue retry` of these entries: a suspended (dead)
+    /// destination of any of them is probed now, as ETRN and flush do,
+    /// instead of deferring the retried entries again without a connection
+    /// until its suspension ends. Returns how many destinations were
+    /// suspended.
+    pub fn probe_destinations_of(&mut self, keys: &[EntryKey], now: UnixMillis) -> usize {
+        let rqs: HashSet<u32> = keys
+            .iter()
+            .filter_map(|&k| self.find(k))
+            .map(|s| self.slots[s as usize].rq)
+            .collect();
+        let mut lifted = 0;
+        for rqid in rqs {
+            let rq = self.rq_mut(rqid);
+            if rq.suspended_until.is_some_and(|t| t > now) {
+                rq.suspended_until = Some(now);
+                lifted += 1;
+            }
+            self.enqueue_rq(rqid);
+        }
+        lifted
+    }
+
     /// When [`Scheduler::poll`] next has something to do on its own: the
     /// earliest due time, or the moment a rate limit lets a job out. `None`
     /// when only an outside event (new mail, a finished job) can help.

@@ -173,10 +173,15 @@ enum Command {
     },
     /// These entries changed in the store: re-read them.
     Refresh(Vec<EntryKey>),
+    /// An operator retried these entries: re-read them, and probe their
+    /// suspended destinations now.
+    Retry(Vec<EntryKey>),
     /// The result of a re-read: `found` holds the keys that still exist.
     Reloaded {
         keys: Vec<EntryKey>,
         found: Vec<(QueueEntry, String)>,
+        /// Re-read for a retry (see [`Command::Retry`]).
+        retry: bool,
     },
     /// ETRN or flush given to this node.
     Expedite {
@@ -205,6 +210,7 @@ impl std::fmt::Debug for Command {
             Command::Ingest { .. } => "Ingest",
             Command::Recovered { .. } => "Recovered",
             Command::Refresh(_) => "Refresh",
+            Command::Retry(_) => "Retry",
             Command::Reloaded { .. } => "Reloaded",
             Command::Expedite { .. } => "Expedite",
             Command::Changed(_) => "Changed",
@@ -246,6 +252,16 @@ impl QueueHandle {
     pub fn refresh(&self, keys: Vec<EntryKey>) -> Result<(), QueueError> {
         self.tx
             .send(Command::Refresh(keys))
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// `ferrymail queue retry`: these entries were made due now in the
+    /// store; the manager re-reads them and lets a suspended destination
+    /// of theirs probe at once (an operator retrying mail expects an
+    /// attempt, not another "delivery temporarily suspended").
+    pub fn retry(&self, keys: Vec<EntryKey>) -> Result<(), QueueError> {
+        self.tx
+            .send(Command::Retry(keys))
             .map_err(|_| QueueError::Closed)
     }
 
@@ -469,7 +485,7 @@ impl QueueManager {
         };
         let reload = self.core.finish(job, report, now);
         if !reload.is_empty() {
-            tokio::spawn(reload_entries(self.shared.clone(), reload));
+            tokio::spawn(reload_entries(self.shared.clone(), reload, false));
         }
     }
 
@@ -500,9 +516,13 @@ impl QueueManager {
                 ),
             },
             Command::Refresh(keys) => {
-                tokio::spawn(reload_entries(self.shared.clone(), keys));
+                tokio::spawn(reload_entries(self.shared.clone(), keys, false));
             }
-            Command::Reloaded { keys, found } => {
+            Command::Retry(keys) => {
+                tokio::spawn(reload_entries(self.shared.clone(), keys, true));
+            }
+            Command::Reloaded { keys, found, retry } => {
+                let retried = retry.then(|| keys.clone());
                 let mut found: HashMap<EntryKey, (QueueEntry, String)> =
                     found.into_iter().map(|(e, d)| (e.key, (e, d))).collect();
                 for k in keys {
@@ -513,6 +533,15 @@ impl QueueManager {
                         None => {
                             self.core.remove(k, now);
                         }
+                    }
+                }
+                if let Some(keys) = retried {
+                    let lifted = self.core.probe_destinations_of(&keys, now);
+                    if lifted > 0 {
+                        tracing::info!(
+                            destinations = lifted,
+                            "queue: retry requested: probing suspended destinations now"
+                        );
                     }
                 }
             }
@@ -921,7 +950,7 @@ async fn ingest(
 }
 
 /// Re-reads entries from the store and hands the result to the loop.
-async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>) {
+async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, retry: bool) {
     keys.sort();
     keys.dedup();
     let mut found = Vec::new();
@@ -963,7 +992,7 @@ async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>) {
             }
         }
     }
-    let _ = sh.commands.send(Command::Reloaded { keys, found });
+    let _ = sh.commands.send(Command::Reloaded { keys, found, retry });
 }
 
 /// Runs the transport while renewing the job's leases. The delivery runs

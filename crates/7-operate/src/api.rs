@@ -55,6 +55,13 @@ pub trait QueueControl: Send + Sync + 'static {
     /// These entries changed in the store; re-read them. Must not block.
     fn changed(&self, keys: &[EntryKey]);
 
+    /// An operator retried these entries (they are due now in the store):
+    /// re-read them, and probe their destinations now even if those are
+    /// suspended. Must not block.
+    fn retried(&self, keys: &[EntryKey]) {
+        self.changed(keys);
+    }
+
     /// `ferrymail queue flush [TARGET]`: attempt now every queued recipient
     /// of `target` (a domain, `@domain` or `#queue`, as ETRN), or of every
     /// destination for `None`. Answers how many messages were started.
@@ -441,7 +448,11 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
     if let Some(c) = &mgmt.control
         && !keys.is_empty()
     {
-        c.changed(&keys);
+        if matches!(kind, Some(AdminAction::Retry { .. })) {
+            c.retried(&keys);
+        } else {
+            c.changed(&keys);
+        }
     }
     tracing::info!(action = %a.action, recipients = result.recipients, "queue action");
     Ok(json(StatusCode::OK, &result))

@@ -44,7 +44,7 @@ pub enum QueueCmd {
         /// Queue id.
         id: String,
     },
-    /// Make messages due now.
+    /// Make messages due now (a destination suspended as dead is probed at once).
     Retry(Selection),
     /// Keep messages from being attempted until released.
     Hold(Selection),

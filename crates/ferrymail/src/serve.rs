@@ -460,6 +460,10 @@ impl QueueControl for Control {
         let _ = self.0.refresh(keys.to_vec());
     }
 
+    fn retried(&self, keys: &[EntryKey]) {
+        let _ = self.0.retry(keys.to_vec());
+    }
+
     fn flush(&self, target: Option<String>) -> ControlFuture<Result<usize, ControlError>> {
         let handle = self.0.clone();
         Box::pin(async move {

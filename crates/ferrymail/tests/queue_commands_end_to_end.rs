@@ -2,6 +2,8 @@
 //!
 //! * `queue retry` makes a deferred recipient due now: it is delivered to a
 //!   relay that came up, although the schedule's next try is an hour away;
+//!   also when the relay's destination was suspended as dead (the retry
+//!   probes it at once instead of deferring the mail again);
 //! * `queue cancel` removes message and contents, and a later flush with the
 //!   relay up delivers nothing;
 //! * per-domain dynamic queues (`queue = "'dom-' + rcpt_domain"`) show up by
@@ -86,6 +88,37 @@ fn retry_delivers_deferred_mail_now() {
     assert_eq!(
         json(server.cli(&["queue", "list", "--json"]))["recipients"],
         0
+    );
+}
+
+#[test]
+fn retry_probes_a_destination_suspended_as_dead() {
+    let relay = free_port();
+    // One connection failure suspends the destination for an hour.
+    let server = start(
+        relay,
+        "\n[queue.virtual.default]\ndestination.failure-limit = 1\ndestination.suspend = \"1h\"\n",
+    );
+    let id = send(&server, &["r@far.test"], "dead relay");
+    server.wait_attempted(&id, WAIT);
+    // A second message meets the suspension: deferred without a connection.
+    let second = send(&server, &["s@far.test"], "while suspended");
+    let m = server.wait_attempted(&second, WAIT);
+    let err = m["recipients"][0]["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("suspended"), "{m}");
+
+    let sink = SmtpSink::start_on(relay, &[]);
+    let r = json(server.cli(&["queue", "retry", &second, "--json"]));
+    assert_eq!(r["recipients"], 1, "{r}");
+    server.wait_gone(&second, WAIT);
+    let d = sink.wait_dumped(1, WAIT);
+    assert_eq!(d[0].rcpt_args, ["<s@far.test>"]);
+    assert!(
+        server
+            .log_text()
+            .contains("probing suspended destinations now"),
+        "{}",
+        server.log_text()
     );
 }
 

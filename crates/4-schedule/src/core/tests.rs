@@ -1070,6 +1070,63 @@ fn etrn_starts_matching_mail_and_counts_messages() {
     assert_eq!(probe[0].mode, Mode::Deliver);
 }
 
+/// `queue retry` of entries whose destination is suspended probes that
+/// destination now (as ETRN does), instead of the retried entries being
+/// deferred again without a connection.
+#[test]
+fn retry_probes_a_suspended_destination() {
+    // A suspended destination with three entries deferred for an hour, one
+    // of which the operator retries (due now in the store, re-read).
+    let setup = || {
+        let mut s = sched("[queue.virtual.default]\ndestination.failure-limit = 1\n");
+        let ids = fill(&mut s, "dead.example", 3, 0);
+        let d = s.poll(T0);
+        finish(
+            &mut s,
+            &d[0],
+            Health::ConnectionFailed {
+                reason: "refused".into(),
+            },
+            Next::Retry { due: T0 + HOUR_MS },
+            T0,
+        );
+        for j in s.poll(T0).into_iter().chain(d.into_iter().skip(1)) {
+            finish(
+                &mut s,
+                &j,
+                Health::NotAttempted,
+                Next::Retry { due: T0 + HOUR_MS },
+                T0,
+            );
+        }
+        let until = s
+            .destination("default", "dead.example")
+            .unwrap()
+            .suspended_until;
+        assert!(until.is_some_and(|t| t > T0 + 1));
+        assert!(s.poll(T0 + 1).is_empty());
+        let mut e = E::new(ids[1], 0);
+        e.due = T0 + 1;
+        e.lane = Lane::Deferred;
+        s.insert(&e.entry(), "dead.example", Origin::Refresh, T0 + 1);
+        (s, key(ids[1], 0))
+    };
+    // A plain refresh: deferred again without a connection.
+    let (mut s, _) = setup();
+    let jobs = s.poll(T0 + 1);
+    assert_eq!(jobs.len(), 1);
+    assert!(matches!(jobs[0].mode, Mode::Suspended { .. }));
+    // A retry: the destination is probed now.
+    let (mut s, k) = setup();
+    assert_eq!(s.probe_destinations_of(&[k], T0 + 1), 1);
+    let probe = s.poll(T0 + 1);
+    assert_eq!(probe.len(), 1, "one probe");
+    assert_eq!(probe[0].mode, Mode::Deliver);
+    assert_eq!(probe[0].message, k.message);
+    // Not suspended any more: nothing to lift.
+    assert_eq!(s.probe_destinations_of(&[k], T0 + 1), 0);
+}
+
 // ---------------------------------------------------------------- housekeeping
 
 #[test]
