@@ -318,7 +318,7 @@ def relay_ns(args, warmup: int, postfix_extra: dict | None = None):
         warmup=warmup, sessions=args.sessions, rcpt_domain="bench.example",
         wait_idle=args.wait_idle, max_wait=args.max_wait,
         concurrency=args.concurrency, dest_concurrency=args.dest_concurrency,
-        keep=args.keep, perf_dir=None, postfix_extra=postfix_extra)
+        keep=args.keep, perf_dir=None, perf_stat=None, postfix_extra=postfix_extra)
 
 
 def relay_runs(name: str, args, binary, res: Results, size: int, count: int,
