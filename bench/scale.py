@@ -167,6 +167,14 @@ class Instance(TempFerrymail):
             self.proc.wait(timeout=10)
         return time.monotonic() - t0, self.proc.returncode
 
+    def kill_timed(self) -> tuple[float, int | None]:
+        """SIGKILL: a crash, nothing written out (``--crash``)."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        return time.monotonic() - t0, self.proc.returncode
+
     def start_again(self) -> float:
         """Starts the server again (same config, store and log); returns the
         monotonic time of the exec."""
@@ -461,6 +469,9 @@ def main() -> int:
                          "idle (default 85; 0 = don't wait)")
     ap.add_argument("--max-wait", type=float, default=300.0,
                     help="...but at most this many seconds (default 300)")
+    ap.add_argument("--crash", action="store_true",
+                    help="restart after SIGKILL instead of SIGTERM: the start "
+                         "must then replay the store's journal")
     ap.add_argument("--ferry-binary", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", default=None, metavar="FILE",
@@ -562,10 +573,11 @@ def main() -> int:
             # ---- restart ----------------------------------------------
             # the restart is timed too: not while someone else's build runs
             restart_idle = wait_for_idle(*WAIT_IDLE)
-            log(f"restarting L (SIGTERM, start again; machine {restart_idle:.0f}% "
+            how = "SIGKILL (a crash)" if args.crash else "SIGTERM"
+            log(f"restarting L ({how}, start again; machine {restart_idle:.0f}% "
                 "idle the second before) ...")
             offset = L.log_file.stat().st_size
-            stop_s, status = L.stop_timed()
+            stop_s, status = L.kill_timed() if args.crash else L.stop_timed()
             t_exec = L.start_again()
             wall_exec = time.time()
             t_accept = t_delivered = t_api = t_recovered = None
@@ -616,7 +628,7 @@ def main() -> int:
 
             def since(t):
                 return f"{t - t_exec:.3f} s" if t is not None else "never"
-            log(f"  stop (SIGTERM to exit): {stop_s:.3f} s, exit status {status}")
+            log(f"  stop ({how} to exit): {stop_s:.3f} s, exit status {status}")
             log(f"  accepting (220):              {since(t_accept)}")
             log(f"  new message delivered:        {since(t_delivered)}")
             log(f"  management API answers:       {since(t_api)}")

@@ -46,6 +46,15 @@ const MEMTABLE: u64 = 8 * 1024 * 1024;
 /// a cost within this machine's noise (BENCHMARKS.md, issue 3).
 const BLOB_MEMTABLE: u64 = 16 * 1024 * 1024;
 
+/// Most journal fjall keeps before it writes out the memtables that hold
+/// its oldest part (fjall's default is 512 MiB, its minimum 64 MiB). A
+/// start after a crash replays the whole journal, one small record at a
+/// time, so this bounds that start. The journal grows past the memtables
+/// because a quiet table keeps its memtable, and with it every journal file
+/// since that memtable's first write: a million deferrals touch only the
+/// entry and claim tables, and left a journal that took seconds to replay.
+const MAX_JOURNAL: u64 = 64 * 1024 * 1024;
+
 /// An opened engine with one keyspace per table.
 pub struct Engine {
     // Keyspaces drop before the database.
@@ -67,6 +76,7 @@ impl Engine {
         // handing the journal to the OS only.
         let db = Database::builder(dir)
             .manual_journal_persist(true)
+            .max_journaling_size(MAX_JOURNAL)
             .open()
             .map_err(err)?;
         // Contents use key-value separation: the LSM tree holds pointers and

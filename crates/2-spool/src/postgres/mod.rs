@@ -49,6 +49,7 @@
 //! itself. An idempotent operation that finds its idle connection was closed
 //! while idle (the restart happened in between) runs once more on a new one.
 
+pub mod claim;
 pub mod feed;
 pub mod pool;
 pub mod schema;
@@ -87,7 +88,13 @@ pub struct PgOptions {
 
 /// The PostgreSQL data and blob store.
 pub struct PgStore {
-    pool: Pool,
+    pool: Arc<Pool>,
+    /// This process's claim on its node name, once registered ([`claim`]).
+    claim: tokio::sync::Mutex<Option<(String, claim::NodeClaim)>>,
+    /// How long the session holding a node's claim may be silent before
+    /// another process with that name takes it over: [`claim::STALE`]
+    /// (tests shorten it, [`PgStore::set_claim_stale`]).
+    claim_stale: std::sync::Mutex<std::time::Duration>,
     /// This node once registered ([`DataStore::register_node`]): written
     /// into every change-feed row this store object adds, so the node's own
     /// feed skips them. `None` before (tests, tools): rows name no node.
@@ -301,10 +308,19 @@ impl PgStore {
             "PostgreSQL store open"
         );
         Ok(Arc::new(PgStore {
-            pool,
+            pool: Arc::new(pool),
+            claim: tokio::sync::Mutex::new(None),
+            claim_stale: std::sync::Mutex::new(claim::STALE),
             node: std::sync::RwLock::new(None),
             upkeep: std::sync::Mutex::new(feed::Upkeep::default()),
         }))
+    }
+
+    /// Shortens how long a claim's holder may be silent before it is taken
+    /// over (see [`claim`]), for tests that cannot wait [`claim::STALE`].
+    #[doc(hidden)]
+    pub fn set_claim_stale(&self, stale: std::time::Duration) {
+        *self.claim_stale.lock().expect("claim lock") = stale;
     }
 
     /// The node change-feed rows are attributed to.
@@ -746,6 +762,15 @@ impl DataStore for PgStore {
                 "node '{name}' cannot register: its node id (a hash of the name) is registered under another name; choose another server.node-id"
             ))),
             t => {
+                // One process per node name (see `claim`); a store that
+                // registers the same name again keeps the claim it holds.
+                let mut held = self.claim.lock().await;
+                if held.as_ref().is_none_or(|(n, _)| n != name) {
+                    let stale = *self.claim_stale.lock().expect("claim lock");
+                    let c = claim::claim(self.pool.clone(), name, t, stale).await?;
+                    *held = Some((name.to_string(), c));
+                }
+                drop(held);
                 *self.node.write().expect("node lock") = Some(id);
                 *self.upkeep.lock().expect("upkeep lock") = feed::Upkeep::default();
                 Ok(Some(t as u16))

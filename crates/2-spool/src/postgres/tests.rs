@@ -903,6 +903,8 @@ async fn registered_node_tags_are_unique_and_stable() {
     unique.dedup();
     assert_eq!(unique.len(), 4, "tags {tags:?}");
     assert!(tags.iter().all(|&t| t < 1024));
+    // The first process ends (and with it its claims on the names).
+    drop(s);
     let again = schema.open(2).await;
     assert_eq!(
         again.register_node("c", NodeId(102)).await.unwrap(),
@@ -914,6 +916,61 @@ async fn registered_node_tags_are_unique_and_stable() {
         err.to_string().contains("registered under another name"),
         "{err}"
     );
+}
+
+/// A node name is claimed by one process at a time: a second store
+/// registering it while the first holds it is refused, naming the
+/// problem; once the first is gone, the name can be registered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_name_is_claimed_by_one_store_at_a_time() {
+    let schema = Schema::new().await;
+    let first = schema.open(2).await;
+    let tag = first.register_node("x", NodeId(7)).await.unwrap();
+    // The same store may register again (it keeps its claim).
+    assert_eq!(first.register_node("x", NodeId(7)).await.unwrap(), tag);
+    let second = schema.open(2).await;
+    let err = second.register_node("x", NodeId(7)).await.unwrap_err();
+    assert!(err.to_string().contains("already running"), "{err}");
+    // Another name is free.
+    second.register_node("y", NodeId(8)).await.unwrap();
+    drop(first);
+    assert_eq!(second.register_node("x", NodeId(7)).await.unwrap(), tag);
+}
+
+/// A claim held by a session that has gone silent (its machine died and
+/// the database has not noticed) is taken over once it has been silent for
+/// the stale time: the silent session is ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_claim_holder_is_taken_over() {
+    let schema = Schema::new().await;
+    // Register the name once to learn its tag, then let that process go.
+    let tag = {
+        let s = schema.open(2).await;
+        s.register_node("z", NodeId(9)).await.unwrap().unwrap()
+    };
+    // A session that takes the claim and then says nothing.
+    let (silent, conn) = tokio_postgres::connect(&schema.url(), NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let key = crate::postgres::claim::lock_key(&silent, i32::from(tag))
+        .await
+        .unwrap();
+    // The old session may still be on its way out: wait for the lock.
+    silent
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let s = schema.open(2).await;
+    s.set_claim_stale(std::time::Duration::from_secs(1));
+    let t0 = std::time::Instant::now();
+    assert_eq!(s.register_node("z", NodeId(9)).await.unwrap(), Some(tag));
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(900),
+        "taken before the holder was silent for the stale time: {:?}",
+        t0.elapsed()
+    );
+    // The silent session was ended.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+    assert!(silent.is_closed(), "the silent holder's session still runs");
 }
 
 /// A virtual queue's rate bucket is one for all nodes: what one node takes,
