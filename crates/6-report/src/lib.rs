@@ -86,9 +86,15 @@ pub struct ReportSettings {
     /// A group closes at the latest this long after its first event
     /// ([`Batcher::max_hold`]). Default 10 s.
     pub max_hold: Duration,
-    /// How often accepting a notification into the spool is tried before it
-    /// is given up (logged as an error). Default 5, doubling waits from 1 s.
-    pub accept_tries: u32,
+    /// When the spool refuses a notification (a store outage), it is tried
+    /// again after this long, then after twice as long each time, up to
+    /// [`ReportSettings::retry_max`], for as long as the process runs; the
+    /// notice stays owed meanwhile, and other notifications go on. Default
+    /// 1 s.
+    pub retry_first: Duration,
+    /// The longest wait between two tries of a refused notification.
+    /// Default 60 s.
+    pub retry_max: Duration,
 }
 
 impl Default for ReportSettings {
@@ -96,9 +102,18 @@ impl Default for ReportSettings {
         ReportSettings {
             quiet: Duration::from_secs(1),
             max_hold: Duration::from_secs(10),
-            accept_tries: 5,
+            retry_first: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
         }
     }
+}
+
+/// A notification the spool refused, waiting to be tried again.
+struct Refused {
+    due: std::time::Instant,
+    /// The wait before this try; the next one waits twice as long.
+    wait: Duration,
+    batch: Batch,
 }
 
 /// Makes and queues notifications. Built once at start from the
@@ -190,8 +205,13 @@ impl Reporter {
         mut stop: oneshot::Receiver<()>,
     ) {
         let mut batcher = Batcher::new(settings.quiet, settings.max_hold);
+        let mut refused: Vec<Refused> = Vec::new();
         loop {
-            let due = batcher.next_due();
+            let due = batcher
+                .next_due()
+                .into_iter()
+                .chain(refused.iter().map(|r| r.due))
+                .min();
             let sleep = async {
                 match due {
                     Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -204,8 +224,25 @@ impl Reporter {
                     None => break,
                 },
                 _ = sleep => {
-                    for b in batcher.take_due(std::time::Instant::now()) {
-                        self.report(b, &settings).await;
+                    let now = std::time::Instant::now();
+                    let (again, later): (Vec<_>, Vec<_>) =
+                        refused.drain(..).partition(|r| r.due <= now);
+                    refused = later;
+                    let fresh = batcher.take_due(now).into_iter().map(|b| (b, Duration::ZERO));
+                    let retried = again.into_iter().map(|r| (r.batch, r.wait));
+                    for (batch, waited) in fresh.chain(retried).collect::<Vec<_>>() {
+                        if let Err(batch) = self.report(batch).await {
+                            let wait = if waited.is_zero() {
+                                settings.retry_first
+                            } else {
+                                (waited * 2).min(settings.retry_max)
+                            };
+                            refused.push(Refused {
+                                due: std::time::Instant::now() + wait,
+                                wait,
+                                batch,
+                            });
+                        }
                     }
                 }
                 _ = &mut stop => {
@@ -216,8 +253,20 @@ impl Reporter {
                 }
             }
         }
-        for b in batcher.drain() {
-            self.report(b, &settings).await;
+        // Last tries; what the spool still refuses stays owed in the store
+        // and is sent after the next start.
+        let last = batcher
+            .drain()
+            .into_iter()
+            .chain(refused.into_iter().map(|r| r.batch));
+        for batch in last.collect::<Vec<_>>() {
+            if let Err(batch) = self.report(batch).await {
+                tracing::error!(
+                    id = %batch.key.message,
+                    kind = batch.key.kind.as_str(),
+                    "report: the spool refused a notification until shutdown; it stays owed and is sent after the next start"
+                );
+            }
         }
     }
 
@@ -243,46 +292,43 @@ impl Reporter {
     }
 
     /// Makes the notification of one closed group, queues it, and then
-    /// discharges the notices it settles.
-    async fn report(&self, batch: Batch, settings: &ReportSettings) {
+    /// discharges the notices it settles. Gives the group back when the
+    /// spool refuses the notification, to be tried again later (the notices
+    /// stay owed in the store meanwhile).
+    async fn report(&self, batch: Batch) -> Result<(), Batch> {
         let Some(p) = self.prepare(&batch, now_millis()) else {
             // Nothing to send (e.g. a double bounce without a postmaster
             // copy): nothing stays owed either.
             self.discharge(&batch).await;
-            return;
+            return Ok(());
         };
-        let mut wait = Duration::from_secs(1);
-        for attempt in 1..=settings.accept_tries.max(1) {
-            match self
-                .spool
-                .accept(&p.envelope, &p.entries, Bytes::from(p.contents.clone()))
-                .await
-            {
-                Ok(()) => {
-                    tracing::info!(
-                        id = %p.envelope.id,
-                        about = %p.about,
-                        kind = p.kind.as_str(),
-                        to = %p.envelope.recipients[0].address,
-                        recipients = batch.events.len(),
-                        queue = %p.entries.first().map(|e| e.queue.as_str()).unwrap_or(""),
-                        size = p.contents.len(),
-                        "notification queued"
-                    );
-                    // The queue engine may be gone at shutdown: the entry is
-                    // durable and restart recovery schedules it.
-                    let _ = self.queued.send(p.entries);
-                    self.discharge(&batch).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(about = %p.about, attempt, error = %e, "report: cannot queue a notification; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
+        match self
+            .spool
+            .accept(&p.envelope, &p.entries, Bytes::from(p.contents.clone()))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    id = %p.envelope.id,
+                    about = %p.about,
+                    kind = p.kind.as_str(),
+                    to = %p.envelope.recipients[0].address,
+                    recipients = batch.events.len(),
+                    queue = %p.entries.first().map(|e| e.queue.as_str()).unwrap_or(""),
+                    size = p.contents.len(),
+                    "notification queued"
+                );
+                // The queue engine may be gone at shutdown: the entry is
+                // durable and restart recovery schedules it.
+                let _ = self.queued.send(p.entries);
+                self.discharge(&batch).await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(about = %p.about, kind = p.kind.as_str(), error = %e, "report: the spool refused a notification; it stays owed and is tried again");
+                Err(batch)
             }
         }
-        tracing::error!(about = %p.about, kind = p.kind.as_str(), "report: the spool refused a notification; it stays owed and is sent after the next start");
     }
 
     /// Settles the notices of a group whose notification is queued (or

@@ -452,3 +452,94 @@ async fn notices_are_discharged_once_the_notification_is_queued() {
     assert_eq!(f.spool.data.envelope(env.id).await.unwrap(), None);
     assert_eq!(f.spool.blob.get(env.id).await.unwrap(), None);
 }
+
+/// The contents store of the spool, refusing its first `fails` writes as
+/// a store in an outage does, then the real embedded store. (A wrapper
+/// around the real store: an outage cannot be staged in an embedded store
+/// on demand; PostgreSQL outages are covered end to end in
+/// `crates/ferrymail/tests/postgres_outage_gives_4xx.rs`.)
+struct Outage {
+    inner: Arc<EmbeddedStore>,
+    fails: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl ferrymail_spool::BlobStore for Outage {
+    async fn put(
+        &self,
+        id: MessageId,
+        contents: bytes::Bytes,
+    ) -> Result<(), ferrymail_spool::StoreError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .fails
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ferrymail_spool::StoreError::Engine(
+                "outage (staged)".into(),
+            ));
+        }
+        ferrymail_spool::BlobStore::put(&*self.inner, id, contents).await
+    }
+    async fn get(
+        &self,
+        id: MessageId,
+    ) -> Result<Option<bytes::Bytes>, ferrymail_spool::StoreError> {
+        ferrymail_spool::BlobStore::get(&*self.inner, id).await
+    }
+    async fn delete(&self, id: MessageId) -> Result<(), ferrymail_spool::StoreError> {
+        ferrymail_spool::BlobStore::delete(&*self.inner, id).await
+    }
+}
+
+/// A notification the spool refuses is not given up: it is tried again,
+/// with growing waits, until the spool takes it, while its notice stays
+/// owed; then it is queued once and the notice discharged.
+#[tokio::test]
+async fn a_refused_notification_is_tried_again_until_queued() {
+    let dir = tempfile_dir::Dir::new();
+    let data = EmbeddedStore::open(&dir.0.join("data")).unwrap();
+    let blobs = EmbeddedStore::open(&dir.0.join("blob")).unwrap();
+    let outage = Arc::new(Outage {
+        inner: blobs.clone(),
+        fails: std::sync::atomic::AtomicU32::new(8),
+    });
+    let spool = Spool {
+        data: data.clone(),
+        blob: outage.clone(),
+        unified: false,
+    };
+    let (tx, mut queued) = mpsc::unbounded_channel();
+    let reporter = Reporter::new(
+        &config(""),
+        spool.clone(),
+        Arc::new(IdGenerator::new(1)),
+        tx,
+    )
+    .unwrap();
+    let (events, rx) = mpsc::unbounded_channel();
+    let running = reporter.start(
+        rx,
+        ReportSettings {
+            quiet: Duration::from_millis(20),
+            retry_first: Duration::from_millis(20),
+            retry_max: Duration::from_millis(80),
+            ..ReportSettings::default()
+        },
+    );
+    let env = original("sender@origin.test", [Notify::Default; 3]);
+    events.send(event(&env, 0, failed())).unwrap();
+    // Eight refusals (waits 20, 40, then 80 ms each: more tries than the
+    // reporter once made before giving up), then the ninth is taken.
+    let entries = tokio::time::timeout(Duration::from_secs(10), queued.recv())
+        .await
+        .expect("the notification is queued once the outage ends")
+        .unwrap();
+    assert_eq!(outage.fails.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let id = entries[0].key.message;
+    assert!(spool.data.envelope(id).await.unwrap().is_some());
+    assert!(spool.blob.get(id).await.unwrap().is_some());
+    running.finish().await;
+    assert!(queued.try_recv().is_err(), "queued once");
+}
