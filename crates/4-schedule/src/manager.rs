@@ -13,12 +13,16 @@
 //!
 //! # A delivery job
 //!
-//! 1. **Claim** the job's entries with a lease ([`DataStore::claim_keys`](ferrymail_spool::DataStore::claim_keys)).
-//!    The store refuses held entries and entries another node holds, so an
-//!    operator's hold and a second node are respected even when the index is
-//!    behind. Refused entries are re-read and re-indexed.
+//! 1. **Claim** the job's entries with a lease
+//!    ([`DataStore::claim_job`](ferrymail_spool::DataStore::claim_job), the
+//!    rules of `claim_keys`). The store refuses held entries and entries
+//!    another node holds, so an operator's hold and a second node are
+//!    respected even when the index is behind. Refused entries are re-read
+//!    and re-indexed.
 //! 2. **Load** the envelope and the contents (the only place the scheduler
-//!    touches a body, and only to hand it to the transport).
+//!    touches a body, and only to hand it to the transport). The claim
+//!    returns the envelope, and the contents too when the data store is
+//!    also the blob store: one round trip to PostgreSQL instead of three.
 //! 3. **Deliver** through the [`Transport`], renewing the lease every
 //!    `renew_every` while it runs.
 //! 4. **Record** each recipient's outcome as the [`Policy`] decides:
@@ -1103,27 +1107,32 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
         let due = now_millis() + STORE_RETRY_MS;
         keys.iter().map(|k| (*k, Next::Retry { due })).collect()
     };
-    let claimed = match sh
+    // Claim, envelope and (when the data store holds them, and they are
+    // needed) contents in one store operation: one round trip to a
+    // PostgreSQL store instead of three.
+    let want_contents = sh.spool.unified && matches!(d.mode, Mode::Deliver);
+    let job = match sh
         .spool
         .data
-        .claim_keys(node, &keys, now, now + lease)
+        .claim_job(node, d.message, &keys, now, now + lease, want_contents)
         .await
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(id = %d.message, error = %e, "queue: cannot claim entries; retrying later");
+            tracing::warn!(id = %d.message, error = %e, "queue: cannot claim entries or read their envelope; retrying later");
             return (d.job, not_attempted(retry_all(&keys)));
         }
     };
+    let claimed = job.entries;
     // Entries not claimed (held, another node's, gone) are left out of the
     // report: the core re-reads them.
     if claimed.is_empty() {
         return (d.job, not_attempted(Vec::new()));
     }
     let claimed_keys: Vec<EntryKey> = claimed.iter().map(|e| e.key).collect();
-    let envelope = match sh.spool.data.envelope(d.message).await {
-        Ok(Some(e)) => Arc::new(e),
-        Ok(None) => {
+    let envelope = match job.envelope {
+        Some(e) => Arc::new(e),
+        None => {
             // Entries without an envelope: nothing can be delivered or
             // reported. Remove them so they do not come back.
             tracing::error!(id = %d.message, "queue: entries without an envelope; removing them");
@@ -1137,10 +1146,6 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                 }
             }
             return (d.job, not_attempted(next));
-        }
-        Err(e) => {
-            tracing::warn!(id = %d.message, error = %e, "queue: cannot read an envelope; retrying later");
-            return (d.job, not_attempted(retry_all(&claimed_keys)));
         }
     };
 
@@ -1162,41 +1167,49 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                 .collect();
             (results, Health::NotAttempted, Some(*until))
         }
-        Mode::Deliver => match sh.spool.blob.get(d.message).await {
-            Ok(Some(contents)) => {
-                loaded = Some(contents.clone());
-                let job = Job {
-                    envelope: envelope.clone(),
-                    contents,
-                    recipients: claimed_keys.iter().map(|k| k.rcpt).collect(),
-                    route: d.route.clone(),
-                    domain: d.domain.clone(),
-                    queue: d.queue.clone(),
-                    gate: gate.clone(),
-                };
-                let results = deliver_with_renewal(&sh, job, &claimed_keys).await;
-                let health = classify(&results);
-                (results, health, None)
+        Mode::Deliver => {
+            // Read by the claim (one store holds data and contents), or now.
+            let read = match job.contents {
+                Some(read) => Ok(read),
+                None => sh.spool.blob.get(d.message).await,
+            };
+            match read {
+                Ok(Some(contents)) => {
+                    loaded = Some(contents.clone());
+                    let job = Job {
+                        envelope: envelope.clone(),
+                        contents,
+                        recipients: claimed_keys.iter().map(|k| k.rcpt).collect(),
+                        route: d.route.clone(),
+                        domain: d.domain.clone(),
+                        queue: d.queue.clone(),
+                        gate: gate.clone(),
+                    };
+                    let results = deliver_with_renewal(&sh, job, &claimed_keys).await;
+                    let health = classify(&results);
+                    (results, health, None)
+                }
+                Ok(None) => {
+                    let results = claimed_keys
+                        .iter()
+                        .map(|k| RecipientOutcome {
+                            rcpt: k.rcpt,
+                            outcome: Outcome::Permanent {
+                                reason: "the message contents are missing from the blob store"
+                                    .into(),
+                                reply: None,
+                            },
+                            remote: None,
+                        })
+                        .collect();
+                    (results, Health::NotAttempted, None)
+                }
+                Err(e) => {
+                    tracing::warn!(id = %d.message, error = %e, "queue: cannot read message contents; retrying later");
+                    return (d.job, not_attempted(retry_all(&claimed_keys)));
+                }
             }
-            Ok(None) => {
-                let results = claimed_keys
-                    .iter()
-                    .map(|k| RecipientOutcome {
-                        rcpt: k.rcpt,
-                        outcome: Outcome::Permanent {
-                            reason: "the message contents are missing from the blob store".into(),
-                            reply: None,
-                        },
-                        remote: None,
-                    })
-                    .collect();
-                (results, Health::NotAttempted, None)
-            }
-            Err(e) => {
-                tracing::warn!(id = %d.message, error = %e, "queue: cannot read message contents; retrying later");
-                return (d.job, not_attempted(retry_all(&claimed_keys)));
-            }
-        },
+        }
     };
 
     // From here on the outcomes must be recorded; a shutdown that got here
