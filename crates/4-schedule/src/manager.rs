@@ -73,7 +73,7 @@ use bytes::Bytes;
 use ferrymail_config::Config;
 use ferrymail_deliver::{CommitGate, Job, Outcome, RecipientOutcome, Remote, Transport};
 use ferrymail_spool::{
-    EntryKey, Envelope, FEED_RESUME_LIMIT, FeedBatch, MessageId, NodeId, QueueEntry, Spool,
+    EntryKey, Envelope, FEED_RESUME_LIMIT, FeedBatch, MessageId, NodeId, QueueEntry, Queued, Spool,
     StoreError, UnixMillis, now_millis,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -350,7 +350,7 @@ impl QueueManager {
         spool: Spool,
         transport: Arc<dyn Transport>,
         settings: ManagerSettings,
-        queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+        queued: mpsc::UnboundedReceiver<Queued>,
         shutdown: CancellationToken,
     ) -> Running {
         let (manager, handle, events) = QueueManager::new(config, spool, transport, settings);
@@ -369,7 +369,7 @@ impl QueueManager {
     /// period for the others (see [`CommitGate`]).
     pub async fn run(
         mut self,
-        queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+        queued: mpsc::UnboundedReceiver<Queued>,
         shutdown: CancellationToken,
     ) {
         tokio::spawn(follow(self.shared.clone(), shutdown.clone()));
@@ -661,10 +661,7 @@ fn millis(d: Duration) -> u64 {
 
 /// The lower-case domain of a recipient address (`""` without one).
 fn rcpt_domain(env: &Envelope, rcpt: u32) -> String {
-    env.recipients
-        .get(rcpt as usize)
-        .and_then(|r| ferrymail_spool::domain_of(&r.address))
-        .unwrap_or_default()
+    env.rcpt_domain(rcpt)
 }
 
 /// Pairs the entries of one message with their recipient domains, reading
@@ -897,11 +894,12 @@ async fn hand_owed_notices(
     Ok(())
 }
 
-/// Newly accepted mail from receive: adds recipient domains and hands it to
-/// the loop.
+/// Newly accepted mail from receive and the DSN layer: adds recipient
+/// domains where the sender did not ([`Queued::domains`], reading the
+/// envelope) and hands it to the loop.
 async fn ingest(
     sh: Arc<Shared>,
-    mut queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+    mut queued: mpsc::UnboundedReceiver<Queued>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -911,15 +909,31 @@ async fn ingest(
         };
         let Some(first) = first else { return };
         // Take whatever else is already waiting: one command per burst.
-        let mut all = first;
-        while all.len() < 4096 {
+        let mut count = first.entries.len();
+        let mut all = vec![first];
+        while count < 4096 {
             match queued.try_recv() {
-                Ok(more) => all.extend(more),
+                Ok(more) => {
+                    count += more.entries.len();
+                    all.push(more);
+                }
                 Err(_) => break,
             }
         }
-        let mut batch = Vec::with_capacity(all.len());
-        for (id, entries) in by_message(all) {
+        let mut batch = Vec::with_capacity(count);
+        // Entries that came with their domains (receive and the DSN layer
+        // knew the envelope) are indexed as they are; the others need
+        // their envelope read.
+        let mut unknown = Vec::new();
+        for q in all {
+            match q.domains {
+                Some(domains) if domains.len() == q.entries.len() => {
+                    batch.extend(q.entries.into_iter().zip(domains));
+                }
+                _ => unknown.extend(q.entries),
+            }
+        }
+        for (id, entries) in by_message(unknown) {
             let mut tries = 0;
             loop {
                 match with_domains(&sh, id, entries.clone()).await {
