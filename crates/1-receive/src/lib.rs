@@ -63,8 +63,9 @@ pub struct Receiver {
     /// ETRN requests for the queue.
     pub etrn: mpsc::UnboundedSender<EtrnRequest>,
     /// Entries of every newly accepted message, so the queue can schedule them
-    /// without polling the store.
-    pub queued: mpsc::UnboundedSender<Vec<ferrymail_spool::QueueEntry>>,
+    /// without polling the store; with their recipient domains, so it need not
+    /// read the envelope back either.
+    pub queued: mpsc::UnboundedSender<ferrymail_spool::Queued>,
     /// STARTTLS, when a certificate is available.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Cancelled on SIGTERM: idle sessions say 421 and close; sessions in a

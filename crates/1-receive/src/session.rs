@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use ferrymail_config::expr::{Value, Var, Variables};
 use ferrymail_spool::{
-    BodyType, Envelope, MessageId, Notify, QueueEntry, Recipient, Ret, Source, now_millis,
+    BodyType, Envelope, MessageId, Notify, QueueEntry, Queued, Recipient, Ret, Source, now_millis,
 };
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -748,7 +748,10 @@ impl Session {
             .await
         {
             Ok(()) => {
-                let _ = self.rx.queued.send(entries);
+                let _ = self
+                    .rx
+                    .queued
+                    .send(Queued::with_envelope(entries, &envelope));
                 tracing::info!(
                     id = %id,
                     from = %envelope.sender,

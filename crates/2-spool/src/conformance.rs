@@ -35,7 +35,8 @@ macro_rules! conformance_suite {
             admin_actions, cancel_removes, scan_pages_in_key_order, concurrent_inserts,
             accept_through_spool, claim_keys_conditions, claim_keys_is_exclusive,
             complete_owing_a_notice_keeps_until_discharged, delay_notice_owed_until_discharged,
-            final_notice_supersedes_a_delay_notice, cancel_drops_a_notice_owed);
+            final_notice_supersedes_a_delay_notice, cancel_drops_a_notice_owed,
+            claim_job_conditions, claim_job_reads_what_a_job_needs, claim_job_is_exclusive);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
@@ -625,6 +626,202 @@ pub async fn claim_keys_is_exclusive(s: &TestStores) {
     for t in tasks {
         let (owner, got) = t.await.unwrap();
         for e in got {
+            assert_eq!(e.lease.unwrap().owner, owner);
+            let prev = owner_of.insert(e.key, owner);
+            assert!(
+                prev.is_none_or(|p| p == owner),
+                "{:?} claimed by two nodes",
+                e.key
+            );
+        }
+    }
+    assert_eq!(owner_of.len(), 40, "every entry claimed by someone");
+    for e in s.data.scan(None, 100).await.unwrap() {
+        assert_eq!(Some(e.lease.unwrap().owner), owner_of.get(&e.key).copied());
+    }
+}
+
+/// `claim_job` claims by the rules of `claim_keys`: it skips the missing,
+/// the held, those finished with a notice owed and those under another
+/// node's live lease, takes over this node's own lease, names each key
+/// once, returns the entries in the order of the keys with the lease set,
+/// and makes the leases durable.
+pub async fn claim_job_conditions(s: &TestStores) {
+    let env = put(s, 1, 7, "default", T0 + 3_600_000).await; // due in an hour
+    let k = |rcpt| EntryKey {
+        message: env.id,
+        rcpt,
+    };
+    let missing = EntryKey {
+        message: env.id,
+        rcpt: 99,
+    };
+    // k(1) held; k(2) leased by B until T0 + 60s; k(3) leased by A until
+    // T0 + 60s; k(4) leased by B until T0 - 1 (lapsed); k(6) finished with
+    // a final notice owed.
+    assert_eq!(s.data.admin(&[k(1)], AdminAction::Hold).await.unwrap(), 1);
+    let c = |owner, keys: Vec<EntryKey>, now, until| {
+        let data = s.data.clone();
+        async move {
+            data.claim_job(owner, env.id, &keys, now, until, false)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        c(B, vec![k(2), k(4)], T0 - 60_001, T0 - 1)
+            .await
+            .entries
+            .len(),
+        2
+    );
+    assert_eq!(
+        c(B, vec![k(2)], T0 - 2, T0 + 60_000).await.entries.len(),
+        1,
+        "the owner extends its own lease"
+    );
+    assert_eq!(
+        c(A, vec![k(3), k(6)], T0, T0 + 60_000).await.entries.len(),
+        2
+    );
+    s.data
+        .complete(A, k(6), Some(&sample_notice(None, 1)))
+        .await
+        .unwrap();
+
+    let now = T0 + 1_000;
+    let got = c(
+        A,
+        vec![k(5), k(0), k(1), k(2), k(3), k(4), k(6), missing, k(0)],
+        now,
+        now + 30_000,
+    )
+    .await;
+    let keys: Vec<_> = got.entries.iter().map(|e| e.key).collect();
+    assert_eq!(
+        keys,
+        vec![k(5), k(0), k(3), k(4)],
+        "in the order of the keys; not held k(1), not B's live k(2), not the notice-owed k(6), \
+         not the missing one, k(0) once"
+    );
+    for e in &got.entries {
+        assert_eq!(
+            e.lease,
+            Some(Lease {
+                owner: A,
+                until: now + 30_000
+            })
+        );
+    }
+    assert_eq!(got.envelope, Some(env.clone()));
+    assert_eq!(got.contents, None, "contents are read only when asked for");
+    // The leases are durable: B cannot claim them, A can complete them.
+    assert!(
+        c(B, vec![k(0), k(3), k(5)], now, now + 30_000)
+            .await
+            .entries
+            .is_empty()
+    );
+    assert_eq!(s.data.complete(A, k(0), None).await.unwrap().remaining, 6);
+}
+
+/// `claim_job` returns the envelope with the entries and, when asked (only
+/// of a store that is also the blob store), may return the contents; a
+/// claim that takes nothing reads nothing.
+pub async fn claim_job_reads_what_a_job_needs(s: &TestStores) {
+    let env = sample_envelope(7, 2);
+    let entries = sample_entries(&env, "default", T0);
+    let body = Bytes::from_static(b"Subject: claimed\r\n\r\nbody\r\n");
+    let spool = crate::Spool {
+        data: s.data.clone(),
+        blob: s.blob.clone(),
+        unified: s.unified,
+    };
+    spool.accept(&env, &entries, body.clone()).await.unwrap();
+    let k0 = entries[0].key;
+    let k1 = entries[1].key;
+    let got = s
+        .data
+        .claim_job(A, env.id, &[k0], T0, T0 + 60_000, s.unified)
+        .await
+        .unwrap();
+    assert_eq!(got.entries.len(), 1);
+    assert_eq!(got.envelope, Some(env.clone()));
+    match &got.contents {
+        None => {}
+        Some(read) => {
+            assert!(
+                s.unified,
+                "contents read by a store that does not hold them"
+            );
+            assert_eq!(
+                read.as_ref(),
+                Some(&body),
+                "the contents, if read, are the message's"
+            );
+        }
+    }
+    // Nothing claimable (B's lease is live): nothing read either.
+    let none = s
+        .data
+        .claim_job(B, env.id, &[k0], T0, T0 + 60_000, s.unified)
+        .await
+        .unwrap();
+    assert!(none.entries.is_empty());
+    assert_eq!(none.envelope, None);
+    assert_eq!(none.contents, None);
+    // Contents gone (an operator, a crash of a split store): reported as
+    // missing when read, never as someone else's.
+    if s.unified {
+        s.blob.delete(env.id).await.unwrap();
+        let got = s
+            .data
+            .claim_job(A, env.id, &[k1], T0, T0 + 60_000, true)
+            .await
+            .unwrap();
+        assert_eq!(got.entries.len(), 1);
+        assert_eq!(got.envelope, Some(env.clone()));
+        assert!(
+            matches!(got.contents, None | Some(None)),
+            "{:?}",
+            got.contents
+        );
+    }
+}
+
+/// Two nodes starting jobs for the same keys at the same moment: each
+/// entry goes to exactly one of them, and each that got any also got the
+/// envelope.
+pub async fn claim_job_is_exclusive(s: &TestStores) {
+    let env = put(s, 1, 40, "default", T0).await;
+    let keys: Vec<EntryKey> = (0..40)
+        .map(|rcpt| EntryKey {
+            message: env.id,
+            rcpt,
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (owner, rev) in [(A, false), (B, true), (A, true), (B, false)] {
+        let data = s.data.clone();
+        let mut keys = keys.clone();
+        if rev {
+            keys.reverse();
+        }
+        tasks.push(tokio::spawn(async move {
+            let got = data
+                .claim_job(owner, env.id, &keys, T0, T0 + 60_000, false)
+                .await
+                .unwrap();
+            (owner, got)
+        }));
+    }
+    let mut owner_of = std::collections::HashMap::new();
+    for t in tasks {
+        let (owner, got) = t.await.unwrap();
+        if !got.entries.is_empty() {
+            assert_eq!(got.envelope.as_ref().map(|e| e.id), Some(env.id));
+        }
+        for e in got.entries {
             assert_eq!(e.lease.unwrap().owner, owner);
             let prev = owner_of.insert(e.key, owner);
             assert!(

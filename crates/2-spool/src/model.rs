@@ -237,6 +237,63 @@ impl Envelope {
     pub fn is_null_sender(&self) -> bool {
         self.sender.is_empty()
     }
+
+    /// The domain of recipient `rcpt` as the scheduler keys destinations
+    /// ([`domain_of`]), `""` when it has none or the index is out of range.
+    /// One copy of the rule for the queue engine, which reads it from a
+    /// stored envelope, and for receive and the DSN layer, which compute it
+    /// before handing new mail over ([`Queued::with_envelope`]).
+    pub fn rcpt_domain(&self, rcpt: u32) -> String {
+        self.recipients
+            .get(rcpt as usize)
+            .and_then(|r| domain_of(&r.address))
+            .unwrap_or_default()
+    }
+}
+
+/// Newly accepted mail as receive and the DSN layer hand it to the queue
+/// engine (its `queued` channel): the entries, and, when the sender had the
+/// envelope at hand, each entry's recipient domain.
+///
+/// The queue engine indexes entries by destination domain, which lives in
+/// the envelope, not the entry. Without `domains` it reads the envelope back
+/// from the data store, one round trip per message (a PostgreSQL query, see
+/// BENCHMARKS.md, "Where the time goes" of issue 6); the senders just wrote
+/// that envelope, so they pass the domains along instead.
+#[derive(Clone, Debug, Default)]
+pub struct Queued {
+    /// The entries, of one or more messages, in key order per message.
+    pub entries: Vec<QueueEntry>,
+    /// `domains[i]` is the recipient domain of `entries[i]`
+    /// ([`Envelope::rcpt_domain`]); `None` makes the queue engine read the
+    /// envelopes.
+    pub domains: Option<Vec<String>>,
+}
+
+impl Queued {
+    /// Entries of `envelope`'s message with their domains taken from it, so
+    /// the queue engine need not read the envelope back.
+    pub fn with_envelope(entries: Vec<QueueEntry>, envelope: &Envelope) -> Queued {
+        let domains = entries
+            .iter()
+            .map(|e| envelope.rcpt_domain(e.key.rcpt))
+            .collect();
+        Queued {
+            entries,
+            domains: Some(domains),
+        }
+    }
+}
+
+impl From<Vec<QueueEntry>> for Queued {
+    /// Entries without their domains: the queue engine reads the envelopes,
+    /// as it did before [`Queued`] carried domains.
+    fn from(entries: Vec<QueueEntry>) -> Queued {
+        Queued {
+            entries,
+            domains: None,
+        }
+    }
 }
 
 /// Names one recipient of one message: the key of a [`QueueEntry`].

@@ -81,6 +81,23 @@ pub struct Deferral {
     pub notice: Option<OwedNotice>,
 }
 
+/// What [`DataStore::claim_job`] took and read: everything a delivery job
+/// needs from the store before it can start.
+#[derive(Clone, Debug, Default)]
+pub struct ClaimedJob {
+    /// The entries leased, as [`DataStore::claim_keys`] returns them (in
+    /// the order of the keys, with the lease set). Empty: nothing was
+    /// claimable, and nothing else was read.
+    pub entries: Vec<QueueEntry>,
+    /// The message's envelope; `None` when it is missing (or nothing was
+    /// claimed).
+    pub envelope: Option<Envelope>,
+    /// The contents, when the caller asked for them and this store read
+    /// them in the same operation: `Some(None)` when they are missing.
+    /// `None` means not read: the caller reads them from the blob store.
+    pub contents: Option<Option<Bytes>>,
+}
+
 /// What is left of a message after one of its entries was removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Removal {
@@ -191,6 +208,44 @@ pub trait DataStore: Send + Sync + 'static {
         now: UnixMillis,
         lease_until: UnixMillis,
     ) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Starts a delivery job: [`DataStore::claim_keys`] for `keys` (all of
+    /// message `message`), and, when anything was claimed, the message's
+    /// envelope and, with `contents` set, its contents. `contents` may be
+    /// set only when this store is also the blob store
+    /// ([`crate::Spool::unified`]); a store need not honour it.
+    ///
+    /// Why: a job needs all three before it can deliver, and with a store
+    /// across the network each read is a round trip (PostgreSQL: three per
+    /// relayed message, see BENCHMARKS.md, issue 6). A store that can do it
+    /// in one round trip overrides this; the default calls the existing
+    /// operations one after another and leaves the contents to the caller,
+    /// which is right for the embedded store, whose reads are local.
+    ///
+    /// Claiming follows every rule of [`DataStore::claim_keys`]. An error
+    /// may leave entries claimed (the default: the envelope read failed
+    /// after the claim); their leases lapse or this owner takes them over.
+    async fn claim_job(
+        &self,
+        owner: NodeId,
+        message: MessageId,
+        keys: &[EntryKey],
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        contents: bool,
+    ) -> Result<ClaimedJob, StoreError> {
+        let _ = contents;
+        let entries = self.claim_keys(owner, keys, now, lease_until).await?;
+        if entries.is_empty() {
+            return Ok(ClaimedJob::default());
+        }
+        let envelope = self.envelope(message).await?;
+        Ok(ClaimedJob {
+            entries,
+            envelope,
+            contents: None,
+        })
+    }
 
     /// Extends the leases `owner` holds on `keys`. Returns how many were renewed;
     /// a missing one was lost (expired and claimed elsewhere, or cancelled).

@@ -15,7 +15,8 @@
 //! * [`manager`]: the async driver, [`QueueManager`]. Rebuilds the index from
 //!   the data store at start-up, takes newly accepted entries, ETRN and
 //!   management requests, sleeps until the next due time, claims entries
-//!   with a lease ([`ferrymail_spool::DataStore::claim_keys`]), hands jobs to
+//!   with a lease, reading their envelope (and contents) in the same store
+//!   operation ([`ferrymail_spool::DataStore::claim_job`]), hands jobs to
 //!   a [`ferrymail_deliver::Transport`], records outcomes in the store and
 //!   emits [`Event`]s for delivery status notifications.
 //! * [`notify`]: whether an outcome owes the sender a notification (RFC
@@ -26,8 +27,8 @@
 //! * The scheduler never reads a message body for scheduling; contents are
 //!   loaded only to hand a job to the transport.
 //! * Held entries are never delivered: they are not indexed, and
-//!   `claim_keys` refuses them atomically in the store even if the index is
-//!   behind an operator's hold.
+//!   `claim_keys` (and `claim_job`) refuse them atomically in the store
+//!   even if the index is behind an operator's hold.
 //! * Exactly one node delivers an entry at a time: the store's lease.
 //! * A slow or suspended destination holds at most its own ready queue's
 //!   slots (see [`core`]).

@@ -13,12 +13,16 @@
 //!
 //! # A delivery job
 //!
-//! 1. **Claim** the job's entries with a lease ([`DataStore::claim_keys`](ferrymail_spool::DataStore::claim_keys)).
-//!    The store refuses held entries and entries another node holds, so an
-//!    operator's hold and a second node are respected even when the index is
-//!    behind. Refused entries are re-read and re-indexed.
+//! 1. **Claim** the job's entries with a lease
+//!    ([`DataStore::claim_job`](ferrymail_spool::DataStore::claim_job), the
+//!    rules of `claim_keys`). The store refuses held entries and entries
+//!    another node holds, so an operator's hold and a second node are
+//!    respected even when the index is behind. Refused entries are re-read
+//!    and re-indexed.
 //! 2. **Load** the envelope and the contents (the only place the scheduler
-//!    touches a body, and only to hand it to the transport).
+//!    touches a body, and only to hand it to the transport). The claim
+//!    returns the envelope, and the contents too when the data store is
+//!    also the blob store: one round trip to PostgreSQL instead of three.
 //! 3. **Deliver** through the [`Transport`], renewing the lease every
 //!    `renew_every` while it runs.
 //! 4. **Record** each recipient's outcome as the [`Policy`] decides:
@@ -69,7 +73,7 @@ use bytes::Bytes;
 use ferrymail_config::Config;
 use ferrymail_deliver::{CommitGate, Job, Outcome, RecipientOutcome, Remote, Transport};
 use ferrymail_spool::{
-    EntryKey, Envelope, FEED_RESUME_LIMIT, FeedBatch, MessageId, NodeId, QueueEntry, Spool,
+    EntryKey, Envelope, FEED_RESUME_LIMIT, FeedBatch, MessageId, NodeId, QueueEntry, Queued, Spool,
     StoreError, UnixMillis, now_millis,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -346,7 +350,7 @@ impl QueueManager {
         spool: Spool,
         transport: Arc<dyn Transport>,
         settings: ManagerSettings,
-        queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+        queued: mpsc::UnboundedReceiver<Queued>,
         shutdown: CancellationToken,
     ) -> Running {
         let (manager, handle, events) = QueueManager::new(config, spool, transport, settings);
@@ -365,7 +369,7 @@ impl QueueManager {
     /// period for the others (see [`CommitGate`]).
     pub async fn run(
         mut self,
-        queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+        queued: mpsc::UnboundedReceiver<Queued>,
         shutdown: CancellationToken,
     ) {
         tokio::spawn(follow(self.shared.clone(), shutdown.clone()));
@@ -657,10 +661,7 @@ fn millis(d: Duration) -> u64 {
 
 /// The lower-case domain of a recipient address (`""` without one).
 fn rcpt_domain(env: &Envelope, rcpt: u32) -> String {
-    env.recipients
-        .get(rcpt as usize)
-        .and_then(|r| ferrymail_spool::domain_of(&r.address))
-        .unwrap_or_default()
+    env.rcpt_domain(rcpt)
 }
 
 /// Pairs the entries of one message with their recipient domains, reading
@@ -893,11 +894,12 @@ async fn hand_owed_notices(
     Ok(())
 }
 
-/// Newly accepted mail from receive: adds recipient domains and hands it to
-/// the loop.
+/// Newly accepted mail from receive and the DSN layer: adds recipient
+/// domains where the sender did not ([`Queued::domains`], reading the
+/// envelope) and hands it to the loop.
 async fn ingest(
     sh: Arc<Shared>,
-    mut queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+    mut queued: mpsc::UnboundedReceiver<Queued>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -907,15 +909,31 @@ async fn ingest(
         };
         let Some(first) = first else { return };
         // Take whatever else is already waiting: one command per burst.
-        let mut all = first;
-        while all.len() < 4096 {
+        let mut count = first.entries.len();
+        let mut all = vec![first];
+        while count < 4096 {
             match queued.try_recv() {
-                Ok(more) => all.extend(more),
+                Ok(more) => {
+                    count += more.entries.len();
+                    all.push(more);
+                }
                 Err(_) => break,
             }
         }
-        let mut batch = Vec::with_capacity(all.len());
-        for (id, entries) in by_message(all) {
+        let mut batch = Vec::with_capacity(count);
+        // Entries that came with their domains (receive and the DSN layer
+        // knew the envelope) are indexed as they are; the others need
+        // their envelope read.
+        let mut unknown = Vec::new();
+        for q in all {
+            match q.domains {
+                Some(domains) if domains.len() == q.entries.len() => {
+                    batch.extend(q.entries.into_iter().zip(domains));
+                }
+                _ => unknown.extend(q.entries),
+            }
+        }
+        for (id, entries) in by_message(unknown) {
             let mut tries = 0;
             loop {
                 match with_domains(&sh, id, entries.clone()).await {
@@ -1103,27 +1121,32 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
         let due = now_millis() + STORE_RETRY_MS;
         keys.iter().map(|k| (*k, Next::Retry { due })).collect()
     };
-    let claimed = match sh
+    // Claim, envelope and (when the data store holds them, and they are
+    // needed) contents in one store operation: one round trip to a
+    // PostgreSQL store instead of three.
+    let want_contents = sh.spool.unified && matches!(d.mode, Mode::Deliver);
+    let job = match sh
         .spool
         .data
-        .claim_keys(node, &keys, now, now + lease)
+        .claim_job(node, d.message, &keys, now, now + lease, want_contents)
         .await
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(id = %d.message, error = %e, "queue: cannot claim entries; retrying later");
+            tracing::warn!(id = %d.message, error = %e, "queue: cannot claim entries or read their envelope; retrying later");
             return (d.job, not_attempted(retry_all(&keys)));
         }
     };
+    let claimed = job.entries;
     // Entries not claimed (held, another node's, gone) are left out of the
     // report: the core re-reads them.
     if claimed.is_empty() {
         return (d.job, not_attempted(Vec::new()));
     }
     let claimed_keys: Vec<EntryKey> = claimed.iter().map(|e| e.key).collect();
-    let envelope = match sh.spool.data.envelope(d.message).await {
-        Ok(Some(e)) => Arc::new(e),
-        Ok(None) => {
+    let envelope = match job.envelope {
+        Some(e) => Arc::new(e),
+        None => {
             // Entries without an envelope: nothing can be delivered or
             // reported. Remove them so they do not come back.
             tracing::error!(id = %d.message, "queue: entries without an envelope; removing them");
@@ -1137,10 +1160,6 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                 }
             }
             return (d.job, not_attempted(next));
-        }
-        Err(e) => {
-            tracing::warn!(id = %d.message, error = %e, "queue: cannot read an envelope; retrying later");
-            return (d.job, not_attempted(retry_all(&claimed_keys)));
         }
     };
 
@@ -1162,41 +1181,49 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                 .collect();
             (results, Health::NotAttempted, Some(*until))
         }
-        Mode::Deliver => match sh.spool.blob.get(d.message).await {
-            Ok(Some(contents)) => {
-                loaded = Some(contents.clone());
-                let job = Job {
-                    envelope: envelope.clone(),
-                    contents,
-                    recipients: claimed_keys.iter().map(|k| k.rcpt).collect(),
-                    route: d.route.clone(),
-                    domain: d.domain.clone(),
-                    queue: d.queue.clone(),
-                    gate: gate.clone(),
-                };
-                let results = deliver_with_renewal(&sh, job, &claimed_keys).await;
-                let health = classify(&results);
-                (results, health, None)
+        Mode::Deliver => {
+            // Read by the claim (one store holds data and contents), or now.
+            let read = match job.contents {
+                Some(read) => Ok(read),
+                None => sh.spool.blob.get(d.message).await,
+            };
+            match read {
+                Ok(Some(contents)) => {
+                    loaded = Some(contents.clone());
+                    let job = Job {
+                        envelope: envelope.clone(),
+                        contents,
+                        recipients: claimed_keys.iter().map(|k| k.rcpt).collect(),
+                        route: d.route.clone(),
+                        domain: d.domain.clone(),
+                        queue: d.queue.clone(),
+                        gate: gate.clone(),
+                    };
+                    let results = deliver_with_renewal(&sh, job, &claimed_keys).await;
+                    let health = classify(&results);
+                    (results, health, None)
+                }
+                Ok(None) => {
+                    let results = claimed_keys
+                        .iter()
+                        .map(|k| RecipientOutcome {
+                            rcpt: k.rcpt,
+                            outcome: Outcome::Permanent {
+                                reason: "the message contents are missing from the blob store"
+                                    .into(),
+                                reply: None,
+                            },
+                            remote: None,
+                        })
+                        .collect();
+                    (results, Health::NotAttempted, None)
+                }
+                Err(e) => {
+                    tracing::warn!(id = %d.message, error = %e, "queue: cannot read message contents; retrying later");
+                    return (d.job, not_attempted(retry_all(&claimed_keys)));
+                }
             }
-            Ok(None) => {
-                let results = claimed_keys
-                    .iter()
-                    .map(|k| RecipientOutcome {
-                        rcpt: k.rcpt,
-                        outcome: Outcome::Permanent {
-                            reason: "the message contents are missing from the blob store".into(),
-                            reply: None,
-                        },
-                        remote: None,
-                    })
-                    .collect();
-                (results, Health::NotAttempted, None)
-            }
-            Err(e) => {
-                tracing::warn!(id = %d.message, error = %e, "queue: cannot read message contents; retrying later");
-                return (d.job, not_attempted(retry_all(&claimed_keys)));
-            }
-        },
+        }
     };
 
     // From here on the outcomes must be recorded; a shutdown that got here

@@ -21,8 +21,8 @@ use ferrymail_deliver::{Job, Outcome, RecipientOutcome, Remote, RemoteReply, Tra
 use ferrymail_schedule::{Event, EventKind, ManagerSettings, QueueManager, Running};
 use ferrymail_spool::embedded::EmbeddedStore;
 use ferrymail_spool::{
-    AdminAction, DataStore, EntryKey, Envelope, Lane, MessageId, NodeId, QueueEntry, Routing,
-    Spool, conformance::sample_envelope, now_millis,
+    AdminAction, DataStore, EntryKey, Envelope, Lane, MessageId, NodeId, QueueEntry, Queued,
+    Routing, Spool, conformance::sample_envelope, now_millis,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -116,6 +116,15 @@ impl Transport for Script {
         if self.panics {
             panic!("scripted transport bug");
         }
+        // The job's destination is its recipients' domain, whether the
+        // manager read it from the envelope or got it with the entries.
+        for &rcpt in &job.recipients {
+            assert_eq!(
+                job.envelope.rcpt_domain(rcpt),
+                job.domain,
+                "recipient {rcpt} in a job for another domain"
+            );
+        }
         assert!(
             job.gate.enter(),
             "the gate was closed before the message went out"
@@ -208,7 +217,7 @@ fn settings(node: u64) -> ManagerSettings {
 
 struct Started {
     running: Running,
-    queued: mpsc::UnboundedSender<Vec<QueueEntry>>,
+    queued: mpsc::UnboundedSender<Queued>,
     shutdown: CancellationToken,
 }
 
@@ -267,7 +276,7 @@ async fn a_panicking_transport_defers_the_job() {
     accept(&r.spool, &env, &entries).await;
     let config = CONFIG.replace("[300ms]", "[1h]");
     let m = start(&config, &r.spool, t.clone(), settings(1));
-    m.queued.send(entries.clone()).unwrap();
+    m.queued.send(entries.clone().into()).unwrap();
     until("the failed attempts are recorded", async || {
         r.store
             .entries(env.id)
@@ -306,7 +315,11 @@ async fn transient_then_success_updates_the_store() {
     // deferred state before the second attempt.
     let config = CONFIG.replace("[300ms]", "[2s]");
     let mut m = start(&config, &r.spool, t.clone(), settings(1));
-    m.queued.send(entries.clone()).unwrap();
+    // With its domains, as receive sends it (the others send none, so the
+    // manager reads the envelope).
+    m.queued
+        .send(Queued::with_envelope(entries.clone(), &env))
+        .unwrap();
 
     // After the first attempt: deferred, attempt counted, error kept.
     until("the first attempt is recorded", async || {
@@ -363,7 +376,7 @@ async fn permanent_failure_removes_entry_and_contents() {
     );
     accept(&r.spool, &env, &entries).await;
     let mut m = start(CONFIG, &r.spool, t.clone(), settings(1));
-    m.queued.send(entries.clone()).unwrap();
+    m.queued.send(entries.clone().into()).unwrap();
     let ev = next_event(&mut m.running.events).await;
     assert_eq!(ev.rcpt, 1);
     assert_eq!(
@@ -471,7 +484,7 @@ async fn held_mail_waits_until_released() {
     entries[0].held = true;
     accept(&r.spool, &env, &entries).await;
     let mut m = start(CONFIG, &r.spool, t.clone(), settings(1));
-    m.queued.send(entries.clone()).unwrap();
+    m.queued.send(entries.clone().into()).unwrap();
     // Even an ETRN for its domain does not start it.
     assert_eq!(m.running.handle.etrn("dest0.example").await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -495,7 +508,7 @@ async fn held_mail_waits_until_released() {
         .unwrap();
     let mut visible = entries2.clone();
     visible[0].held = false; // the index was not told about the hold
-    m.queued.send(visible).unwrap();
+    m.queued.send(visible.into()).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(t.deliveries(env2.id, 0), 0);
     m.stop().await;
@@ -519,7 +532,7 @@ async fn etrn_starts_deferred_mail_and_counts_messages() {
     accept(&r.spool, &env, &entries).await;
     let cfg = "[queue.schedule]\nretry = \"[1h]\"\nnotify = \"[]\"\nexpire = \"1d\"\n";
     let mut m = start(cfg, &r.spool, t.clone(), settings(1));
-    m.queued.send(entries.clone()).unwrap();
+    m.queued.send(entries.clone().into()).unwrap();
     until("three deferrals", async || {
         r.store
             .entries(env.id)
@@ -614,7 +627,7 @@ async fn long_deliveries_renew_their_lease_and_finish_at_shutdown() {
     accept(&r.spool, &env, &entries).await;
     let started = now_millis();
     let m = start(CONFIG, &r.spool, t.clone(), settings(1));
-    m.queued.send(entries.clone()).unwrap();
+    m.queued.send(entries.clone().into()).unwrap();
     until("delivery started", async || t.deliveries(env.id, 0) == 1).await;
     // The 2 s lease is renewed every 200 ms while the delivery runs.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -645,7 +658,7 @@ async fn shutdown_drops_deliveries_that_sent_nothing() {
     let (env, entries) = message(41, 1);
     accept(&r.spool, &env, &entries).await;
     let m = start(CONFIG, &r.spool, t.clone(), settings(1));
-    m.queued.send(entries.clone()).unwrap();
+    m.queued.send(entries.clone().into()).unwrap();
     until("delivery started", async || t.deliveries(env.id, 0) == 1).await;
     let t0 = std::time::Instant::now();
     let mut events = m.stop().await;
@@ -675,7 +688,7 @@ async fn delay_notice_and_expiry_events() {
     accept(&r.spool, &env, &entries).await;
     let cfg = "[queue.schedule]\nretry = \"[100ms]\"\nnotify = \"[250ms]\"\nexpire = \"600ms\"\n";
     let mut m = start(cfg, &r.spool, t.clone(), settings(1));
-    m.queued.send(entries.clone()).unwrap();
+    m.queued.send(entries.clone().into()).unwrap();
     let ev = next_event(&mut m.running.events).await;
     match &ev.kind {
         EventKind::Delayed {

@@ -64,8 +64,8 @@ use ferrymail_config::{Config, DsnConfig, Value, Var, Variables};
 use ferrymail_route::Router;
 use ferrymail_schedule::{Event, EventKind};
 use ferrymail_spool::{
-    BodyType, Envelope, IdGenerator, MessageId, Notify, QueueEntry, Recipient, Source, Spool,
-    UnixMillis, now_millis,
+    BodyType, Envelope, IdGenerator, MessageId, Notify, QueueEntry, Queued, Recipient, Source,
+    Spool, UnixMillis, now_millis,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -126,7 +126,7 @@ pub struct Reporter {
     router: Router,
     spool: Spool,
     ids: Arc<IdGenerator>,
-    queued: mpsc::UnboundedSender<Vec<QueueEntry>>,
+    queued: mpsc::UnboundedSender<Queued>,
 }
 
 /// A notification ready to be accepted into the spool.
@@ -173,7 +173,7 @@ impl Reporter {
         config: &Config,
         spool: Spool,
         ids: Arc<IdGenerator>,
-        queued: mpsc::UnboundedSender<Vec<QueueEntry>>,
+        queued: mpsc::UnboundedSender<Queued>,
     ) -> Result<Reporter, KeyError> {
         Ok(Reporter {
             hostname: config.server.hostname.clone(),
@@ -320,7 +320,9 @@ impl Reporter {
                 );
                 // The queue engine may be gone at shutdown: the entry is
                 // durable and restart recovery schedules it.
-                let _ = self.queued.send(p.entries);
+                let _ = self
+                    .queued
+                    .send(Queued::with_envelope(p.entries, &p.envelope));
                 self.discharge(&batch).await;
                 Ok(())
             }

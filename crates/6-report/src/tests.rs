@@ -10,7 +10,7 @@ use ferrymail_deliver::{Remote, RemoteReply};
 use ferrymail_schedule::{Event, EventKind};
 use ferrymail_spool::embedded::EmbeddedStore;
 use ferrymail_spool::{
-    Envelope, IdGenerator, MessageId, Notify, QueueEntry, Recipient, Ret, Source, Spool,
+    Envelope, IdGenerator, MessageId, Notify, QueueEntry, Queued, Recipient, Ret, Source, Spool,
 };
 use tokio::sync::mpsc;
 
@@ -35,7 +35,7 @@ fn signed_config(extra: &str) -> ferrymail_config::Config {
 struct Fixture {
     _dir: tempfile_dir::Dir,
     spool: Spool,
-    queued: mpsc::UnboundedReceiver<Vec<QueueEntry>>,
+    queued: mpsc::UnboundedReceiver<Queued>,
     reporter: Option<Reporter>,
 }
 
@@ -161,9 +161,17 @@ async fn run(f: &mut Fixture, events: Vec<Event>) -> Vec<(Envelope, Vec<QueueEnt
     tokio::time::sleep(Duration::from_millis(300)).await;
     running.finish().await;
     let mut out = Vec::new();
-    while let Ok(entries) = f.queued.try_recv() {
+    while let Ok(queued) = f.queued.try_recv() {
+        let entries = queued.entries;
         let id = entries[0].key.message;
         let env = f.spool.data.envelope(id).await.unwrap().expect("envelope");
+        // The domains come along, so the queue engine need not read the
+        // envelope back.
+        let domains: Vec<String> = entries
+            .iter()
+            .map(|e| env.rcpt_domain(e.key.rcpt))
+            .collect();
+        assert_eq!(queued.domains, Some(domains), "domains handed over");
         let stored = f.spool.data.entries(id).await.unwrap();
         assert_eq!(stored, entries, "what the queue engine got is durable");
         let contents = f.spool.blob.get(id).await.unwrap().expect("contents");
@@ -537,7 +545,7 @@ async fn a_refused_notification_is_tried_again_until_queued() {
         .expect("the notification is queued once the outage ends")
         .unwrap();
     assert_eq!(outage.fails.load(std::sync::atomic::Ordering::SeqCst), 0);
-    let id = entries[0].key.message;
+    let id = entries.entries[0].key.message;
     assert!(spool.data.envelope(id).await.unwrap().is_some());
     assert!(spool.blob.get(id).await.unwrap().is_some());
     running.finish().await;

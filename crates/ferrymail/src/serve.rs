@@ -15,7 +15,7 @@ use ferrymail_route::Router;
 use ferrymail_schedule::{ManagerSettings, QueueError, QueueHandle, QueueManager};
 use ferrymail_spool::embedded::EmbeddedStore;
 use ferrymail_spool::postgres::{PgOptions, PgStore};
-use ferrymail_spool::{BlobStore, DataStore, EntryKey, IdGenerator, NodeId, QueueEntry, Spool};
+use ferrymail_spool::{BlobStore, DataStore, EntryKey, IdGenerator, NodeId, Queued, Spool};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -284,7 +284,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     let tls = tls_acceptor(&config, &dir)?;
     let shutdown = CancellationToken::new();
     let (etrn_tx, etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
-    let (queued_tx, queued_rx) = mpsc::unbounded_channel::<Vec<QueueEntry>>();
+    let (queued_tx, queued_rx) = mpsc::unbounded_channel::<Queued>();
     // One id generator for the node: receive and the notifications it
     // generates must never mint the same id.
     let ids = Arc::new(IdGenerator::new(tag));

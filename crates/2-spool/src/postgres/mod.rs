@@ -573,6 +573,62 @@ impl DataStore for PgStore {
         Ok(got)
     }
 
+    /// One statement (`sql::CLAIM_JOB`) instead of three round trips:
+    /// claim, envelope, contents.
+    async fn claim_job(
+        &self,
+        owner: NodeId,
+        message: MessageId,
+        keys: &[EntryKey],
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        contents: bool,
+    ) -> Result<ClaimedJob, StoreError> {
+        if keys.is_empty() {
+            return Ok(ClaimedJob::default());
+        }
+        let (messages, rcpts) = key_arrays(keys);
+        let (owner, now, until) = (sql_node(owner), sql_time(now), sql_time(lease_until));
+        let id = sql_id(message);
+        let params: [&(dyn ToSql + Sync); 7] =
+            [&owner, &messages, &rcpts, &now, &until, &id, &contents];
+        // Idempotent, as claim_keys: a second run takes over its own leases.
+        let rows = on_conn!(self, retry, |c| c.client.query(&c.st.claim_job, &params))?;
+        let mut job = ClaimedJob {
+            entries: Vec::with_capacity(rows.len()),
+            envelope: None,
+            contents: None,
+        };
+        if rows.is_empty() {
+            return Ok(job);
+        }
+        let cols = sql::ENTRY_COL_COUNT;
+        for r in &rows {
+            job.entries.push(entry_from_row(r)?);
+            let first: i64 = r.try_get(cols).map_err(|e| corrupt("claim row", e))?;
+            if first != 1 {
+                continue;
+            }
+            let record: Option<&[u8]> = r.try_get(cols + 1).map_err(|e| corrupt("envelope", e))?;
+            job.envelope = record.map(|b| decode(b, "envelope")).transpose()?;
+            if contents {
+                let blob: Option<Vec<u8>> =
+                    r.try_get(cols + 2).map_err(|e| corrupt("contents", e))?;
+                job.contents = Some(blob.map(Bytes::from));
+            }
+        }
+        // In the order of `keys` (first mention), as claim_keys returns them.
+        let position: std::collections::HashMap<EntryKey, usize> = keys
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, k)| (*k, i))
+            .collect();
+        job.entries
+            .sort_by_key(|e| position.get(&e.key).copied().unwrap_or(usize::MAX));
+        Ok(job)
+    }
+
     async fn renew(
         &self,
         owner: NodeId,

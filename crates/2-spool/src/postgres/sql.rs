@@ -99,6 +99,37 @@ UPDATE entry e SET lease_owner = $1::bigint, lease_until = $5::bigint
  WHERE e.message = picked.message AND e.rcpt = picked.rcpt
 RETURNING ENTRY_COLS";
 
+/// A job's start in one round trip: [`CLAIM_KEYS`] ($1 owner, $2/$3 keys,
+/// $4 now, $5 lease deadline), then message $6's envelope and, if $7, its
+/// contents. One row per claimed entry ([`ENTRY_COLS`], then its position,
+/// then envelope record and contents, both only on the first row and NULL
+/// when missing); no rows when nothing was claimed, and then neither is
+/// read (the scalar subqueries are init plans, run only when needed).
+///
+/// One statement sees one snapshot, and the claimed entry rows are visible
+/// in it: so is the envelope, inserted in the same transaction as they were
+/// (and the contents when this database holds them), and no complete can
+/// have removed the envelope while an entry of its message remains.
+const CLAIM_JOB: &str = "
+WITH picked AS (
+    -- The lease rule of CLAIM_KEYS, word for word.
+    SELECT e.message, e.rcpt FROM entry e
+     WHERE (e.message, e.rcpt) IN (SELECT * FROM unnest($2::bigint[], $3::integer[]))
+       AND NOT e.held AND e.notice_slot IS DISTINCT FROM 0
+       AND (e.lease_owner IS NULL OR e.lease_owner = $1::bigint OR e.lease_until <= $4::bigint)
+     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE entry e SET lease_owner = $1::bigint, lease_until = $5::bigint
+      FROM picked
+     WHERE e.message = picked.message AND e.rcpt = picked.rcpt
+    RETURNING ENTRY_COLS
+)
+SELECT c.*,
+       CASE WHEN c.n = 1 THEN (SELECT record FROM envelope WHERE message = $6::bigint) END,
+       CASE WHEN c.n = 1 AND $7::boolean
+            THEN (SELECT contents FROM blob WHERE message = $6::bigint) END
+  FROM (SELECT claimed.*, row_number() OVER () AS n FROM claimed) c";
+
 /// $1 owner, $2/$3 keys, $4 new deadline. Counts what it renewed.
 const RENEW: &str = "
 WITH mine AS (
@@ -257,6 +288,8 @@ pub struct Statements {
     pub claim: Statement,
     /// [`crate::DataStore::claim_keys`].
     pub claim_keys: Statement,
+    /// [`crate::DataStore::claim_job`].
+    pub claim_job: Statement,
     /// [`crate::DataStore::renew`].
     pub renew: Statement,
     /// [`crate::DataStore::complete`].
@@ -306,6 +339,7 @@ impl Statements {
         let insert = format!("WITH {INSERT_ENVELOPE}, {INSERT_CHANGE} {INSERT_ENTRIES}");
         let insert_with_contents =
             format!("WITH {INSERT_ENVELOPE}, {INSERT_CHANGE}, {INSERT_CONTENTS} {INSERT_ENTRIES}");
+        let claim_job = cols(CLAIM_JOB);
         let (claim, claim_keys, entries, scan, feed_entries) = (
             cols(CLAIM),
             cols(CLAIM_KEYS),
@@ -342,6 +376,7 @@ impl Statements {
             p(ANNOUNCE),
             p(REGISTER),
             p(TAKE_TOKENS),
+            p(&claim_job),
         )
         .map_err(super::pg_error)?;
         Ok(Statements {
@@ -369,6 +404,7 @@ impl Statements {
             announce: f.4,
             register: f.5,
             take_tokens: f.6,
+            claim_job: f.7,
         })
     }
 }
