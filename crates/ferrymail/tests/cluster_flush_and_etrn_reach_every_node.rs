@@ -111,7 +111,17 @@ fn etrn_and_flush_on_one_node_make_the_other_deliver() {
                 .then_some(())
         },
     );
-    let (xa, xb) = (delivered(&log_a, "x.test"), delivered(&log_b, "x.test"));
+    // The sink has a message before the node that sent it has its reply
+    // and writes the delivery log line: wait for the lines too.
+    let (xa, xb) = wait_for(
+        WAIT,
+        "a delivery log line for each x.test message",
+        || format!("{}\n-----\n{}", a.log_text(), b.log_text()),
+        || {
+            let (xa, xb) = (delivered(&log_a, "x.test"), delivered(&log_b, "x.test"));
+            (xa + xb >= PER_DOMAIN).then_some((xa, xb))
+        },
+    );
     eprintln!("x.test delivered by a: {xa}, by b: {xb}");
     assert!(xb > 0, "node b delivered x.test mail after ETRN on node a");
     assert_eq!(xa + xb, PER_DOMAIN);

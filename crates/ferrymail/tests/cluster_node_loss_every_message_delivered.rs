@@ -27,27 +27,30 @@ use common::*;
 const TOTAL: usize = 5000;
 const SECOND_WAVE: usize = 600;
 
-fn config(relay: u16, delivery_log: &Path) -> String {
+fn config(relay: u16, delivery_log: &Path, concurrency: usize) -> String {
     cluster_node_config(
         relay,
         delivery_log,
         "500ms",
-        r#"[queue.schedule]
+        &format!(
+            r#"[queue.schedule]
 retry = "[2s]"
 
 [queue.virtual.default]
 destination.suspend = "2s"
-"#,
+concurrency = {concurrency}
+"#
+        ),
     )
 }
 
 /// A node named `name` (its `server.node-id`) writing its delivery log in
-/// `logs`.
-fn node(db: &TestDb, name: &str, relay: u16, logs: &Path) -> Server {
+/// `logs`, delivering over at most `concurrency` connections.
+fn node(db: &TestDb, name: &str, relay: u16, logs: &Path, concurrency: usize) -> Server {
     Server::start_pg(
         db,
         &format!("node-id = \"{name}\""),
-        &config(relay, &logs.join(format!("{name}.jsonl"))),
+        &config(relay, &logs.join(format!("{name}.jsonl")), concurrency),
     )
 }
 
@@ -153,9 +156,12 @@ fn cluster_survives_node_loss_and_a_new_node_takes_over() {
     let logs = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(&[]);
     let relay = sink.port;
-    let a = node(&db, "a", relay, logs.path());
-    let b = node(&db, "b", relay, logs.path());
-    let mut c = node(&db, "c", relay, logs.path());
+    let a = node(&db, "a", relay, logs.path(), 20);
+    let b = node(&db, "b", relay, logs.path(), 20);
+    // C delivers over one connection, so that it is still delivering when
+    // its share has been accepted (with 20 it kept up with the injection
+    // and sometimes held no lease any more by then).
+    let mut c = node(&db, "c", relay, logs.path(), 1);
     let tags = db.sql("SELECT count(DISTINCT tag) FROM node");
     assert_eq!(tags, "3", "each node has a message-id tag of its own");
 
@@ -241,7 +247,7 @@ fn cluster_survives_node_loss_and_a_new_node_takes_over() {
     let mut b = b;
     // The queue is empty (checked above) when d starts: whatever it
     // delivers below, it learned of from the change feed.
-    let d = node(&db, "d", relay, logs.path());
+    let d = node(&db, "d", relay, logs.path(), 20);
     let into_a = source(&a, SECOND_WAVE / 2, "a2@far.test");
     let into_b = source(&b, SECOND_WAVE / 2, "b2@far.test");
     finish(into_a, "second wave into a");
