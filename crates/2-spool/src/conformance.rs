@@ -597,9 +597,15 @@ pub async fn claim_keys_conditions(s: &TestStores) {
     assert_eq!(got.len(), 1);
 }
 
-/// Two nodes claiming the same keys at the same moment: each entry goes to
-/// exactly one of them.
-pub async fn claim_keys_is_exclusive(s: &TestStores) {
+/// Four claimers, nodes A and B twice each (two of them naming the keys in
+/// reverse order), race for the 40 entries of one message through `claim`
+/// (store, owner, message, keys → what it leased): each entry goes to
+/// exactly one node, and the store's leases say so.
+async fn race_for_entries<F, Fut>(s: &TestStores, claim: F)
+where
+    F: Fn(Arc<dyn DataStore>, NodeId, MessageId, Vec<EntryKey>) -> Fut,
+    Fut: std::future::Future<Output = Vec<QueueEntry>> + Send + 'static,
+{
     let env = put(s, 1, 40, "default", T0).await;
     let keys: Vec<EntryKey> = (0..40)
         .map(|rcpt| EntryKey {
@@ -609,18 +615,12 @@ pub async fn claim_keys_is_exclusive(s: &TestStores) {
         .collect();
     let mut tasks = Vec::new();
     for (owner, rev) in [(A, false), (B, true), (A, true), (B, false)] {
-        let data = s.data.clone();
         let mut keys = keys.clone();
         if rev {
             keys.reverse();
         }
-        tasks.push(tokio::spawn(async move {
-            let got = data
-                .claim_keys(owner, &keys, T0, T0 + 60_000)
-                .await
-                .unwrap();
-            (owner, got)
-        }));
+        let got = claim(s.data.clone(), owner, env.id, keys);
+        tasks.push(tokio::spawn(async move { (owner, got.await) }));
     }
     let mut owner_of = std::collections::HashMap::new();
     for t in tasks {
@@ -639,6 +639,17 @@ pub async fn claim_keys_is_exclusive(s: &TestStores) {
     for e in s.data.scan(None, 100).await.unwrap() {
         assert_eq!(Some(e.lease.unwrap().owner), owner_of.get(&e.key).copied());
     }
+}
+
+/// Two nodes claiming the same keys at the same moment: each entry goes to
+/// exactly one of them.
+pub async fn claim_keys_is_exclusive(s: &TestStores) {
+    race_for_entries(s, |data, owner, _, keys| async move {
+        data.claim_keys(owner, &keys, T0, T0 + 60_000)
+            .await
+            .unwrap()
+    })
+    .await;
 }
 
 /// `claim_job` claims by the rules of `claim_keys`: it skips the missing,
@@ -793,48 +804,17 @@ pub async fn claim_job_reads_what_a_job_needs(s: &TestStores) {
 /// entry goes to exactly one of them, and each that got any also got the
 /// envelope.
 pub async fn claim_job_is_exclusive(s: &TestStores) {
-    let env = put(s, 1, 40, "default", T0).await;
-    let keys: Vec<EntryKey> = (0..40)
-        .map(|rcpt| EntryKey {
-            message: env.id,
-            rcpt,
-        })
-        .collect();
-    let mut tasks = Vec::new();
-    for (owner, rev) in [(A, false), (B, true), (A, true), (B, false)] {
-        let data = s.data.clone();
-        let mut keys = keys.clone();
-        if rev {
-            keys.reverse();
-        }
-        tasks.push(tokio::spawn(async move {
-            let got = data
-                .claim_job(owner, env.id, &keys, T0, T0 + 60_000, false)
-                .await
-                .unwrap();
-            (owner, got)
-        }));
-    }
-    let mut owner_of = std::collections::HashMap::new();
-    for t in tasks {
-        let (owner, got) = t.await.unwrap();
+    race_for_entries(s, |data, owner, message, keys| async move {
+        let got = data
+            .claim_job(owner, message, &keys, T0, T0 + 60_000, false)
+            .await
+            .unwrap();
         if !got.entries.is_empty() {
-            assert_eq!(got.envelope.as_ref().map(|e| e.id), Some(env.id));
+            assert_eq!(got.envelope.as_ref().map(|e| e.id), Some(message));
         }
-        for e in got.entries {
-            assert_eq!(e.lease.unwrap().owner, owner);
-            let prev = owner_of.insert(e.key, owner);
-            assert!(
-                prev.is_none_or(|p| p == owner),
-                "{:?} claimed by two nodes",
-                e.key
-            );
-        }
-    }
-    assert_eq!(owner_of.len(), 40, "every entry claimed by someone");
-    for e in s.data.scan(None, 100).await.unwrap() {
-        assert_eq!(Some(e.lease.unwrap().owner), owner_of.get(&e.key).copied());
-    }
+        got.entries
+    })
+    .await;
 }
 
 /// An owed notice with every field set, so that it must round-trip whole:
