@@ -11,6 +11,12 @@
 //! the change feed, delivers all of it once the sink is back, waiting out
 //! the dead nodes' leases where it must.
 //!
+//! Node c relays to a second smtp-sink that holds each DATA for a second
+//! (`-w 1`), so that it is sure to be delivering when it is killed: with
+//! one fast sink, a and b (which see c's mail through the change feed) and
+//! c itself could finish c's share before the kill. Arrivals are counted
+//! over both sinks.
+//!
 //! Leases are 5 s here (`cluster.lease`) to keep the run short.
 
 mod common;
@@ -27,30 +33,27 @@ use common::*;
 const TOTAL: usize = 5000;
 const SECOND_WAVE: usize = 600;
 
-fn config(relay: u16, delivery_log: &Path, concurrency: usize) -> String {
+fn config(relay: u16, delivery_log: &Path) -> String {
     cluster_node_config(
         relay,
         delivery_log,
         "500ms",
-        &format!(
-            r#"[queue.schedule]
+        r#"[queue.schedule]
 retry = "[2s]"
 
 [queue.virtual.default]
 destination.suspend = "2s"
-concurrency = {concurrency}
-"#
-        ),
+"#,
     )
 }
 
-/// A node named `name` (its `server.node-id`) writing its delivery log in
-/// `logs`, delivering over at most `concurrency` connections.
-fn node(db: &TestDb, name: &str, relay: u16, logs: &Path, concurrency: usize) -> Server {
+/// A node named `name` (its `server.node-id`) relaying to 127.0.0.1:`relay`
+/// and writing its delivery log in `logs`.
+fn node(db: &TestDb, name: &str, relay: u16, logs: &Path) -> Server {
     Server::start_pg(
         db,
         &format!("node-id = \"{name}\""),
-        &config(relay, &logs.join(format!("{name}.jsonl")), concurrency),
+        &config(relay, &logs.join(format!("{name}.jsonl"))),
     )
 }
 
@@ -90,28 +93,42 @@ fn finish(mut child: Child, what: &str) {
     }
 }
 
-/// Files in the sink's dump directory: a cheap progress count.
-fn dump_files(sink: &SmtpSink) -> usize {
-    std::fs::read_dir(sink.dir.path()).map_or(0, |d| d.count())
+/// Files in the sinks' dump directories: a cheap progress count.
+fn dump_files(sinks: &[&SmtpSink]) -> usize {
+    sinks
+        .iter()
+        .map(|s| std::fs::read_dir(s.dir.path()).map_or(0, |d| d.count()))
+        .sum()
 }
 
-/// Waits (at most `limit`) until `n` distinct messages arrived.
+/// How often each Message-Id arrived, over all `sinks`.
+fn arrivals(sinks: &[&SmtpSink]) -> BTreeMap<String, usize> {
+    let mut all = BTreeMap::new();
+    for s in sinks {
+        for (id, n) in s.arrivals_by_header("Message-Id") {
+            *all.entry(id).or_insert(0) += n;
+        }
+    }
+    all
+}
+
+/// Waits (at most `limit`) until `n` distinct messages arrived at `sinks`.
 fn wait_distinct(
-    sink: &SmtpSink,
+    sinks: &[&SmtpSink],
     n: usize,
     limit: Duration,
     servers: &[&Server],
 ) -> BTreeMap<String, usize> {
     let deadline = Instant::now() + limit;
     loop {
-        if dump_files(sink) >= n {
-            let seen = sink.arrivals_by_header("Message-Id");
+        if dump_files(sinks) >= n {
+            let seen = arrivals(sinks);
             if seen.len() >= n {
                 return seen;
             }
         }
         if Instant::now() > deadline {
-            let seen = sink.arrivals_by_header("Message-Id");
+            let seen = arrivals(sinks);
             let logs: Vec<String> = servers.iter().map(|s| s.log_text()).collect();
             panic!(
                 "only {} of {n} distinct messages arrived within {limit:?}\n{}",
@@ -156,12 +173,11 @@ fn cluster_survives_node_loss_and_a_new_node_takes_over() {
     let logs = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(&[]);
     let relay = sink.port;
-    let a = node(&db, "a", relay, logs.path(), 20);
-    let b = node(&db, "b", relay, logs.path(), 20);
-    // C delivers over one connection, so that it is still delivering when
-    // its share has been accepted (with 20 it kept up with the injection
-    // and sometimes held no lease any more by then).
-    let mut c = node(&db, "c", relay, logs.path(), 1);
+    // c's deliveries take a second each (see the module docs).
+    let slow = SmtpSink::start(&["-w", "1"]);
+    let a = node(&db, "a", relay, logs.path());
+    let b = node(&db, "b", relay, logs.path());
+    let mut c = node(&db, "c", slow.port, logs.path());
     let tags = db.sql("SELECT count(DISTINCT tag) FROM node");
     assert_eq!(tags, "3", "each node has a message-id tag of its own");
 
@@ -196,7 +212,7 @@ fn cluster_survives_node_loss_and_a_new_node_takes_over() {
         },
     );
     c.kill9();
-    let at_kill = dump_files(&sink);
+    let at_kill = dump_files(&[&sink, &slow]);
     eprintln!(
         "killed node c holding leases on {} messages, {at_kill} messages at the sink",
         in_flight.len()
@@ -206,7 +222,7 @@ fn cluster_survives_node_loss_and_a_new_node_takes_over() {
     finish(into_b, "into b");
     eprintln!("{TOTAL} messages accepted after {:?}", started.elapsed());
 
-    let seen = wait_distinct(&sink, TOTAL, Duration::from_secs(90), &[&a, &b]);
+    let seen = wait_distinct(&[&sink, &slow], TOTAL, Duration::from_secs(90), &[&a, &b]);
     eprintln!("all {TOTAL} delivered after {:?}", started.elapsed());
     assert_eq!(seen.len(), TOTAL, "every accepted message arrived");
     let twice: Vec<&String> = seen
@@ -243,11 +259,12 @@ fn cluster_survives_node_loss_and_a_new_node_takes_over() {
     // ---- A new node takes over a cluster whose other nodes die.
     let phase_one: BTreeSet<String> = seen.into_keys().collect();
     drop(sink);
+    drop(slow);
     let mut a = a;
     let mut b = b;
     // The queue is empty (checked above) when d starts: whatever it
     // delivers below, it learned of from the change feed.
-    let d = node(&db, "d", relay, logs.path(), 20);
+    let d = node(&db, "d", relay, logs.path());
     let into_a = source(&a, SECOND_WAVE / 2, "a2@far.test");
     let into_b = source(&b, SECOND_WAVE / 2, "b2@far.test");
     finish(into_a, "second wave into a");
@@ -262,7 +279,7 @@ fn cluster_survives_node_loss_and_a_new_node_takes_over() {
     );
 
     let sink = SmtpSink::start_on(relay, &[]);
-    let seen = wait_distinct(&sink, SECOND_WAVE, Duration::from_secs(60), &[&d]);
+    let seen = wait_distinct(&[&sink], SECOND_WAVE, Duration::from_secs(60), &[&d]);
     assert_eq!(seen.len(), SECOND_WAVE);
     assert!(
         seen.values().all(|n| *n == 1),
