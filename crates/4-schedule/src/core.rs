@@ -1537,13 +1537,22 @@ impl Scheduler {
             }
         }
         for rqid in touched {
-            let rq = self.rq_mut(rqid);
-            if rq.suspended_until.is_some_and(|t| t > now) {
-                rq.suspended_until = Some(now);
-            }
-            self.enqueue_rq(rqid);
+            self.probe_now(rqid, now);
         }
         messages.len()
+    }
+
+    /// Lets destination `rqid` start now: a suspended one sends its probe
+    /// at once instead of when its suspension ends. True if it was
+    /// suspended. What ETRN, flush and `queue retry` do to a destination.
+    fn probe_now(&mut self, rqid: u32, now: UnixMillis) -> bool {
+        let rq = self.rq_mut(rqid);
+        let suspended = rq.suspended_until.is_some_and(|t| t > now);
+        if suspended {
+            rq.suspended_until = Some(now);
+        }
+        self.enqueue_rq(rqid);
+        suspended
     }
 
     /// An operator's `queue retry` of these entries: a suspended (dead)
@@ -1557,16 +1566,9 @@ impl Scheduler {
             .filter_map(|&k| self.find(k))
             .map(|s| self.slots[s as usize].rq)
             .collect();
-        let mut lifted = 0;
-        for rqid in rqs {
-            let rq = self.rq_mut(rqid);
-            if rq.suspended_until.is_some_and(|t| t > now) {
-                rq.suspended_until = Some(now);
-                lifted += 1;
-            }
-            self.enqueue_rq(rqid);
-        }
-        lifted
+        rqs.into_iter()
+            .filter(|&rqid| self.probe_now(rqid, now))
+            .count()
     }
 
     /// When [`Scheduler::poll`] next has something to do on its own: the

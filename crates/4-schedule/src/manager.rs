@@ -659,11 +659,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The lower-case domain of a recipient address (`""` without one).
-fn rcpt_domain(env: &Envelope, rcpt: u32) -> String {
-    env.rcpt_domain(rcpt)
-}
-
 /// Pairs the entries of one message with their recipient domains, reading
 /// the envelope. `Ok(empty)` when the message is gone.
 async fn with_domains(
@@ -677,7 +672,7 @@ async fn with_domains(
     Ok(entries
         .into_iter()
         .map(|e| {
-            let d = rcpt_domain(&env, e.key.rcpt);
+            let d = env.rcpt_domain(e.key.rcpt);
             (e, d)
         })
         .collect())

@@ -158,8 +158,7 @@ pub(super) async fn read(
             let e = entry_from_row(r)?;
             let domain = envelopes
                 .get(&e.key.message)
-                .and_then(|env| env.recipients.get(e.key.rcpt as usize))
-                .and_then(|rc| crate::model::domain_of(&rc.address))
+                .map(|env| env.rcpt_domain(e.key.rcpt))
                 .unwrap_or_default();
             by_message
                 .entry(e.key.message)
