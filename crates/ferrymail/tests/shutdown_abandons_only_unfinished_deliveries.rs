@@ -58,6 +58,19 @@ fn plain(text: &str) -> String {
     out
 }
 
+/// SIGTERM; asserts exit status 0 and returns how long the exit took.
+fn terminate_timed(server: &mut Server) -> Duration {
+    let t0 = Instant::now();
+    let status = server.terminate();
+    let took = t0.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        server.log_text()
+    );
+    took
+}
+
 fn send(server: &Server) -> String {
     let mut c = server.client();
     c.ehlo();
@@ -87,14 +100,7 @@ fn sigterm_does_not_wait_for_a_next_hop_that_never_greets() {
             Err(e) => panic!("no delivery attempt reached the silent hop: {e}"),
         }
     };
-    let t0 = Instant::now();
-    let status = server.terminate();
-    let took = t0.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        server.log_text()
-    );
+    let took = terminate_timed(&mut server);
     assert!(
         took < Duration::from_secs(10),
         "SIGTERM waited {took:?} for a delivery that had not sent anything \
@@ -126,14 +132,7 @@ fn sigterm_waits_for_a_delivery_past_the_end_of_data() {
         server.show(&id).is_some(),
         "the delivery ended early; the test needs the reply held"
     );
-    let t0 = Instant::now();
-    let status = server.terminate();
-    let took = t0.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        server.log_text()
-    );
+    let took = terminate_timed(&mut server);
     assert!(
         took >= Duration::from_millis(500),
         "exited after {took:?}: it did not wait for the reply to the end of DATA:\n{}",

@@ -135,6 +135,18 @@ fn error_text(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// The message ids in the first column of `rows`: the messages a cancel or
+/// a discharge left without entries (`what` names it in an error).
+fn message_ids(rows: &[Row], what: &str) -> Result<Vec<MessageId>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            r.try_get::<_, i64>(0)
+                .map(id_from_sql)
+                .map_err(|e| corrupt(what, e))
+        })
+        .collect()
+}
+
 /// The `bigint` a message id is stored as: the id with its top bit flipped,
 /// so that signed order is the id's unsigned order.
 pub fn sql_id(id: MessageId) -> i64 {
@@ -724,13 +736,7 @@ impl DataStore for PgStore {
         let params: [&(dyn ToSql + Sync); 4] = [&messages, &rcpts, &slots, &node];
         // Not retried: a second run would not report the emptied messages.
         let rows = on_conn!(self, once, |c| c.client.query(&c.st.discharge, &params))?;
-        rows.iter()
-            .map(|r| {
-                r.try_get::<_, i64>(0)
-                    .map(id_from_sql)
-                    .map_err(|e| corrupt("discharge", e))
-            })
-            .collect()
+        message_ids(&rows, "discharge")
     }
 
     async fn envelope(&self, id: MessageId) -> Result<Option<Envelope>, StoreError> {
@@ -793,13 +799,7 @@ impl DataStore for PgStore {
         let params: [&(dyn ToSql + Sync); 3] = [&messages, &rcpts, &node];
         // Not retried: a second run would not report the emptied messages.
         let rows = on_conn!(self, once, |c| c.client.query(&c.st.cancel, &params))?;
-        rows.iter()
-            .map(|r| {
-                r.try_get::<_, i64>(0)
-                    .map(id_from_sql)
-                    .map_err(|e| corrupt("cancel", e))
-            })
-            .collect()
+        message_ids(&rows, "cancel")
     }
 
     async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError> {

@@ -1034,8 +1034,28 @@ fn etrn_starts_matching_mail_and_counts_messages() {
     let mut s = setup();
     assert_eq!(s.expedite(&Target::All, T0), 6);
     // A suspended destination is probed at once on ETRN.
+    let (mut s, _) = dead_destination(3);
+    assert!(
+        s.destination("default", "dead.example")
+            .unwrap()
+            .suspended_until
+            .is_some()
+    );
+    assert_eq!(
+        s.expedite(&Target::Domain("dead.example".into()), T0 + 1),
+        3
+    );
+    let probe = s.poll(T0 + 1);
+    assert_eq!(probe.len(), 1);
+    assert_eq!(probe[0].mode, Mode::Deliver);
+}
+
+/// `dead.example` with `n` entries, suspended by one connection failure
+/// (`destination.failure-limit = 1`) at T0: every entry deferred for an
+/// hour, none in flight.
+fn dead_destination(n: u64) -> (Scheduler, Vec<MessageId>) {
     let mut s = sched("[queue.virtual.default]\ndestination.failure-limit = 1\n");
-    fill(&mut s, "dead.example", 3, 0);
+    let ids = fill(&mut s, "dead.example", n, 0);
     let d = s.poll(T0);
     finish(
         &mut s,
@@ -1055,19 +1075,7 @@ fn etrn_starts_matching_mail_and_counts_messages() {
             T0,
         );
     }
-    assert!(
-        s.destination("default", "dead.example")
-            .unwrap()
-            .suspended_until
-            .is_some()
-    );
-    assert_eq!(
-        s.expedite(&Target::Domain("dead.example".into()), T0 + 1),
-        3
-    );
-    let probe = s.poll(T0 + 1);
-    assert_eq!(probe.len(), 1);
-    assert_eq!(probe[0].mode, Mode::Deliver);
+    (s, ids)
 }
 
 /// `queue retry` of entries whose destination is suspended probes that
@@ -1078,27 +1086,7 @@ fn retry_probes_a_suspended_destination() {
     // A suspended destination with three entries deferred for an hour, one
     // of which the operator retries (due now in the store, re-read).
     let setup = || {
-        let mut s = sched("[queue.virtual.default]\ndestination.failure-limit = 1\n");
-        let ids = fill(&mut s, "dead.example", 3, 0);
-        let d = s.poll(T0);
-        finish(
-            &mut s,
-            &d[0],
-            Health::ConnectionFailed {
-                reason: "refused".into(),
-            },
-            Next::Retry { due: T0 + HOUR_MS },
-            T0,
-        );
-        for j in s.poll(T0).into_iter().chain(d.into_iter().skip(1)) {
-            finish(
-                &mut s,
-                &j,
-                Health::NotAttempted,
-                Next::Retry { due: T0 + HOUR_MS },
-                T0,
-            );
-        }
+        let (mut s, ids) = dead_destination(3);
         let until = s
             .destination("default", "dead.example")
             .unwrap()
