@@ -100,10 +100,18 @@ impl Leases {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `e` as the store's readers see it: with its lease from the table.
-    fn overlay(&self, mut e: QueueEntry) -> QueueEntry {
-        e.lease = self.lock().get(&e.key).copied();
-        e
+    /// Decodes stored entry records as the store's readers see them: with
+    /// their leases from the table (one lock for the lot; a start-up scan
+    /// reads pages of thousands).
+    fn decode_entries(&self, rows: Vec<engine::Row>) -> Result<Vec<QueueEntry>, StoreError> {
+        let table = self.lock();
+        rows.into_iter()
+            .map(|(_, v)| {
+                let mut e: QueueEntry = decode(&v, "queue entry")?;
+                e.lease = table.get(&e.key).copied();
+                Ok(e)
+            })
+            .collect()
     }
 }
 
@@ -720,11 +728,8 @@ impl DataStore for EmbeddedStore {
     }
 
     async fn entries(&self, id: MessageId) -> Result<Vec<QueueEntry>, StoreError> {
-        self.engine
-            .prefix(Table::Entry, &mid_key(id))?
-            .into_iter()
-            .map(|(_, v)| decode(&v, "queue entry").map(|e| self.leases.overlay(e)))
-            .collect()
+        self.leases
+            .decode_entries(self.engine.prefix(Table::Entry, &mid_key(id))?)
     }
 
     async fn scan(
@@ -746,9 +751,7 @@ impl DataStore for EmbeddedStore {
         })
         .await
         .map_err(|e| StoreError::Engine(e.to_string()))??;
-        rows.into_iter()
-            .map(|(_, v)| decode(&v, "queue entry").map(|e| self.leases.overlay(e)))
-            .collect()
+        self.leases.decode_entries(rows)
     }
 
     async fn admin(&self, keys: &[EntryKey], action: AdminAction) -> Result<usize, StoreError> {
