@@ -301,6 +301,31 @@ pub trait DataStore: Send + Sync + 'static {
     /// settled while the recipient's next attempt may be running.
     async fn discharge(&self, notices: &[Discharge]) -> Result<Vec<MessageId>, StoreError>;
 
+    /// Takes over notices owed that no node is sending (a store several
+    /// nodes share): those whose holder's time has lapsed, and with `own`
+    /// also those `owner` holds (at its start: its own before a crash,
+    /// which no other process can be sending, as a node name runs once).
+    /// Each one taken is `owner`'s to send from now on, for as long as the
+    /// store gives a node that records one; the caller hands it to the DSN
+    /// layer, which discharges it once queued. At most `limit` per call.
+    ///
+    /// Why: the node that records a notice sends it from memory. If it
+    /// dies and never comes back, someone else must send it; and a node
+    /// that starts must not send again what a live node is batching. A
+    /// single-node store has nothing to take over: every notice is the
+    /// node's own, and restart recovery hands them over from its scan
+    /// (this default answers with none).
+    async fn take_owed(
+        &self,
+        owner: NodeId,
+        now: UnixMillis,
+        own: bool,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let _ = (owner, now, own, limit);
+        Ok(Vec::new())
+    }
+
     /// Reads one envelope.
     async fn envelope(&self, id: MessageId) -> Result<Option<Envelope>, StoreError>;
 

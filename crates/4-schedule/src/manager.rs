@@ -374,6 +374,9 @@ impl QueueManager {
     ) {
         tokio::spawn(follow(self.shared.clone(), shutdown.clone()));
         tokio::spawn(ingest(self.shared.clone(), queued, shutdown.clone()));
+        if self.shared.spool.data.shared() {
+            tokio::spawn(take_over_notices(self.shared.clone(), shutdown.clone()));
+        }
         let mut jobs: JoinSet<(JobId, JobReport)> = JoinSet::new();
         let mut job_of_task: HashMap<tokio::task::Id, RunningJob> = HashMap::new();
         loop {
@@ -805,6 +808,7 @@ async fn fetch_tokens(
 /// The start-up scan: pages through every entry and indexes it.
 async fn recover(sh: &Arc<Shared>, shutdown: &CancellationToken) {
     let start = Instant::now();
+    let shared = sh.spool.data.shared();
     let mut after = None;
     let mut total = 0usize;
     let mut error = None;
@@ -826,7 +830,10 @@ async fn recover(sh: &Arc<Shared>, shutdown: &CancellationToken) {
         let mut batch = Vec::with_capacity(page.len());
         for (id, mut entries) in by_message(page) {
             if entries.iter().any(|e| e.notice.is_some()) {
-                if let Err(e) = hand_owed_notices(sh, id, &entries).await {
+                // A shared store's owed notices may be another live node's
+                // to send: `take_over_notices` takes this node's own and
+                // the lapsed ones instead.
+                if !shared && let Err(e) = hand_owed_notices(sh, id, &entries).await {
                     tracing::warn!(id = %id, error = %e, "queue: cannot read a message with notices owed during recovery; they are sent after the next start");
                 }
                 entries.retain(|e| !e.is_notice_owed());
@@ -859,6 +866,64 @@ async fn recover(sh: &Arc<Shared>, shutdown: &CancellationToken) {
         elapsed: start.elapsed(),
         error,
     });
+}
+
+/// Owed notices taken per store round trip by [`take_over_notices`].
+const TAKE_OWED_PAGE: usize = 256;
+
+/// A shared store's owed notices (see
+/// [`DataStore::take_owed`](ferrymail_spool::DataStore::take_owed)): at the
+/// start, this node takes back the ones it holds (recorded before a crash);
+/// then, as often as leases are renewed, it takes over those whose holder
+/// let its time lapse (a node that died and did not come back) and hands
+/// them to the DSN layer as restart recovery does.
+async fn take_over_notices(sh: Arc<Shared>, shutdown: CancellationToken) {
+    let every = sh.settings.renew_every.max(Duration::from_millis(100));
+    let mut own = true;
+    let mut failing = false;
+    loop {
+        let mut taken = 0usize;
+        loop {
+            let page = match sh
+                .spool
+                .data
+                .take_owed(sh.settings.node, now_millis(), own, TAKE_OWED_PAGE)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "queue: cannot look for owed notices to take over; retrying");
+                        failing = true;
+                    }
+                    break;
+                }
+            };
+            failing = false;
+            let full = page.len() >= TAKE_OWED_PAGE;
+            taken += page.len();
+            for (id, entries) in by_message(page) {
+                if let Err(e) = hand_owed_notices(&sh, id, &entries).await {
+                    tracing::warn!(id = %id, error = %e, "queue: cannot read a message with notices owed; another node takes them over when their time lapses");
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        // Its own are taken back once, at the start.
+        own &= failing;
+        if taken > 0 {
+            tracing::info!(
+                notices = taken,
+                "queue: took over owed notices nobody else is sending"
+            );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Restart recovery of the notices a crash left owed: turns each entry's

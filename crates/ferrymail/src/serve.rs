@@ -162,6 +162,11 @@ async fn open_stores(config: &Config) -> Result<Spool, StartError> {
         .ok_or_else(|| StartError::config("[storage] blob names no store"))?;
     let unified = blob_cfg.id == data_cfg.id;
     let data_store = open_store(data_cfg, "queue data").await?;
+    if let Opened::Pg(s) = &data_store {
+        // A notice owed is this node's to send for as long as its DSN layer
+        // may batch it, plus a lease; then other nodes take it over.
+        s.set_notice_hold(config.cluster.lease + config.report.dsn.batch_max_hold);
+    }
     let blob_store = if unified {
         None
     } else {

@@ -72,6 +72,11 @@ use crate::model::*;
 use crate::store::*;
 use pool::{Failure, Pool};
 
+/// How long a notice owed is its recording node's alone to send unless
+/// [`PgStore::set_notice_hold`] says otherwise: the default `cluster.lease`
+/// (60 s) plus the default `report.dsn.batch-max-hold` (10 s).
+pub const NOTICE_HOLD: std::time::Duration = std::time::Duration::from_secs(70);
+
 /// How to reach the database: `[store.<id>]` of type `postgresql`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PgOptions {
@@ -95,6 +100,10 @@ pub struct PgStore {
     /// another process with that name takes it over: [`claim::STALE`]
     /// (tests shorten it, [`PgStore::set_claim_stale`]).
     claim_stale: std::sync::Mutex<std::time::Duration>,
+    /// How long a notice owed that this store object records, or takes
+    /// over, is its node's alone to send (migration 4), in milliseconds:
+    /// [`NOTICE_HOLD`] unless [`PgStore::set_notice_hold`] says otherwise.
+    notice_hold: std::sync::atomic::AtomicU64,
     /// This node once registered ([`DataStore::register_node`]): written
     /// into every change-feed row this store object adds, so the node's own
     /// feed skips them. `None` before (tests, tools): rows name no node.
@@ -323,6 +332,7 @@ impl PgStore {
             pool: Arc::new(pool),
             claim: tokio::sync::Mutex::new(None),
             claim_stale: std::sync::Mutex::new(claim::STALE),
+            notice_hold: std::sync::atomic::AtomicU64::new(NOTICE_HOLD.as_millis() as u64),
             node: std::sync::RwLock::new(None),
             upkeep: std::sync::Mutex::new(feed::Upkeep::default()),
         }))
@@ -333,6 +343,23 @@ impl PgStore {
     #[doc(hidden)]
     pub fn set_claim_stale(&self, stale: std::time::Duration) {
         *self.claim_stale.lock().expect("claim lock") = stale;
+    }
+
+    /// Sets how long a notice owed this node records or takes over stays
+    /// its own to send before other nodes take it over: at least the time
+    /// its DSN layer may hold one back for batching plus a lease, so that a
+    /// live node is never overtaken (`serve` sets `cluster.lease` +
+    /// `report.dsn.batch-max-hold`).
+    pub fn set_notice_hold(&self, hold: std::time::Duration) {
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+        self.notice_hold
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Until when a notice recorded or taken at `now` is this node's.
+    fn notice_until(&self, now: UnixMillis) -> i64 {
+        let hold = self.notice_hold.load(std::sync::atomic::Ordering::Relaxed);
+        sql_time(now.saturating_add(hold))
     }
 
     /// The node change-feed rows are attributed to.
@@ -666,7 +693,9 @@ impl DataStore for PgStore {
         let (message, rcpt, owner_sql) = (sql_id(key.message), sql_u32(key.rcpt), sql_node(owner));
         if let Some(notice) = notice.filter(|n| n.is_final()) {
             let (record, slot) = (encode(notice), sql_slot(notice.which()));
-            let params: [&(dyn ToSql + Sync); 5] = [&message, &rcpt, &owner_sql, &record, &slot];
+            let until = self.notice_until(now_millis());
+            let params: [&(dyn ToSql + Sync); 6] =
+                [&message, &rcpt, &owner_sql, &record, &slot, &until];
             // Not retried: a second run would find the lease released (NotLeased).
             let row = on_conn!(self, once, |c| c
                 .client
@@ -707,7 +736,8 @@ impl DataStore for PgStore {
         let notify = sql_u32(deferral.notify_count);
         let notice = deferral.notice.as_ref().map(encode);
         let slot = deferral.notice.as_ref().map(|n| sql_slot(n.which()));
-        let params: [&(dyn ToSql + Sync); 8] = [
+        let until = self.notice_until(now_millis());
+        let params: [&(dyn ToSql + Sync); 9] = [
             &message,
             &rcpt,
             &owner_sql,
@@ -716,6 +746,7 @@ impl DataStore for PgStore {
             &notify,
             &notice,
             &slot,
+            &until,
         ];
         // Not retried: a second run would find the lease released (NotLeased).
         let row = on_conn!(self, once, |c| c.client.query_one(&c.st.defer, &params))?;
@@ -723,6 +754,23 @@ impl DataStore for PgStore {
             0 => Err(StoreError::NotLeased(key)),
             _ => Ok(()),
         }
+    }
+
+    async fn take_owed(
+        &self,
+        owner: NodeId,
+        now: UnixMillis,
+        own: bool,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let (owner, until, now_sql) = (sql_node(owner), self.notice_until(now), sql_time(now));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let params: [&(dyn ToSql + Sync); 5] = [&owner, &until, &now_sql, &own, &limit];
+        // Retried. If the first run committed and only its answer was
+        // lost, its notices are this node's and not returned; they are
+        // taken again (by any node) when their time lapses.
+        let rows = on_conn!(self, retry, |c| c.client.query(&c.st.take_owed, &params))?;
+        rows.iter().map(entry_from_row).collect()
     }
 
     async fn discharge(&self, notices: &[Discharge]) -> Result<Vec<MessageId>, StoreError> {

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "change feed, node registry, rate buckets",
         sql: include_str!("migrations/0003_cluster.sql"),
     },
+    Migration {
+        version: 4,
+        name: "owed notices: holder and hold time",
+        sql: include_str!("migrations/0004_notice_holder.sql"),
+    },
 ];
 
 /// The schema version this release expects.

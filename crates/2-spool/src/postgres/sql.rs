@@ -150,7 +150,7 @@ UPDATE entry e SET lease_until = $4::bigint
 const COMPLETE: &str = "SELECT ferrymail_complete($1::bigint, $2::integer, $3::bigint)";
 
 /// $1 message, $2 rcpt, $3 owner, $4 notice record, $5 notice slot (0,
-/// final). One row with the entries the message has (this one included)
+/// final), $6 until when the notice is $3's to send (migration 4). One row with the entries the message has (this one included)
 /// when $3 held the lease, none otherwise. The change feed learns that the
 /// entry is finished (other nodes drop it from their index).
 const COMPLETE_OWING: &str = "
@@ -160,7 +160,8 @@ WITH done AS (
     -- the count's snapshot is from before the update, which did not change
     -- how many entries there are.
     UPDATE entry SET lease_owner = NULL, lease_until = NULL, attempts = attempts + 1,
-           notice = $4::bytea, notice_slot = $5::integer
+           notice = $4::bytea, notice_slot = $5::integer,
+           notice_holder = $3::bigint, notice_until = $6::bigint
      WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint
     RETURNING message
 ), change_row AS (
@@ -170,7 +171,8 @@ SELECT (SELECT count(*) FROM entry WHERE message = $1::bigint) FROM done";
 
 /// $1 message, $2 rcpt, $3 owner, $4 next due, $5 last error, $6 notify
 /// count, $7/$8 the delay notice owed and its slot (NULL: keep what is
-/// there). Returns how many entries it deferred (0 or 1).
+/// there, with its holder), $9 until when a new notice is $3's to send
+/// (migration 4). Returns how many entries it deferred (0 or 1).
 const DEFER: &str = "
 WITH deferred AS (
     -- Lease rule: only the owner records the outcome, and doing so releases the lease.
@@ -178,13 +180,36 @@ WITH deferred AS (
            lease_owner = NULL, lease_until = NULL,
            last_error = $5::text, notify_count = $6::integer,
            notice = coalesce($7::bytea, notice),
-           notice_slot = coalesce($8::integer, notice_slot)
+           notice_slot = coalesce($8::integer, notice_slot),
+           notice_holder = CASE WHEN $7::bytea IS NULL THEN notice_holder ELSE $3::bigint END,
+           notice_until = CASE WHEN $7::bytea IS NULL THEN notice_until ELSE $9::bigint END
      WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint
     RETURNING message
 ), change_row AS (
     INSERT INTO change (node, message) SELECT $3::bigint, message FROM deferred
 )
 SELECT count(*) FROM deferred";
+
+/// $1 the taking node, $2 until when what it takes is its to send, $3
+/// now, $4 whether to take the notices $1 holds whatever their time (at
+/// its start: they were its own before a crash), $5 at most this many.
+/// Takes owed notices whose holder's time has lapsed (NULL: recorded
+/// before holders were); `SKIP LOCKED` and the re-checked condition make
+/// two nodes sweeping at once take each notice once.
+const TAKE_OWED: &str = "
+WITH lapsed AS (
+    SELECT e.message, e.rcpt FROM entry e
+     WHERE e.notice IS NOT NULL
+       AND (coalesce(e.notice_until, 0) <= $3::bigint
+            OR ($4::boolean AND e.notice_holder = $1::bigint))
+     ORDER BY e.message, e.rcpt
+     LIMIT $5::bigint
+     FOR UPDATE OF e SKIP LOCKED
+)
+UPDATE entry e SET notice_holder = $1::bigint, notice_until = $2::bigint
+  FROM lapsed
+ WHERE e.message = lapsed.message AND e.rcpt = lapsed.rcpt
+RETURNING ENTRY_COLS";
 
 const ENVELOPE: &str = "SELECT record FROM envelope WHERE message = $1::bigint";
 
@@ -298,6 +323,8 @@ pub struct Statements {
     pub complete_owing: Statement,
     /// [`crate::DataStore::defer`].
     pub defer: Statement,
+    /// [`crate::DataStore::take_owed`].
+    pub take_owed: Statement,
     /// [`crate::DataStore::envelope`].
     pub envelope: Statement,
     /// [`crate::DataStore::entries`].
@@ -340,6 +367,7 @@ impl Statements {
         let insert_with_contents =
             format!("WITH {INSERT_ENVELOPE}, {INSERT_CHANGE}, {INSERT_CONTENTS} {INSERT_ENTRIES}");
         let claim_job = cols(CLAIM_JOB);
+        let take_owed = cols(TAKE_OWED);
         let (claim, claim_keys, entries, scan, feed_entries) = (
             cols(CLAIM),
             cols(CLAIM_KEYS),
@@ -377,6 +405,7 @@ impl Statements {
             p(REGISTER),
             p(TAKE_TOKENS),
             p(&claim_job),
+            p(&take_owed),
         )
         .map_err(super::pg_error)?;
         Ok(Statements {
@@ -405,6 +434,7 @@ impl Statements {
             register: f.5,
             take_tokens: f.6,
             claim_job: f.7,
+            take_owed: f.8,
         })
     }
 }

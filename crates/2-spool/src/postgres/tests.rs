@@ -1065,3 +1065,116 @@ async fn last_complete_or_cancel_removes_the_contents_too() {
     assert_eq!(s.cancel(&[key]).await.unwrap(), vec![env.id]);
     assert_eq!(s.get(env.id).await.unwrap(), None, "cancelled: gone too");
 }
+
+/// `take_owed` (migration 4): a notice owed is its recording node's to send
+/// until its hold lapses; a node starting takes back only its own; after
+/// the lapse another node takes it over, exactly once; deferring again
+/// without a new notice keeps the holder; a discharged notice is nobody's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owed_notices_pass_to_another_node_only_when_their_holder_lapses() {
+    use crate::conformance::sample_notice;
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    let hold = Duration::from_secs(60);
+    a.set_notice_hold(hold);
+    b.set_notice_hold(hold);
+    let (na, nb) = (NodeId(1), NodeId(2));
+    let env = sample_envelope(5 << 30, 3);
+    a.insert(&env, &sample_entries(&env, "q", 1)).await.unwrap();
+    let keys: Vec<EntryKey> = (0..3)
+        .map(|rcpt| EntryKey {
+            message: env.id,
+            rcpt,
+        })
+        .collect();
+    let lease_until = now_millis() + 600_000;
+    a.claim_keys(na, &keys, now_millis(), lease_until)
+        .await
+        .unwrap();
+    let deferral = |notice| Deferral {
+        due: now_millis() + 3_600_000,
+        last_error: "452 mailbox full".into(),
+        notify_count: 1,
+        notice,
+    };
+    // 0: failed, its final notice owed; 1: deferred with a delay notice
+    // owed; 2: deferred, nothing owed.
+    a.complete(na, keys[0], Some(&sample_notice(None, 1)))
+        .await
+        .unwrap();
+    a.defer(na, keys[1], &deferral(Some(sample_notice(Some(1), 1))))
+        .await
+        .unwrap();
+    a.defer(na, keys[2], &deferral(None)).await.unwrap();
+
+    let rcpts = |v: Vec<QueueEntry>| v.iter().map(|e| e.key.rcpt).collect::<Vec<_>>();
+    let now = now_millis();
+    assert_eq!(
+        rcpts(b.take_owed(nb, now, true, 10).await.unwrap()),
+        Vec::<u32>::new(),
+        "a live holder's notices are not taken, not even by a node starting"
+    );
+    let own = a.take_owed(na, now, true, 10).await.unwrap();
+    assert_eq!(rcpts(own.clone()), vec![0, 1], "its own, at its start");
+    assert!(
+        own.iter().all(|e| e.notice.is_some()),
+        "taken entries carry their notices"
+    );
+    assert_eq!(
+        rcpts(a.take_owed(na, now, false, 10).await.unwrap()),
+        Vec::<u32>::new(),
+        "a running node does not take back what it is sending"
+    );
+
+    let lapsed = now + hold.as_millis() as u64 + 1_000;
+    assert_eq!(
+        rcpts(b.take_owed(nb, lapsed, false, 1).await.unwrap()),
+        vec![0],
+        "lapsed: taken over, at most `limit`"
+    );
+    assert_eq!(
+        rcpts(b.take_owed(nb, lapsed, false, 10).await.unwrap()),
+        vec![1]
+    );
+    assert_eq!(
+        rcpts(a.take_owed(na, lapsed, true, 10).await.unwrap()),
+        Vec::<u32>::new(),
+        "taken over once: b holds them now, a has none of its own left"
+    );
+
+    // Another attempt on 1, deferred again without a new notice: the
+    // delay notice stays owed, and b's.
+    a.claim_keys(
+        na,
+        &keys[1..2],
+        now_millis() + 3_600_000,
+        lease_until + 3_600_000,
+    )
+    .await
+    .unwrap();
+    a.defer(na, keys[1], &deferral(None)).await.unwrap();
+    assert_eq!(
+        rcpts(a.take_owed(na, lapsed, true, 10).await.unwrap()),
+        Vec::<u32>::new(),
+        "still b's"
+    );
+
+    b.discharge(&[
+        Discharge {
+            key: keys[0],
+            slot: NoticeSlot::Final,
+        },
+        Discharge {
+            key: keys[1],
+            slot: NoticeSlot::Delay { notify_num: 1 },
+        },
+    ])
+    .await
+    .unwrap();
+    let much_later = lapsed + 10 * hold.as_millis() as u64;
+    assert_eq!(
+        rcpts(a.take_owed(na, much_later, true, 10).await.unwrap()),
+        Vec::<u32>::new(),
+        "discharged: nothing left to take"
+    );
+}
