@@ -12,6 +12,7 @@ pub mod session;
 pub mod tls;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferrymail_config::expr::Expr;
 use ferrymail_route::Router;
@@ -71,4 +72,54 @@ pub struct Receiver {
     /// Cancelled on SIGTERM: idle sessions say 421 and close; sessions in a
     /// transaction finish it first.
     pub shutdown: CancellationToken,
+    /// What the listeners and sessions have done, for `GET /metrics`.
+    pub counters: Arc<ReceiveCounters>,
+}
+
+/// What this node's SMTP listeners have done since it started, for
+/// `GET /metrics`: the counters an operator graphs to see load, refusals
+/// and what reached the spool. Relaxed atomics, bumped on the paths they
+/// count; a few per message, which costs nothing measurable.
+#[derive(Debug, Default)]
+pub struct ReceiveCounters {
+    /// TCP connections accepted (including those refused by a limit).
+    pub connections: AtomicU64,
+    /// Connections answered 421 by the global or per-IP limit.
+    pub refused_by_limit: AtomicU64,
+    /// Sessions running now.
+    pub sessions_active: AtomicU64,
+    /// Messages made durable and acknowledged with 250.
+    pub messages: AtomicU64,
+    /// Their recipients.
+    pub recipients: AtomicU64,
+    /// Their sizes in bytes, as stored (with the Received: header added).
+    pub bytes: AtomicU64,
+    /// Recipients refused because the session may not relay (554 5.7.1).
+    pub relay_denied: AtomicU64,
+    /// Messages refused because the spool could not make them durable
+    /// (451 4.3.0): a store in trouble.
+    pub store_failures: AtomicU64,
+}
+
+impl ReceiveCounters {
+    /// Adds one to `c`.
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a session as active while it lives.
+pub(crate) struct ActiveSession(pub(crate) Arc<ReceiveCounters>);
+
+impl ActiveSession {
+    pub(crate) fn new(counters: Arc<ReceiveCounters>) -> ActiveSession {
+        counters.sessions_active.fetch_add(1, Ordering::Relaxed);
+        ActiveSession(counters)
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }

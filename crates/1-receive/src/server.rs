@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::Receiver;
 use crate::protocol::reply::replies;
 use crate::session::Session;
+use crate::{ActiveSession, ReceiveCounters, Receiver};
 
 /// Connection limits shared by every SMTP listener of the server.
 pub struct ConnectionLimits {
@@ -95,8 +95,10 @@ pub async fn serve(
         let local: SocketAddr = stream.local_addr().ok().or(local).unwrap_or(remote);
         let slot = limits.acquire(remote.ip());
         let rx = rx.clone();
+        ReceiveCounters::bump(&rx.counters.connections);
         tracker.spawn(async move {
             let Some(_slot) = slot else {
+                ReceiveCounters::bump(&rx.counters.refused_by_limit);
                 tracing::info!(remote = %remote.ip(), "connection limit reached");
                 let mut out = Vec::new();
                 replies::too_many_connections().write_to(&mut out);
@@ -104,6 +106,7 @@ pub async fn serve(
                 let _ = stream.shutdown().await;
                 return;
             };
+            let _active = ActiveSession::new(rx.counters.clone());
             Session::new(rx, Box::new(stream), remote, local)
                 .run()
                 .await;

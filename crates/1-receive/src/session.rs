@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -20,7 +21,7 @@ use crate::protocol::address;
 use crate::protocol::data::DataDecoder;
 use crate::protocol::received::{Trace, received_header};
 use crate::protocol::reply::{Reply, replies};
-use crate::{EtrnAnswer, EtrnRequest, Receiver};
+use crate::{EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver};
 
 /// Anything a session can run over: a TCP stream, or TLS on top of one.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -522,6 +523,7 @@ impl Session {
             return self.reply(replies::too_many_recipients());
         }
         if !self.may_deliver_to(&address) {
+            ReceiveCounters::bump(&self.rx.counters.relay_denied);
             tracing::info!(remote = %self.remote.ip(), rcpt = %address, "relay denied");
             return self.reply(replies::relay_denied());
         }
@@ -748,6 +750,11 @@ impl Session {
             .await
         {
             Ok(()) => {
+                let c = &self.rx.counters;
+                ReceiveCounters::bump(&c.messages);
+                c.recipients
+                    .fetch_add(envelope.recipients.len() as u64, Ordering::Relaxed);
+                c.bytes.fetch_add(envelope.size as u64, Ordering::Relaxed);
                 let _ = self
                     .rx
                     .queued
@@ -763,6 +770,7 @@ impl Session {
                 self.reply(replies::queued(&id.to_string()))
             }
             Err(e) => {
+                ReceiveCounters::bump(&self.rx.counters.store_failures);
                 tracing::error!(id = %id, error = %e, "could not make message durable");
                 self.reply(replies::store_failed())
             }

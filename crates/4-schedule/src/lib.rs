@@ -52,7 +52,7 @@ pub use crate::core::{
     Scheduler, Stats, Target, TargetError,
 };
 pub use event::{Event, EventKind};
-pub use manager::{ManagerSettings, QueueError, QueueHandle, QueueManager, Running};
+pub use manager::{ManagerSettings, QueueCounters, QueueError, QueueHandle, QueueManager, Running};
 pub use notify::{Kind, owes, wanted};
 
 pub use policy::{Decision, Policy};

@@ -67,6 +67,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -206,6 +207,57 @@ enum Command {
 pub struct QueueHandle {
     /// The manager's command channel.
     tx: mpsc::UnboundedSender<Command>,
+    /// What the manager has recorded since it started.
+    counters: Arc<QueueCounters>,
+}
+
+/// Outcomes this node has recorded since it started, one per recipient
+/// attempt, for `GET /metrics`: monotonic counters an operator graphs and
+/// alerts on (a rising `failed` or `deferred` rate is the first sign of a
+/// destination in trouble). Updated where the outcome is written, so each
+/// counts only outcomes that reached the store.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Accepted by the next hop (final delivery, or relayed to one that
+    /// supports DSN).
+    pub delivered: AtomicU64,
+    /// Accepted by an SMTP next hop without DSN support.
+    pub relayed: AtomicU64,
+    /// Failed for good (5xx, null MX, ...).
+    pub failed: AtomicU64,
+    /// Given up on at the schedule's expiry or attempt limit.
+    pub expired: AtomicU64,
+    /// Failed for now: deferred to a later retry.
+    pub deferred: AtomicU64,
+}
+
+/// A counter's value, for rendering.
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+impl QueueCounters {
+    /// (outcome label, count) for every outcome, in a fixed order.
+    pub fn outcomes(&self) -> [(&'static str, u64); 5] {
+        [
+            ("delivered", load(&self.delivered)),
+            ("relayed", load(&self.relayed)),
+            ("failed", load(&self.failed)),
+            ("expired", load(&self.expired)),
+            ("deferred", load(&self.deferred)),
+        ]
+    }
+
+    fn count(&self, kind: &EventKind) {
+        let c = match kind {
+            EventKind::Delivered { .. } => &self.delivered,
+            EventKind::Relayed { .. } => &self.relayed,
+            EventKind::Failed { .. } => &self.failed,
+            EventKind::Expired { .. } => &self.expired,
+            EventKind::Delayed { .. } => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -225,6 +277,11 @@ impl std::fmt::Debug for Command {
 }
 
 impl QueueHandle {
+    /// The outcomes recorded since the manager started.
+    pub fn counters(&self) -> &QueueCounters {
+        &self.counters
+    }
+
     /// ETRN (RFC 1985): starts delivery of the queued mail for `argument`
     /// (`domain`, `@domain` or `#queue`) and returns how many messages have
     /// mail queued for it: 0 is reply 251, `n` is 253.
@@ -287,6 +344,7 @@ struct Shared {
     events: mpsc::UnboundedSender<Event>,
     settings: ManagerSettings,
     commands: mpsc::UnboundedSender<Command>,
+    counters: Arc<QueueCounters>,
 }
 
 /// The queue engine's driver. See the module documentation.
@@ -324,6 +382,7 @@ impl QueueManager {
             shared_rates: spool.data.shared(),
             ..CoreSettings::from_config(&config.queue, settings.node, settings.seed)
         });
+        let counters = Arc::new(QueueCounters::default());
         let shared = Arc::new(Shared {
             spool,
             transport,
@@ -331,6 +390,7 @@ impl QueueManager {
             events,
             settings,
             commands: tx.clone(),
+            counters: counters.clone(),
         });
         (
             QueueManager {
@@ -339,7 +399,7 @@ impl QueueManager {
                 commands,
                 fetching_tokens: Default::default(),
             },
-            QueueHandle { tx },
+            QueueHandle { tx, counters },
             events_rx,
         )
     }
@@ -1399,6 +1459,7 @@ async fn record(
                     tracing::warn!(id = %e.key.message, error = %err, "queue: cannot delete the contents of a finished message");
                 }
                 log_final(e, queue, &kind);
+                sh.counters.count(&kind);
                 let _ = sh.events.send(event(kind));
                 Next::Gone
             }
@@ -1412,6 +1473,7 @@ async fn record(
             deferral.notice = delayed.as_ref().and_then(owed);
             match sh.spool.data.defer(node, e.key, &deferral).await {
                 Ok(()) => {
+                    sh.counters.deferred.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
                         id = %e.key.message,
                         rcpt = e.key.rcpt,

@@ -36,6 +36,8 @@ pub struct Management {
     /// makes in the store, and asked to flush. `None`: actions change the
     /// store only and flush answers 503.
     pub control: Option<Arc<dyn QueueControl>>,
+    /// What `GET /metrics` (and so the dashboard) reports. `None`: 503.
+    pub metrics: Option<Arc<dyn crate::metrics::MetricsSource>>,
 }
 
 /// A boxed future, so [`QueueControl`] stays object-safe without extra
@@ -125,7 +127,12 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    // The dashboard page holds no data: with a token configured it is
+    // served to anyone who may reach the listener, and asks for the token
+    // to read `/metrics` with.
+    let dashboard = req.method() == Method::GET && req.uri().path() == "/dashboard";
     match &mgmt.token {
+        Some(_) if dashboard => {}
         Some(token) => {
             let ok = req
                 .headers()
@@ -149,6 +156,26 @@ async fn handle(
     let query = parse_query(req.uri().query().unwrap_or(""));
     let method = req.method().clone();
     let result = match (method, path.as_str()) {
+        (Method::GET, "/metrics") => match &mgmt.metrics {
+            Some(m) => {
+                let text = crate::metrics::render(&m.families().await);
+                Ok(Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .body(Full::new(Bytes::from(text)))
+                    .unwrap_or_default())
+            }
+            None => Ok(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no metrics in this process",
+            )),
+        },
+        (Method::GET, "/dashboard") => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", "no-store")
+            .body(Full::new(Bytes::from_static(DASHBOARD.as_bytes())))
+            .unwrap_or_default()),
         (Method::GET, "/api/health") => {
             Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
         }
@@ -223,6 +250,11 @@ async fn handle(
     };
     result.unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
+
+/// The live dashboard: one static page that polls `GET /metrics` every
+/// second and shows rates, the queue and the process (see
+/// `dashboard.html`).
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -7,4 +7,5 @@
 
 pub mod api;
 pub mod client;
+pub mod metrics;
 pub mod view;

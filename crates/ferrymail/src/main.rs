@@ -5,6 +5,7 @@
 //! configuration error.
 
 mod cli;
+mod metrics;
 mod serve;
 
 use std::path::PathBuf;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use ferrymail_config::{Config, Protocol, StoreKind};
 use ferrymail_deliver::{SmtpTransport, Transport};
 use ferrymail_operate::api::{ControlError, ControlFuture, Management, QueueControl};
+use ferrymail_operate::metrics::MetricsSource;
 use ferrymail_receive::server::ConnectionLimits;
-use ferrymail_receive::{EtrnAnswer, EtrnRequest, Receiver, SessionParams};
+use ferrymail_receive::{EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams};
 use ferrymail_report::{ReportSettings, Reporter};
 use ferrymail_route::Router;
 use ferrymail_schedule::{ManagerSettings, QueueError, QueueHandle, QueueManager};
@@ -20,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::metrics::NodeMetrics;
 
 /// Why the server could not start. Each is reported as one line and exit 2
 /// (configuration) or 1 (environment).
@@ -280,6 +283,7 @@ fn tls_acceptor(
 }
 
 async fn run(config: Config) -> Result<(), StartError> {
+    let process_started = std::time::SystemTime::now();
     let dir = state_dir(&config);
     std::fs::create_dir_all(&dir)
         .map_err(|e| StartError::env(format!("cannot create {}: {e}", dir.display())))?;
@@ -334,6 +338,12 @@ async fn run(config: Config) -> Result<(), StartError> {
         },
     );
     let control: Arc<dyn QueueControl> = Arc::new(Control(queue.handle.clone()));
+    let receive_counters = Arc::new(ReceiveCounters::default());
+    let metrics: Arc<dyn MetricsSource> = Arc::new(NodeMetrics {
+        receive: receive_counters.clone(),
+        queue: queue.handle.clone(),
+        started: process_started,
+    });
 
     let s = &config.session;
     let receiver = Arc::new(Receiver {
@@ -362,6 +372,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         queued: queued_tx,
         tls,
         shutdown: shutdown.clone(),
+        counters: receive_counters,
     });
     let limits = ConnectionLimits::new(
         config.server.max_connections,
@@ -390,6 +401,7 @@ async fn run(config: Config) -> Result<(), StartError> {
                         spool: spool.clone(),
                         token: l.token.clone(),
                         control: Some(control.clone()),
+                        metrics: Some(metrics.clone()),
                     });
                     listeners.spawn(ferrymail_operate::api::serve(
                         listener,

@@ -1,0 +1,194 @@
+//! What `GET /metrics` reports for this process: receive's counters, the
+//! queue engine's outcomes and index, and the conventional process metrics.
+//! The operate crate renders them; this binary is where the parts meet.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferrymail_operate::api::ControlFuture;
+use ferrymail_operate::metrics::{Family, Kind, MetricsSource};
+use ferrymail_receive::ReceiveCounters;
+use ferrymail_schedule::QueueHandle;
+
+/// The figures of one running node.
+pub struct NodeMetrics {
+    /// Receive's counters, shared with every SMTP listener.
+    pub receive: Arc<ReceiveCounters>,
+    /// The queue engine: its outcome counters and its index statistics.
+    pub queue: QueueHandle,
+    /// When the process started (`process_start_time_seconds`).
+    pub started: SystemTime,
+}
+
+fn n(c: &AtomicU64) -> f64 {
+    c.load(Ordering::Relaxed) as f64
+}
+
+impl MetricsSource for NodeMetrics {
+    fn families(&self) -> ControlFuture<Vec<Family>> {
+        use Kind::{Counter, Gauge};
+        let r = &self.receive;
+        let mut out = vec![
+            Family {
+                name: "ferrymail_build_info",
+                help: "The running release (always 1).",
+                kind: Gauge,
+                samples: vec![(
+                    vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+                    1.0,
+                )],
+            },
+            Family::single(
+                "ferrymail_smtp_connections_total",
+                "SMTP connections accepted, including those a limit refused.",
+                Counter,
+                n(&r.connections),
+            ),
+            Family {
+                name: "ferrymail_smtp_connections_refused_total",
+                help: "SMTP connections answered 421 and closed, by reason.",
+                kind: Counter,
+                samples: vec![(vec![("reason", "limit".into())], n(&r.refused_by_limit))],
+            },
+            Family::single(
+                "ferrymail_smtp_sessions_active",
+                "SMTP sessions running now.",
+                Gauge,
+                n(&r.sessions_active),
+            ),
+            Family::single(
+                "ferrymail_smtp_relay_denied_total",
+                "Recipients refused with 554 5.7.1 because the session may not relay.",
+                Counter,
+                n(&r.relay_denied),
+            ),
+            Family::single(
+                "ferrymail_spool_failures_total",
+                "Messages refused with 451 because the spool could not make them durable.",
+                Counter,
+                n(&r.store_failures),
+            ),
+            Family::single(
+                "ferrymail_received_messages_total",
+                "Messages made durable and acknowledged with 250.",
+                Counter,
+                n(&r.messages),
+            ),
+            Family::single(
+                "ferrymail_received_recipients_total",
+                "Recipients of the messages received.",
+                Counter,
+                n(&r.recipients),
+            ),
+            Family::single(
+                "ferrymail_received_bytes_total",
+                "Bytes of the messages received, as stored (with the Received: header added).",
+                Counter,
+                n(&r.bytes),
+            ),
+            Family {
+                name: "ferrymail_delivery_outcomes_total",
+                help: "Delivery attempts recorded, one per recipient, by outcome.",
+                kind: Counter,
+                samples: self
+                    .queue
+                    .counters()
+                    .outcomes()
+                    .into_iter()
+                    .map(|(o, v)| (vec![("outcome", o.to_string())], v as f64))
+                    .collect(),
+            },
+        ];
+        out.extend(process_families(self.started));
+        let queue = self.queue.clone();
+        Box::pin(async move {
+            // Without a running queue engine the queue gauges are left out.
+            if let Ok(s) = queue.stats().await {
+                out.push(Family {
+                    name: "ferrymail_queue_recipients",
+                    help: "Recipients in this node's queue index, by state (held ones excluded).",
+                    kind: Gauge,
+                    samples: [
+                        ("waiting", s.waiting),
+                        ("ready", s.ready),
+                        ("in_flight", s.in_flight),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (vec![("state", k.to_string())], v as f64))
+                    .collect(),
+                });
+                out.push(Family::single(
+                    "ferrymail_queue_jobs",
+                    "Delivery jobs running now.",
+                    Gauge,
+                    s.jobs as f64,
+                ));
+                out.push(Family::single(
+                    "ferrymail_queue_destinations",
+                    "Destinations with a ready queue.",
+                    Gauge,
+                    s.destinations as f64,
+                ));
+                out.push(Family {
+                    name: "ferrymail_queue_virtual_queues",
+                    help: "Virtual queues, configured or made on demand.",
+                    kind: Gauge,
+                    samples: vec![
+                        (
+                            vec![("kind", "configured".into())],
+                            s.queues.saturating_sub(s.dynamic_queues) as f64,
+                        ),
+                        (vec![("kind", "dynamic".into())], s.dynamic_queues as f64),
+                    ],
+                });
+            }
+            out
+        })
+    }
+}
+
+/// The conventional process metrics every Prometheus client library
+/// exports, read from `/proc/self` (Linux; left out where it is missing).
+fn process_families(started: SystemTime) -> Vec<Family> {
+    let mut out = Vec::new();
+    let start = started
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    out.push(Family::single(
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch, in seconds.",
+        Kind::Gauge,
+        start,
+    ));
+    // Fields 14 and 15 of /proc/self/stat (after the parenthesised name):
+    // user and system time in clock ticks, USER_HZ = 100 on Linux.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+    {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(u), Some(s)) = (f.get(11), f.get(12))
+            && let (Ok(u), Ok(s)) = (u.parse::<u64>(), s.parse::<u64>())
+        {
+            out.push(Family::single(
+                "process_cpu_seconds_total",
+                "User and system CPU time spent, in seconds.",
+                Kind::Counter,
+                (u + s) as f64 / 100.0,
+            ));
+        }
+    }
+    // Field 2 of /proc/self/statm: resident pages.
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+        && let Some(Ok(pages)) = statm.split_whitespace().nth(1).map(str::parse::<u64>)
+    {
+        out.push(Family::single(
+            "process_resident_memory_bytes",
+            "Resident memory size, in bytes.",
+            Kind::Gauge,
+            (pages * 4096) as f64,
+        ));
+    }
+    out
+}
