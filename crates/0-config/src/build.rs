@@ -45,13 +45,15 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
             "signature",
             "resolver",
             "cluster",
+            "directory",
         ],
         false,
     );
 
     let server = server(&mut r, &root);
     let certificates = certificates(&mut r, &root);
-    let session = session(&mut r, &root, &certificates);
+    let directories = directories(&mut r, &root);
+    let session = session(&mut r, &root, &certificates, &directories);
     let (stores, storage) = stores(&mut r, &root);
     let signatures = signatures(&mut r, &root);
     let queue = queue(&mut r, &root);
@@ -79,6 +81,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
         signatures,
         resolver,
         cluster,
+        directories,
         warnings,
     })
 }
@@ -313,6 +316,7 @@ fn session(
     r: &mut Reader,
     root: &Section,
     certificates: &BTreeMap<String, Certificate>,
+    directories: &BTreeMap<String, Directory>,
 ) -> Session {
     let mut out = Session::default();
     let Some(sec) = r.sub(root, "session") else {
@@ -328,6 +332,7 @@ fn session(
             "rcpt",
             "etrn",
             "tls",
+            "auth",
         ],
         false,
     );
@@ -409,7 +414,187 @@ fn session(
             out.tls.starttls = b;
         }
     }
+    if let Some(a) = r.sub(&sec, "auth") {
+        out.auth = session_auth(r, &a, directories);
+    }
     out
+}
+
+/// `[session.auth]`.
+fn session_auth(
+    r: &mut Reader,
+    a: &Section,
+    directories: &BTreeMap<String, Directory>,
+) -> SessionAuth {
+    let mut out = SessionAuth::default();
+    r.check_keys(
+        a,
+        &[
+            "directory",
+            "mechanisms",
+            "require",
+            "allow-plain-text",
+            "errors",
+        ],
+        false,
+    );
+    if let Some(id) = r.string(a, "directory") {
+        // Stalwart writes it as an expression: `"'internal'"`.
+        let id = id.trim().trim_matches('\'').to_string();
+        if directories.contains_key(&id) {
+            out.directory = Some(id);
+        } else {
+            let span = r.value_span(a, "directory");
+            unknown_reference(
+                r,
+                &span,
+                a.path("directory"),
+                "directory",
+                &id,
+                directories.keys(),
+            );
+        }
+    }
+    if let Some(list) = r.strings(a, "mechanisms") {
+        let mut mechanisms = Vec::new();
+        for (item, span) in list {
+            // One name per item, or Stalwart's one string "[plain, login]".
+            for name in item
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(|n| n.trim().trim_matches('\'').to_ascii_lowercase())
+                .filter(|n| !n.is_empty())
+            {
+                match name.as_str() {
+                    "plain" => mechanisms.push(AuthMechanism::Plain),
+                    "login" => mechanisms.push(AuthMechanism::Login),
+                    other => r.error(
+                        &span,
+                        Problem::Invalid(format!(
+                            "'{}': mechanism '{other}' is not offered; use plain and/or login",
+                            a.path("mechanisms")
+                        )),
+                    ),
+                }
+            }
+        }
+        mechanisms.dedup();
+        out.mechanisms = mechanisms;
+    }
+    for (key, slot) in [
+        ("require", &mut out.require),
+        ("allow-plain-text", &mut out.allow_plain_text),
+    ] {
+        if let Some(e) = r.expr(a, key) {
+            check_outcomes(r, a, key, &e, |v| match v {
+                Value::Bool(_) => Ok(()),
+                _ => Err("true or false".into()),
+            });
+            *slot = e;
+        }
+    }
+    if let Some(e) = r.sub(a, "errors") {
+        r.check_keys(&e, &["total", "wait"], false);
+        if let Some(n) = r.int(&e, "total", 1, 1000) {
+            out.errors_total = u32::try_from(n).unwrap_or(3);
+        }
+        if let Some(d) = r.duration(&e, "wait") {
+            out.errors_wait = d;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- [directory]
+
+/// `[directory.<id>]` of type `memory`, with `[[directory.<id>.principals]]`.
+fn directories(r: &mut Reader, root: &Section) -> BTreeMap<String, Directory> {
+    let mut out = BTreeMap::new();
+    let Some(sec) = r.sub(root, "directory") else {
+        return out;
+    };
+    r.check_keys(&sec, &[], true);
+    for (id, d) in r.children(&sec, &[]) {
+        r.check_keys(&d, &["type", "principals"], false);
+        if let Some(t) = r.required_string(&d, "type")
+            && t != "memory"
+        {
+            let span = r.value_span(&d, "type");
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'{}' is \"{t}\"; the directory type this release has is \"memory\"",
+                    d.path("type")
+                )),
+            );
+        }
+        let mut principals: Vec<Principal> = Vec::new();
+        for p in r.tables(&d, "principals") {
+            // Stalwart's other principal keys are accepted and not used.
+            r.check_keys(
+                &p,
+                &["name", "secret", "email", "class", "description", "quota"],
+                false,
+            );
+            let name = r.nonempty_string(&p, "name");
+            let secret = r.nonempty_string(&p, "secret");
+            let emails = r
+                .strings(&p, "email")
+                .map(|v| v.into_iter().map(|(e, _)| e).collect())
+                .unwrap_or_default();
+            if let Some(s) = &secret
+                && let Some(problem) = secret_problem(s)
+            {
+                let span = r.value_span(&p, "secret");
+                r.error(
+                    &span,
+                    Problem::Invalid(format!("'{}': {problem}", p.path("secret"))),
+                );
+            }
+            if let Some(n) = &name
+                && principals.iter().any(|q| &q.name == n)
+            {
+                let span = r.value_span(&p, "name");
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}': principal '{n}' is listed twice in [directory.{id}]",
+                        p.path("name")
+                    )),
+                );
+            }
+            if let (Some(name), Some(secret)) = (name, secret) {
+                principals.push(Principal {
+                    name,
+                    secret,
+                    emails,
+                });
+            }
+        }
+        out.insert(id.clone(), Directory { id, principals });
+    }
+    out
+}
+
+/// What is wrong with a secret that looks like a hash but is not one this
+/// release can check (it would never match, silently).
+fn secret_problem(s: &str) -> Option<String> {
+    if let Some(rest) = s.strip_prefix('$') {
+        let scheme = rest.split('$').next().unwrap_or("");
+        let ok = match scheme {
+            "argon2id" | "argon2i" | "argon2d" => rest.split('$').count() >= 5,
+            "6" | "5" => rest.split('$').count() >= 3,
+            _ => {
+                return Some(format!(
+                    "hash scheme '${scheme}$' is not supported; use $argon2id$, $6$ (SHA-512-crypt) or $5$ (SHA-256-crypt)"
+                ));
+            }
+        };
+        if !ok {
+            return Some(format!("a '${scheme}$' hash with missing fields"));
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------- [store], [storage]

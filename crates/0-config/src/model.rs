@@ -98,6 +98,8 @@ pub struct Config {
     pub resolver: Resolver,
     /// `[cluster]`: how nodes sharing a PostgreSQL queue work together.
     pub cluster: Cluster,
+    /// `[directory.<id>]`: who may log in with SMTP AUTH, by id.
+    pub directories: BTreeMap<String, Directory>,
     /// Things that are allowed but probably not meant (e.g. `report.dsn.sign`
     /// naming an undefined signer); `ferrymail check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -128,6 +130,7 @@ impl Default for Config {
             signatures: BTreeMap::new(),
             resolver: Resolver::default(),
             cluster: Cluster::default(),
+            directories: BTreeMap::new(),
             warnings: Vec::new(),
         }
     }
@@ -280,6 +283,8 @@ pub struct Session {
     pub etrn: EtrnPolicy,
     /// `[session.tls]`.
     pub tls: SessionTls,
+    /// `[session.auth]`.
+    pub auth: SessionAuth,
 }
 
 impl Default for Session {
@@ -292,8 +297,81 @@ impl Default for Session {
             rcpt: RcptPolicy::default(),
             etrn: EtrnPolicy::default(),
             tls: SessionTls::default(),
+            auth: SessionAuth::default(),
         }
     }
+}
+
+/// `[session.auth]`: SMTP AUTH (RFC 4954), so that users and applications
+/// with a password may relay (`session.rcpt.relay` sees `authenticated_as`).
+/// Keys follow Stalwart's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionAuth {
+    /// `directory`: the `[directory.<id>]` that checks names and passwords.
+    /// `None` (the default): AUTH is not offered.
+    pub directory: Option<String>,
+    /// `mechanisms`: what EHLO offers. Default PLAIN and LOGIN.
+    pub mechanisms: Vec<AuthMechanism>,
+    /// `require`: expression; true makes MAIL before AUTH fail with 530
+    /// 5.7.0 (a submission port). Default false.
+    pub require: Expr,
+    /// `allow-plain-text`: expression; true offers AUTH on a connection
+    /// without TLS, where the password crosses the network in the clear.
+    /// Default false (RFC 4954 §4 and RFC 4616 §6 advise against it).
+    pub allow_plain_text: Expr,
+    /// `errors.total`: failed AUTH attempts after which the session is
+    /// closed with 421. Default 3.
+    pub errors_total: u32,
+    /// `errors.wait`: how long each failed attempt's 535 is held back, to
+    /// slow password guessing. Default 5 s.
+    pub errors_wait: Duration,
+}
+
+impl Default for SessionAuth {
+    fn default() -> Self {
+        SessionAuth {
+            directory: None,
+            mechanisms: vec![AuthMechanism::Plain, AuthMechanism::Login],
+            require: Expr::constant(crate::expr::Value::Bool(false)),
+            allow_plain_text: Expr::constant(crate::expr::Value::Bool(false)),
+            errors_total: 3,
+            errors_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A SASL mechanism `session.auth.mechanisms` may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMechanism {
+    /// `plain` (RFC 4616).
+    Plain,
+    /// `login`.
+    Login,
+}
+
+/// `[directory.<id>]`: who may log in with SMTP AUTH. The one type built
+/// in is Stalwart's `memory`: principals listed in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Directory {
+    /// The `<id>`.
+    pub id: String,
+    /// `[[directory.<id>.principals]]`.
+    pub principals: Vec<Principal>,
+}
+
+/// One `[[directory.<id>.principals]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// `name`: the login name, matched exactly.
+    pub name: String,
+    /// `secret`: a crypt(3)-style hash (`$argon2id$...`, `$6$...`
+    /// SHA-512-crypt, `$5$...` SHA-256-crypt) or the password itself; use
+    /// `%{file:...}%` or `%{env:...}%` to keep it out of the file.
+    pub secret: String,
+    /// `email`: the addresses that are this principal's (kept for
+    /// expressions and for Stalwart configurations; not checked against
+    /// MAIL FROM in this release).
+    pub emails: Vec<String>,
 }
 
 /// `[session.timeout]`: server-side timeouts of RFC 5321 4.5.3.2.

@@ -226,6 +226,30 @@ impl Reader {
         }
     }
 
+    /// An array of tables (`[[sec.key]]`), each as a section named
+    /// `sec.key[i]`; a wrong type is recorded and gives none.
+    pub fn tables<'a, 'i>(&mut self, sec: &Section<'a, 'i>, key: &str) -> Vec<Section<'a, 'i>> {
+        let Some((k, v)) = sec.get(key) else {
+            return Vec::new();
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(sec, key, v, "an array of tables ([[...]])");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::Table(t) => out.push(Section {
+                    name: format!("{}[{i}]", sec.path(&quote_key(k.get_ref()))),
+                    table: t,
+                    span: item.span(),
+                }),
+                _ => self.wrong_type(sec, key, item, "a table (in this array)"),
+            }
+        }
+        out
+    }
+
     /// Records a missing-key error when `key` is absent; for required keys.
     pub fn require(&mut self, sec: &Section, key: &str) -> bool {
         if sec.has(key) {

@@ -1594,3 +1594,79 @@ fn cluster_lease_and_poll_interval() {
     );
     assert!(err("[cluster]\nleese = \"5s\"\n").contains("did you mean 'lease'"));
 }
+
+const AUTH_OK: &str = r#"[session.auth]
+directory = "'users'"
+mechanisms = "[plain, login]"
+require = "local_port == 587"
+allow-plain-text = false
+
+[session.auth.errors]
+total = 5
+wait = "2s"
+
+[directory.users]
+type = "memory"
+
+[[directory.users.principals]]
+name = "alice"
+class = "individual"
+secret = "$6$salt$abc"
+email = ["alice@example.org"]
+
+[[directory.users.principals]]
+name = "bob"
+secret = "plain-password"
+"#;
+
+#[test]
+fn session_auth_and_a_memory_directory_parse() {
+    let c = ok(AUTH_OK);
+    let a = &c.session.auth;
+    assert_eq!(a.directory.as_deref(), Some("users"));
+    assert_eq!(
+        a.mechanisms,
+        vec![AuthMechanism::Plain, AuthMechanism::Login]
+    );
+    assert_eq!(a.errors_total, 5);
+    assert_eq!(a.errors_wait, Duration::from_secs(2));
+    let d = &c.directories["users"];
+    assert_eq!(d.principals.len(), 2);
+    assert_eq!(d.principals[0].name, "alice");
+    assert_eq!(
+        d.principals[0].emails,
+        vec!["alice@example.org".to_string()]
+    );
+    assert_eq!(d.principals[1].secret, "plain-password");
+    // Without [session.auth], AUTH is off.
+    assert_eq!(ok("").session.auth.directory, None);
+}
+
+#[test]
+fn session_auth_errors_name_the_line() {
+    assert_eq!(
+        err(&AUTH_OK.replace("directory = \"'users'\"", "directory = \"people\"")),
+        "/etc/ferrymail.toml:2: 'session.auth.directory' refers to directory 'people', which is not defined"
+    );
+    assert_eq!(
+        err(&AUTH_OK.replace("\"[plain, login]\"", "[\"plain\", \"cram-md5\"]")),
+        "/etc/ferrymail.toml:3: 'session.auth.mechanisms': mechanism 'cram-md5' is not offered; use plain and/or login"
+    );
+    assert_eq!(
+        err(&AUTH_OK.replace("$6$salt$abc", "$1$salt$abc")),
+        "/etc/ferrymail.toml:17: 'directory.users.principals[0].secret': hash scheme '$1$' is not supported; use $argon2id$, $6$ (SHA-512-crypt) or $5$ (SHA-256-crypt)"
+    );
+    assert_eq!(
+        err(&AUTH_OK.replace("name = \"bob\"", "name = \"alice\"")),
+        "/etc/ferrymail.toml:21: 'directory.users.principals[1].name': principal 'alice' is listed twice in [directory.users]"
+    );
+    assert_eq!(
+        err(&AUTH_OK.replace("type = \"memory\"", "type = \"ldap\"")),
+        "/etc/ferrymail.toml:12: 'directory.users.type' is \"ldap\"; the directory type this release has is \"memory\""
+    );
+    let e = err(&AUTH_OK.replace("class = \"individual\"", "clas = \"individual\""));
+    assert!(e.starts_with("/etc/ferrymail.toml:16: "), "{e}");
+    assert!(e.contains("clas"), "{e}");
+    let e = err(&AUTH_OK.replace("require = \"local_port == 587\"", "require = \"'yes'\""));
+    assert!(e.starts_with("/etc/ferrymail.toml:4: "), "{e}");
+}

@@ -6,6 +6,7 @@
 //! with 250 only after [`ferrymail_spool::Spool::accept`] returned, i.e. once its
 //! contents, envelope and queue entries are durable.
 
+pub mod auth;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -74,6 +75,47 @@ pub struct Receiver {
     pub shutdown: CancellationToken,
     /// What the listeners and sessions have done, for `GET /metrics`.
     pub counters: Arc<ReceiveCounters>,
+    /// SMTP AUTH, when `[session.auth] directory` is set.
+    pub auth: Option<Arc<AuthSettings>>,
+}
+
+/// `[session.auth]` with its directory resolved: what a session needs to
+/// offer AUTH and check what it is given.
+#[derive(Debug)]
+pub struct AuthSettings {
+    /// Who may log in.
+    pub directory: ferrymail_config::Directory,
+    /// What EHLO offers, in order.
+    pub mechanisms: Vec<auth::Mechanism>,
+    /// True: MAIL before AUTH gets 530.
+    pub require: Expr,
+    /// True: AUTH is offered without TLS.
+    pub allow_plain_text: Expr,
+    /// Failed attempts before 421.
+    pub errors_total: u32,
+    /// How long each 535 is held back.
+    pub errors_wait: std::time::Duration,
+}
+
+impl AuthSettings {
+    /// From the configuration; `None` when no directory is set (AUTH is
+    /// not offered).
+    pub fn from_config(config: &ferrymail_config::Config) -> Option<AuthSettings> {
+        let a = &config.session.auth;
+        let directory = config.directories.get(a.directory.as_ref()?)?.clone();
+        Some(AuthSettings {
+            directory,
+            mechanisms: a
+                .mechanisms
+                .iter()
+                .map(|&m| auth::Mechanism::from_config(m))
+                .collect(),
+            require: a.require.clone(),
+            allow_plain_text: a.allow_plain_text.clone(),
+            errors_total: a.errors_total,
+            errors_wait: a.errors_wait,
+        })
+    }
 }
 
 /// What this node's SMTP listeners have done since it started, for

@@ -17,11 +17,12 @@ use ferrymail_spool::{
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::auth::{self, Credentials, Mechanism};
 use crate::protocol::address;
 use crate::protocol::data::DataDecoder;
 use crate::protocol::received::{Trace, received_header};
 use crate::protocol::reply::{Reply, replies};
-use crate::{EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver};
+use crate::{AuthSettings, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver};
 
 /// Anything a session can run over: a TCP stream, or TLS on top of one.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -82,6 +83,11 @@ pub struct Session {
     errors: u32,
     /// Set while discarding the rest of an over-long command line.
     skipping_long_line: bool,
+    /// Who logged in with AUTH (RFC 4954), for the envelope and for the
+    /// relay expression's `authenticated_as`.
+    auth_as: Option<String>,
+    /// Failed AUTH attempts so far (`session.auth.errors.total`).
+    auth_failures: u32,
 }
 
 /// Variables for relay and ETRN expressions, evaluated per recipient.
@@ -107,6 +113,7 @@ impl Variables for RcptVars<'_> {
             Var::HeloDomain => Value::Str(s.helo.clone().unwrap_or_default()),
             Var::Priority => Value::Int(tx.map(|t| t.mt_priority as i64).unwrap_or(0)),
             Var::Source => Value::Str("smtp".to_string()),
+            Var::AuthenticatedAs => s.auth_as.clone().map(Value::Str).unwrap_or(Value::Null),
             _ => Value::Null,
         }
     }
@@ -133,6 +140,8 @@ impl Session {
             tx: None,
             errors: 0,
             skipping_long_line: false,
+            auth_as: None,
+            auth_failures: 0,
         }
     }
 
@@ -306,6 +315,7 @@ impl Session {
         self.helo = None;
         self.esmtp = false;
         self.tx = None;
+        self.auth_as = None;
         Ok(())
     }
 
@@ -355,13 +365,28 @@ impl Session {
             )),
             Request::Etrn { name } => self.etrn(name.into_owned()).await,
             Request::StartTls => self.starttls_command(),
-            Request::Auth { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                self.auth(
+                    Mechanism::from_proto(mechanism),
+                    initial_response.into_owned(),
+                )
+                .await
+            }
+            Request::Atrn { .. } | Request::Burl { .. } => {
                 self.reply(Reply::new(502, "5.5.1", "Command not implemented"))
             }
         }
     }
 
     fn parse_error(&mut self, e: ProtoError, line: &[u8]) -> Flow {
+        // smtp-proto knows every registered SASL mechanism; one it does not
+        // know is still an unrecognized mechanism (RFC 4954 §4: 504).
+        if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"AUTH ") && self.rx.auth.is_some() {
+            return self.reply(replies::auth_mechanism_unknown());
+        }
         let r = match e {
             ProtoError::UnknownCommand => replies::unknown_command(),
             ProtoError::InvalidSenderAddress => replies::bad_sender_syntax(),
@@ -404,6 +429,10 @@ impl Session {
         if self.rx.tls.is_some() && self.tls.is_none() {
             lines.push("STARTTLS".into());
         }
+        if let Some(a) = self.auth_offered() {
+            let names: Vec<&str> = a.mechanisms.iter().map(|m| m.name()).collect();
+            lines.push(format!("AUTH {}", names.join(" ")));
+        }
         lines.push("HELP".into());
         self.reply(Reply::lines(250, lines))
     }
@@ -430,12 +459,19 @@ impl Session {
             || from.by != 0
             || from.hold_for != 0
             || from.hold_until != 0
-            || from.auth.is_some()
+            || (from.auth.is_some() && self.auth_offered().is_none())
             || from.mtrk.is_some()
             || from.solicit.is_some()
             || from.trans_id.is_some()
         {
             return self.reply(replies::unknown_parameter("(extension not offered)"));
+        }
+        // RFC 4954 §6: a server that requires AUTH answers 530.
+        if self.auth_as.is_none()
+            && let Some(a) = &self.rx.auth
+            && self.truthy(&a.require)
+        {
+            return self.reply(replies::auth_required());
         }
         if !(-9..=9).contains(&from.mt_priority) {
             return self.reply(replies::syntax("MT-PRIORITY must be between -9 and 9"));
@@ -558,6 +594,157 @@ impl Session {
     /// Relay control: local domains and postmaster always; anything else only
     /// if the relay expression allows it. Percent-hack and bang-path local parts
     /// count as relaying even in a local domain.
+    /// A session-level expression (no recipient) as a yes or no.
+    fn truthy(&self, e: &ferrymail_config::Expr) -> bool {
+        e.eval_bool(&RcptVars {
+            session: self,
+            rcpt: "",
+        })
+    }
+
+    /// AUTH's settings when this session may use it now: a directory is
+    /// configured, and the connection is encrypted or plain text is allowed
+    /// (RFC 4954 §4: mechanisms that send the password need TLS).
+    fn auth_offered(&self) -> Option<&Arc<AuthSettings>> {
+        let a = self.rx.auth.as_ref()?;
+        (self.tls.is_some() || self.truthy(&a.allow_plain_text)).then_some(a)
+    }
+
+    /// AUTH (RFC 4954 §4): runs the exchange of `mechanism`, starting from
+    /// its initial response if the client sent one.
+    async fn auth(&mut self, mechanism: Option<Mechanism>, initial: String) -> Flow {
+        let Some(settings) = self.rx.auth.clone() else {
+            return self.reply(Reply::new(502, "5.5.1", "Command not implemented"));
+        };
+        if self.auth_offered().is_none() {
+            return self.reply(replies::auth_needs_tls());
+        }
+        if self.helo.is_none() || !self.esmtp {
+            return self.reply(replies::bad_sequence("send EHLO first"));
+        }
+        if self.auth_as.is_some() {
+            return self.reply(replies::bad_sequence("already authenticated"));
+        }
+        if self.tx.is_some() {
+            return self.reply(replies::bad_sequence(
+                "AUTH is not permitted during a mail transaction",
+            ));
+        }
+        let Some(mechanism) = mechanism.filter(|m| settings.mechanisms.contains(m)) else {
+            return self.reply(replies::auth_mechanism_unknown());
+        };
+        let first = (!initial.is_empty()).then_some(initial);
+        let credentials = match self.sasl(mechanism, first).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(flow_reply)) => return self.reply(flow_reply),
+            Err(flow) => return flow,
+        };
+        match auth::verify(&settings.directory, &credentials) {
+            Some(name) => {
+                tracing::info!(remote = %self.remote.ip(), user = %name, mechanism = %mechanism.name(), "authenticated");
+                self.auth_as = Some(name);
+                self.reply(replies::auth_ok())
+            }
+            None => {
+                self.auth_failures += 1;
+                tracing::info!(remote = %self.remote.ip(), user = %credentials.name, mechanism = %mechanism.name(), failures = self.auth_failures, "authentication failed");
+                // Held back, to slow down guessing.
+                tokio::time::sleep(settings.errors_wait).await;
+                if self.auth_failures >= settings.errors_total {
+                    replies::auth_failed().write_to(&mut self.out);
+                    return self.reply(replies::auth_too_many_failures());
+                }
+                self.reply(replies::auth_failed())
+            }
+        }
+    }
+
+    /// The SASL exchange proper: the credentials, or the reply that ends
+    /// the attempt (`Ok(Err)`), or how the session goes on when the
+    /// connection failed (`Err`).
+    async fn sasl(
+        &mut self,
+        mechanism: Mechanism,
+        initial: Option<String>,
+    ) -> Result<Result<Credentials, Reply>, Flow> {
+        match mechanism {
+            Mechanism::Plain => {
+                // RFC 4954 §4: an empty challenge asks for the message.
+                let data = match self.sasl_response("", initial).await? {
+                    Ok(d) => d,
+                    Err(r) => return Ok(Err(r)),
+                };
+                Ok(match auth::plain(&data) {
+                    Ok(c) => Ok(c),
+                    Err(auth::PlainError::Malformed) => Err(replies::auth_malformed()),
+                    Err(auth::PlainError::ProxyRefused) => Err(replies::auth_failed()),
+                })
+            }
+            Mechanism::Login => {
+                let user = match self.sasl_response("Username:", initial).await? {
+                    Ok(d) => d,
+                    Err(r) => return Ok(Err(r)),
+                };
+                let pass = match self.sasl_response("Password:", None).await? {
+                    Ok(d) => d,
+                    Err(r) => return Ok(Err(r)),
+                };
+                Ok(match (auth::login_field(user), auth::login_field(pass)) {
+                    (Some(name), Some(password)) if !name.is_empty() => {
+                        Ok(Credentials { name, password })
+                    }
+                    _ => Err(replies::auth_malformed()),
+                })
+            }
+        }
+    }
+
+    /// One step: the client's `given` initial response, or else a 334
+    /// challenge with `prompt` (base64) and the line that answers it.
+    async fn sasl_response(
+        &mut self,
+        prompt: &str,
+        given: Option<String>,
+    ) -> Result<Result<Vec<u8>, Reply>, Flow> {
+        let line = match given {
+            Some(g) => g,
+            None => {
+                Reply::new(334, "", auth::challenge(prompt)).write_to(&mut self.out);
+                match self.read_sasl_line().await {
+                    Ok(l) => l,
+                    Err(()) => return Err(Flow::Close),
+                }
+            }
+        };
+        Ok(match auth::decode(&line) {
+            auth::Response::Data(d) => Ok(d),
+            auth::Response::Cancelled => Err(replies::auth_cancelled()),
+            auth::Response::Malformed => Err(replies::auth_malformed()),
+        })
+    }
+
+    /// Reads one SASL response line (RFC 4954 §4: up to 12288 octets),
+    /// after sending what is queued. `Err` when the client went away or
+    /// sent too long a line (the reply to that is queued).
+    async fn read_sasl_line(&mut self) -> Result<String, ()> {
+        const MAX: usize = 12_288;
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.input) {
+                let line = self.input.split_to(nl + 1);
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.input.len() > MAX {
+                self.input.clear();
+                replies::line_too_long().write_to(&mut self.out);
+                let _ = self.flush().await;
+                return Err(());
+            }
+            if self.flush().await.is_err() || self.read_more(true).await.is_err() {
+                return Err(());
+            }
+        }
+    }
+
     fn may_deliver_to(&self, address: &str) -> bool {
         if address.eq_ignore_ascii_case("postmaster") {
             return true;
@@ -599,12 +786,22 @@ impl Session {
         let id = self.rx.ids.next();
         let p = &self.rx.params;
         let Some(tx) = self.tx.as_ref() else { return };
-        let with = match (tx.smtputf8, self.esmtp, self.tls.is_some()) {
-            (true, _, true) => "UTF8SMTPS",
-            (true, _, false) => "UTF8SMTP",
-            (false, true, true) => "ESMTPS",
-            (false, true, false) => "ESMTP",
-            (false, false, _) => "SMTP",
+        // RFC 3848 and RFC 6531 §3.7.3: A for an authenticated client.
+        let with = match (
+            tx.smtputf8,
+            self.esmtp,
+            self.tls.is_some(),
+            self.auth_as.is_some(),
+        ) {
+            (true, _, true, false) => "UTF8SMTPS",
+            (true, _, false, false) => "UTF8SMTP",
+            (true, _, true, true) => "UTF8SMTPSA",
+            (true, _, false, true) => "UTF8SMTPA",
+            (false, true, true, false) => "ESMTPS",
+            (false, true, false, false) => "ESMTP",
+            (false, true, true, true) => "ESMTPSA",
+            (false, true, false, true) => "ESMTPA",
+            (false, false, _, _) => "SMTP",
         };
         let id_text = id.to_string();
         let header = received_header(&Trace {
@@ -740,7 +937,7 @@ impl Session {
             source: Source::Smtp,
             remote_ip: Some(self.remote.ip()),
             helo: self.helo.clone(),
-            authenticated_as: None,
+            authenticated_as: self.auth_as.clone(),
         };
         let entries: Vec<QueueEntry> = self.rx.router.entries(&envelope, &contents, now);
         match self

@@ -76,6 +76,9 @@ pub struct MessageView {
     /// Client address.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub remote_ip: Option<String>,
+    /// Who the client logged in as with SMTP AUTH.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub authenticated_as: Option<String>,
     /// Recipients still queued (delivered ones are gone).
     pub recipients: Vec<RecipientView>,
 }
@@ -103,6 +106,7 @@ impl MessageView {
             envid: env.envid.clone(),
             mt_priority: env.mt_priority,
             remote_ip: env.remote_ip.map(|i| i.to_string()),
+            authenticated_as: env.authenticated_as.clone(),
             recipients: entries
                 .iter()
                 .map(|e| {

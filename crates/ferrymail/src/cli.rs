@@ -431,6 +431,9 @@ fn print_message(out: &mut impl Write, m: &MessageView) {
     if let Some(ip) = &m.remote_ip {
         let _ = writeln!(out, "client:      [{ip}]");
     }
+    if let Some(a) = &m.authenticated_as {
+        let _ = writeln!(out, "auth:        {a}");
+    }
     let _ = writeln!(out, "recipients:");
     for r in &m.recipients {
         let _ = writeln!(out, "  {}", r.address);

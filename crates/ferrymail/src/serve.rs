@@ -10,7 +10,9 @@ use ferrymail_deliver::{SmtpTransport, Transport};
 use ferrymail_operate::api::{ControlError, ControlFuture, Management, QueueControl};
 use ferrymail_operate::metrics::MetricsSource;
 use ferrymail_receive::server::ConnectionLimits;
-use ferrymail_receive::{EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams};
+use ferrymail_receive::{
+    AuthSettings, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams,
+};
 use ferrymail_report::{ReportSettings, Reporter};
 use ferrymail_route::Router;
 use ferrymail_schedule::{ManagerSettings, QueueError, QueueHandle, QueueManager};
@@ -373,6 +375,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         tls,
         shutdown: shutdown.clone(),
         counters: receive_counters,
+        auth: AuthSettings::from_config(&config).map(Arc::new),
     });
     let limits = ConnectionLimits::new(
         config.server.max_connections,

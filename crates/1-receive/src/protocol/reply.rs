@@ -188,6 +188,48 @@ pub mod replies {
             format!("Too many hops ({count} Received headers): mail loop detected"),
         )
     }
+    /// RFC 4954 §6: 235, AUTH succeeded.
+    pub fn auth_ok() -> Reply {
+        Reply::new(235, "2.7.0", "Authentication successful")
+    }
+    /// RFC 4954 §6: 535, the name or password is wrong (which one is not
+    /// said).
+    pub fn auth_failed() -> Reply {
+        Reply::new(535, "5.7.8", "Authentication credentials invalid")
+    }
+    /// RFC 4954 §4: 504, a mechanism not offered.
+    pub fn auth_mechanism_unknown() -> Reply {
+        Reply::new(504, "5.5.4", "Unrecognized authentication type")
+    }
+    /// RFC 4954 §6: 538, this mechanism needs an encrypted connection.
+    pub fn auth_needs_tls() -> Reply {
+        Reply::new(
+            538,
+            "5.7.11",
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+    /// RFC 4954 §6: 530, MAIL before AUTH where AUTH is required.
+    pub fn auth_required() -> Reply {
+        Reply::new(530, "5.7.0", "Authentication required")
+    }
+    /// RFC 4954 §4: 501, the client cancelled the exchange with `*`.
+    pub fn auth_cancelled() -> Reply {
+        Reply::new(501, "5.0.0", "Authentication cancelled")
+    }
+    /// RFC 4954 §4: 501, a response that is not valid base64 or not a
+    /// valid message of the mechanism.
+    pub fn auth_malformed() -> Reply {
+        Reply::new(501, "5.5.2", "Cannot decode the authentication response")
+    }
+    /// Too many failed AUTH attempts: the session is closed.
+    pub fn auth_too_many_failures() -> Reply {
+        Reply::new(
+            421,
+            "4.7.0",
+            "Too many authentication failures, closing connection",
+        )
+    }
     /// Relaying refused.
     pub fn relay_denied() -> Reply {
         Reply::new(554, "5.7.1", "Relay access denied")

@@ -631,3 +631,21 @@ pub fn describe_diff(sent: &[u8], stored: &[u8]) -> String {
         ctx(stored)
     )
 }
+
+/// `text` without terminal colour sequences (ESC [ ... m).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

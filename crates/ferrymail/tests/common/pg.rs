@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Server, base_config, free_port};
+use super::{Server, base_config, free_port, strip_ansi};
 
 /// The configuration the cluster scenarios give every node: relaying from
 /// loopback to one sink at 127.0.0.1:`relay`, a delivery log per node, a
@@ -217,22 +217,4 @@ impl Server {
             })
             .collect()
     }
-}
-
-/// `text` without terminal colour sequences (ESC [ ... m).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

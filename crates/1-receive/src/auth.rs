@@ -1,0 +1,262 @@
+//! SMTP AUTH (RFC 4954): the SASL mechanisms PLAIN (RFC 4616) and LOGIN,
+//! and checking a name and password against a `[directory.<id>]`.
+//!
+//! Everything here is free of I/O: the session sends the challenges and
+//! reads the responses; this module decodes them and says what they mean.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ferrymail_config::{Directory, Principal};
+
+/// The mechanisms Ferrymail offers. Both send the password itself, so they
+/// are offered only over TLS unless `session.auth.allow-plain-text` says
+/// otherwise (RFC 4954 §4, RFC 4616 §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    /// RFC 4616: one message, `authzid NUL authcid NUL passwd`.
+    Plain,
+    /// The LOGIN mechanism (draft-murchison-sasl-login): user name and
+    /// password in two steps; what many older clients only speak.
+    Login,
+}
+
+impl Mechanism {
+    /// The name as EHLO advertises it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+        }
+    }
+
+    /// From smtp-proto's mechanism bit.
+    pub fn from_proto(bit: u64) -> Option<Mechanism> {
+        match bit {
+            smtp_proto::AUTH_PLAIN => Some(Mechanism::Plain),
+            smtp_proto::AUTH_LOGIN => Some(Mechanism::Login),
+            _ => None,
+        }
+    }
+
+    /// From the configuration's name.
+    pub fn from_config(m: ferrymail_config::AuthMechanism) -> Mechanism {
+        match m {
+            ferrymail_config::AuthMechanism::Plain => Mechanism::Plain,
+            ferrymail_config::AuthMechanism::Login => Mechanism::Login,
+        }
+    }
+}
+
+/// What a client's SASL response line was.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    /// `*`: the client gives up (RFC 4954 §4: 501).
+    Cancelled,
+    /// Not base64 (RFC 4954 §4: 501 5.5.2).
+    Malformed,
+    /// The decoded bytes (empty for `=`, an empty initial response).
+    Data(Vec<u8>),
+}
+
+/// Decodes one response line (or an initial response), CRLF removed.
+pub fn decode(line: &str) -> Response {
+    let line = line.trim_end_matches(['\r', '\n']);
+    match line {
+        "*" => Response::Cancelled,
+        "=" | "" => Response::Data(Vec::new()),
+        _ => match STANDARD.decode(line.trim()) {
+            Ok(v) => Response::Data(v),
+            Err(_) => Response::Malformed,
+        },
+    }
+}
+
+/// A challenge line's text: the base64 of `text` (LOGIN's prompts).
+pub fn challenge(text: &str) -> String {
+    STANDARD.encode(text)
+}
+
+/// The credentials a mechanism yields.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// Who logs in (PLAIN's authcid, LOGIN's user name).
+    pub name: String,
+    /// The password.
+    pub password: String,
+}
+
+/// Why a PLAIN message is refused before any password is checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlainError {
+    /// Not three NUL-separated UTF-8 fields.
+    Malformed,
+    /// An authorization identity other than the authentication identity:
+    /// acting as someone else is not offered (RFC 4616 §2).
+    ProxyRefused,
+}
+
+/// RFC 4616 §2: `[authzid] NUL authcid NUL passwd`, all UTF-8.
+pub fn plain(message: &[u8]) -> Result<Credentials, PlainError> {
+    let mut parts = message.split(|&b| b == 0);
+    let (Some(authz), Some(authc), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(PlainError::Malformed);
+    };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| PlainError::Malformed);
+    let (authz, name, password) = (text(authz)?, text(authc)?, text(pass)?);
+    if name.is_empty() {
+        return Err(PlainError::Malformed);
+    }
+    if !authz.is_empty() && authz != name {
+        return Err(PlainError::ProxyRefused);
+    }
+    Ok(Credentials { name, password })
+}
+
+/// LOGIN's fields: UTF-8 text.
+pub fn login_field(data: Vec<u8>) -> Option<String> {
+    String::from_utf8(data).ok()
+}
+
+/// Checks `c` against `directory`: the principal's name (exact, as
+/// configured) and its secret. Returns the name logged in as.
+///
+/// Every name costs one secret check, a known one or not, so that a
+/// response's timing does not tell which names exist.
+pub fn verify(directory: &Directory, c: &Credentials) -> Option<String> {
+    let found = directory.principals.iter().find(|p| p.name == c.name);
+    let ok = match found {
+        Some(p) => secret_matches(p, &c.password),
+        None => {
+            let _ = secret_matches(&DUMMY, &c.password);
+            false
+        }
+    };
+    ok.then(|| c.name.clone())
+}
+
+/// A principal no name matches, checked when the name is unknown.
+static DUMMY: Principal = Principal {
+    name: String::new(),
+    secret: String::new(),
+    emails: Vec::new(),
+};
+
+/// A secret as configured: a crypt(3)-style hash (`$argon2id$`, `$argon2i$`,
+/// `$argon2d$`, `$6$` SHA-512-crypt, `$5$` SHA-256-crypt) or, failing those
+/// prefixes, the password itself (compared in constant time).
+fn secret_matches(p: &Principal, password: &str) -> bool {
+    let s = p.secret.as_str();
+    if s.starts_with("$argon2") {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        PasswordHash::new(s).is_ok_and(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+    } else if s.starts_with("$6$") {
+        sha_crypt::sha512_check(password, s).is_ok()
+    } else if s.starts_with("$5$") {
+        sha_crypt::sha256_check(password, s).is_ok()
+    } else {
+        !s.is_empty() && constant_time_eq(s.as_bytes(), password.as_bytes())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(secrets: &[(&str, &str)]) -> Directory {
+        Directory {
+            id: "test".into(),
+            principals: secrets
+                .iter()
+                .map(|(n, s)| Principal {
+                    name: n.to_string(),
+                    secret: s.to_string(),
+                    emails: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn creds(name: &str, password: &str) -> Credentials {
+        Credentials {
+            name: name.into(),
+            password: password.into(),
+        }
+    }
+
+    #[test]
+    fn plain_messages_decode_per_rfc_4616() {
+        assert_eq!(plain(b"\0alice\0pw"), Ok(creds("alice", "pw")));
+        assert_eq!(plain(b"alice\0alice\0pw"), Ok(creds("alice", "pw")));
+        assert_eq!(plain(b"bob\0alice\0pw"), Err(PlainError::ProxyRefused));
+        assert_eq!(plain(b"alice\0pw"), Err(PlainError::Malformed));
+        assert_eq!(plain(b"\0\0pw"), Err(PlainError::Malformed));
+        assert_eq!(plain(b"\0a\0b\0c"), Err(PlainError::Malformed));
+        assert_eq!(plain(b"\0al\xffice\0pw"), Err(PlainError::Malformed));
+        // The password may hold anything but NUL, spaces included.
+        assert_eq!(plain(b"\0alice\0p w\xc3\xbc"), Ok(creds("alice", "p wü")));
+    }
+
+    #[test]
+    fn responses_decode() {
+        assert_eq!(decode("*\r\n"), Response::Cancelled);
+        assert_eq!(decode("=\r\n"), Response::Data(Vec::new()));
+        assert_eq!(
+            decode("AGFsaWNlAHB3\r\n"),
+            Response::Data(b"\0alice\0pw".to_vec())
+        );
+        assert_eq!(decode("not base64!\r\n"), Response::Malformed);
+        assert_eq!(challenge("Username:"), "VXNlcm5hbWU6");
+        assert_eq!(challenge("Password:"), "UGFzc3dvcmQ6");
+    }
+
+    #[test]
+    fn secrets_verify_in_every_supported_form() {
+        // Made by glibc's crypt(3) (Python's `crypt.crypt("secret",
+        // "$6$saltsalt$")` and `"$5$saltsalt$"`), and the argon2 crate's
+        // defaults.
+        let sha512 = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+        let sha256 = "$5$saltsalt$0IyaXrmV7.sGNS6tirgqHLqX/G.FBvgkYA.lpPdS5sA";
+        let argon = {
+            use argon2::password_hash::{PasswordHasher, SaltString};
+            let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+            argon2::Argon2::default()
+                .hash_password(b"secret", &salt)
+                .unwrap()
+                .to_string()
+        };
+        assert!(argon.starts_with("$argon2id$"));
+        let d = dir(&[
+            ("plain", "secret"),
+            ("sha512", sha512),
+            ("sha256", sha256),
+            ("argon", &argon),
+            ("empty", ""),
+        ]);
+        for name in ["plain", "sha512", "sha256", "argon"] {
+            assert_eq!(
+                verify(&d, &creds(name, "secret")),
+                Some(name.to_string()),
+                "{name}"
+            );
+            assert_eq!(verify(&d, &creds(name, "Secret")), None, "{name}");
+            assert_eq!(verify(&d, &creds(name, "")), None, "{name}");
+        }
+        assert_eq!(verify(&d, &creds("nobody", "secret")), None);
+        assert_eq!(verify(&d, &creds("empty", "")), None, "no empty secret");
+        assert_eq!(
+            verify(&d, &creds("Plain", "secret")),
+            None,
+            "names are exact"
+        );
+    }
+}
