@@ -188,6 +188,25 @@ async fn handle(
             };
             list(mgmt, &filter).await.map(|l| json(StatusCode::OK, &l))
         }
+        (Method::GET, "/api/queue/shape") => {
+            let by = query.get("by").map(String::as_str).unwrap_or("domain");
+            if by != "domain" && by != "queue" {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("by={by}: rows are by 'domain' or by 'queue'"),
+                );
+            }
+            let lane = query.get("lane").map(String::as_str);
+            if lane.is_some_and(|l| !["pending", "deferred", "held"].contains(&l)) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "lane must be pending, deferred or held",
+                );
+            }
+            shape(mgmt, by, query.get("queue").map(String::as_str), lane)
+                .await
+                .map(|v| json(StatusCode::OK, &v))
+        }
         (Method::GET, p) if p.starts_with("/api/queue/messages/") && p.ends_with("/contents") => {
             let id = &p["/api/queue/messages/".len()..p.len() - "/contents".len()];
             match id.parse::<MessageId>() {
@@ -352,6 +371,52 @@ async fn list(mgmt: &Management, filter: &Filter) -> Result<MessageList, String>
         messages,
         recipients,
     })
+}
+
+/// `queue shape`: every queued recipient (not held unless `lane` is
+/// `held`, and not one finished and waiting only for its notice) counted
+/// by recipient domain or virtual queue and by its message's age.
+async fn shape(
+    mgmt: &Management,
+    by: &str,
+    queue: Option<&str>,
+    lane: Option<&str>,
+) -> Result<ShapeView, String> {
+    let now = now_millis();
+    let mut items = Vec::new();
+    for (id, entries) in all_entries(&mgmt.spool).await? {
+        let Some(env) = mgmt
+            .spool
+            .data
+            .envelope(id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        for e in entries {
+            let wanted = match lane {
+                Some("held") => e.held,
+                Some("pending") => !e.held && e.lane == ferrymail_spool::Lane::Pending,
+                Some("deferred") => !e.held && e.lane == ferrymail_spool::Lane::Deferred,
+                _ => !e.held,
+            };
+            if !wanted || e.is_notice_owed() || queue.is_some_and(|q| e.queue != q) {
+                continue;
+            }
+            let name = if by == "queue" {
+                e.queue.clone()
+            } else {
+                env.recipients
+                    .get(e.key.rcpt as usize)
+                    .and_then(|r| r.address.rsplit_once('@'))
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .unwrap_or_else(|| "(no domain)".into())
+            };
+            items.push((name, now.saturating_sub(env.arrived)));
+        }
+    }
+    Ok(ShapeView::build(by, items))
 }
 
 async fn show(mgmt: &Management, id: MessageId) -> Result<Option<MessageView>, String> {

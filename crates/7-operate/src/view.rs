@@ -1,6 +1,8 @@
 //! The JSON documents of the management API (and of `--json` CLI output).
 
 use ferrymail_spool::{BodyType, Envelope, Notify, QueueEntry, Ret};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One recipient's queue state.
@@ -246,4 +248,114 @@ pub struct ActionResult {
 pub struct ApiError {
     /// What went wrong.
     pub error: String,
+}
+
+/// The age buckets of `queue shape`, in minutes: the upper bound of each,
+/// like Postfix's qshape (each twice the one before; the last is open).
+pub const SHAPE_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
+
+/// `GET /api/queue/shape`: recipients by destination (or virtual queue)
+/// and age, the view Postfix's qshape gives of a queue, to see at a glance
+/// which destination holds mail back and since when.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShapeView {
+    /// What the rows are: `domain` (recipient domain) or `queue`.
+    pub by: String,
+    /// Column labels: each bucket's upper bound in minutes, then `1280+`.
+    pub buckets: Vec<String>,
+    /// `TOTAL` first, then one row per domain or queue, most recipients
+    /// first (ties by name).
+    pub rows: Vec<ShapeRow>,
+}
+
+/// One row of [`ShapeView`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShapeRow {
+    /// The domain or queue (`TOTAL` for the sum).
+    pub name: String,
+    /// Recipients in all buckets.
+    pub total: u64,
+    /// Recipients per age bucket, as [`ShapeView::buckets`].
+    pub counts: Vec<u64>,
+}
+
+impl ShapeView {
+    /// Counts `(row name, age in ms)` pairs into a view.
+    pub fn build(by: &str, items: impl IntoIterator<Item = (String, u64)>) -> ShapeView {
+        let n = SHAPE_BUCKETS.len() + 1;
+        let bucket = |age_ms: u64| {
+            let minutes = age_ms / 60_000;
+            SHAPE_BUCKETS
+                .iter()
+                .position(|&b| minutes < b)
+                .unwrap_or(SHAPE_BUCKETS.len())
+        };
+        let mut rows: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut total = vec![0u64; n];
+        for (name, age) in items {
+            let b = bucket(age);
+            rows.entry(name).or_insert_with(|| vec![0; n])[b] += 1;
+            total[b] += 1;
+        }
+        let mut rows: Vec<ShapeRow> = rows
+            .into_iter()
+            .map(|(name, counts)| ShapeRow {
+                name,
+                total: counts.iter().sum(),
+                counts,
+            })
+            .collect();
+        rows.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.name.cmp(&b.name)));
+        rows.insert(
+            0,
+            ShapeRow {
+                name: "TOTAL".into(),
+                total: total.iter().sum(),
+                counts: total,
+            },
+        );
+        let mut buckets: Vec<String> = SHAPE_BUCKETS.iter().map(u64::to_string).collect();
+        buckets.push(format!("{}+", SHAPE_BUCKETS[SHAPE_BUCKETS.len() - 1]));
+        ShapeView {
+            by: by.into(),
+            buckets,
+            rows,
+        }
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn ages_fall_in_qshape_buckets_and_rows_sort_by_size() {
+        let min = 60_000u64;
+        let v = ShapeView::build(
+            "domain",
+            [
+                ("b.test".to_string(), 0),
+                ("b.test".to_string(), 5 * min - 1),
+                ("a.test".to_string(), 5 * min),
+                ("c.test".to_string(), 1279 * min),
+                ("c.test".to_string(), 1280 * min),
+                ("c.test".to_string(), 100_000 * min),
+            ],
+        );
+        assert_eq!(
+            v.buckets,
+            [
+                "5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+"
+            ]
+        );
+        let row = |name: &str| v.rows.iter().find(|r| r.name == name).unwrap().clone();
+        assert_eq!(row("TOTAL").total, 6);
+        assert_eq!(row("TOTAL").counts, [2, 1, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(row("b.test").counts, [2, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(row("a.test").counts, [0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(row("c.test").counts, [0, 0, 0, 0, 0, 0, 0, 0, 1, 2]);
+        let names: Vec<&str> = v.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["TOTAL", "c.test", "b.test", "a.test"]);
+        assert_eq!(ShapeView::build("queue", []).rows.len(), 1, "TOTAL only");
+    }
 }

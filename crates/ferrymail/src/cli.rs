@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use ferrymail_config::{Config, Protocol};
 use ferrymail_operate::client::{Client, ClientError, encode_query_value};
 use ferrymail_operate::view::{
-    ActionRequest, ActionResult, Filter, MessageList, MessageView, RecipientRef,
+    ActionRequest, ActionResult, Filter, MessageList, MessageView, RecipientRef, ShapeView,
 };
 
 /// The queue subcommands of INTERFACE.md.
@@ -36,6 +36,26 @@ pub enum QueueCmd {
         /// Queue id.
         id: String,
         /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recipients by destination domain and age in minutes, like Postfix's
+    /// qshape: where mail is piling up, and since when.
+    Shape {
+        /// Only this virtual queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// One row per virtual queue instead of per recipient domain.
+        #[arg(long)]
+        by_queue: bool,
+        /// Only this lane: pending (first attempts), deferred (retries) or
+        /// held. Default: every recipient that is not held.
+        #[arg(long, value_parser = ["pending", "deferred", "held"])]
+        lane: Option<String>,
+        /// Show at most this many rows after TOTAL (the largest).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// One JSON document on stdout (every row).
         #[arg(long)]
         json: bool,
     },
@@ -191,6 +211,30 @@ async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {
             } else {
                 let m: MessageView = parse(&body)?;
                 print_message(&mut out, &m);
+            }
+        }
+        QueueCmd::Shape {
+            queue,
+            by_queue,
+            lane,
+            top,
+            json,
+        } => {
+            let mut q = vec![format!("by={}", if by_queue { "queue" } else { "domain" })];
+            if let Some(v) = queue {
+                q.push(format!("queue={}", encode_query_value(&v)));
+            }
+            if let Some(v) = lane {
+                q.push(format!("lane={v}"));
+            }
+            let body = client
+                .call("GET", &format!("/api/queue/shape?{}", q.join("&")), None)
+                .await?;
+            if json {
+                let _ = out.write_all(&body);
+            } else {
+                let view: ShapeView = parse(&body)?;
+                print_shape(&mut out, &view, top);
             }
         }
         QueueCmd::Cat { id } => {
@@ -362,6 +406,38 @@ fn when(ms: u64) -> String {
         "now".to_string()
     } else {
         format!("in {}s", (ms - now).div_ceil(1000))
+    }
+}
+
+/// qshape's layout: a name column, the total, then one column per age
+/// bucket (minutes, upper bounds); TOTAL first, then at most `top` rows.
+fn print_shape(out: &mut impl Write, view: &ShapeView, top: usize) {
+    let width = view
+        .rows
+        .iter()
+        .take(top + 1)
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(6);
+    let mut header = format!("{:>width$} {:>6}", "", "T");
+    for b in &view.buckets {
+        header.push_str(&format!(" {b:>6}"));
+    }
+    let _ = writeln!(out, "{}", header.trim_end());
+    for r in view.rows.iter().take(top + 1) {
+        let mut line = format!("{:>width$} {:>6}", r.name, r.total);
+        for c in &r.counts {
+            line.push_str(&format!(" {c:>6}"));
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if view.rows.len() > top + 1 {
+        let _ = writeln!(
+            out,
+            "({} more rows; --top N or --json shows them)",
+            view.rows.len() - top - 1
+        );
     }
 }
 
