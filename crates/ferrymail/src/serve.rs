@@ -85,14 +85,19 @@ pub fn main(config_path: Option<PathBuf>) -> ExitCode {
 }
 
 /// Logs go to stderr; `FERRYMAIL_LOG_FORMAT=json` gives one JSON object per line,
-/// `RUST_LOG` filters (default `info`).
+/// `RUST_LOG` filters (default `info`); colours only on a terminal.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
     let json = std::env::var("FERRYMAIL_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // Colours only for a person at a terminal: a log file, journald or a
+    // log shipper gets plain text (and `NO_COLOR` turns them off anyway).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
