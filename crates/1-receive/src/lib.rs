@@ -6,6 +6,7 @@
 //! with 250 only after [`ferrymail_spool::Spool::accept`] returned, i.e. once its
 //! contents, envelope and queue entries are durable.
 
+pub mod defences;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -53,6 +54,8 @@ pub struct Receiver {
     pub params: SessionParams,
     /// `session.rcpt.relay`: may this session relay to a non-local domain.
     pub relay: Expr,
+    /// Reverse-DNS and DNSBL checks of each client, enforced at RCPT TO.
+    pub defences: Arc<defences::Defences>,
     /// `session.etrn.allow`: may this session use ETRN.
     pub etrn_allow: Expr,
     /// Picks virtual queue and priority weight for each recipient.

@@ -82,6 +82,8 @@ pub struct Session {
     errors: u32,
     /// Set while discarding the rest of an over-long command line.
     skipping_long_line: bool,
+    /// Reverse-DNS and DNSBL lookups, started at accept, enforced at RCPT.
+    checks: crate::defences::Checks,
 }
 
 /// Variables for relay and ETRN expressions, evaluated per recipient.
@@ -120,6 +122,9 @@ impl Session {
         remote: SocketAddr,
         local: SocketAddr,
     ) -> Self {
+        // Started before the greeting, so the lookups run while the client
+        // greets; only RCPT TO waits for them.
+        let checks = rx.defences.start(remote.ip());
         Session {
             rx,
             stream,
@@ -133,6 +138,7 @@ impl Session {
             tx: None,
             errors: 0,
             skipping_long_line: false,
+            checks,
         }
     }
 
@@ -323,7 +329,10 @@ impl Session {
             Request::Helo { host } => self.hello(host.into_owned(), false),
             Request::Lhlo { .. } => self.reply(replies::unknown_command()),
             Request::Mail { from } => self.mail(from.into_owned(), line),
-            Request::Rcpt { to } => self.rcpt(to.into_owned(), line),
+            Request::Rcpt { to } => {
+                self.checks.verdict().await;
+                self.rcpt(to.into_owned(), line)
+            }
             Request::Data => self.data_command(),
             Request::Bdat {
                 chunk_size,
@@ -526,6 +535,14 @@ impl Session {
             ReceiveCounters::bump(&self.rx.counters.relay_denied);
             tracing::info!(remote = %self.remote.ip(), rcpt = %address, "relay denied");
             return self.reply(replies::relay_denied());
+        }
+        // Delayed rejection (Postfix's smtpd_delay_reject): the recipient
+        // that would be accepted is refused instead; postmaster never is.
+        if !crate::defences::is_postmaster(&address, &self.rx.params.local_domains)
+            && let Some(r) = self.checks.refusal()
+        {
+            tracing::info!(remote = %self.remote.ip(), rcpt = %address, reply = %r.to_line(), "recipient refused by connection checks");
+            return self.reply(r);
         }
         let notify = if f & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
             Notify::Never
