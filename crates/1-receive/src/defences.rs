@@ -6,7 +6,10 @@
 //! the recipient that would have been accepted gets the refusal instead, the
 //! session stays usable (RSET, QUIT), the refusal names a recipient in the
 //! logs, and `postmaster` (RFC 5321 §4.5.1) is still accepted so a blocked
-//! sender can reach a human.
+//! sender can reach a human. A client that `session.rcpt.relay` trusts is
+//! never refused either (Postfix's `permit_mynetworks` before
+//! `reject_rbl_client`): internal clients often lack reverse DNS, and
+//! turning the checks on must not cut them off.
 //!
 //! The pure parts (query names, classification of answers, the refusal) are
 //! free functions tested here; [`Defences`] only asks the questions.

@@ -537,9 +537,15 @@ impl Session {
             return self.reply(replies::relay_denied());
         }
         // Delayed rejection (Postfix's smtpd_delay_reject): the recipient
-        // that would be accepted is refused instead; postmaster never is.
-        if !crate::defences::is_postmaster(&address, &self.rx.params.local_domains)
-            && let Some(r) = self.checks.refusal()
+        // that would be accepted is refused instead. Never postmaster, and
+        // never a client the relay expression trusts (Postfix's
+        // permit_mynetworks before reject_rbl_client).
+        if let Some(r) = self.checks.refusal()
+            && !crate::defences::is_postmaster(&address, &self.rx.params.local_domains)
+            && !self.rx.relay.eval_bool(&RcptVars {
+                session: self,
+                rcpt: &address,
+            })
         {
             tracing::info!(remote = %self.remote.ip(), rcpt = %address, reply = %r.to_line(), "recipient refused by connection checks");
             return self.reply(r);
