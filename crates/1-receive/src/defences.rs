@@ -319,16 +319,6 @@ impl Defences {
         Defences { iprev, dnsbl, dns }
     }
 
-    /// No checks at all.
-    pub fn disabled() -> Defences {
-        Defences::new(IprevVerify::Disable, Vec::new(), Err(String::new()))
-    }
-
-    /// What `auth.iprev.verify` asks for.
-    pub fn iprev_mode(&self) -> IprevVerify {
-        self.iprev
-    }
-
     /// Starts the checks of a client at `ip` in the background; the session
     /// collects the verdict at its first RCPT TO.
     pub fn start(self: &Arc<Self>, ip: IpAddr) -> Checks {
