@@ -36,6 +36,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
         &root,
         &[
             "server",
+            "auth",
             "certificate",
             "session",
             "store",
@@ -53,6 +54,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
     let server = server(&mut r, &root);
     let certificates = certificates(&mut r, &root);
     let directories = directories(&mut r, &root);
+    let auth = auth(&mut r, &root);
     let session = session(&mut r, &root, &certificates, &directories);
     let (stores, storage) = stores(&mut r, &root);
     let signatures = signatures(&mut r, &root);
@@ -73,6 +75,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
         source: Some(path.to_path_buf()),
         server,
         certificates,
+        auth,
         session,
         stores,
         storage,
@@ -325,6 +328,7 @@ fn session(
     r.check_keys(
         &sec,
         &[
+            "connect",
             "timeout",
             "max-errors",
             "max-line-length",
@@ -336,6 +340,9 @@ fn session(
         ],
         false,
     );
+    if let Some(c) = r.sub(&sec, "connect") {
+        out.connect = connect(r, &c);
+    }
     if let Some(n) = r.int(&sec, "max-errors", 1, i64::from(u32::MAX)) {
         out.max_errors = u32::try_from(n).unwrap_or(u32::MAX);
     }
@@ -576,6 +583,39 @@ fn directories(r: &mut Reader, root: &Section) -> BTreeMap<String, Directory> {
     out
 }
 
+/// `[session.connect]`: DNSBL zones must be domain names, since each is
+/// appended to the client's reversed address (RFC 5782 §2.1).
+fn connect(r: &mut Reader, sec: &Section) -> ConnectPolicy {
+    let mut out = ConnectPolicy::default();
+    r.check_keys(sec, &["dnsbl"], false);
+    for (text, span) in r.strings(sec, "dnsbl").unwrap_or_default() {
+        let zone = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = !zone.is_empty()
+            && zone.len() <= 200
+            && zone.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if valid {
+            if !out.dnsbl.contains(&zone) {
+                out.dnsbl.push(zone);
+            }
+        } else {
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "invalid DNSBL zone '{text}' for '{}': write a domain name such as zen.spamhaus.org",
+                    sec.path("dnsbl")
+                )),
+            );
+        }
+    }
+    out
+}
+
 /// What is wrong with a secret that looks like a hash but is not one this
 /// release can check (it would never match, silently).
 fn secret_problem(s: &str) -> Option<String> {
@@ -595,6 +635,31 @@ fn secret_problem(s: &str) -> Option<String> {
         }
     }
     None
+}
+
+// ---------------------------------------------------------------- [auth]
+
+fn auth(r: &mut Reader, root: &Section) -> AuthChecks {
+    let mut out = AuthChecks::default();
+    let Some(sec) = r.sub(root, "auth") else {
+        return out;
+    };
+    r.check_keys(&sec, &["iprev"], false);
+    if let Some(iprev) = r.sub(&sec, "iprev") {
+        r.check_keys(&iprev, &["verify"], false);
+        if let Some(v) = r.choice(
+            &iprev,
+            "verify",
+            &[
+                ("disable", IprevVerify::Disable),
+                ("relaxed", IprevVerify::Relaxed),
+                ("strict", IprevVerify::Strict),
+            ],
+        ) {
+            out.iprev = v;
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------- [store], [storage]

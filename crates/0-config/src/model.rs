@@ -82,6 +82,8 @@ pub struct Config {
     pub server: Server,
     /// `[certificate.<id>]`: TLS certificates by id.
     pub certificates: BTreeMap<String, Certificate>,
+    /// `[auth]`: checks of who the client is (reverse DNS).
+    pub auth: AuthChecks,
     /// `[session]`: limits and policy for inbound SMTP/LMTP sessions.
     pub session: Session,
     /// `[store.<id>]` plus implicit stores named in `[storage]` by type.
@@ -122,6 +124,7 @@ impl Default for Config {
             source: None,
             server,
             certificates: BTreeMap::new(),
+            auth: AuthChecks::default(),
             session: Session::default(),
             stores: BTreeMap::from([(store.id.clone(), store)]),
             storage: Storage::default(),
@@ -268,6 +271,8 @@ pub struct Certificate {
 /// `[session]`: limits and policy for inbound sessions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Session {
+    /// `[session.connect]`.
+    pub connect: ConnectPolicy,
     /// `[session.timeout]`.
     pub timeout: Timeouts,
     /// `max-errors`: bad commands tolerated before the session is dropped.
@@ -290,6 +295,7 @@ pub struct Session {
 impl Default for Session {
     fn default() -> Self {
         Session {
+            connect: ConnectPolicy::default(),
             timeout: Timeouts::default(),
             max_errors: 10,
             max_line_length: DEFAULT_MAX_LINE_LENGTH,
@@ -372,6 +378,41 @@ pub struct Principal {
     /// expressions and for Stalwart configurations; not checked against
     /// MAIL FROM in this release).
     pub emails: Vec<String>,
+}
+
+/// `[session.connect]`: checks of the connecting client, started when the
+/// connection is accepted and enforced at RCPT TO.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ConnectPolicy {
+    /// `dnsbl`: DNS blocklist zones (RFC 5782) the client's IP is looked up
+    /// in. A client listed in any of them has its recipients refused with
+    /// 554 5.7.1, except postmaster. Stored lowercase, without a trailing
+    /// dot. Default empty: no lookups.
+    pub dnsbl: Vec<String>,
+}
+
+/// `[auth]`: checks of who the client claims or appears to be. Named after
+/// Stalwart's `auth.*` settings, so a postmaster who knows one knows the other.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AuthChecks {
+    /// `[auth.iprev] verify`: the reverse-DNS check (RFC 8601 §2.7.3).
+    pub iprev: IprevVerify,
+}
+
+/// What to do with the iprev result of a client: whether its IP address
+/// has a PTR name whose A/AAAA records lead back to it ("forward-confirmed
+/// reverse DNS", RFC 8601 §2.7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum IprevVerify {
+    /// `disable`: no lookups (the default: many legitimate senders lack
+    /// matching reverse DNS).
+    #[default]
+    Disable,
+    /// `relaxed`: look up and log the result, accept anyway.
+    Relaxed,
+    /// `strict`: refuse the recipients of a client whose check fails
+    /// (550 5.7.25, RFC 7372) or cannot be completed now (450 4.7.25).
+    Strict,
 }
 
 /// `[session.timeout]`: server-side timeouts of RFC 5321 4.5.3.2.

@@ -1670,3 +1670,65 @@ fn session_auth_errors_name_the_line() {
     let e = err(&AUTH_OK.replace("require = \"local_port == 587\"", "require = \"'yes'\""));
     assert!(e.starts_with("/etc/ferrymail.toml:4: "), "{e}");
 }
+
+#[test]
+fn iprev_and_dnsbl_settings() {
+    let d = ok("");
+    assert_eq!(
+        d.auth.iprev,
+        IprevVerify::Disable,
+        "iprev is off by default"
+    );
+    assert!(d.session.connect.dnsbl.is_empty(), "no DNSBL by default");
+    for (text, want) in [
+        ("disable", IprevVerify::Disable),
+        ("relaxed", IprevVerify::Relaxed),
+        ("strict", IprevVerify::Strict),
+    ] {
+        let c = ok(&format!("[auth.iprev]\nverify = \"{text}\"\n"));
+        assert_eq!(c.auth.iprev, want, "{text}");
+    }
+    let c = ok("[auth]\niprev.verify = \"strict\"\n");
+    assert_eq!(c.auth.iprev, IprevVerify::Strict, "dotted key form");
+    let c =
+        ok("[session.connect]\ndnsbl = [\"zen.spamhaus.org\", \"BL.Example.\", \"bl.example\"]\n");
+    assert_eq!(
+        c.session.connect.dnsbl,
+        ["zen.spamhaus.org", "bl.example"],
+        "lowercase, no trailing dot, no duplicates"
+    );
+    let c = ok("[session.connect]\ndnsbl = \"bl.example\"\n");
+    assert_eq!(
+        c.session.connect.dnsbl,
+        ["bl.example"],
+        "one zone as a string"
+    );
+}
+
+#[test]
+fn iprev_and_dnsbl_errors_name_file_and_line() {
+    assert_eq!(
+        err("[auth.iprev]\nverify = \"strikt\"\n"),
+        "/etc/ferrymail.toml:2: 'auth.iprev.verify' must be one of disable, relaxed, strict, found 'strikt'; did you mean 'strict'?"
+    );
+    assert_eq!(
+        err("[auth.iprev]\nverfy = \"strict\"\n"),
+        "/etc/ferrymail.toml:2: unknown key 'verfy' in [auth.iprev]; did you mean 'verify'?"
+    );
+    assert!(
+        err("[auth]\nspf = true\n")
+            .starts_with("/etc/ferrymail.toml:2: unknown key 'spf' in [auth]")
+    );
+    assert_eq!(
+        err("[session.connect]\ndnsbl = [\"bl.example\",\n  \"not a zone\"]\n"),
+        "/etc/ferrymail.toml:3: invalid DNSBL zone 'not a zone' for 'session.connect.dnsbl': write a domain name such as zen.spamhaus.org"
+    );
+    assert!(
+        err("[session.connect]\ndnsbls = [\"bl.example\"]\n")
+            .starts_with("/etc/ferrymail.toml:2: unknown key 'dnsbls' in [session.connect]")
+    );
+    assert!(
+        err("[session.connect]\ndnsbl = 1\n").starts_with("/etc/ferrymail.toml:2: "),
+        "a wrong type names the line"
+    );
+}

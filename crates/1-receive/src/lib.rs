@@ -7,6 +7,7 @@
 //! contents, envelope and queue entries are durable.
 
 pub mod auth;
+pub mod defences;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -54,6 +55,8 @@ pub struct Receiver {
     pub params: SessionParams,
     /// `session.rcpt.relay`: may this session relay to a non-local domain.
     pub relay: Expr,
+    /// Reverse-DNS and DNSBL checks of each client, enforced at RCPT TO.
+    pub defences: Arc<defences::Defences>,
     /// `session.etrn.allow`: may this session use ETRN.
     pub etrn_allow: Expr,
     /// Picks virtual queue and priority weight for each recipient.
@@ -138,6 +141,9 @@ pub struct ReceiveCounters {
     pub bytes: AtomicU64,
     /// Recipients refused because the session may not relay (554 5.7.1).
     pub relay_denied: AtomicU64,
+    /// Recipients refused by the connection checks: a DNSBL listing or a
+    /// strict iprev failure.
+    pub refused_by_checks: AtomicU64,
     /// Messages refused because the spool could not make them durable
     /// (451 4.3.0): a store in trouble.
     pub store_failures: AtomicU64,

@@ -88,6 +88,8 @@ pub struct Session {
     auth_as: Option<String>,
     /// Failed AUTH attempts so far (`session.auth.errors.total`).
     auth_failures: u32,
+    /// Reverse-DNS and DNSBL lookups, started at accept, enforced at RCPT.
+    checks: crate::defences::Checks,
 }
 
 /// Variables for relay and ETRN expressions, evaluated per recipient.
@@ -127,6 +129,9 @@ impl Session {
         remote: SocketAddr,
         local: SocketAddr,
     ) -> Self {
+        // Started before the greeting, so the lookups run while the client
+        // greets; only RCPT TO waits for them.
+        let checks = rx.defences.start(remote.ip());
         Session {
             rx,
             stream,
@@ -142,6 +147,7 @@ impl Session {
             skipping_long_line: false,
             auth_as: None,
             auth_failures: 0,
+            checks,
         }
     }
 
@@ -333,7 +339,10 @@ impl Session {
             Request::Helo { host } => self.hello(host.into_owned(), false),
             Request::Lhlo { .. } => self.reply(replies::unknown_command()),
             Request::Mail { from } => self.mail(from.into_owned(), line),
-            Request::Rcpt { to } => self.rcpt(to.into_owned(), line),
+            Request::Rcpt { to } => {
+                self.checks.verdict().await;
+                self.rcpt(to.into_owned(), line)
+            }
             Request::Data => self.data_command(),
             Request::Bdat {
                 chunk_size,
@@ -562,6 +571,21 @@ impl Session {
             ReceiveCounters::bump(&self.rx.counters.relay_denied);
             tracing::info!(remote = %self.remote.ip(), rcpt = %address, "relay denied");
             return self.reply(replies::relay_denied());
+        }
+        // Delayed rejection (Postfix's smtpd_delay_reject): the recipient
+        // that would be accepted is refused instead. Never postmaster, and
+        // never a client the relay expression trusts (Postfix's
+        // permit_mynetworks before reject_rbl_client).
+        if let Some(r) = self.checks.refusal()
+            && !crate::defences::is_postmaster(&address, &self.rx.params.local_domains)
+            && !self.rx.relay.eval_bool(&RcptVars {
+                session: self,
+                rcpt: &address,
+            })
+        {
+            ReceiveCounters::bump(&self.rx.counters.refused_by_checks);
+            tracing::info!(remote = %self.remote.ip(), rcpt = %address, reply = %r.to_line(), "recipient refused by connection checks");
+            return self.reply(r);
         }
         let notify = if f & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
             Notify::Never

@@ -6,10 +6,11 @@ use std::net::IpAddr;
 
 use ferrymail_config::{DnsTransport, IpStrategy, ResolverKind};
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::system_conf::read_system_conf;
 
 /// Why no next hop could be found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +123,41 @@ pub fn address_literal(domain: &str) -> Option<IpAddr> {
     }
 }
 
+/// The name servers and options `[resolver]` asks for: the system's
+/// (`/etc/resolv.conf`) or the `custom` list. Public so that every part of
+/// the server that asks the DNS (delivery here, receive's reverse-DNS and
+/// DNSBL checks) asks the same servers the same way.
+pub fn resolver_setup(
+    config: &ferrymail_config::Resolver,
+) -> Result<(ResolverConfig, ResolverOpts), String> {
+    let (servers, mut options) = match config.kind {
+        ResolverKind::System => read_system_conf()
+            .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?,
+        ResolverKind::Custom => {
+            let servers = config
+                .servers
+                .iter()
+                .map(|ns| {
+                    let mut conn = match ns.transport {
+                        DnsTransport::Udp => ConnectionConfig::udp(),
+                        DnsTransport::Tcp => ConnectionConfig::tcp(),
+                    };
+                    conn.port = ns.addr.port();
+                    NameServerConfig::new(ns.addr.ip(), true, vec![conn])
+                })
+                .collect();
+            (
+                ResolverConfig::from_name_servers(servers),
+                ResolverOpts::default(),
+            )
+        }
+    };
+    // Retry a failed query on TCP too; lookups are by FQDN, so the search
+    // list never applies.
+    options.try_tcp_on_error = true;
+    Ok((servers, options))
+}
+
 /// One DNS answer, as resolution needs it.
 enum Answer {
     Records(Vec<RData>),
@@ -142,32 +178,10 @@ impl Dns {
     /// kept and reported as a transient error at each lookup, so relay-only
     /// setups work without DNS.
     pub fn new(config: &ferrymail_config::Resolver) -> Dns {
-        let builder = match config.kind {
-            ResolverKind::System => TokioResolver::builder_tokio()
-                .map_err(|e| format!("cannot read the system DNS configuration: {e}")),
-            ResolverKind::Custom => {
-                let servers = config
-                    .servers
-                    .iter()
-                    .map(|ns| {
-                        let mut conn = match ns.transport {
-                            DnsTransport::Udp => ConnectionConfig::udp(),
-                            DnsTransport::Tcp => ConnectionConfig::tcp(),
-                        };
-                        conn.port = ns.addr.port();
-                        NameServerConfig::new(ns.addr.ip(), true, vec![conn])
-                    })
-                    .collect();
-                Ok(TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(servers),
-                    TokioRuntimeProvider::default(),
-                ))
-            }
-        };
-        let resolver = builder.and_then(|mut b| {
-            // Retry a failed query on TCP too; lookups are by FQDN, so the
-            // search list never applies.
-            b.options_mut().try_tcp_on_error = true;
+        let resolver = resolver_setup(config).and_then(|(servers, options)| {
+            let mut b =
+                TokioResolver::builder_with_config(servers, TokioRuntimeProvider::default());
+            *b.options_mut() = options;
             b.build()
                 .map_err(|e| format!("cannot start the DNS resolver: {e}"))
         });

@@ -65,6 +65,7 @@ mod session;
 mod tls;
 mod transport;
 
+pub use dns::resolver_setup;
 pub use transport::{BuildError, SmtpTransport};
 
 /// One delivery attempt: a message and the recipients of it that share one

@@ -64,6 +64,12 @@ impl MetricsSource for NodeMetrics {
                 n(&r.relay_denied),
             ),
             Family::single(
+                "ferrymail_smtp_connection_checks_refused_total",
+                "Recipients refused because the client is on a DNS blocklist or fails strict reverse DNS.",
+                Counter,
+                n(&r.refused_by_checks),
+            ),
+            Family::single(
                 "ferrymail_spool_failures_total",
                 "Messages refused with 451 because the spool could not make them durable.",
                 Counter,

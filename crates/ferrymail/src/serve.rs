@@ -9,6 +9,7 @@ use ferrymail_config::{Config, Protocol, StoreKind};
 use ferrymail_deliver::{SmtpTransport, Transport};
 use ferrymail_operate::api::{ControlError, ControlFuture, Management, QueueControl};
 use ferrymail_operate::metrics::MetricsSource;
+use ferrymail_receive::defences::Defences;
 use ferrymail_receive::server::ConnectionLimits;
 use ferrymail_receive::{
     AuthSettings, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams,
@@ -371,6 +372,11 @@ async fn run(config: Config) -> Result<(), StartError> {
                 .collect(),
         },
         relay: s.rcpt.relay.clone(),
+        defences: Arc::new(Defences::new(
+            config.auth.iprev,
+            s.connect.dnsbl.clone(),
+            ferrymail_deliver::resolver_setup(&config.resolver),
+        )),
         etrn_allow: s.etrn.allow.clone(),
         router: Arc::new(Router::from_config(&config.queue)),
         spool: spool.clone(),

@@ -234,6 +234,29 @@ pub mod replies {
     pub fn relay_denied() -> Reply {
         Reply::new(554, "5.7.1", "Relay access denied")
     }
+    /// The client's address is on a DNS blocklist (RFC 5782); Postfix's
+    /// wording, so postmasters and their tools recognise it.
+    pub fn dnsbl_listed(ip: std::net::IpAddr, zone: &str) -> Reply {
+        Reply::new(
+            554,
+            "5.7.1",
+            format!("Service unavailable; client [{ip}] blocked using {zone}"),
+        )
+    }
+    /// `auth.iprev.verify = "strict"` and the client's address has no
+    /// forward-confirmed PTR name: RFC 7372 §3.3 registers 5.7.25.
+    pub fn iprev_failed() -> Reply {
+        Reply::new(550, "5.7.25", "Reverse DNS validation failed")
+    }
+    /// As [`iprev_failed`], but the DNS could not answer now; the client
+    /// should retry rather than bounce.
+    pub fn iprev_temporary() -> Reply {
+        Reply::new(
+            450,
+            "4.7.25",
+            "Reverse DNS validation failed temporarily, try again later",
+        )
+    }
     /// Too many errors in one session: the server gives up (RFC 5321 §4.3.2 421).
     pub fn too_many_errors() -> Reply {
         Reply::new(421, "4.7.0", "Too many errors, closing connection")
