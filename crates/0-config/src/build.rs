@@ -441,6 +441,7 @@ fn session_auth(
             "mechanisms",
             "require",
             "allow-plain-text",
+            "must-match-sender",
             "errors",
         ],
         false,
@@ -491,6 +492,7 @@ fn session_auth(
     for (key, slot) in [
         ("require", &mut out.require),
         ("allow-plain-text", &mut out.allow_plain_text),
+        ("must-match-sender", &mut out.must_match_sender),
     ] {
         if let Some(e) = r.expr(a, key) {
             check_outcomes(r, a, key, &e, |v| match v {

@@ -325,6 +325,12 @@ pub struct SessionAuth {
     /// without TLS, where the password crosses the network in the clear.
     /// Default false (RFC 4954 §4 and RFC 4616 §6 advise against it).
     pub allow_plain_text: Expr,
+    /// `must-match-sender`: expression; true makes an authenticated
+    /// client's MAIL FROM one of its principal's `email` addresses (or its
+    /// name, when that is an address) or the null sender, else 553 5.7.1:
+    /// a user cannot send as someone else (Postfix's
+    /// reject_sender_login_mismatch). Default true.
+    pub must_match_sender: Expr,
     /// `errors.total`: failed AUTH attempts after which the session is
     /// closed with 421. Default 3.
     pub errors_total: u32,
@@ -340,6 +346,7 @@ impl Default for SessionAuth {
             mechanisms: vec![AuthMechanism::Plain, AuthMechanism::Login],
             require: Expr::constant(crate::expr::Value::Bool(false)),
             allow_plain_text: Expr::constant(crate::expr::Value::Bool(false)),
+            must_match_sender: Expr::constant(crate::expr::Value::Bool(true)),
             errors_total: 3,
             errors_wait: Duration::from_secs(5),
         }

@@ -1629,6 +1629,11 @@ fn session_auth_and_a_memory_directory_parse() {
         vec![AuthMechanism::Plain, AuthMechanism::Login]
     );
     assert_eq!(a.errors_total, 5);
+    assert_eq!(
+        a.must_match_sender,
+        Expr::constant(Value::Bool(true)),
+        "a user sends as itself unless told otherwise"
+    );
     assert_eq!(a.errors_wait, Duration::from_secs(2));
     let d = &c.directories["users"];
     assert_eq!(d.principals.len(), 2);

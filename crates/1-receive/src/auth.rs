@@ -136,6 +136,26 @@ pub fn verify(directory: &Directory, c: &Credentials) -> Option<String> {
     ok.then(|| c.name.clone())
 }
 
+/// Whether `sender` (MAIL FROM, without brackets) is one `name` of
+/// `directory` may use: the null sender, one of its `email` addresses, or
+/// its name when that is an address; addresses compare case-insensitively
+/// (the domain is; the local part is in practice).
+pub fn may_send_as(directory: &Directory, name: &str, sender: &str) -> bool {
+    if sender.is_empty() {
+        return true;
+    }
+    directory
+        .principals
+        .iter()
+        .find(|p| p.name == name)
+        .is_some_and(|p| {
+            p.emails
+                .iter()
+                .chain(std::iter::once(&p.name))
+                .any(|a| a.eq_ignore_ascii_case(sender))
+        })
+}
+
 /// A principal no name matches, checked when the name is unknown.
 static DUMMY: Principal = Principal {
     name: String::new(),

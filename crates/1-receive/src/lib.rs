@@ -94,6 +94,9 @@ pub struct AuthSettings {
     pub require: Expr,
     /// True: AUTH is offered without TLS.
     pub allow_plain_text: Expr,
+    /// True: an authenticated client may only use its own addresses in
+    /// MAIL FROM.
+    pub must_match_sender: Expr,
     /// Failed attempts before 421.
     pub errors_total: u32,
     /// How long each 535 is held back.
@@ -115,6 +118,7 @@ impl AuthSettings {
                 .collect(),
             require: a.require.clone(),
             allow_plain_text: a.allow_plain_text.clone(),
+            must_match_sender: a.must_match_sender.clone(),
             errors_total: a.errors_total,
             errors_wait: a.errors_wait,
         })

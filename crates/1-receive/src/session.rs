@@ -482,6 +482,13 @@ impl Session {
         {
             return self.reply(replies::auth_required());
         }
+        if let (Some(name), Some(a)) = (&self.auth_as, &self.rx.auth)
+            && self.truthy(&a.must_match_sender)
+            && !auth::may_send_as(&a.directory, name, &from.address)
+        {
+            tracing::info!(remote = %self.remote.ip(), user = %name, sender = %from.address, "sender not owned by the authenticated user");
+            return self.reply(replies::sender_not_owned(name));
+        }
         if !(-9..=9).contains(&from.mt_priority) {
             return self.reply(replies::syntax("MT-PRIORITY must be between -9 and 9"));
         }

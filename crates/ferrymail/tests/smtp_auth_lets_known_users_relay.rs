@@ -10,6 +10,9 @@
 //! * A wrong password gets 535 5.7.8 and no relaying (554 5.7.1); the
 //!   third failure closes the session with 421.
 //! * `require = true`: MAIL before AUTH gets 530 5.7.0.
+//! * A user sends only as its own addresses (`must-match-sender`, on by
+//!   default): another user's address gets 553 5.7.1; case does not
+//!   matter; the null sender is allowed; switched off, anything goes.
 //! * Protocol edges by hand (with `allow-plain-text`, so a raw client can
 //!   walk them): an unknown mechanism is 504 5.5.4, `*` cancels with 501,
 //!   bad base64 is 501 5.5.2, a second AUTH is 503, and AUTH in a mail
@@ -51,6 +54,7 @@ email = ["alice@example.org"]
 [[directory.users.principals]]
 name = "carol"
 secret = "{CAROL_HASH}"
+email = ["carol@example.org", "postmaster@example.org"]
 "#
     )
 }
@@ -228,5 +232,25 @@ fn required_auth_refuses_mail_before_it() {
     assert!(c.cmd("MAIL FROM:<x@example.org>").is(530, "5.7.0"));
     // \0carol\0carol-pw (the hashed secret)
     assert!(c.cmd("AUTH PLAIN AGNhcm9sAGNhcm9sLXB3").is(235, "2.7.0"));
+    assert_eq!(c.cmd("MAIL FROM:<carol@example.org>").code, 250);
+}
+
+#[test]
+fn users_send_only_as_their_own_addresses() {
+    let server = Server::start(&config(PLAIN_TEXT));
+    let mut c = plain_text_client(&server);
+    // \0alice\0alice-pw
+    assert!(c.cmd("AUTH PLAIN AGFsaWNlAGFsaWNlLXB3").is(235, "2.7.0"));
+    let r = c.cmd("MAIL FROM:<carol@example.org>");
+    assert!(r.is(553, "5.7.1"), "{r:?}");
+    assert!(r.text().contains("not owned by user alice"), "{r:?}");
+    assert_eq!(c.cmd("MAIL FROM:<Alice@Example.ORG>").code, 250);
+    assert!(c.cmd("RSET").is(250, "2.0.0"));
+    assert_eq!(c.cmd("MAIL FROM:<>").code, 250, "bounces are allowed");
+    drop(c);
+
+    let server = Server::start(&config(&format!("{PLAIN_TEXT}\nmust-match-sender = false")));
+    let mut c = plain_text_client(&server);
+    assert!(c.cmd("AUTH PLAIN AGFsaWNlAGFsaWNlLXB3").is(235, "2.7.0"));
     assert_eq!(c.cmd("MAIL FROM:<carol@example.org>").code, 250);
 }

@@ -213,6 +213,15 @@ pub mod replies {
     pub fn auth_required() -> Reply {
         Reply::new(530, "5.7.0", "Authentication required")
     }
+    /// 553 5.7.1: an authenticated client used an address that is not its
+    /// own (`session.auth.must-match-sender`).
+    pub fn sender_not_owned(user: &str) -> Reply {
+        Reply::new(
+            553,
+            "5.7.1",
+            format!("Sender address rejected: not owned by user {user}"),
+        )
+    }
     /// RFC 4954 §4: 501, the client cancelled the exchange with `*`.
     pub fn auth_cancelled() -> Reply {
         Reply::new(501, "5.0.0", "Authentication cancelled")

@@ -34,9 +34,9 @@ except smtplib.SMTPAuthenticationError as e:
     out["auth"] = [e.smtp_code, e.smtp_error.decode()]
 try:
     refused = s.sendmail(
-        "sender@example.org",
+        user + "@example.org",
         ["someone@remote.test"],
-        b"From: sender@example.org\r\nTo: someone@remote.test\r\n"
+        b"From: " + user.encode() + b"@example.org\r\nTo: someone@remote.test\r\n"
         b"Subject: via smtplib " + mechanism.encode() + b"\r\n\r\nbody\r\n",
     )
     out["send"] = [250, json.dumps(refused)]
