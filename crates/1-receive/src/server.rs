@@ -70,11 +70,17 @@ impl ConnectionLimits {
 /// Accepts SMTP connections on `listener` until `rx.shutdown` is cancelled.
 /// Each session is spawned on `tracker`, so the caller can wait for sessions in
 /// progress to finish.
+///
+/// With `implicit_tls`, every connection starts with a TLS handshake
+/// (SMTP submission over implicit TLS, RFC 8314 §3.3, usually port 465),
+/// bounded by the command timeout; a client that does not complete it is
+/// closed without a word.
 pub async fn serve(
     listener: TcpListener,
     rx: Arc<Receiver>,
     limits: Arc<ConnectionLimits>,
     tracker: TaskTracker,
+    implicit_tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let local = listener.local_addr().ok();
     loop {
@@ -95,6 +101,7 @@ pub async fn serve(
         let local: SocketAddr = stream.local_addr().ok().or(local).unwrap_or(remote);
         let slot = limits.acquire(remote.ip());
         let rx = rx.clone();
+        let implicit_tls = implicit_tls.clone();
         ReceiveCounters::bump(&rx.counters.connections);
         tracker.spawn(async move {
             let Some(_slot) = slot else {
@@ -107,9 +114,24 @@ pub async fn serve(
                 return;
             };
             let _active = ActiveSession::new(rx.counters.clone());
-            Session::new(rx, Box::new(stream), remote, local)
-                .run()
-                .await;
+            let session = match implicit_tls {
+                None => Session::new(rx, Box::new(stream), remote, local),
+                Some(acceptor) => {
+                    let t = rx.params.command_timeout;
+                    match tokio::time::timeout(t, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Session::with_tls(rx, tls, remote, local),
+                        Ok(Err(e)) => {
+                            tracing::info!(remote = %remote.ip(), error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(remote = %remote.ip(), "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            session.run().await;
         });
     }
 }

@@ -151,6 +151,21 @@ impl Session {
         }
     }
 
+    /// A session on a connection that is TLS from its first byte (an
+    /// implicit-TLS listener, RFC 8314 §3.3): no STARTTLS is offered, and
+    /// what needs TLS (AUTH) is.
+    pub fn with_tls(
+        rx: Arc<Receiver>,
+        stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        let summary = tls_summary(stream.get_ref().1);
+        let mut s = Session::new(rx, Box::new(stream), remote, local);
+        s.tls = Some(summary);
+        s
+    }
+
     /// Runs the session to its end. Never panics on peer input; every failure
     /// ends only this connection.
     pub async fn run(mut self) {
@@ -305,17 +320,7 @@ impl Session {
             .await
             .map_err(|_| Stop::Gone)?
             .map_err(|_| Stop::Gone)?;
-        let (_, conn) = tls.get_ref();
-        let version = conn
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("TLS")
-            .replace('_', ".");
-        let cipher = conn
-            .negotiated_cipher_suite()
-            .and_then(|c| c.suite().as_str())
-            .unwrap_or("unknown");
-        self.tls = Some(format!("version={version} cipher={cipher}"));
+        self.tls = Some(tls_summary(tls.get_ref().1));
         self.stream = Box::new(tls);
         // RFC 3207 §4.2: forget everything learnt before TLS.
         self.helo = None;
@@ -1109,4 +1114,18 @@ pub struct SessionParams {
     pub local_domains: std::collections::HashSet<String>,
     /// More `Received:` headers than this (ours included) means a mail loop.
     pub max_received_headers: usize,
+}
+
+/// The TLS version and cipher, for the Received header (RFC 8314 §4.3).
+fn tls_summary(conn: &rustls::ServerConnection) -> String {
+    let version = conn
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("TLS")
+        .replace('_', ".");
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .and_then(|c| c.suite().as_str())
+        .unwrap_or("unknown");
+    format!("version={version} cipher={cipher}")
 }

@@ -258,11 +258,18 @@ async fn node_tag(spool: &Spool, name: &str, node: NodeId) -> Result<u64, StartE
     }
 }
 
+/// The TLS acceptor of the SMTP listeners: for STARTTLS (unless
+/// `session.tls.starttls = false`) and for listeners with `tls.implicit`.
 fn tls_acceptor(
     config: &Config,
     dir: &Path,
 ) -> Result<Option<ferrymail_receive::tls::Acceptor>, StartError> {
-    if !config.session.tls.starttls {
+    let implicit = config
+        .server
+        .listeners
+        .iter()
+        .any(|l| l.protocol == Protocol::Smtp && l.tls_implicit);
+    if !config.session.tls.starttls && !implicit {
         return Ok(None);
     }
     let named = config
@@ -298,7 +305,10 @@ async fn run(config: Config) -> Result<(), StartError> {
     let spool = open_stores(&config).await?;
     let (node_name, node) = node_id(&config, &dir)?;
     let tag = node_tag(&spool, &node_name, node).await?;
-    let tls = tls_acceptor(&config, &dir)?;
+    let acceptor = tls_acceptor(&config, &dir)?;
+    // STARTTLS is offered only where it is enabled; implicit-TLS listeners
+    // use the acceptor whatever that setting says.
+    let tls = acceptor.clone().filter(|_| config.session.tls.starttls);
     let shutdown = CancellationToken::new();
     let (etrn_tx, etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
     let (queued_tx, queued_rx) = mpsc::unbounded_channel::<Queued>();
@@ -408,6 +418,7 @@ async fn run(config: Config) -> Result<(), StartError> {
                         receiver.clone(),
                         limits.clone(),
                         sessions.clone(),
+                        acceptor.clone().filter(|_| l.tls_implicit),
                     ));
                 }
                 Protocol::Http => {
