@@ -430,8 +430,11 @@ pub struct Timeouts {
     pub command: Duration,
     /// `data-block`: waiting for each chunk of DATA/BDAT (4.5.3.2.5). Default 3m.
     pub data_block: Duration,
-    /// `data-end`: waiting for the end of the data after the last chunk
-    /// (4.5.3.2.6). Default 10m.
+    /// `data-end`: how long the spool may take to make a message durable
+    /// after its last byte arrived, before the client is answered 451
+    /// 4.3.0: the client itself waits 10 minutes for that reply (RFC 5321
+    /// 4.5.3.2.6), so a store that hangs must be given up on sooner.
+    /// Default 5m.
     pub data_end: Duration,
 }
 
@@ -440,7 +443,7 @@ impl Default for Timeouts {
         Timeouts {
             command: Duration::from_secs(5 * 60),
             data_block: Duration::from_secs(3 * 60),
-            data_end: Duration::from_secs(10 * 60),
+            data_end: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -976,18 +976,45 @@ impl Session {
             authenticated_as: self.auth_as.clone(),
         };
         let entries: Vec<QueueEntry> = self.rx.router.entries(&envelope, &contents, now);
-        match self
-            .rx
-            .spool
-            .accept(&envelope, &entries, contents.into())
-            .await
+        // The store has `store_timeout` to make the message durable; a
+        // store that hangs (a database that stopped answering) must not
+        // outlast the client's own 10-minute wait (RFC 5321 §4.5.3.2.6).
+        let spool = self.rx.spool.clone();
+        let mut work = Box::pin(async move {
+            let r = spool.accept(&envelope, &entries, contents.into()).await;
+            (r, envelope, entries)
+        });
+        let (result, envelope, entries) = match tokio::time::timeout(
+            self.rx.params.store_timeout,
+            &mut work,
+        )
+        .await
         {
+            Ok(done) => done,
+            Err(_) => {
+                // Told 451, the client tries again later; if the write
+                // still lands, the message is scheduled all the same (it
+                // may then arrive twice, but is never stranded unindexed).
+                let queued = self.rx.queued.clone();
+                tokio::spawn(async move {
+                    let (r, envelope, entries) = work.await;
+                    if r.is_ok() {
+                        tracing::warn!(id = %envelope.id, "made durable after the client was told 451: it may arrive twice");
+                        let _ = queued.send(Queued::with_envelope(entries, &envelope));
+                    }
+                });
+                ReceiveCounters::bump(&self.rx.counters.store_failures);
+                tracing::error!(id = %id, timeout_ms = self.rx.params.store_timeout.as_millis() as u64, "the spool did not make the message durable in time");
+                return self.reply(replies::store_failed());
+            }
+        };
+        match result {
             Ok(()) => {
                 let c = &self.rx.counters;
                 ReceiveCounters::bump(&c.messages);
                 c.recipients
                     .fetch_add(envelope.recipients.len() as u64, Ordering::Relaxed);
-                c.bytes.fetch_add(envelope.size as u64, Ordering::Relaxed);
+                c.bytes.fetch_add(envelope.size, Ordering::Relaxed);
                 let _ = self
                     .rx
                     .queued
@@ -1110,6 +1137,9 @@ pub struct SessionParams {
     pub command_timeout: Duration,
     /// RFC 5321 §4.5.3.2.6: awaiting a data block (3 minutes).
     pub data_timeout: Duration,
+    /// How long the spool may take to make a received message durable
+    /// before the client is answered 451 (`session.timeout.data-end`).
+    pub store_timeout: Duration,
     /// Domains whose mail is accepted without relay permission.
     pub local_domains: std::collections::HashSet<String>,
     /// More `Received:` headers than this (ours included) means a mail loop.

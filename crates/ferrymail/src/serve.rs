@@ -374,6 +374,7 @@ async fn run(config: Config) -> Result<(), StartError> {
             max_received_headers: s.data.max_received_headers,
             command_timeout: s.timeout.command,
             data_timeout: s.timeout.data_block,
+            store_timeout: s.timeout.data_end,
             local_domains: s
                 .rcpt
                 .local_domains
