@@ -605,7 +605,7 @@ pub enum Notice {
 }
 
 /// Counters for logs, tests and the benchmark.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Indexed entries (not held).
     pub entries: usize,
@@ -623,6 +623,9 @@ pub struct Stats {
     pub dynamic_queues: usize,
     /// Per-destination ready queues.
     pub destinations: usize,
+    /// Indexed entries by virtual queue: (name, waiting, ready, in flight),
+    /// by name; queues with no entries are left out.
+    pub by_queue: Vec<(String, usize, usize, usize)>,
 }
 
 /// Where one entry is, for tests and `queue show`-style introspection.
@@ -1602,14 +1605,45 @@ impl Scheduler {
             destinations: self.rq_index.len(),
             ..Stats::default()
         };
+        let mut by_queue: HashMap<u32, (usize, usize, usize)> = HashMap::new();
         for s in &self.slots {
+            let counts = match s.state {
+                State::Free => continue,
+                _ => {
+                    let q = self.rqs[s.rq as usize]
+                        .as_ref()
+                        .map_or(u32::MAX, |r| r.queue);
+                    by_queue.entry(q).or_default()
+                }
+            };
             match s.state {
-                State::Waiting => st.waiting += 1,
-                State::Pending | State::Retry => st.ready += 1,
-                State::InFlight => st.in_flight += 1,
+                State::Waiting => {
+                    st.waiting += 1;
+                    counts.0 += 1;
+                }
+                State::Pending | State::Retry => {
+                    st.ready += 1;
+                    counts.1 += 1;
+                }
+                State::InFlight => {
+                    st.in_flight += 1;
+                    counts.2 += 1;
+                }
                 State::Free => {}
             }
         }
+        st.by_queue = by_queue
+            .into_iter()
+            .map(|(q, (w, r, f))| {
+                let name = self
+                    .queues
+                    .get(q as usize)
+                    .and_then(Option::as_ref)
+                    .map_or_else(|| "(unknown)".to_string(), |v| v.name.clone());
+                (name, w, r, f)
+            })
+            .collect();
+        st.by_queue.sort();
         st
     }
 

@@ -124,6 +124,23 @@ impl MetricsSource for NodeMetrics {
                     .map(|(k, v)| (vec![("state", k.to_string())], v as f64))
                     .collect(),
                 });
+                out.push(Family {
+                    name: "ferrymail_queue_recipients_by_queue",
+                    help: "Recipients in this node's queue index, by virtual queue and state.",
+                    kind: Gauge,
+                    samples: s
+                        .by_queue
+                        .iter()
+                        .flat_map(|(q, w, r, f)| {
+                            [("waiting", *w), ("ready", *r), ("in_flight", *f)].map(|(st, v)| {
+                                (
+                                    vec![("queue", q.clone()), ("state", st.to_string())],
+                                    v as f64,
+                                )
+                            })
+                        })
+                        .collect(),
+                });
                 out.push(Family::single(
                     "ferrymail_queue_jobs",
                     "Delivery jobs running now.",

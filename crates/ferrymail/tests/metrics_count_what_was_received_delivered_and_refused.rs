@@ -184,6 +184,14 @@ route = [ {{ if = "rcpt_domain == 'defer.test'", then = "'refusing'" }},
         1.0
     );
     assert_eq!(
+        value(
+            &m,
+            r#"ferrymail_queue_recipients_by_queue{queue="default",state="waiting"}"#
+        ),
+        1.0,
+        "the deferred recipient, by its virtual queue"
+    );
+    assert_eq!(
         value(&m, r#"ferrymail_queue_recipients{state="in_flight"}"#),
         0.0
     );
