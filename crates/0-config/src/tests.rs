@@ -370,7 +370,7 @@ fn defaults() {
     assert_eq!(d.blob_store(), d.data_store());
     assert_eq!(d.session.timeout.command, mins(5));
     assert_eq!(d.session.timeout.data_block, mins(3));
-    assert_eq!(d.session.timeout.data_end, mins(10));
+    assert_eq!(d.session.timeout.data_end, mins(5));
     assert_eq!(d.session.max_errors, 10);
     assert_eq!(d.session.max_line_length, 4096);
     assert_eq!(d.session.data.max_message_size, 50 << 20);

@@ -28,7 +28,12 @@ fn ipv6_client_is_listed_by_nibble_name_and_its_ptr_checked_by_aaaa() {
             // The A record must not count for an IPv6 client.
             .addr("host6.client.test", "127.0.0.1"),
     );
-    let port6 = free_port();
+    // A port free on [::1] itself (free_port() probes IPv4 only, and
+    // another test's server may hold the same number on IPv6).
+    let port6 = std::net::TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on [::1]")
+        .port();
     let s = Server::start(&format!(
         "{}{LOCAL_DOMAIN}\n[session.connect]\ndnsbl = [\"listed.test\"]\n\n\
          [auth.iprev]\nverify = \"strict\"\n\n\
