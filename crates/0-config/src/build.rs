@@ -513,12 +513,18 @@ fn session_auth(
         }
     }
     if let Some(e) = r.sub(a, "errors") {
-        r.check_keys(&e, &["total", "wait"], false);
+        r.check_keys(&e, &["total", "wait", "per-ip", "per-ip-window"], false);
         if let Some(n) = r.int(&e, "total", 1, 1000) {
             out.errors_total = u32::try_from(n).unwrap_or(3);
         }
         if let Some(d) = r.duration(&e, "wait") {
             out.errors_wait = d;
+        }
+        if let Some(n) = r.int(&e, "per-ip", 1, 1_000_000) {
+            out.errors_per_ip = u32::try_from(n).unwrap_or(10);
+        }
+        if let Some(d) = r.duration(&e, "per-ip-window") {
+            out.errors_per_ip_window = d;
         }
     }
     out

@@ -337,6 +337,13 @@ pub struct SessionAuth {
     /// `errors.wait`: how long each failed attempt's 535 is held back, to
     /// slow password guessing. Default 5 s.
     pub errors_wait: Duration,
+    /// `errors.per-ip`: failed attempts from one address (an IPv6 /64),
+    /// across sessions, after which its AUTH gets 454 4.7.0 until
+    /// `errors.per-ip-window` has passed since its first failure. Default
+    /// 10.
+    pub errors_per_ip: u32,
+    /// `errors.per-ip-window`. Default 15 minutes.
+    pub errors_per_ip_window: Duration,
 }
 
 impl Default for SessionAuth {
@@ -349,6 +356,8 @@ impl Default for SessionAuth {
             must_match_sender: Expr::constant(crate::expr::Value::Bool(true)),
             errors_total: 3,
             errors_wait: Duration::from_secs(5),
+            errors_per_ip: 10,
+            errors_per_ip_window: Duration::from_secs(15 * 60),
         }
     }
 }

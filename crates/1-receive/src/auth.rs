@@ -4,6 +4,11 @@
 //! Everything here is free of I/O: the session sends the challenges and
 //! reads the responses; this module decodes them and says what they mean.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ferrymail_config::{Directory, Principal};
@@ -156,6 +161,71 @@ pub fn may_send_as(directory: &Directory, name: &str, sender: &str) -> bool {
         })
 }
 
+/// Failed AUTH attempts per client address, across sessions: a password
+/// guesser that reconnects after every `errors.total` is still stopped.
+/// After `limit` failures within `window` of the first, the address gets
+/// 454 4.7.0 without its credentials being checked, until the window
+/// passes; a success clears its count. IPv6 addresses count per /64, the
+/// block one host usually has.
+#[derive(Debug)]
+pub struct FailureLedger {
+    limit: u32,
+    window: Duration,
+    seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// Entries kept before expired ones are swept out.
+const LEDGER_SWEEP_AT: usize = 100_000;
+
+impl FailureLedger {
+    /// A ledger that blocks after `limit` failures within `window`.
+    pub fn new(limit: u32, window: Duration) -> FailureLedger {
+        FailureLedger {
+            limit,
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key an address counts under.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        }
+    }
+
+    /// Whether `ip` is refused AUTH at `now`.
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&Self::key(ip))
+            .is_some_and(|&(n, since)| n >= self.limit && now.duration_since(since) < self.window)
+    }
+
+    /// Records a failure of `ip` at `now`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= LEDGER_SWEEP_AT {
+            let window = self.window;
+            seen.retain(|_, &mut (_, since)| now.duration_since(since) < window);
+        }
+        let e = seen.entry(Self::key(ip)).or_insert((0, now));
+        if now.duration_since(e.1) >= self.window {
+            *e = (0, now);
+        }
+        e.0 = e.0.saturating_add(1);
+    }
+
+    /// Forgets `ip`'s failures (it logged in).
+    pub fn succeeded(&self, ip: IpAddr) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.remove(&Self::key(ip));
+    }
+}
+
 /// A principal no name matches, checked when the name is unknown.
 static DUMMY: Principal = Principal {
     name: String::new(),
@@ -224,6 +294,45 @@ mod tests {
         assert_eq!(plain(b"\0al\xffice\0pw"), Err(PlainError::Malformed));
         // The password may hold anything but NUL, spaces included.
         assert_eq!(plain(b"\0alice\0p w\xc3\xbc"), Ok(creds("alice", "p wü")));
+    }
+
+    #[test]
+    fn the_ledger_blocks_an_address_for_its_window() {
+        let l = FailureLedger::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let b: IpAddr = "192.0.2.8".parse().unwrap();
+        l.failed(a, t0);
+        assert!(!l.blocked(a, t0), "one failure of two");
+        l.failed(a, t0 + Duration::from_secs(1));
+        assert!(l.blocked(a, t0 + Duration::from_secs(2)));
+        assert!(!l.blocked(b, t0 + Duration::from_secs(2)), "per address");
+        assert!(
+            !l.blocked(a, t0 + Duration::from_secs(61)),
+            "the window passed"
+        );
+        // After the window a failure starts a new count.
+        l.failed(a, t0 + Duration::from_secs(62));
+        assert!(!l.blocked(a, t0 + Duration::from_secs(63)));
+        l.failed(a, t0 + Duration::from_secs(63));
+        assert!(l.blocked(a, t0 + Duration::from_secs(64)));
+        l.succeeded(a);
+        assert!(
+            !l.blocked(a, t0 + Duration::from_secs(64)),
+            "a login clears it"
+        );
+        // IPv6 counts per /64; IPv4-mapped addresses as IPv4.
+        let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let v6c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        l.failed(v6a, t0);
+        l.failed(v6b, t0);
+        assert!(l.blocked(v6a, t0) && l.blocked(v6b, t0));
+        assert!(!l.blocked(v6c, t0), "another /64");
+        let mapped: IpAddr = "::ffff:192.0.2.8".parse().unwrap();
+        l.failed(mapped, t0);
+        l.failed(b, t0);
+        assert!(l.blocked(b, t0));
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct AuthSettings {
     pub errors_total: u32,
     /// How long each 535 is held back.
     pub errors_wait: std::time::Duration,
+    /// Failures per client address, across sessions.
+    pub ledger: auth::FailureLedger,
 }
 
 impl AuthSettings {
@@ -121,6 +123,7 @@ impl AuthSettings {
             must_match_sender: a.must_match_sender.clone(),
             errors_total: a.errors_total,
             errors_wait: a.errors_wait,
+            ledger: auth::FailureLedger::new(a.errors_per_ip, a.errors_per_ip_window),
         })
     }
 }

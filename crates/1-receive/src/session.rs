@@ -669,6 +669,11 @@ impl Session {
         let Some(mechanism) = mechanism.filter(|m| settings.mechanisms.contains(m)) else {
             return self.reply(replies::auth_mechanism_unknown());
         };
+        let ip = self.remote.ip();
+        if settings.ledger.blocked(ip, std::time::Instant::now()) {
+            tracing::info!(remote = %ip, "AUTH refused: too many failures from this address");
+            return self.reply(replies::auth_address_blocked());
+        }
         let first = (!initial.is_empty()).then_some(initial);
         let credentials = match self.sasl(mechanism, first).await {
             Ok(Ok(c)) => c,
@@ -678,10 +683,12 @@ impl Session {
         match auth::verify(&settings.directory, &credentials) {
             Some(name) => {
                 tracing::info!(remote = %self.remote.ip(), user = %name, mechanism = %mechanism.name(), "authenticated");
+                settings.ledger.succeeded(ip);
                 self.auth_as = Some(name);
                 self.reply(replies::auth_ok())
             }
             None => {
+                settings.ledger.failed(ip, std::time::Instant::now());
                 self.auth_failures += 1;
                 tracing::info!(remote = %self.remote.ip(), user = %credentials.name, mechanism = %mechanism.name(), failures = self.auth_failures, "authentication failed");
                 // Held back, to slow down guessing.

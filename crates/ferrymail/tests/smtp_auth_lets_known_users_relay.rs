@@ -8,7 +8,8 @@
 //!   (`authenticated_as`) and its Received header says `ESMTPSA` (RFC 3848).
 //! * AUTH is not offered before TLS, and AUTH there gets 538 5.7.11.
 //! * A wrong password gets 535 5.7.8 and no relaying (554 5.7.1); the
-//!   third failure closes the session with 421.
+//!   third failure closes the session with 421; after `errors.per-ip`
+//!   failures, AUTH from that address gets 454 4.7.0, in new sessions too.
 //! * `require = true`: MAIL before AUTH gets 530 5.7.0.
 //! * A user sends only as its own addresses (`must-match-sender`, on by
 //!   default): another user's address gets 553 5.7.1; case does not
@@ -253,4 +254,26 @@ fn users_send_only_as_their_own_addresses() {
     let mut c = plain_text_client(&server);
     assert!(c.cmd("AUTH PLAIN AGFsaWNlAGFsaWNlLXB3").is(235, "2.7.0"));
     assert_eq!(c.cmd("MAIL FROM:<carol@example.org>").code, 250);
+}
+
+#[test]
+fn repeated_failures_from_one_address_block_auth_across_sessions() {
+    let server = Server::start(&config(PLAIN_TEXT).replace("total = 3", "total = 3\nper-ip = 2"));
+    let mut c = plain_text_client(&server);
+    // \0alice\0nope, twice: the address has used up its failures.
+    assert!(c.cmd("AUTH PLAIN AGFsaWNlAG5vcGU=").is(535, "5.7.8"));
+    assert!(c.cmd("AUTH PLAIN AGFsaWNlAG5vcGU=").is(535, "5.7.8"));
+    assert!(c.cmd("AUTH PLAIN AGFsaWNlAGFsaWNlLXB3").is(454, "4.7.0"));
+    drop(c);
+    // A new session from the same address: refused even with the right
+    // password, so reconnecting does not reset a guesser.
+    let mut c = plain_text_client(&server);
+    let r = c.cmd("AUTH PLAIN AGFsaWNlAGFsaWNlLXB3");
+    assert!(r.is(454, "4.7.0"), "{r:?}");
+    assert!(
+        strip_ansi(&server.log_text())
+            .contains("AUTH refused: too many failures from this address"),
+        "{}",
+        server.log_text()
+    );
 }

@@ -231,6 +231,15 @@ pub mod replies {
     pub fn auth_malformed() -> Reply {
         Reply::new(501, "5.5.2", "Cannot decode the authentication response")
     }
+    /// RFC 4954 §6: 454, AUTH refused for now: this address failed too
+    /// often (`session.auth.errors.per-ip`).
+    pub fn auth_address_blocked() -> Reply {
+        Reply::new(
+            454,
+            "4.7.0",
+            "Too many failed authentications from your address, try again later",
+        )
+    }
     /// Too many failed AUTH attempts: the session is closed.
     pub fn auth_too_many_failures() -> Reply {
         Reply::new(
