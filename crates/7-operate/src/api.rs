@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferrymail_spool::{AdminAction, EntryKey, MessageId, QueueEntry, Spool, now_millis};
+use ferrymail_spool::{AdminAction, EntryKey, Envelope, MessageId, QueueEntry, Spool, now_millis};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -345,19 +345,22 @@ async fn all_entries(spool: &Spool) -> Result<BTreeMap<MessageId, Vec<QueueEntry
     Ok(by_msg)
 }
 
+/// Every queued message with its envelope and entries, in id order
+/// (messages whose envelope is gone meanwhile are skipped).
+async fn all_messages(spool: &Spool) -> Result<Vec<(Envelope, Vec<QueueEntry>)>, String> {
+    let mut out = Vec::new();
+    for (id, entries) in all_entries(spool).await? {
+        if let Some(env) = spool.data.envelope(id).await.map_err(|e| e.to_string())? {
+            out.push((env, entries));
+        }
+    }
+    Ok(out)
+}
+
 async fn list(mgmt: &Management, filter: &Filter) -> Result<MessageList, String> {
     let mut messages = Vec::new();
     let mut recipients = 0;
-    for (id, entries) in all_entries(&mgmt.spool).await? {
-        let Some(env) = mgmt
-            .spool
-            .data
-            .envelope(id)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            continue;
-        };
+    for (env, entries) in all_messages(&mgmt.spool).await? {
         let matching: Vec<QueueEntry> = entries
             .into_iter()
             .filter(|e| filter.matches(&env, e))
@@ -384,16 +387,7 @@ async fn shape(
 ) -> Result<ShapeView, String> {
     let now = now_millis();
     let mut items = Vec::new();
-    for (id, entries) in all_entries(&mgmt.spool).await? {
-        let Some(env) = mgmt
-            .spool
-            .data
-            .envelope(id)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            continue;
-        };
+    for (env, entries) in all_messages(&mgmt.spool).await? {
         for e in entries {
             let wanted = match lane {
                 Some("held") => e.held,
