@@ -4,9 +4,8 @@
 //! Every process is killed on drop; every wait is bounded.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -510,141 +509,22 @@ impl Proxy {
 // ---------------------------------------------------------------- DNS
 
 #[allow(unused_imports)]
-pub use dns::{DnsServer, Zone};
+pub use dns::Zone;
 
-mod dns {
-    use super::*;
-    use hickory_server::Server;
-    use hickory_server::net::runtime::Time;
-    use hickory_server::proto::op::{Metadata, ResponseCode};
-    use hickory_server::proto::rr::rdata::{A, AAAA, MX};
-    use hickory_server::proto::rr::{Name, RData, Record, RecordType};
-    use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-    use hickory_server::zone_handler::MessageResponseBuilder;
+mod dns;
 
-    /// Test zones: records by (name, type), names that exist, and names
-    /// answered with SERVFAIL.
-    #[derive(Default, Clone)]
-    pub struct Zone {
-        records: HashMap<(String, RecordType), Vec<Record>>,
-        names: HashSet<String>,
-        servfail: HashSet<String>,
-    }
+/// hickory-server answering `zone` on 127.0.0.1 (UDP and TCP, one port).
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    _server: hickory_server::Server<dns::Handler>,
+}
 
-    fn fqdn(name: &str) -> String {
-        format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
-    }
-
-    impl Zone {
-        pub fn new() -> Zone {
-            Zone::default()
-        }
-
-        fn add(mut self, name: &str, rtype: RecordType, data: RData) -> Zone {
-            let n = fqdn(name);
-            let record = Record::from_rdata(Name::from_ascii(&n).unwrap(), 60, data);
-            self.records
-                .entry((n.clone(), rtype))
-                .or_default()
-                .push(record);
-            self.names.insert(n);
-            self
-        }
-
-        /// An MX record (`"."` for a null MX).
-        pub fn mx(self, domain: &str, pref: u16, host: &str) -> Zone {
-            let exchange = Name::from_ascii(if host == "." {
-                ".".to_string()
-            } else {
-                fqdn(host)
-            })
-            .unwrap();
-            self.add(domain, RecordType::MX, RData::MX(MX::new(pref, exchange)))
-        }
-
-        /// An A or AAAA record.
-        pub fn addr(self, name: &str, ip: &str) -> Zone {
-            match ip.parse::<IpAddr>().unwrap() {
-                IpAddr::V4(v4) => self.add(name, RecordType::A, RData::A(A(v4))),
-                IpAddr::V6(v6) => self.add(name, RecordType::AAAA, RData::AAAA(AAAA(v6))),
-            }
-        }
-
-        /// A name that exists with no records (NODATA for every type).
-        pub fn empty(mut self, name: &str) -> Zone {
-            self.names.insert(fqdn(name));
-            self
-        }
-
-        /// Every query for `name` gets SERVFAIL.
-        pub fn servfail(mut self, name: &str) -> Zone {
-            self.servfail.insert(fqdn(name));
-            self
-        }
-    }
-
-    struct Handler(Zone);
-
-    #[async_trait::async_trait]
-    impl RequestHandler for Handler {
-        async fn handle_request<R: ResponseHandler, T: Time>(
-            &self,
-            request: &Request,
-            mut response_handle: R,
-        ) -> ResponseInfo {
-            let builder = MessageResponseBuilder::from_message_request(request);
-            let query = &request.queries.queries()[0];
-            let name = query.name().to_string().to_ascii_lowercase();
-            let rtype = query.query_type();
-            let zone = &self.0;
-            let mut meta = Metadata::response_from_request(&request.metadata);
-            meta.authoritative = true;
-            meta.recursion_available = true;
-            let result = if zone.servfail.contains(&name) {
-                response_handle
-                    .send_response(builder.error_msg(&request.metadata, ResponseCode::ServFail))
-                    .await
-            } else if let Some(records) = zone.records.get(&(name.clone(), rtype)) {
-                response_handle
-                    .send_response(builder.build(meta, records.iter(), [], [], []))
-                    .await
-            } else if zone.names.contains(&name) {
-                response_handle
-                    .send_response(builder.build_no_records(meta))
-                    .await
-            } else {
-                meta.response_code = ResponseCode::NXDomain;
-                response_handle
-                    .send_response(builder.build_no_records(meta))
-                    .await
-            };
-            result.unwrap_or_else(|e| panic!("DNS test server: {e}"))
-        }
-    }
-
-    /// hickory-server answering `zone` on 127.0.0.1 (UDP and TCP, one port).
-    pub struct DnsServer {
-        pub addr: SocketAddr,
-        _server: Server<Handler>,
-    }
-
-    impl DnsServer {
-        pub async fn start(zone: Zone) -> DnsServer {
-            // The same port number for UDP and TCP.
-            loop {
-                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                let addr = udp.local_addr().unwrap();
-                let Ok(tcp) = tokio::net::TcpListener::bind(addr).await else {
-                    continue;
-                };
-                let mut server = Server::new(Handler(zone.clone()));
-                server.register_socket(udp);
-                server.register_listener(tcp, Duration::from_secs(5), 4096);
-                return DnsServer {
-                    addr,
-                    _server: server,
-                };
-            }
+impl DnsServer {
+    pub async fn start(zone: Zone) -> DnsServer {
+        let (addr, server) = dns::serve(zone).await;
+        DnsServer {
+            addr,
+            _server: server,
         }
     }
 }
