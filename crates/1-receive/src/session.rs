@@ -675,14 +675,27 @@ impl Session {
             return self.reply(replies::auth_address_blocked());
         }
         let first = (!initial.is_empty()).then_some(initial);
-        let credentials = match self.sasl(mechanism, first).await {
+        let mut credentials = match self.sasl(mechanism, first).await {
             Ok(Ok(c)) => c,
             Ok(Err(flow_reply)) => return self.reply(flow_reply),
             Err(flow) => return flow,
         };
-        match auth::verify(&settings.directory, &credentials) {
+        // A password hash (argon2 especially) is milliseconds of CPU: off
+        // the runtime's worker threads, so a burst of logins (or guesses)
+        // does not stall every other session.
+        let verified = {
+            let settings = settings.clone();
+            let name = credentials.name.clone();
+            let password = std::mem::take(&mut credentials.password);
+            tokio::task::spawn_blocking(move || {
+                auth::verify(&settings.directory, &Credentials { name, password })
+            })
+            .await
+            .unwrap_or(None)
+        };
+        match verified {
             Some(name) => {
-                tracing::info!(remote = %self.remote.ip(), user = %name, mechanism = %mechanism.name(), "authenticated");
+                tracing::info!(remote = %ip, user = %name, mechanism = %mechanism.name(), "authenticated");
                 settings.ledger.succeeded(ip);
                 self.auth_as = Some(name);
                 self.reply(replies::auth_ok())
@@ -690,7 +703,7 @@ impl Session {
             None => {
                 settings.ledger.failed(ip, std::time::Instant::now());
                 self.auth_failures += 1;
-                tracing::info!(remote = %self.remote.ip(), user = %credentials.name, mechanism = %mechanism.name(), failures = self.auth_failures, "authentication failed");
+                tracing::info!(remote = %ip, user = %credentials.name, mechanism = %mechanism.name(), failures = self.auth_failures, "authentication failed");
                 // Held back, to slow down guessing.
                 tokio::time::sleep(settings.errors_wait).await;
                 if self.auth_failures >= settings.errors_total {
