@@ -5,23 +5,19 @@
 
 mod common;
 mod dns_support;
-use common::*;
 use dns_support::*;
 
 #[test]
 fn listed_client_is_refused_at_rcpt_and_the_zone_is_named() {
     // Both zones carry RFC 5782 §5's test point (127.0.0.2 is listed);
     // only listed.test lists 127.0.0.1, where the test connects from.
-    let dns = DnsServer::start(
+    let (_dns, s) = checked_server(
         Zone::new()
             .addr("2.0.0.127.clean.test", "127.0.0.2")
             .addr("2.0.0.127.listed.test", "127.0.0.2")
             .addr("1.0.0.127.listed.test", "127.0.0.2"),
+        "[session.connect]\ndnsbl = [\"clean.test\", \"listed.test\"]\n",
     );
-    let s = Server::start(&format!(
-        "{}{LOCAL_DOMAIN}\n[session.connect]\ndnsbl = [\"clean.test\", \"listed.test\"]\n",
-        dns.resolver_toml()
-    ));
     let mut c = s.client();
     c.ehlo();
     assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);

@@ -4,20 +4,16 @@
 
 mod common;
 mod dns_support;
-use common::*;
 use dns_support::*;
 
 #[test]
 fn servfail_and_timeout_count_as_not_listed_with_a_warning() {
-    let dns = DnsServer::start(
+    let (_dns, s) = checked_server(
         Zone::new()
             .servfail("1.0.0.127.broken.test")
             .silent("1.0.0.127.silent.test"),
+        "[session.connect]\ndnsbl = [\"broken.test\", \"silent.test\"]\n",
     );
-    let s = Server::start(&format!(
-        "{}{LOCAL_DOMAIN}\n[session.connect]\ndnsbl = [\"broken.test\", \"silent.test\"]\n",
-        dns.resolver_toml()
-    ));
     // The lookups run in the background: the greeting, EHLO and MAIL do not
     // wait for the silent zone (its query times out after 5 s); only RCPT
     // TO does.

@@ -5,16 +5,14 @@
 
 mod common;
 mod dns_support;
-use common::*;
 use dns_support::*;
 
 #[test]
 fn unlisted_client_is_accepted_and_the_lookup_logged() {
-    let dns = DnsServer::start(Zone::new().addr("2.0.0.127.clean.test", "127.0.0.2"));
-    let s = Server::start(&format!(
-        "{}{LOCAL_DOMAIN}\n[session.connect]\ndnsbl = [\"clean.test\"]\n",
-        dns.resolver_toml()
-    ));
+    let (_dns, s) = checked_server(
+        Zone::new().addr("2.0.0.127.clean.test", "127.0.0.2"),
+        "[session.connect]\ndnsbl = [\"clean.test\"]\n",
+    );
     let mut c = s.client();
     c.ehlo();
     let r = c.send_message(

@@ -4,27 +4,17 @@
 
 mod common;
 mod dns_support;
-use common::*;
 use dns_support::*;
 
 #[test]
 fn failed_iprev_is_logged_and_the_mail_accepted() {
-    let dns = DnsServer::start(
+    let (_dns, s) = checked_server(
         Zone::new()
             .ptr(LOOPBACK_PTR, "forged.client.test")
             .addr("forged.client.test", "192.0.2.1"),
+        "[auth.iprev]\nverify = \"relaxed\"\n",
     );
-    let s = Server::start(&format!(
-        "{}{LOCAL_DOMAIN}\n[auth.iprev]\nverify = \"relaxed\"\n",
-        dns.resolver_toml()
-    ));
-    let mut c = s.client();
-    c.ehlo();
-    let r = c.send_message(
-        "a@example.org",
-        &["user@local.test"],
-        b"Subject: hello\r\n\r\nrelaxed\r\n",
-    );
+    let r = send_to_local(&s, "relaxed");
     assert!(r.is(250, "2.0.0"), "{r:?}\n{}", s.log_text());
     let log = s.log_text();
     assert!(

@@ -4,28 +4,18 @@
 
 mod common;
 mod dns_support;
-use common::*;
 use dns_support::*;
 
 #[test]
 fn forward_confirmed_client_passes() {
-    let dns = DnsServer::start(
+    let (_dns, s) = checked_server(
         Zone::new()
             .ptr(LOOPBACK_PTR, "mail.client.test")
             .addr("mail.client.test", "192.0.2.1")
             .addr("mail.client.test", "127.0.0.1"),
+        "[auth.iprev]\nverify = \"strict\"\n",
     );
-    let s = Server::start(&format!(
-        "{}{LOCAL_DOMAIN}\n[auth.iprev]\nverify = \"strict\"\n",
-        dns.resolver_toml()
-    ));
-    let mut c = s.client();
-    c.ehlo();
-    let r = c.send_message(
-        "a@example.org",
-        &["user@local.test"],
-        b"Subject: hello\r\n\r\nconfirmed\r\n",
-    );
+    let r = send_to_local(&s, "confirmed");
     assert!(r.is(250, "2.0.0"), "{r:?}\n{}", s.log_text());
 
     // The check ran (and passed): switched off, there is no such line.

@@ -4,16 +4,14 @@
 
 mod common;
 mod dns_support;
-use common::*;
 use dns_support::*;
 
 #[test]
 fn servfail_on_the_ptr_gives_450_4_7_25() {
-    let dns = DnsServer::start(Zone::new().servfail(LOOPBACK_PTR));
-    let s = Server::start(&format!(
-        "{}{LOCAL_DOMAIN}\n[auth.iprev]\nverify = \"strict\"\n",
-        dns.resolver_toml()
-    ));
+    let (_dns, s) = checked_server(
+        Zone::new().servfail(LOOPBACK_PTR),
+        "[auth.iprev]\nverify = \"strict\"\n",
+    );
     let mut c = s.client();
     c.ehlo();
     assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);

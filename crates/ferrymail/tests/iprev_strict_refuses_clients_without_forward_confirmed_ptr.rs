@@ -10,12 +10,12 @@ use common::*;
 use dns_support::*;
 
 fn strict(zone: Zone) -> (DnsServer, Server) {
-    let dns = DnsServer::start(zone);
-    let s = Server::start(&format!(
-        "{}{LOCAL_DOMAIN}\n[auth.iprev]\nverify = \"strict\"\n",
-        dns.resolver_toml()
-    ));
-    (dns, s)
+    checked_server(
+        zone,
+        "[auth.iprev]
+verify = \"strict\"
+",
+    )
 }
 
 fn assert_refused(s: &Server) {

@@ -49,6 +49,28 @@ pub const LOOPBACK_PTR: &str = "1.0.0.127.in-addr.arpa";
 /// connection checks (relaying is not what these tests are about).
 pub const LOCAL_DOMAIN: &str = "[session.rcpt]\nlocal-domains = [\"local.test\"]\n";
 
+/// The DNS server for `zone`, and a Ferrymail resolving through it that
+/// accepts `local.test`, with `checks` (its connection-check settings).
+/// Keep the DNS server alive as long as the Ferrymail.
+pub fn checked_server(zone: Zone, checks: &str) -> (DnsServer, crate::common::Server) {
+    let dns = DnsServer::start(zone);
+    let s =
+        crate::common::Server::start(&format!("{}{LOCAL_DOMAIN}\n{checks}", dns.resolver_toml()));
+    (dns, s)
+}
+
+/// One message from a@example.org to user@local.test whose body says
+/// `body`; the reply to its end of data.
+pub fn send_to_local(s: &crate::common::Server, body: &str) -> crate::common::Reply {
+    let mut c = s.client();
+    c.ehlo();
+    c.send_message(
+        "a@example.org",
+        &["user@local.test"],
+        format!("Subject: hello\r\n\r\n{body}\r\n").as_bytes(),
+    )
+}
+
 /// Whether one line of the server's log contains every one of `needles`
 /// (terminal colour codes removed, should there be any).
 pub fn log_has(log: &str, needles: &[&str]) -> bool {
