@@ -194,6 +194,16 @@ fn rig() -> Rig {
     }
 }
 
+/// Whether every remaining entry of message `id` has had one attempt.
+async fn attempted_once(r: &Rig, id: MessageId) -> bool {
+    r.store
+        .entries(id)
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.attempts == 1)
+}
+
 async fn accept(spool: &Spool, env: &Envelope, entries: &[QueueEntry]) {
     spool
         .accept(
@@ -278,12 +288,7 @@ async fn a_panicking_transport_defers_the_job() {
     let m = start(&config, &r.spool, t.clone(), settings(1));
     m.queued.send(entries.clone().into()).unwrap();
     until("the failed attempts are recorded", async || {
-        r.store
-            .entries(env.id)
-            .await
-            .unwrap()
-            .iter()
-            .all(|e| e.attempts == 1)
+        attempted_once(&r, env.id).await
     })
     .await;
     for e in r.store.entries(env.id).await.unwrap() {
@@ -533,15 +538,7 @@ async fn etrn_starts_deferred_mail_and_counts_messages() {
     let cfg = "[queue.schedule]\nretry = \"[1h]\"\nnotify = \"[]\"\nexpire = \"1d\"\n";
     let mut m = start(cfg, &r.spool, t.clone(), settings(1));
     m.queued.send(entries.clone().into()).unwrap();
-    until("three deferrals", async || {
-        r.store
-            .entries(env.id)
-            .await
-            .unwrap()
-            .iter()
-            .all(|e| e.attempts == 1)
-    })
-    .await;
+    until("three deferrals", async || attempted_once(&r, env.id).await).await;
     let h = &m.running.handle;
     // The store has the deferrals; the engine's index learns of them when
     // the jobs report back, a moment later.
