@@ -362,13 +362,27 @@ impl Default for SessionAuth {
     }
 }
 
-/// A SASL mechanism `session.auth.mechanisms` may name.
+/// A SASL mechanism `session.auth.mechanisms` may name, and the one type
+/// receive's AUTH works with. Both send the password itself, so they are
+/// offered only over TLS unless `allow-plain-text` says otherwise (RFC 4954
+/// §4, RFC 4616 §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMechanism {
-    /// `plain` (RFC 4616).
+    /// `plain` (RFC 4616): one message, `authzid NUL authcid NUL passwd`.
     Plain,
-    /// `login`.
+    /// `login` (draft-murchison-sasl-login): user name and password in two
+    /// steps; what many older clients only speak.
     Login,
+}
+
+impl AuthMechanism {
+    /// The name as EHLO advertises it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMechanism::Plain => "PLAIN",
+            AuthMechanism::Login => "LOGIN",
+        }
+    }
 }
 
 /// `[directory.<id>]`: who may log in with SMTP AUTH. The one type built

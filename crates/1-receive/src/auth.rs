@@ -13,42 +13,15 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ferrymail_config::{Directory, Principal};
 
-/// The mechanisms Ferrymail offers. Both send the password itself, so they
-/// are offered only over TLS unless `session.auth.allow-plain-text` says
-/// otherwise (RFC 4954 §4, RFC 4616 §6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mechanism {
-    /// RFC 4616: one message, `authzid NUL authcid NUL passwd`.
-    Plain,
-    /// The LOGIN mechanism (draft-murchison-sasl-login): user name and
-    /// password in two steps; what many older clients only speak.
-    Login,
-}
+/// The mechanisms Ferrymail offers; the configuration's type.
+pub use ferrymail_config::AuthMechanism as Mechanism;
 
-impl Mechanism {
-    /// The name as EHLO advertises it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Plain => "PLAIN",
-            Mechanism::Login => "LOGIN",
-        }
-    }
-
-    /// From smtp-proto's mechanism bit.
-    pub fn from_proto(bit: u64) -> Option<Mechanism> {
-        match bit {
-            smtp_proto::AUTH_PLAIN => Some(Mechanism::Plain),
-            smtp_proto::AUTH_LOGIN => Some(Mechanism::Login),
-            _ => None,
-        }
-    }
-
-    /// From the configuration's name.
-    pub fn from_config(m: ferrymail_config::AuthMechanism) -> Mechanism {
-        match m {
-            ferrymail_config::AuthMechanism::Plain => Mechanism::Plain,
-            ferrymail_config::AuthMechanism::Login => Mechanism::Login,
-        }
+/// smtp-proto's mechanism bit as one Ferrymail offers.
+pub fn mechanism_from_proto(bit: u64) -> Option<Mechanism> {
+    match bit {
+        smtp_proto::AUTH_PLAIN => Some(Mechanism::Plain),
+        smtp_proto::AUTH_LOGIN => Some(Mechanism::Login),
+        _ => None,
     }
 }
 

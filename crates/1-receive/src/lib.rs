@@ -113,11 +113,7 @@ impl AuthSettings {
         let directory = config.directories.get(a.directory.as_ref()?)?.clone();
         Some(AuthSettings {
             directory,
-            mechanisms: a
-                .mechanisms
-                .iter()
-                .map(|&m| auth::Mechanism::from_config(m))
-                .collect(),
+            mechanisms: a.mechanisms.clone(),
             require: a.require.clone(),
             allow_plain_text: a.allow_plain_text.clone(),
             must_match_sender: a.must_match_sender.clone(),

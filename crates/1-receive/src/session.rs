@@ -384,7 +384,7 @@ impl Session {
                 initial_response,
             } => {
                 self.auth(
-                    Mechanism::from_proto(mechanism),
+                    auth::mechanism_from_proto(mechanism),
                     initial_response.into_owned(),
                 )
                 .await
