@@ -82,25 +82,15 @@ pub struct Receiver {
     pub auth: Option<Arc<AuthSettings>>,
 }
 
-/// `[session.auth]` with its directory resolved: what a session needs to
-/// offer AUTH and check what it is given.
+/// `[session.auth]` with its directory resolved, and the per-address
+/// failure ledger: what a session needs to offer AUTH and check what it is
+/// given.
 #[derive(Debug)]
 pub struct AuthSettings {
-    /// Who may log in.
+    /// The settings as configured.
+    pub config: ferrymail_config::SessionAuth,
+    /// Who may log in (the directory `config.directory` names).
     pub directory: ferrymail_config::Directory,
-    /// What EHLO offers, in order.
-    pub mechanisms: Vec<auth::Mechanism>,
-    /// True: MAIL before AUTH gets 530.
-    pub require: Expr,
-    /// True: AUTH is offered without TLS.
-    pub allow_plain_text: Expr,
-    /// True: an authenticated client may only use its own addresses in
-    /// MAIL FROM.
-    pub must_match_sender: Expr,
-    /// Failed attempts before 421.
-    pub errors_total: u32,
-    /// How long each 535 is held back.
-    pub errors_wait: std::time::Duration,
     /// Failures per client address, across sessions.
     pub ledger: auth::FailureLedger,
 }
@@ -112,13 +102,8 @@ impl AuthSettings {
         let a = &config.session.auth;
         let directory = config.directories.get(a.directory.as_ref()?)?.clone();
         Some(AuthSettings {
+            config: a.clone(),
             directory,
-            mechanisms: a.mechanisms.clone(),
-            require: a.require.clone(),
-            allow_plain_text: a.allow_plain_text.clone(),
-            must_match_sender: a.must_match_sender.clone(),
-            errors_total: a.errors_total,
-            errors_wait: a.errors_wait,
             ledger: auth::FailureLedger::new(a.errors_per_ip, a.errors_per_ip_window),
         })
     }

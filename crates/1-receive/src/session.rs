@@ -444,7 +444,7 @@ impl Session {
             lines.push("STARTTLS".into());
         }
         if let Some(a) = self.auth_offered() {
-            let names: Vec<&str> = a.mechanisms.iter().map(|m| m.name()).collect();
+            let names: Vec<&str> = a.config.mechanisms.iter().map(|m| m.name()).collect();
             lines.push(format!("AUTH {}", names.join(" ")));
         }
         lines.push("HELP".into());
@@ -483,12 +483,12 @@ impl Session {
         // RFC 4954 §6: a server that requires AUTH answers 530.
         if self.auth_as.is_none()
             && let Some(a) = &self.rx.auth
-            && self.truthy(&a.require)
+            && self.truthy(&a.config.require)
         {
             return self.reply(replies::auth_required());
         }
         if let (Some(name), Some(a)) = (&self.auth_as, &self.rx.auth)
-            && self.truthy(&a.must_match_sender)
+            && self.truthy(&a.config.must_match_sender)
             && !auth::may_send_as(&a.directory, name, &from.address)
         {
             tracing::info!(remote = %self.remote.ip(), user = %name, sender = %from.address, "sender not owned by the authenticated user");
@@ -643,7 +643,7 @@ impl Session {
     /// (RFC 4954 §4: mechanisms that send the password need TLS).
     fn auth_offered(&self) -> Option<&Arc<AuthSettings>> {
         let a = self.rx.auth.as_ref()?;
-        (self.tls.is_some() || self.truthy(&a.allow_plain_text)).then_some(a)
+        (self.tls.is_some() || self.truthy(&a.config.allow_plain_text)).then_some(a)
     }
 
     /// AUTH (RFC 4954 §4): runs the exchange of `mechanism`, starting from
@@ -666,7 +666,7 @@ impl Session {
                 "AUTH is not permitted during a mail transaction",
             ));
         }
-        let Some(mechanism) = mechanism.filter(|m| settings.mechanisms.contains(m)) else {
+        let Some(mechanism) = mechanism.filter(|m| settings.config.mechanisms.contains(m)) else {
             return self.reply(replies::auth_mechanism_unknown());
         };
         let ip = self.remote.ip();
@@ -705,8 +705,8 @@ impl Session {
                 self.auth_failures += 1;
                 tracing::info!(remote = %ip, user = %credentials.name, mechanism = %mechanism.name(), failures = self.auth_failures, "authentication failed");
                 // Held back, to slow down guessing.
-                tokio::time::sleep(settings.errors_wait).await;
-                if self.auth_failures >= settings.errors_total {
+                tokio::time::sleep(settings.config.errors_wait).await;
+                if self.auth_failures >= settings.config.errors_total {
                     replies::auth_failed().write_to(&mut self.out);
                     return self.reply(replies::auth_too_many_failures());
                 }
