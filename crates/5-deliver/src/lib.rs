@@ -22,11 +22,16 @@
 //!   `tls.mode = "disable"`. In the default `optional` mode it is
 //!   opportunistic (RFC 7435, like Postfix's `may`): the session is
 //!   encrypted but the certificate is not verified, because MX hosts rarely
-//!   present one that verifies and the alternative is plain text. A failed
-//!   STARTTLS (refused or a broken handshake) makes that host fail
-//!   transiently and the next MX is tried; there is no fallback to plain
-//!   text on the same host, so an attacker who breaks the handshake cannot
-//!   downgrade the session. `require` and implicit TLS verify the
+//!   present one that verifies and the alternative is plain text. For the
+//!   same reason a failed STARTTLS does not fail the host: refused (454),
+//!   the session goes on in plain text (RFC 3207 §4); a broken handshake
+//!   (a TLS-1.0-only server, a middlebox) is retried on a new connection
+//!   without STARTTLS, as Postfix's `may` does. Opportunistic TLS never
+//!   stood against an attacker who can break a handshake (they could as
+//!   well strip STARTTLS from the EHLO reply); without the fallback such a
+//!   host's mail would be retried until it expired. Routes with AUTH
+//!   credentials do not fall back, as in Postfix: the host fails
+//!   transiently and the next one is tried. `require` and implicit TLS verify the
 //!   certificate (Mozilla's roots and the host name) unless
 //!   `tls.allow-invalid-certs`, and `require` fails a host that does not
 //!   offer STARTTLS (4.7.4).

@@ -164,11 +164,47 @@ pub struct Session {
 impl Session {
     /// Connects to `peer` and brings the session to the point where MAIL
     /// may be sent: greeting, EHLO/LHLO, STARTTLS per policy, AUTH.
+    ///
+    /// Opportunistic TLS (`tls.mode = "optional"`) never costs the mail its
+    /// delivery: when the next hop offers STARTTLS and then refuses it, the
+    /// session goes on in plain text (RFC 3207 §4 leaves that choice to the
+    /// client); when the handshake itself fails (a server that speaks only
+    /// TLS 1.0, a broken certificate chain, a middlebox), the connection is
+    /// gone, so a new one is opened that does not try STARTTLS. That is
+    /// RFC 7435's "fall back to cleartext" and what Postfix's `may` and
+    /// Exim's `hosts_try_tls` do; without it such a host would be retried
+    /// until the message expired. `require` and implicit TLS never fall back,
+    /// and neither does a route with AUTH credentials, which are not to go
+    /// over a connection an attacker may have downgraded (Postfix makes the
+    /// same exception).
     pub async fn open(
         peer: &Peer,
         hostname: &str,
         timeouts: &OutboundTimeouts,
         tls: &TlsConfigs,
+    ) -> Result<Session, SessionError> {
+        match Self::open_once(peer, hostname, timeouts, tls, true).await {
+            Err(SessionError::Tls(error)) if may_fall_back(peer) => {
+                tracing::warn!(
+                    host = %peer.host,
+                    addr = %peer.addr,
+                    %error,
+                    "STARTTLS failed; opportunistic TLS: delivering in plain text on a new connection"
+                );
+                Self::open_once(peer, hostname, timeouts, tls, false).await
+            }
+            other => other,
+        }
+    }
+
+    /// One connection attempt of [`Session::open`]; `try_starttls` is false
+    /// for the plain-text retry after a failed opportunistic handshake.
+    async fn open_once(
+        peer: &Peer,
+        hostname: &str,
+        timeouts: &OutboundTimeouts,
+        tls: &TlsConfigs,
+        try_starttls: bool,
     ) -> Result<Session, SessionError> {
         let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(peer.addr)).await
         {
@@ -220,10 +256,27 @@ impl Session {
 
         // RFC 3207: STARTTLS when offered, unless disabled; with
         // `require`, its absence is a failure of this host.
-        if session.remote.tls.is_none() && peer.tls.mode != TlsMode::Disable {
+        if session.remote.tls.is_none() && peer.tls.mode != TlsMode::Disable && try_starttls {
             if session.caps.starttls {
-                session = session.starttls(peer, tls_config).await?;
-                session.hello(hostname).await?;
+                let reply = session
+                    .command(b"STARTTLS\r\n", "STARTTLS", timeouts.ehlo)
+                    .await?;
+                if reply.code == 220 {
+                    session = session.starttls(peer, tls_config).await?;
+                    session.hello(hostname).await?;
+                } else if !may_fall_back(peer) {
+                    return Err(SessionError::Tls(format!("STARTTLS refused: {reply}")));
+                } else {
+                    // RFC 3207 §4: after a refusal (454 "TLS not available
+                    // due to temporary reason") the session is still in
+                    // its plain-text state and may go on as it is.
+                    tracing::warn!(
+                        host = %peer.host,
+                        addr = %peer.addr,
+                        %reply,
+                        "STARTTLS refused; opportunistic TLS: delivering in plain text"
+                    );
+                }
             } else if peer.tls.mode == TlsMode::Require {
                 return Err(SessionError::TlsRequired);
             }
@@ -265,19 +318,13 @@ impl Session {
         Ok(())
     }
 
-    /// STARTTLS and the handshake; the capabilities are forgotten, as
-    /// RFC 3207 §4.2 requires, and the caller sends EHLO again.
+    /// The handshake after STARTTLS's 220; the capabilities are forgotten,
+    /// as RFC 3207 §4.2 requires, and the caller sends EHLO again.
     async fn starttls(
-        mut self,
+        self,
         peer: &Peer,
         config: &std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<Session, SessionError> {
-        let reply = self
-            .command(b"STARTTLS\r\n", "STARTTLS", self.timeouts.ehlo)
-            .await?;
-        if reply.code != 220 {
-            return Err(SessionError::Tls(format!("STARTTLS refused: {reply}")));
-        }
         // Anything the server sent after its 220 arrived in plain text and
         // must not be read as if it came through TLS (response injection).
         if !self.rbuf.is_empty() {
@@ -725,6 +772,13 @@ impl Session {
         self.needs_reset = false;
         Ok(usable)
     }
+}
+
+/// Whether a failed STARTTLS may give way to plain text: only for
+/// opportunistic TLS, and not when AUTH credentials would then be sent
+/// over a connection an attacker may have downgraded.
+fn may_fall_back(peer: &Peer) -> bool {
+    peer.tls.mode == TlsMode::Optional && !peer.tls.implicit && peer.auth.is_none()
 }
 
 /// The TLS handshake over `stream`, bounded by `t`.

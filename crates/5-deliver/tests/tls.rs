@@ -1,7 +1,9 @@
 //! TLS next hops (aiosmtpd with certificates made by rcgen): opportunistic
 //! STARTTLS encrypts without verifying; `require` verifies against a private
 //! CA, and a certificate that does not verify fails the host;
-//! `require` without STARTTLS fails; `disable` stays in plain text;
+//! `require` without STARTTLS fails; opportunistic STARTTLS that is
+//! refused or whose handshake fails falls back to plain text, `require`
+//! does not; `disable` stays in plain text;
 //! implicit TLS; AUTH PLAIN and LOGIN over TLS.
 
 mod common;
@@ -92,6 +94,70 @@ async fn require_without_starttls_fails() {
     assert_eq!(kind(&o), "transient", "{o:?}");
     assert_eq!(o.outcome.status(), "4.7.4");
     assert!(peer.transactions().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_starttls_refused_goes_on_in_plain_text() {
+    // RFC 3207 §4: a 454 to STARTTLS leaves the session in plain text, and
+    // an opportunistic client may go on with it rather than defer the mail.
+    let cert = self_signed(&["peer.ferry.test"]);
+    let refusal = "454 4.7.0 TLS not available due to temporary reason";
+    let peer = tls_peer(&cert, json!({ "starttls_reply": refusal }));
+    let t = SmtpTransport::new(&relay_config(peer.port, "smtp", "")).unwrap();
+    let o = one(&t).await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().tls, None);
+    assert_eq!(peer.transactions().len(), 1);
+    assert_eq!(peer.transactions()[0]["tls"], false);
+
+    // `require` never sends in the clear: the refusal fails this host.
+    let cfg = relay_config(peer.port, "smtp", "tls.mode = \"require\"");
+    let o = one(&SmtpTransport::new(&cfg).unwrap()).await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert_eq!(o.outcome.status(), "4.7.5");
+    assert!(reason(&o).contains("454"), "{}", reason(&o));
+    assert_eq!(peer.transactions().len(), 1, "nothing more was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_handshake_failure_retries_in_plain_text() {
+    // A server that offers STARTTLS but speaks only TLS 1.0, which rustls
+    // does not: the handshake fails and takes the connection with it. An
+    // opportunistic client connects again without STARTTLS (Postfix's
+    // `may`, RFC 7435) instead of deferring the mail until it expires.
+    let cert = self_signed(&["peer.ferry.test"]);
+    let peer = tls_peer(&cert, json!({ "tls_max_version": "TLSv1" }));
+    let t = SmtpTransport::new(&relay_config(peer.port, "smtp", "")).unwrap();
+    let o = one(&t).await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().tls, None);
+    assert_eq!(peer.transactions().len(), 1);
+    assert_eq!(peer.transactions()[0]["tls"], false);
+
+    // With `require` the same failure is the host's: transient 4.7.5, and
+    // nothing goes out in plain text.
+    let cfg = relay_config(
+        peer.port,
+        "smtp",
+        "tls.mode = \"require\"\ntls.allow-invalid-certs = true",
+    );
+    let o = one(&SmtpTransport::new(&cfg).unwrap()).await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert_eq!(o.outcome.status(), "4.7.5");
+    assert!(reason(&o).contains("TLS failed"), "{}", reason(&o));
+    assert_eq!(peer.transactions().len(), 1, "nothing more was sent");
+
+    // Nor does a route with AUTH credentials fall back (as in Postfix): they
+    // are not for a connection an attacker may have downgraded.
+    let cfg = relay_config(
+        peer.port,
+        "smtp",
+        "auth.username = \"ferry\"\nauth.secret = \"s3cret\"",
+    );
+    let o = one(&SmtpTransport::new(&cfg).unwrap()).await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert!(reason(&o).contains("TLS failed"), "{}", reason(&o));
+    assert_eq!(peer.transactions().len(), 1, "nothing more was sent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

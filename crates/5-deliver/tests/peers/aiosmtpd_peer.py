@@ -12,6 +12,10 @@ Options (all optional but "port" and "record"):
   tls_cert, tls_key   PEM files; with "implicit_tls" TLS from the first
                   byte, else STARTTLS is offered
   implicit_tls    see above
+  starttls_reply  STARTTLS is offered but answered with this reply (e.g.
+                  "454 4.7.0 TLS not available due to temporary reason")
+  tls_max_version the highest TLS version the server will speak, e.g.
+                  "TLSv1" (an old server no modern client can talk to)
   auth            {"user": U, "password": P}: AUTH PLAIN/LOGIN offered
   auth_require_tls  aiosmtpd's auth_require_tls (default true)
   auth_exclude    mechanisms not to offer, e.g. ["PLAIN"]
@@ -74,9 +78,21 @@ def authenticator(server, session, envelope, mechanism, auth_data):
     return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
+class RefusingStarttls(SMTP):
+    """Offers STARTTLS and then refuses it (RFC 3207 §4's 454)."""
+
+    async def smtp_STARTTLS(self, arg):
+        await self.push(opts["starttls_reply"])
+
+
 class PeerController(Controller):
     def factory(self):
-        cls = LMTP if opts.get("lmtp") else SMTP
+        if opts.get("lmtp"):
+            cls = LMTP
+        elif opts.get("starttls_reply"):
+            cls = RefusingStarttls
+        else:
+            cls = SMTP
         return cls(self.handler, **self.SMTP_kwargs)
 
 
@@ -91,6 +107,8 @@ def main():
     if opts.get("tls_cert"):
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(opts["tls_cert"], opts["tls_key"])
+        if opts.get("tls_max_version"):
+            ctx.maximum_version = getattr(ssl.TLSVersion, opts["tls_max_version"])
         if opts.get("implicit_tls"):
             kwargs["ssl_context"] = ctx
         else:
