@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 use crate::error::{ConfigError, Problem};
-use crate::expr::{Expr, Value};
+use crate::expr::{Expr, Value, Var};
 use crate::model::*;
 use crate::reader::{Reader, Section};
 use crate::suggest;
@@ -391,6 +391,7 @@ fn session(
     if let Some(rc) = r.sub(&sec, "rcpt") {
         r.check_keys(&rc, &["relay", "local-domains", "max-recipients"], false);
         if let Some(e) = r.expr(&rc, "relay") {
+            warn_unavailable(r, &rc, "relay", &e, AT_RCPT, "relay is decided at RCPT TO");
             out.rcpt.relay = e;
         }
         if let Some(domains) = r.strings(&rc, "local-domains") {
@@ -407,6 +408,14 @@ fn session(
     if let Some(e) = r.sub(&sec, "etrn") {
         r.check_keys(&e, &["allow"], false);
         if let Some(x) = r.expr(&e, "allow") {
+            warn_unavailable(
+                r,
+                &e,
+                "allow",
+                &x,
+                AT_RCPT,
+                "ETRN is decided in the session",
+            );
             out.etrn.allow = x;
         }
     }
@@ -962,6 +971,7 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
         out.outbound = outbound(r, &o);
     }
     if let Some(e) = r.expr(&sec, "priority") {
+        warn_unavailable(r, &sec, "priority", &e, ROUTING, ROUTING_WHEN);
         check_outcomes(r, &sec, "priority", &e, |v| match v {
             Value::Int(_) => Ok(()),
             _ => Err("an integer".to_string()),
@@ -1030,6 +1040,8 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
     if let Some(st) = r.sub(&sec, "strategy") {
         r.check_keys(&st, &["queue", "schedule", "route"], false);
         if let Some(e) = r.expr(&st, "queue") {
+            // The queue is what this expression decides, so it cannot read it.
+            warn_unavailable(r, &st, "queue", &e, &ROUTING[1..], ROUTING_WHEN);
             check_outcomes(r, &st, "queue", &e, |v| match v {
                 Value::Str(s) if is_valid_queue_name(s) => Ok(()),
                 _ => Err("a queue name".to_string()),
@@ -1051,6 +1063,7 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
             let Some(e) = r.expr(&st, key) else {
                 continue;
             };
+            warn_unavailable(r, &st, key, &e, ROUTING, ROUTING_WHEN);
             check_outcomes(r, &st, key, &e, |v| match v {
                 Value::Str(_) => Ok(()),
                 _ => Err(format!("a {what} id")),
@@ -1070,6 +1083,66 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
         }
     }
     out
+}
+
+/// The variables routing (`queue.strategy.*`, `queue.priority`) has a
+/// value for; `queue` first, as the queue expression itself cannot read it.
+const ROUTING: &[Var] = &[
+    Var::Queue,
+    Var::Sender,
+    Var::SenderDomain,
+    Var::Rcpt,
+    Var::RcptDomain,
+    Var::RemoteIp,
+    Var::LocalPort,
+    Var::AuthenticatedAs,
+    Var::HeloDomain,
+    Var::Priority,
+    Var::Size,
+    Var::Source,
+];
+
+/// Why the others have none.
+const ROUTING_WHEN: &str = "each recipient is routed once, when the message is accepted";
+
+/// The variables a relay or ETRN decision has a value for: the session's,
+/// before the message (and its size) exists.
+const AT_RCPT: &[Var] = &[
+    Var::Sender,
+    Var::SenderDomain,
+    Var::Rcpt,
+    Var::RcptDomain,
+    Var::RemoteIp,
+    Var::LocalPort,
+    Var::AuthenticatedAs,
+    Var::HeloDomain,
+    Var::Priority,
+    Var::Source,
+];
+
+/// Warns (with the key's file and line) about each variable `e` reads that
+/// is always Null where `key` is evaluated: a condition on it would never
+/// match, and nothing else would say so.
+fn warn_unavailable(
+    r: &mut Reader,
+    sec: &Section,
+    key: &str,
+    e: &Expr,
+    available: &[Var],
+    when: &str,
+) {
+    for v in e.variables() {
+        if !available.contains(&v) {
+            let span = r.value_span(sec, key);
+            r.warn(
+                &span,
+                format!(
+                    "'{}' reads '{v}', which has no value there ({when}), so it is always Null",
+                    sec.path(key)
+                ),
+            );
+        }
+    }
 }
 
 /// `[queue.outbound]`: the delivery client's settings.

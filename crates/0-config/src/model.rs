@@ -404,9 +404,9 @@ pub struct Principal {
     /// SHA-512-crypt, `$5$...` SHA-256-crypt) or the password itself; use
     /// `%{file:...}%` or `%{env:...}%` to keep it out of the file.
     pub secret: String,
-    /// `email`: the addresses that are this principal's (kept for
-    /// expressions and for Stalwart configurations; not checked against
-    /// MAIL FROM in this release).
+    /// `email`: the addresses that are this principal's; with
+    /// `session.auth.must-match-sender` (the default) the user's MAIL FROM
+    /// must be one of them, so a login cannot send as someone else.
     pub emails: Vec<String>,
 }
 

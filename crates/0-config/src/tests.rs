@@ -1756,3 +1756,34 @@ fn implicit_tls_is_for_smtp_listeners() {
         "/etc/ferrymail.toml:4: 'server.listener.api.tls.implicit': implicit TLS is offered on smtp listeners only in this release"
     );
 }
+
+#[test]
+fn expressions_reading_variables_their_stage_never_has_are_warned_about() {
+    // Routing happens once, at acceptance: a route on `retry_num` would
+    // never match, and a queue expression cannot read the queue it decides.
+    // Relay is decided at RCPT TO, before the message has a size.
+    let c = ok(r#"[queue.route.backup]
+type = "relay"
+address = "127.0.0.1"
+
+[queue.strategy]
+queue = "'q-' + queue"
+route = [ { if = "retry_num > 3", then = "'backup'" },
+          { if = "queue == 'bulk' && local_port == 587", then = "'backup'" },
+          { else = "'mx'" } ]
+
+[session.rcpt]
+relay = "size < 1000"
+"#);
+    assert_eq!(
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![
+            "/etc/ferrymail.toml:6: 'queue.strategy.queue' reads 'queue', which has no value there (each recipient is routed once, when the message is accepted), so it is always Null",
+            "/etc/ferrymail.toml:7: 'queue.strategy.route' reads 'retry_num', which has no value there (each recipient is routed once, when the message is accepted), so it is always Null",
+            "/etc/ferrymail.toml:12: 'session.rcpt.relay' reads 'size', which has no value there (relay is decided at RCPT TO), so it is always Null",
+        ]
+    );
+}

@@ -372,7 +372,7 @@ impl Session {
                 214,
                 vec![
                     "2.0.0 Ferrymail: commands supported:".into(),
-                    "2.0.0 EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY ETRN STARTTLS"
+                    "2.0.0 EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY ETRN STARTTLS AUTH"
                         .into(),
                     "2.0.0 End of HELP info".into(),
                 ],
@@ -995,7 +995,10 @@ impl Session {
             helo: self.helo.clone(),
             authenticated_as: self.auth_as.clone(),
         };
-        let entries: Vec<QueueEntry> = self.rx.router.entries(&envelope, &contents, now);
+        let entries: Vec<QueueEntry> =
+            self.rx
+                .router
+                .entries(&envelope, &contents, Some(self.local.port()), now);
         // The store has `store_timeout` to make the message durable; a
         // store that hangs (a database that stopped answering) must not
         // outlast the client's own 10-minute wait (RFC 5321 §4.5.3.2.6).

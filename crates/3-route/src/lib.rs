@@ -47,6 +47,14 @@ pub struct RouteVars<'a> {
     pub rcpt: usize,
     /// The message contents (only the header section is read).
     pub contents: &'a [u8],
+    /// The port the client connected to (`local_port`), so that mail from
+    /// a submission port can take its own queue or route; `None` for mail
+    /// Ferrymail made itself (DSNs).
+    pub local_port: Option<u16>,
+    /// The virtual queue already chosen for this recipient (`queue`), so
+    /// that the schedule, route and priority can be decided per queue;
+    /// `None` while the queue expression itself is evaluated.
+    pub queue: Option<&'a str>,
 }
 
 impl Variables for RouteVars<'_> {
@@ -76,6 +84,14 @@ impl Variables for RouteVars<'_> {
             Var::Priority => Value::Int(env.mt_priority as i64),
             Var::Size => Value::Int(env.size as i64),
             Var::Source => Value::Str(env.source.as_str().to_string()),
+            Var::LocalPort => self
+                .local_port
+                .map(|p| Value::Int(i64::from(p)))
+                .unwrap_or(Value::Null),
+            Var::Queue => self
+                .queue
+                .map(|q| Value::Str(q.to_string()))
+                .unwrap_or(Value::Null),
             _ => Value::Null,
         }
     }
@@ -119,16 +135,29 @@ pub fn header_value(contents: &[u8], name: &str) -> Option<String> {
 }
 
 impl Router {
-    /// Routes one recipient.
+    /// Routes one recipient: first its virtual queue, then, with `queue`
+    /// bound to that choice, its schedule, route and priority, so that each
+    /// queue can have its own (`if queue == 'bulk' then 'smarthost'`).
     pub fn route(&self, vars: &RouteVars<'_>) -> Routing {
-        let pick = |e: &Expr, fallback: &str| {
+        let pick = |e: &Expr, vars: &RouteVars<'_>, fallback: &str| {
             e.eval_string(vars)
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| fallback.to_string())
         };
-        let queue = pick(&self.queue, ferrymail_config::DEFAULT_QUEUE);
-        let schedule = pick(&self.schedule, ferrymail_config::DEFAULT_SCHEDULE);
-        let route = pick(&self.route, ferrymail_config::MX_ROUTE);
+        let queue = pick(
+            &self.queue,
+            &RouteVars {
+                queue: None,
+                ..*vars
+            },
+            ferrymail_config::DEFAULT_QUEUE,
+        );
+        let vars = &RouteVars {
+            queue: Some(&queue),
+            ..*vars
+        };
+        let schedule = pick(&self.schedule, vars, ferrymail_config::DEFAULT_SCHEDULE);
+        let route = pick(&self.route, vars, ferrymail_config::MX_ROUTE);
         let adjust = self
             .priority
             .as_ref()
@@ -136,20 +165,23 @@ impl Router {
             .unwrap_or(0)
             .clamp(-(MT_PRIORITY_STEP as i64 - 1), MT_PRIORITY_STEP as i64 - 1)
             as i32;
+        let weight = vars.envelope.mt_priority as i32 * MT_PRIORITY_STEP + adjust;
         Routing {
             queue,
             schedule,
             route,
-            weight: vars.envelope.mt_priority as i32 * MT_PRIORITY_STEP + adjust,
+            weight,
         }
     }
 
     /// Queue entries for every recipient of a newly accepted message, all in
-    /// the pending lane and due at `now`.
+    /// the pending lane and due at `now`. `local_port` is the listener's
+    /// port for mail received over SMTP.
     pub fn entries(
         &self,
         envelope: &Envelope,
         contents: &[u8],
+        local_port: Option<u16>,
         now: UnixMillis,
     ) -> Vec<QueueEntry> {
         (0..envelope.recipients.len())
@@ -158,6 +190,8 @@ impl Router {
                     envelope,
                     rcpt: i,
                     contents,
+                    local_port,
+                    queue: None,
                 });
                 QueueEntry::new(
                     EntryKey {
@@ -221,6 +255,8 @@ mod tests {
                 envelope: &env,
                 rcpt: *rcpt,
                 contents: MSG,
+                local_port: None,
+                queue: None,
             });
             assert_eq!(
                 (r.queue.as_str(), r.weight),
@@ -231,9 +267,36 @@ mod tests {
     }
 
     #[test]
+    fn route_and_schedule_see_the_chosen_queue_and_the_port() {
+        // Submission mail can take its own queue (`local_port`), and each
+        // queue its own schedule, route and priority (`queue`).
+        let env = sample_envelope(7, 2);
+        let r = Router {
+            queue: Expr::parse("'port' + local_port").unwrap(),
+            schedule: Expr::parse("'s-' + queue").unwrap(),
+            route: Expr::parse("'r-' + queue").unwrap(),
+            priority: Some(Expr::parse("local_port - 20").unwrap()),
+        };
+        let sub = r.entries(&env, MSG, Some(587), 1);
+        let smtp = r.entries(&env, MSG, Some(25), 1);
+        let dsn = r.entries(&env, MSG, None, 1);
+        for (e, queue, schedule, route) in [
+            (&sub[0], "port587", "s-port587", "r-port587"),
+            (&smtp[1], "port25", "s-port25", "r-port25"),
+            (&dsn[0], "default", "s-default", "r-default"),
+        ] {
+            assert_eq!(
+                (e.queue.as_str(), e.schedule.as_str(), e.route.as_str()),
+                (queue, schedule, route)
+            );
+        }
+        assert_eq!(sub[0].weight - smtp[0].weight, 587 - 25);
+    }
+
+    #[test]
     fn entries_cover_every_recipient() {
         let env = sample_envelope(7, 4);
-        let e = router("'q'", None).entries(&env, MSG, 42);
+        let e = router("'q'", None).entries(&env, MSG, None, 42);
         assert_eq!(e.len(), 4);
         assert!(
             e.iter()

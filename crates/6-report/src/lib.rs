@@ -463,7 +463,7 @@ impl Reporter {
             helo: None,
             authenticated_as: None,
         };
-        let entries = self.router.entries(&envelope, &contents, now);
+        let entries = self.router.entries(&envelope, &contents, None, now);
         Some(Prepared {
             about: env.id,
             kind,

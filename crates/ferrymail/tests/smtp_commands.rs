@@ -71,6 +71,12 @@ fn noop_rset_vrfy_help_quit() {
     let h = c.cmd("HELP");
     assert_eq!(h.code, 214, "{h:?}");
     assert!(h.lines.len() > 1);
+    assert!(
+        h.lines
+            .iter()
+            .any(|l| l.split_whitespace().any(|w| w == "AUTH")),
+        "HELP lists every command the server understands, AUTH included: {h:?}"
+    );
     let q = c.cmd("QUIT");
     assert!(q.is(221, "2.0.0"), "{q:?}");
     assert!(c.try_read().is_none(), "connection closed after QUIT");

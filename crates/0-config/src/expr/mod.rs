@@ -490,6 +490,33 @@ impl Node {
         matches!(self, Node::Const(_))
     }
 
+    /// Appends every variable read to `out`, skipping ones already there.
+    fn collect_vars(&self, out: &mut Vec<Var>) {
+        match self {
+            Node::Const(_) => {}
+            Node::Var(v) => {
+                if !out.contains(v) {
+                    out.push(*v);
+                }
+            }
+            Node::List(items) | Node::Call(_, items) => {
+                items.iter().for_each(|n| n.collect_vars(out))
+            }
+            Node::Unary(_, n) | Node::InNetwork(n, _) => n.collect_vars(out),
+            Node::Binary(_, l, r) => {
+                l.collect_vars(out);
+                r.collect_vars(out);
+            }
+            Node::Cond(branches, otherwise) => {
+                for (c, t) in branches {
+                    c.collect_vars(out);
+                    t.collect_vars(out);
+                }
+                otherwise.collect_vars(out);
+            }
+        }
+    }
+
     /// Tree depth, to enforce [`MAX_DEPTH`].
     fn depth(&self) -> usize {
         1 + match self {
@@ -676,6 +703,15 @@ impl Expr {
                 .collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// The variables the expression reads, each once, in order of first
+    /// use. The loader uses it to warn about a variable that a stage never
+    /// has a value for (such an `if` would silently never match).
+    pub fn variables(&self) -> Vec<Var> {
+        let mut out = Vec::new();
+        self.node.collect_vars(&mut out);
+        out
     }
 
     /// Evaluates against `vars`. Never panics; type errors give [`Value::Null`].
