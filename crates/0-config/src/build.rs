@@ -1085,6 +1085,22 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
     out
 }
 
+/// An error when `sec` has both `ours` and `theirs` (Stalwart's spelling of
+/// the same table): which one wins would be a guess.
+fn both_spellings(r: &mut Reader, sec: &Section, ours: &str, theirs: &str) {
+    if sec.get(ours).is_some() && sec.get(theirs).is_some() {
+        let span = r.value_span(sec, theirs);
+        r.error(
+            &span,
+            Problem::Invalid(format!(
+                "'{}' and '{}' are the same settings; keep one",
+                sec.path(theirs),
+                sec.path(ours)
+            )),
+        );
+    }
+}
+
 /// The variables routing (`queue.strategy.*`, `queue.priority`) has a
 /// value for; `queue` first, as the queue expression itself cannot read it.
 const ROUTING: &[Var] = &[
@@ -1146,14 +1162,21 @@ fn warn_unavailable(
 }
 
 /// `[queue.outbound]`: the delivery client's settings.
+///
+/// Stalwart's spellings are accepted beside Ferrymail's, so that a
+/// Stalwart queue configuration loads as it is: `[queue.outbound.timeouts]`
+/// with `mail-from`/`rcpt-to`, `[queue.outbound.limits] mx`/`multihomed`,
+/// and `ip-strategy` values with underscores (`ipv4_then_ipv6`).
 fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
     let mut out = Outbound::default();
     r.check_keys(
         sec,
         &[
             "timeout",
+            "timeouts",
             "max-mx",
             "max-multihomed",
+            "limits",
             "ip-strategy",
             "max-messages-per-connection",
             "idle-timeout",
@@ -1161,21 +1184,59 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
         ],
         false,
     );
-    if let Some(t) = r.sub(sec, "timeout") {
-        r.check_keys(
-            &t,
-            &["connect", "greeting", "ehlo", "mail", "rcpt", "data"],
-            false,
-        );
+    // (table, key in it, Ferrymail's name for the setting)
+    const TIMEOUTS: [(&str, &str, &str); 14] = [
+        ("timeout", "connect", "connect"),
+        ("timeout", "greeting", "greeting"),
+        ("timeout", "tls", "tls"),
+        ("timeout", "ehlo", "ehlo"),
+        ("timeout", "mail", "mail"),
+        ("timeout", "rcpt", "rcpt"),
+        ("timeout", "data", "data"),
+        ("timeouts", "connect", "connect"),
+        ("timeouts", "greeting", "greeting"),
+        ("timeouts", "tls", "tls"),
+        ("timeouts", "ehlo", "ehlo"),
+        ("timeouts", "mail-from", "mail"),
+        ("timeouts", "rcpt-to", "rcpt"),
+        ("timeouts", "data", "data"),
+    ];
+    both_spellings(r, sec, "timeout", "timeouts");
+    for table in ["timeout", "timeouts"] {
+        let Some(t) = r.sub(sec, table) else {
+            continue;
+        };
+        let mut keys: Vec<&str> = TIMEOUTS
+            .iter()
+            .filter(|(tab, ..)| *tab == table)
+            .map(|(_, key, _)| *key)
+            .collect();
+        if table == "timeouts" {
+            // Stalwart's MTA-STS policy fetch: Ferrymail does not do MTA-STS.
+            keys.push("mta-sts");
+            if t.get("mta-sts").is_some() {
+                let span = r.value_span(&t, "mta-sts");
+                r.warn(
+                    &span,
+                    format!(
+                        "'{}' is ignored: Ferrymail does not fetch MTA-STS policies",
+                        t.path("mta-sts")
+                    ),
+                );
+            }
+        }
+        r.check_keys(&t, &keys, false);
         let timeouts = &mut out.timeout;
-        for (key, slot) in [
-            ("connect", &mut timeouts.connect),
-            ("greeting", &mut timeouts.greeting),
-            ("ehlo", &mut timeouts.ehlo),
-            ("mail", &mut timeouts.mail),
-            ("rcpt", &mut timeouts.rcpt),
-            ("data", &mut timeouts.data),
-        ] {
+        for (_, key, name) in TIMEOUTS.iter().filter(|(tab, ..)| *tab == table) {
+            let slot = match *name {
+                "connect" => &mut timeouts.connect,
+                "greeting" => &mut timeouts.greeting,
+                "tls" => &mut timeouts.tls,
+                "ehlo" => &mut timeouts.ehlo,
+                "mail" => &mut timeouts.mail,
+                "rcpt" => &mut timeouts.rcpt,
+                _ => &mut timeouts.data,
+            };
             if let Some(d) = r.duration(&t, key) {
                 if d.is_zero() {
                     let span = r.value_span(&t, key);
@@ -1195,6 +1256,28 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
     if let Some(n) = r.usize(sec, "max-multihomed", 1) {
         out.max_multihomed = n;
     }
+    if let Some(l) = r.sub(sec, "limits") {
+        r.check_keys(&l, &["mx", "multihomed"], false);
+        for (key, ours) in [("mx", "max-mx"), ("multihomed", "max-multihomed")] {
+            if sec.get(ours).is_some() && l.get(key).is_some() {
+                let span = r.value_span(&l, key);
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' and '{}' are the same setting; keep one",
+                        l.path(key),
+                        sec.path(ours)
+                    )),
+                );
+            }
+        }
+        if let Some(n) = r.usize(&l, "mx", 1) {
+            out.max_mx = n;
+        }
+        if let Some(n) = r.usize(&l, "multihomed", 1) {
+            out.max_multihomed = n;
+        }
+    }
     if let Some(s) = r.choice(
         sec,
         "ip-strategy",
@@ -1203,6 +1286,11 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
             ("ipv6-then-ipv4", IpStrategy::Ipv6ThenIpv4),
             ("ipv4-only", IpStrategy::Ipv4Only),
             ("ipv6-only", IpStrategy::Ipv6Only),
+            // Stalwart's spellings.
+            ("ipv4_then_ipv6", IpStrategy::Ipv4ThenIpv6),
+            ("ipv6_then_ipv4", IpStrategy::Ipv6ThenIpv4),
+            ("ipv4_only", IpStrategy::Ipv4Only),
+            ("ipv6_only", IpStrategy::Ipv6Only),
         ],
     ) {
         out.ip_strategy = s;

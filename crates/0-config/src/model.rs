@@ -721,6 +721,9 @@ pub struct OutboundTimeouts {
     pub connect: Duration,
     /// `greeting`: the 220 banner (4.5.3.2.1: 5 minutes). Default 5m.
     pub greeting: Duration,
+    /// `tls`: the TLS handshake after STARTTLS's 220 (Stalwart's key).
+    /// Default 3m.
+    pub tls: Duration,
     /// `ehlo`: EHLO/LHLO/HELO, STARTTLS, AUTH, RSET and QUIT replies. Default 5m.
     pub ehlo: Duration,
     /// `mail`: the MAIL reply (4.5.3.2.2: 5 minutes). Default 5m.
@@ -737,6 +740,7 @@ impl Default for OutboundTimeouts {
         OutboundTimeouts {
             connect: Duration::from_secs(30),
             greeting: Duration::from_secs(5 * 60),
+            tls: Duration::from_secs(3 * 60),
             ehlo: Duration::from_secs(5 * 60),
             mail: Duration::from_secs(5 * 60),
             rcpt: Duration::from_secs(5 * 60),

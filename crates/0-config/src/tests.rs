@@ -1787,3 +1787,53 @@ relay = "size < 1000"
         ]
     );
 }
+
+#[test]
+fn stalwart_spellings_of_the_outbound_settings_load() {
+    // A Stalwart [queue.outbound] block, as its users would bring it.
+    let c = ok(r#"[queue.outbound]
+ip-strategy = "ipv6_then_ipv4"
+
+[queue.outbound.limits]
+mx = 4
+multihomed = 3
+
+[queue.outbound.timeouts]
+connect = "1m"
+greeting = "2m"
+tls = "90s"
+ehlo = "3m"
+mail-from = "4m"
+rcpt-to = "5m"
+data = "6m"
+mta-sts = "2m"
+"#);
+    let o = &c.queue.outbound;
+    assert_eq!((o.max_mx, o.max_multihomed), (4, 3));
+    assert_eq!(o.ip_strategy, IpStrategy::Ipv6ThenIpv4);
+    let t = &o.timeout;
+    assert_eq!(
+        [t.connect, t.greeting, t.tls, t.ehlo, t.mail, t.rcpt, t.data],
+        [60, 120, 90, 180, 240, 300, 360].map(Duration::from_secs)
+    );
+    assert_eq!(
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "/etc/ferrymail.toml:16: 'queue.outbound.timeouts.mta-sts' is ignored: Ferrymail does not fetch MTA-STS policies"
+        ]
+    );
+    // Both spellings of one setting: which wins would be a guess.
+    assert_eq!(
+        err("[queue.outbound]\nmax-mx = 2\n[queue.outbound.limits]\nmx = 4\n"),
+        "/etc/ferrymail.toml:4: 'queue.outbound.limits.mx' and 'queue.outbound.max-mx' are the same setting; keep one"
+    );
+    assert_eq!(
+        err("[queue.outbound.timeout]\ndata = \"1m\"\n[queue.outbound.timeouts]\ndata = \"2m\"\n"),
+        "/etc/ferrymail.toml:3: 'queue.outbound.timeouts' and 'queue.outbound.timeout' are the same settings; keep one"
+    );
+    // Each table keeps its own key names.
+    assert!(err("[queue.outbound.timeouts]\nmail = \"1m\"\n").contains("mail"));
+}

@@ -332,7 +332,7 @@ impl Session {
                 "plain-text data after the STARTTLS reply (injection attempt?)".into(),
             ));
         }
-        let (stream, version) = handshake(self.stream, peer, config, self.timeouts.ehlo).await?;
+        let (stream, version) = handshake(self.stream, peer, config, self.timeouts.tls).await?;
         Ok(Session {
             stream,
             caps: Capabilities::default(),
