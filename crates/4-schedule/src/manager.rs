@@ -197,6 +197,12 @@ enum Command {
     Changed(FeedBatch),
     /// Tokens taken from a queue's cluster-wide rate bucket.
     Tokens { queue: String, granted: u32 },
+    /// An operator returns these entries to their senders now.
+    Bounce {
+        keys: Vec<EntryKey>,
+        reason: String,
+        reply: oneshot::Sender<usize>,
+    },
     /// Counters.
     Stats(oneshot::Sender<Stats>),
 }
@@ -271,6 +277,7 @@ impl std::fmt::Debug for Command {
             Command::Expedite { .. } => "Expedite",
             Command::Changed(_) => "Changed",
             Command::Tokens { .. } => "Tokens",
+            Command::Bounce { .. } => "Bounce",
             Command::Stats(_) => "Stats",
         })
     }
@@ -324,6 +331,24 @@ impl QueueHandle {
         self.tx
             .send(Command::Retry(keys))
             .map_err(|_| QueueError::Closed)
+    }
+
+    /// `ferrymail queue bounce` (Postfix's `postsuper -e`): these entries
+    /// fail now, without another attempt, with `reason`; each sender gets
+    /// the failure notice its NOTIFY asks for, as for any permanent failure.
+    /// Entries being delivered right now (here, or under another node's
+    /// live lease) and held ones are left alone. Answers how many
+    /// recipients were returned.
+    pub async fn bounce(&self, keys: Vec<EntryKey>, reason: String) -> Result<usize, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Bounce {
+                keys,
+                reason,
+                reply,
+            })
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)
     }
 
     /// The index's counters.
@@ -629,6 +654,24 @@ impl QueueManager {
             Command::Tokens { queue, granted } => {
                 self.fetching_tokens.remove(&queue);
                 self.core.grant(&queue, granted);
+            }
+            Command::Bounce {
+                keys,
+                reason,
+                reply,
+            } => {
+                // A delivery in progress decides its own entries; the rest
+                // leave the index now so that no job picks them up while
+                // they are being failed. Whatever is not failed (another
+                // node's lease, a store error) is re-read afterwards.
+                let keys: Vec<EntryKey> = keys
+                    .into_iter()
+                    .filter(|k| !matches!(self.core.locate(*k), Some(Location::InFlight)))
+                    .collect();
+                for k in &keys {
+                    self.core.remove(*k, now);
+                }
+                tokio::spawn(bounce_entries(self.shared.clone(), keys, reason, reply));
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.core.stats());
@@ -1088,6 +1131,71 @@ async fn ingest(
 }
 
 /// Re-reads entries from the store and hands the result to the loop.
+/// Fails `keys` now for an operator ([`QueueHandle::bounce`]): claims them
+/// as a delivery would, then records a permanent failure through the same
+/// path as a 5xx from a next hop, so the notice, the blob deletion, the
+/// counters and the log are those of any failure. Answers the number
+/// failed on `reply`, then has every key re-read.
+async fn bounce_entries(
+    sh: Arc<Shared>,
+    mut keys: Vec<EntryKey>,
+    reason: String,
+    reply: oneshot::Sender<usize>,
+) {
+    keys.sort();
+    keys.dedup();
+    let node = sh.settings.node;
+    let mut failed = 0;
+    let mut start = 0;
+    while start < keys.len() {
+        let id = keys[start].message;
+        let end = start + keys[start..].partition_point(|k| k.message == id);
+        let group = &keys[start..end];
+        start = end;
+        let now = now_millis();
+        let job = match sh
+            .spool
+            .data
+            .claim_job(node, id, group, now, now + millis(sh.settings.lease), false)
+            .await
+        {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, "queue: cannot claim entries to bounce them");
+                continue;
+            }
+        };
+        let Some(envelope) = job.envelope.map(Arc::new) else {
+            continue;
+        };
+        // For RET=FULL notices; read before the last entry deletes them.
+        let contents = sh.spool.blob.get(id).await.ok().flatten();
+        for e in &job.entries {
+            let kind = EventKind::Failed {
+                reason: reason.clone(),
+                reply: None,
+            };
+            let next = record(
+                &sh,
+                &envelope,
+                e,
+                &e.queue,
+                Decision::Complete(kind),
+                None,
+                now,
+                contents.as_ref(),
+            )
+            .await;
+            if matches!(next, Next::Gone) {
+                failed += 1;
+            }
+        }
+    }
+    tracing::info!(recipients = failed, reason = %reason, "queue: returned to their senders by the operator");
+    let _ = reply.send(failed);
+    reload_entries(sh, keys, false).await;
+}
+
 async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, retry: bool) {
     keys.sort();
     keys.dedup();

@@ -68,6 +68,18 @@ pub trait QueueControl: Send + Sync + 'static {
     /// of `target` (a domain, `@domain` or `#queue`, as ETRN), or of every
     /// destination for `None`. Answers how many messages were started.
     fn flush(&self, target: Option<String>) -> ControlFuture<Result<usize, ControlError>>;
+
+    /// `ferrymail queue bounce`: fail these entries now with `reason`, and
+    /// notify their senders as for any permanent failure. Answers how many
+    /// recipients were failed (entries being delivered right now are not).
+    fn bounce(
+        &self,
+        keys: Vec<EntryKey>,
+        reason: String,
+    ) -> ControlFuture<Result<usize, ControlError>> {
+        let _ = (keys, reason);
+        Box::pin(async { Err(ControlError::Unavailable("no queue engine".into())) })
+    }
 }
 
 /// Why [`QueueControl::flush`] failed.
@@ -432,19 +444,30 @@ async fn show(mgmt: &Management, id: MessageId) -> Result<Option<MessageView>, S
     Ok(Some(MessageView::new(&env, &entries)))
 }
 
+/// What a bounced recipient's notice says when the operator gave no reason.
+pub const DEFAULT_BOUNCE_REASON: &str =
+    "the postmaster returned this message without delivering it";
+
 async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<Bytes>>, String> {
     let kind = match a.action.as_str() {
         "retry" => Some(AdminAction::Retry { now: now_millis() }),
         "hold" => Some(AdminAction::Hold),
         "release" => Some(AdminAction::Release),
-        "cancel" => None,
+        "cancel" | "bounce" => None,
         other => {
             return Ok(error(
                 StatusCode::BAD_REQUEST,
-                format!("unknown action '{other}': use retry, hold, release or cancel"),
+                format!("unknown action '{other}': use retry, hold, release, cancel or bounce"),
             ));
         }
     };
+    let bounce = a.action == "bounce";
+    if bounce && mgmt.control.is_none() {
+        return Ok(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bounce needs the queue engine, which this server does not run",
+        ));
+    }
     let mut keys = Vec::new();
     if !a.recipients.is_empty() {
         for r in &a.recipients {
@@ -507,6 +530,48 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
         }
     }
     let result = match kind {
+        None if bounce => {
+            // Held mail is returned too (Postfix's postsuper -f): release it
+            // so that the claim that fails it can take it.
+            mgmt.spool
+                .data
+                .admin(&keys, AdminAction::Release)
+                .await
+                .map_err(|e| e.to_string())?;
+            let control = mgmt.control.as_ref().expect("checked above");
+            let reason = a
+                .reason
+                .clone()
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_BOUNCE_REASON.to_string());
+            let recipients = control
+                .bounce(keys.clone(), reason)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
+            messages.sort();
+            messages.dedup();
+            let mut removed_messages = 0;
+            for id in messages {
+                let left = mgmt
+                    .spool
+                    .data
+                    .entries(id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if left.iter().all(|e| e.is_notice_owed()) {
+                    removed_messages += 1;
+                }
+            }
+            tracing::info!(action = "bounce", recipients, "queue action");
+            return Ok(json(
+                StatusCode::OK,
+                &ActionResult {
+                    recipients,
+                    removed_messages,
+                },
+            ));
+        }
         Some(k) => ActionResult {
             recipients: mgmt
                 .spool

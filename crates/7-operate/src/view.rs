@@ -207,7 +207,7 @@ impl Filter {
 /// The body of `POST /api/queue/action`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ActionRequest {
-    /// `retry`, `hold`, `release` or `cancel`.
+    /// `retry`, `hold`, `release`, `cancel` or `bounce`.
     pub action: String,
     /// Message ids to act on (every recipient of each).
     #[serde(default)]
@@ -223,6 +223,9 @@ pub struct ActionRequest {
     /// With an empty filter and no ids, act on the whole queue only if set.
     #[serde(default)]
     pub all: bool,
+    /// `bounce` only: the reason the senders' failure notices give.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One recipient of one message, by queue id and recipient index.

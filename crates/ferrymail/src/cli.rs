@@ -72,6 +72,17 @@ pub enum QueueCmd {
     Release(Selection),
     /// Remove messages from the queue without notifying anyone.
     Cancel(Selection),
+    /// Return messages to their senders now, undelivered, each sender
+    /// getting the failure notice its NOTIFY asks for (Postfix's
+    /// postsuper -e/-f). Held mail is returned too; mail being delivered
+    /// at this moment is not.
+    Bounce {
+        #[command(flatten)]
+        selection: Selection,
+        /// The reason the failure notices give.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Attempt delivery now (what ETRN does remotely).
     Flush {
         /// Only mail for this domain.
@@ -90,6 +101,9 @@ pub struct Selection {
     /// Every recipient in this domain.
     #[arg(long = "rcpt-domain")]
     rcpt_domain: Option<String>,
+    /// Every message whose sender contains this text.
+    #[arg(long)]
+    sender: Option<String>,
     /// The whole queue.
     #[arg(long)]
     all: bool,
@@ -102,14 +116,18 @@ pub struct Selection {
 pub fn main(cmd: QueueCmd, config: Option<PathBuf>) -> ExitCode {
     // A bulk action must say what it applies to: a usage error, found before
     // anything is contacted.
-    if let QueueCmd::Retry(s) | QueueCmd::Hold(s) | QueueCmd::Release(s) | QueueCmd::Cancel(s) =
-        &cmd
+    if let QueueCmd::Retry(s)
+    | QueueCmd::Hold(s)
+    | QueueCmd::Release(s)
+    | QueueCmd::Cancel(s)
+    | QueueCmd::Bounce { selection: s, .. } = &cmd
         && s.ids.is_empty()
         && s.queue.is_none()
         && s.rcpt_domain.is_none()
+        && s.sender.is_none()
         && !s.all
     {
-        eprintln!("ferrymail: name message ids, --queue, --rcpt-domain or --all");
+        eprintln!("ferrymail: name message ids, --queue, --rcpt-domain, --sender or --all");
         return ExitCode::from(2);
     }
     let config = match &config {
@@ -247,10 +265,13 @@ async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {
                 .await?;
             let _ = out.write_all(&body);
         }
-        QueueCmd::Retry(s) => action(client, "retry", s, &mut out).await?,
-        QueueCmd::Hold(s) => action(client, "hold", s, &mut out).await?,
-        QueueCmd::Release(s) => action(client, "release", s, &mut out).await?,
-        QueueCmd::Cancel(s) => action(client, "cancel", s, &mut out).await?,
+        QueueCmd::Retry(s) => action(client, "retry", s, None, &mut out).await?,
+        QueueCmd::Hold(s) => action(client, "hold", s, None, &mut out).await?,
+        QueueCmd::Release(s) => action(client, "release", s, None, &mut out).await?,
+        QueueCmd::Cancel(s) => action(client, "cancel", s, None, &mut out).await?,
+        QueueCmd::Bounce { selection, reason } => {
+            action(client, "bounce", selection, reason, &mut out).await?
+        }
         QueueCmd::Flush { domain } => {
             let path = match &domain {
                 Some(d) => format!("/api/queue/flush?domain={}", encode_query_value(d)),
@@ -280,6 +301,7 @@ async fn action(
     client: &Client,
     name: &str,
     s: Selection,
+    reason: Option<String>,
     out: &mut impl Write,
 ) -> Result<(), ClientError> {
     let result = if !s.ids.is_empty() {
@@ -290,6 +312,7 @@ async fn action(
             recipients: Vec::new(),
             filter: Filter::default(),
             all: false,
+            reason: reason.clone(),
         };
         let body = serde_json::to_vec(&req).unwrap_or_default();
         parse::<ActionResult>(&client.call("POST", "/api/queue/action", Some(body)).await?)?
@@ -302,6 +325,9 @@ async fn action(
         }
         if let Some(v) = &s.rcpt_domain {
             q.push(format!("rcpt_domain={}", encode_query_value(v)));
+        }
+        if let Some(v) = &s.sender {
+            q.push(format!("sender={}", encode_query_value(v)));
         }
         let path = format!("/api/queue/messages?{}", q.join("&"));
         let list: MessageList = parse(&client.call("GET", &path, None).await?)?;
@@ -327,6 +353,7 @@ async fn action(
                 recipients: chunk.to_vec(),
                 filter: Filter::default(),
                 all: false,
+                reason: reason.clone(),
             };
             let body = serde_json::to_vec(&req).unwrap_or_default();
             let r: ActionResult =

@@ -516,6 +516,20 @@ impl QueueControl for Control {
             })
         })
     }
+
+    fn bounce(
+        &self,
+        keys: Vec<EntryKey>,
+        reason: String,
+    ) -> ControlFuture<Result<usize, ControlError>> {
+        let handle = self.0.clone();
+        Box::pin(async move {
+            handle
+                .bounce(keys, reason)
+                .await
+                .map_err(|e| ControlError::Unavailable(e.to_string()))
+        })
+    }
 }
 
 /// Answers ETRN (RFC 1985 §5) from the queue engine: 251 when no message is
