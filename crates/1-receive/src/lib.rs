@@ -135,6 +135,8 @@ pub struct ReceiveCounters {
     /// Messages refused because the spool could not make them durable
     /// (451 4.3.0): a store in trouble.
     pub store_failures: AtomicU64,
+    /// AUTH attempts that failed (535): a rise is password guessing.
+    pub auth_failures: AtomicU64,
 }
 
 impl ReceiveCounters {

@@ -703,6 +703,7 @@ impl Session {
             None => {
                 settings.ledger.failed(ip, std::time::Instant::now());
                 self.auth_failures += 1;
+                ReceiveCounters::bump(&self.rx.counters.auth_failures);
                 tracing::info!(remote = %ip, user = %credentials.name, mechanism = %mechanism.name(), failures = self.auth_failures, "authentication failed");
                 // Held back, to slow down guessing.
                 tokio::time::sleep(settings.config.errors_wait).await;

@@ -623,6 +623,9 @@ pub struct Stats {
     pub dynamic_queues: usize,
     /// Per-destination ready queues.
     pub destinations: usize,
+    /// Of which suspended as dead, or waiting for the probe that ends a
+    /// suspension: a mail server that stopped answering.
+    pub suspended: usize,
     /// Indexed entries by virtual queue: (name, waiting, ready, in flight),
     /// by name; queues with no entries are left out.
     pub by_queue: Vec<(String, usize, usize, usize)>,
@@ -1603,6 +1606,12 @@ impl Scheduler {
             queues: self.queue_index.len(),
             dynamic_queues: self.dynamic,
             destinations: self.rq_index.len(),
+            suspended: self
+                .rqs
+                .iter()
+                .flatten()
+                .filter(|rq| rq.suspended_until.is_some() || rq.probing)
+                .count(),
             ..Stats::default()
         };
         let mut by_queue: HashMap<u32, (usize, usize, usize)> = HashMap::new();

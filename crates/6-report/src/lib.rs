@@ -116,6 +116,42 @@ struct Refused {
     batch: Batch,
 }
 
+/// Notifications this node queued since it started, by kind, and those the
+/// spool refused (tried again later): for `GET /metrics`, where a jump in
+/// failure notices is often the first sign of a broken destination.
+#[derive(Debug, Default)]
+pub struct ReportCounters {
+    /// Failure notices (action `failed`) queued.
+    pub failure: std::sync::atomic::AtomicU64,
+    /// Delay notices (action `delayed`) queued.
+    pub delay: std::sync::atomic::AtomicU64,
+    /// Success notices (actions `delivered`, `relayed`) queued.
+    pub success: std::sync::atomic::AtomicU64,
+    /// Notifications the spool refused; they stay owed and are retried.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+impl ReportCounters {
+    /// `(kind, count)` of the queued notifications, in a fixed order.
+    pub fn queued(&self) -> [(&'static str, u64); 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            (Kind::Failure.as_str(), self.failure.load(Relaxed)),
+            (Kind::Delay.as_str(), self.delay.load(Relaxed)),
+            (Kind::Success.as_str(), self.success.load(Relaxed)),
+        ]
+    }
+
+    fn count(&self, kind: Kind) {
+        let c = match kind {
+            Kind::Failure => &self.failure,
+            Kind::Delay => &self.delay,
+            Kind::Success => &self.success,
+        };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Makes and queues notifications. Built once at start from the
 /// configuration; [`Reporter::start`] runs it as a task over the queue
 /// engine's events.
@@ -127,6 +163,7 @@ pub struct Reporter {
     spool: Spool,
     ids: Arc<IdGenerator>,
     queued: mpsc::UnboundedSender<Queued>,
+    counters: Arc<ReportCounters>,
 }
 
 /// A notification ready to be accepted into the spool.
@@ -183,7 +220,14 @@ impl Reporter {
             spool,
             ids,
             queued,
+            counters: Arc::default(),
         })
+    }
+
+    /// The counters of the notifications this reporter queues, to be read
+    /// while it runs.
+    pub fn counters(&self) -> Arc<ReportCounters> {
+        self.counters.clone()
     }
 
     /// Runs the reporter over `events` until [`Running::finish`] or until
@@ -318,6 +362,7 @@ impl Reporter {
                     size = p.contents.len(),
                     "notification queued"
                 );
+                self.counters.count(p.kind);
                 // The queue engine may be gone at shutdown: the entry is
                 // durable and restart recovery schedules it.
                 let _ = self
@@ -327,6 +372,9 @@ impl Reporter {
                 Ok(())
             }
             Err(e) => {
+                self.counters
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(about = %p.about, kind = p.kind.as_str(), error = %e, "report: the spool refused a notification; it stays owed and is tried again");
                 Err(batch)
             }

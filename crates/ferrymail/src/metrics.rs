@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ferrymail_operate::api::ControlFuture;
 use ferrymail_operate::metrics::{Family, Kind, MetricsSource};
 use ferrymail_receive::ReceiveCounters;
+use ferrymail_report::ReportCounters;
 use ferrymail_schedule::QueueHandle;
 
 /// The figures of one running node.
@@ -17,6 +18,8 @@ pub struct NodeMetrics {
     pub receive: Arc<ReceiveCounters>,
     /// The queue engine: its outcome counters and its index statistics.
     pub queue: QueueHandle,
+    /// The notifications queued (failure, delay, success) and refused.
+    pub report: Arc<ReportCounters>,
     /// When the process started (`process_start_time_seconds`).
     pub started: SystemTime,
 }
@@ -93,6 +96,29 @@ impl MetricsSource for NodeMetrics {
                 Counter,
                 n(&r.bytes),
             ),
+            Family::single(
+                "ferrymail_smtp_auth_failures_total",
+                "SMTP AUTH attempts answered 535: a rise is password guessing.",
+                Counter,
+                n(&r.auth_failures),
+            ),
+            Family {
+                name: "ferrymail_notifications_total",
+                help: "Delivery status notifications queued, by kind (RFC 3464 failure, delay, success).",
+                kind: Counter,
+                samples: self
+                    .report
+                    .queued()
+                    .into_iter()
+                    .map(|(k, v)| (vec![("kind", k.to_string())], v as f64))
+                    .collect(),
+            },
+            Family::single(
+                "ferrymail_notifications_refused_total",
+                "Notifications the spool refused; they stay owed and are tried again.",
+                Counter,
+                n(&self.report.refused),
+            ),
             Family {
                 name: "ferrymail_delivery_outcomes_total",
                 help: "Delivery attempts recorded, one per recipient, by outcome.",
@@ -152,6 +178,12 @@ impl MetricsSource for NodeMetrics {
                     "Destinations with a ready queue.",
                     Gauge,
                     s.destinations as f64,
+                ));
+                out.push(Family::single(
+                    "ferrymail_queue_destinations_suspended",
+                    "Destinations suspended as dead (or awaiting the probe that ends it).",
+                    Gauge,
+                    s.suspended as f64,
                 ));
                 out.push(Family {
                     name: "ferrymail_queue_virtual_queues",

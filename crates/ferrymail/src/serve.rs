@@ -347,6 +347,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     );
     tokio::spawn(answer_etrn(etrn_rx, queue.handle.clone()));
     // The queue engine's per-recipient events become notifications.
+    let report_counters = reporter.counters();
     let reporter = reporter.start(
         queue.events,
         ReportSettings {
@@ -360,6 +361,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     let metrics: Arc<dyn MetricsSource> = Arc::new(NodeMetrics {
         receive: receive_counters.clone(),
         queue: queue.handle.clone(),
+        report: report_counters,
         started: process_started,
     });
 

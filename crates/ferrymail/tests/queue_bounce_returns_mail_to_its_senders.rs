@@ -135,6 +135,14 @@ fn bounce_fails_queued_mail_now_and_notifies_as_notify_asks() {
         &[("a@dest.test", "5.0.0"), ("b@dest.test", "5.0.0")],
         &dsn.data,
     );
+    let (_, metrics) = server.api_get("/metrics");
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .lines()
+            .any(|l| l == r#"ferrymail_notifications_total{kind="failure"} 1"#),
+        "/metrics counts the failure notice:\n{}",
+        String::from_utf8_lossy(&metrics)
+    );
     // The message, contents included, left the queue.
     let show = server.cli(&["queue", "show", &id]);
     assert_eq!(show.status.code(), Some(1), "{show:?}");

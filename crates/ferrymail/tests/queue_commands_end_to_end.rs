@@ -3,7 +3,8 @@
 //! * `queue retry` makes a deferred recipient due now: it is delivered to a
 //!   relay that came up, although the schedule's next try is an hour away;
 //!   also when the relay's destination was suspended as dead (the retry
-//!   probes it at once instead of deferring the mail again);
+//!   probes it at once instead of deferring the mail again), and
+//!   `/metrics` counts the destination as suspended until then;
 //! * `queue cancel` removes message and contents, and a later flush with the
 //!   relay up delivers nothing;
 //! * per-domain dynamic queues (`queue = "'dom-' + rcpt_domain"`) show up by
@@ -38,6 +39,17 @@ route = "'relay'"
 "#,
         route = relay_route("relay", relay, "smtp"),
     ))
+}
+
+/// The value of an unlabelled sample in `GET /metrics`.
+fn metric(server: &Server, name: &str) -> String {
+    let (status, body) = server.api_get("/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+        .to_string()
 }
 
 fn send(server: &Server, to: &[&str], subject: &str) -> String {
@@ -106,6 +118,11 @@ fn retry_probes_a_destination_suspended_as_dead() {
     let m = server.wait_attempted(&second, WAIT);
     let err = m["recipients"][0]["last_error"].as_str().unwrap_or("");
     assert!(err.contains("suspended"), "{m}");
+    assert_eq!(
+        metric(&server, "ferrymail_queue_destinations_suspended"),
+        "1",
+        "the dead relay shows in /metrics"
+    );
 
     let sink = SmtpSink::start_on(relay, &[]);
     let r = json(server.cli(&["queue", "retry", &second, "--json"]));
@@ -113,6 +130,11 @@ fn retry_probes_a_destination_suspended_as_dead() {
     server.wait_gone(&second, WAIT);
     let d = sink.wait_dumped(1, WAIT);
     assert_eq!(d[0].rcpt_args, ["<s@far.test>"]);
+    assert_eq!(
+        metric(&server, "ferrymail_queue_destinations_suspended"),
+        "0",
+        "the probe that delivered ended the suspension"
+    );
     assert!(
         server
             .log_text()

@@ -155,6 +155,15 @@ fn wrong_passwords_are_refused_and_do_not_relay() {
     let r = smtplib(&server, "LOGIN", "nobody", "alice-pw");
     assert_eq!(r["auth"][0], 535, "{r}");
     assert!(queue_ids(&server.queue_json()).is_empty());
+    // Both failures are in /metrics, where password guessing shows.
+    let (_, metrics) = server.api_get("/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ferrymail_smtp_auth_failures_total 2"),
+        "{metrics}"
+    );
 }
 
 /// A raw client after EHLO, on a server that offers AUTH without TLS
