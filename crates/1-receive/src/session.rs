@@ -543,9 +543,15 @@ impl Session {
         }
         let smtputf8 = tx.smtputf8;
         let count = tx.recipients.len();
+        // `<postmaster>` without a domain: always accepted, as below.
+        let own_postmaster = to.address.is_empty() && address::raw_is_postmaster(line);
         let address = if to.address.is_empty() {
-            if address::raw_is_postmaster(line) {
-                "postmaster".to_string()
+            if own_postmaster {
+                // RFC 5321 §4.5.1: the unqualified postmaster is this
+                // server's. Queued as postmaster@<server.hostname>, as
+                // Postfix's myorigin qualifies it, so that it has a domain
+                // to be routed (and delivered) by like any other address.
+                format!("postmaster@{}", self.rx.params.hostname)
             } else {
                 return self.reply(replies::bad_rcpt_syntax());
             }
@@ -579,7 +585,7 @@ impl Session {
         if count >= self.rx.params.max_recipients {
             return self.reply(replies::too_many_recipients());
         }
-        if !self.may_deliver_to(&address) {
+        if !own_postmaster && !self.may_deliver_to(&address) {
             ReceiveCounters::bump(&self.rx.counters.relay_denied);
             tracing::info!(remote = %self.remote.ip(), rcpt = %address, "relay denied");
             return self.reply(replies::relay_denied());
@@ -589,6 +595,7 @@ impl Session {
         // never a client the relay expression trusts (Postfix's
         // permit_mynetworks before reject_rbl_client).
         if let Some(r) = self.checks.refusal()
+            && !own_postmaster
             && !crate::defences::is_postmaster(&address, &self.rx.params.local_domains)
             && !self.rx.relay.eval_bool(&RcptVars {
                 session: self,
