@@ -75,6 +75,20 @@ async fn smtputf8_required_but_unsupported_is_5_6_7() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtputf8_asked_for_but_all_ascii_goes_to_a_hop_without_it() {
+    // Many clients send SMTPUTF8 with every message. RFC 6531 §3.4: when
+    // neither envelope nor message needs it, it is not sent on, and a next
+    // hop without SMTPUTF8 (smtp-sink) gets the mail instead of a bounce.
+    let sink = Sink::start(&[]);
+    let t = SmtpTransport::new(&relay_config(sink.port, "smtp", "")).unwrap();
+    let mut env = envelope("s@c.test", &["a@hop.test"]);
+    env.smtputf8 = true;
+    let out = deliver(&t, job(env, &message("ascii"), "hop", "hop.test")).await;
+    assert_eq!(kind(&out[0]), "delivered", "{out:?}");
+    assert_eq!(sink.wait_dumped(1)[0].mail_args, "<s@c.test>");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtputf8_passed_on_when_supported() {
     let peer = PyPeer::start(json!({"smtputf8": true}));
     let t = SmtpTransport::new(&relay_config(peer.port, "smtp", "")).unwrap();

@@ -46,9 +46,11 @@ pub fn has_eight_bit(bytes: &[u8]) -> bool {
 /// Policies (documented in the crate's docs):
 /// * SIZE: a message larger than the advertised limit fails with 5.3.4
 ///   (RFC 1870 §6: the client should not send it; it will not fit later).
-/// * SMTPUTF8: mail that needs it (the sender asked for it, or an envelope
-///   address is not ASCII) to a next hop without it fails with 5.6.7
-///   (RFC 6531 §3.2; no downgrade is attempted).
+/// * SMTPUTF8: mail that needs it (an envelope address is not ASCII, or
+///   the sender asked for it and the message is not all ASCII) to a next
+///   hop without it fails with 5.6.7 (RFC 6531 §3.2; no downgrade is
+///   attempted). Asked for, but all ASCII: sent without the parameter
+///   (RFC 6531 §3.4).
 /// * 8BITMIME: 8-bit content to a next hop without 8BITMIME fails with
 ///   5.6.3; Ferrymail does not down-convert to quoted-printable (RFC 6152 §3
 ///   allows either). A message declared 8BITMIME whose octets are all
@@ -87,8 +89,14 @@ pub fn plan(
             ),
         });
     }
-    let needs_utf8 =
-        env.smtputf8 || !env.sender.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
+    // RFC 6531 §3.4: a client SHOULD NOT send SMTPUTF8 when neither the
+    // envelope nor the message needs it. Many clients ask for it on every
+    // message; an all-ASCII one can go to a next hop without SMTPUTF8
+    // unchanged (Postfix's smtputf8_autodetect does the same), where
+    // refusing it would bounce perfectly deliverable mail.
+    let needs_utf8 = !env.sender.is_ascii()
+        || recipients.iter().any(|r| !r.address.is_ascii())
+        || (env.smtputf8 && !contents.is_ascii());
     if needs_utf8 && !caps.smtputf8 {
         return Err(Refusal {
             status: "5.6.7",
@@ -115,7 +123,8 @@ pub fn plan(
     };
     Ok(Plan {
         body,
-        smtputf8: needs_utf8,
+        // Asked for and offered: passed on as the client sent it.
+        smtputf8: needs_utf8 || (env.smtputf8 && caps.smtputf8),
         dsn: caps.dsn,
         declare_size: caps.size.is_some(),
         chunking: caps.chunking,
@@ -336,7 +345,20 @@ mod tests {
         };
         let mut u = env();
         u.smtputf8 = true;
-        assert_eq!(plan(&u, &[&r], b"x", &plain).unwrap_err().status, "5.6.7");
+        let header = "Subject: Grüße\r\n\r\nx".as_bytes();
+        assert_eq!(plan(&u, &[&r], header, &plain).unwrap_err().status, "5.6.7");
+        // Asked for, but nothing in the envelope or message needs it
+        // (RFC 6531 §3.4): sent without; passed on where it is offered.
+        assert!(
+            !plan(&u, &[&r], b"Subject: hi\r\n\r\nx", &plain)
+                .unwrap()
+                .smtputf8
+        );
+        assert!(
+            plan(&u, &[&r], b"Subject: hi\r\n\r\nx", &all())
+                .unwrap()
+                .smtputf8
+        );
         let ru = rcpt("jörg@x");
         assert_eq!(plan(&e, &[&ru], b"x", &plain).unwrap_err().status, "5.6.7");
         assert!(!plan(&e, &[&r], b"x", &plain).unwrap().smtputf8);
