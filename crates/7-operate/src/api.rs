@@ -202,10 +202,10 @@ async fn handle(
         }
         (Method::GET, "/api/queue/shape") => {
             let by = query.get("by").map(String::as_str).unwrap_or("domain");
-            if by != "domain" && by != "queue" {
+            if !["domain", "queue", "sender"].contains(&by) {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("by={by}: rows are by 'domain' or by 'queue'"),
+                    format!("by={by}: rows are by 'domain', 'sender' or 'queue'"),
                 );
             }
             let lane = query.get("lane").map(String::as_str);
@@ -390,7 +390,8 @@ async fn list(mgmt: &Management, filter: &Filter) -> Result<MessageList, String>
 
 /// `queue shape`: every queued recipient (not held unless `lane` is
 /// `held`, and not one finished and waiting only for its notice) counted
-/// by recipient domain or virtual queue and by its message's age.
+/// by recipient domain, sender domain or virtual queue and by its
+/// message's age.
 async fn shape(
     mgmt: &Management,
     by: &str,
@@ -410,14 +411,23 @@ async fn shape(
             if !wanted || e.is_notice_owed() || queue.is_some_and(|q| e.queue != q) {
                 continue;
             }
-            let name = if by == "queue" {
-                e.queue.clone()
-            } else {
-                env.recipients
-                    .get(e.key.rcpt as usize)
-                    .and_then(|r| r.address.rsplit_once('@'))
+            let domain = |address: &str| {
+                address
+                    .rsplit_once('@')
                     .map(|(_, d)| d.to_ascii_lowercase())
                     .unwrap_or_else(|| "(no domain)".into())
+            };
+            let name = match by {
+                "queue" => e.queue.clone(),
+                // qshape -s: who is sending what piles up (a compromised
+                // account, a newsletter run).
+                "sender" if env.sender.is_empty() => "MAILER-DAEMON".into(),
+                "sender" => domain(&env.sender),
+                _ => env
+                    .recipients
+                    .get(e.key.rcpt as usize)
+                    .map(|r| domain(&r.address))
+                    .unwrap_or_else(|| "(no domain)".into()),
             };
             items.push((name, now.saturating_sub(env.arrived)));
         }

@@ -46,8 +46,12 @@ pub enum QueueCmd {
         #[arg(long)]
         queue: Option<String>,
         /// One row per virtual queue instead of per recipient domain.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "by_sender")]
         by_queue: bool,
+        /// One row per sender domain instead of per recipient domain
+        /// (qshape -s); the null sender's notifications are MAILER-DAEMON.
+        #[arg(long)]
+        by_sender: bool,
         /// Only this lane: pending (first attempts), deferred (retries) or
         /// held. Default: every recipient that is not held.
         #[arg(long, value_parser = ["pending", "deferred", "held"])]
@@ -234,11 +238,17 @@ async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {
         QueueCmd::Shape {
             queue,
             by_queue,
+            by_sender,
             lane,
             top,
             json,
         } => {
-            let mut q = vec![format!("by={}", if by_queue { "queue" } else { "domain" })];
+            let by = match (by_queue, by_sender) {
+                (true, _) => "queue",
+                (_, true) => "sender",
+                _ => "domain",
+            };
+            let mut q = vec![format!("by={by}")];
             if let Some(v) = queue {
                 q.push(format!("queue={}", encode_query_value(&v)));
             }

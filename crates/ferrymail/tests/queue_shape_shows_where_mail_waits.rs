@@ -4,7 +4,8 @@
 //! a.test and two in b.test; one b.test message is then held. The shape
 //! counts what is waiting (held mail apart, with `--lane held`), biggest
 //! destination first, all of it in the first age bucket; `--lane deferred`
-//! sees the retried ones, `--by-queue` groups by virtual queue, `--json`
+//! sees the retried ones, `--by-queue` groups by virtual queue and
+//! `--by-sender` by sender domain (qshape -s), `--json`
 //! gives every row, and a bad `--lane` is a usage error.
 
 mod common;
@@ -87,7 +88,7 @@ fn shape_counts_waiting_recipients_by_domain_queue_and_age() {
     c.ehlo();
     let body = b"Subject: shape\r\n\r\nbody\r\n";
     queued_id(&c.send_message("s@example.org", &["x@a.test", "y@a.test"], body));
-    queued_id(&c.send_message("s@example.org", &["z@a.test", "p@b.test"], body));
+    queued_id(&c.send_message("news@Lists.Example.net", &["z@a.test", "p@b.test"], body));
     let held = queued_id(&c.send_message("s@example.org", &["q@b.test"], body));
     c.cmd("QUIT");
     // Every recipient tried once and deferred for an hour.
@@ -133,6 +134,15 @@ fn shape_counts_waiting_recipients_by_domain_queue_and_age() {
     assert_eq!(
         rows(&shape_json(&server, &["--by-queue"])),
         [row("TOTAL", 4), row("default", 3), row("slow", 1)]
+    );
+    // qshape -s: by sender domain, lower-cased.
+    let by_sender = rows(&shape_json(&server, &["--by-sender"]));
+    assert_eq!(by_sender[0], row("TOTAL", 4));
+    let mut senders = by_sender[1..].to_vec();
+    senders.sort();
+    assert_eq!(
+        senders,
+        [row("example.org", 2), row("lists.example.net", 2)]
     );
     assert_eq!(
         rows(&shape_json(&server, &["--queue", "slow"])),
