@@ -386,8 +386,10 @@ impl Session {
                 214,
                 vec![
                     "2.0.0 Ferrymail: commands supported:".into(),
-                    "2.0.0 EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY ETRN STARTTLS AUTH"
-                        .into(),
+                    format!(
+                        "2.0.0 {} MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY ETRN STARTTLS AUTH",
+                        self.dialect.greeting_commands()
+                    ),
                     "2.0.0 End of HELP info".into(),
                 ],
             )),

@@ -16,7 +16,8 @@
 //!   and the first Ferrymail's delivery log holds one reply per recipient.
 //! * A raw client over TCP: LHLO offers what EHLO offers on the SMTP
 //!   listener (PIPELINING and ENHANCEDSTATUSCODES included, §5); HELO and
-//!   EHLO are refused on the LMTP listener and LHLO on the SMTP one (§4.1);
+//!   EHLO are refused on the LMTP listener and LHLO on the SMTP one (§4.1),
+//!   and HELP lists LHLO;
 //!   a recipient refused at RCPT gets no reply after DATA or BDAT LAST; a
 //!   message refused as a whole (too big) is refused once per recipient;
 //!   DATA without an accepted recipient is 503 and BDAT LAST without one
@@ -188,6 +189,13 @@ fn lhlo_offers_what_ehlo_offers_and_the_other_greetings_are_refused() {
         assert!(r.is(500, "5.5.1"), "{verb}: {r:?}");
         assert!(r.text().contains("send LHLO"), "{verb}: {r:?}");
     }
+    let help = c.cmd("HELP");
+    assert_eq!(help.code, 214, "{help:?}");
+    let words: Vec<&str> = help.lines[1].split_whitespace().collect();
+    assert!(
+        words.contains(&"LHLO") && !words.contains(&"EHLO") && !words.contains(&"HELO"),
+        "HELP lists LMTP's greeting: {help:?}"
+    );
     let r = c.cmd("MAIL FROM:<s@example.org>");
     assert!(r.is(503, "5.5.1"), "no transaction before LHLO: {r:?}");
     assert!(r.text().contains("send LHLO first"), "{r:?}");

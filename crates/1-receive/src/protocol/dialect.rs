@@ -105,6 +105,14 @@ impl Dialect {
         }
     }
 
+    /// The greeting commands this dialect has, for HELP's list.
+    pub fn greeting_commands(self) -> &'static str {
+        match self {
+            Dialect::Smtp => "EHLO HELO",
+            Dialect::Lmtp => "LHLO",
+        }
+    }
+
     /// What a client must send before MAIL, ETRN and the like, for the 503
     /// that tells it so.
     pub fn greet_first(self) -> &'static str {
