@@ -244,6 +244,19 @@ fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
         }
         for (text, span) in items {
             match text.trim().parse::<SocketAddr>() {
+                // RFC 2033 §5: "LMTP ... MUST NOT be used on TCP port 25."
+                // Worth a warning rather than an error: nothing breaks, but
+                // an SMTP client reaching it would be refused at HELO/EHLO.
+                Ok(a) if protocol == Protocol::Lmtp && a.port() == 25 => {
+                    r.warn(
+                        &span,
+                        format!(
+                            "'{}': LMTP must not be used on port 25 (RFC 2033 §5), which SMTP clients expect to speak SMTP",
+                            sec.path("bind")
+                        ),
+                    );
+                    bind.push(a);
+                }
                 Ok(a) => bind.push(a),
                 Err(_) => r.error(
                     &span,

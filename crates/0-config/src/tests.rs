@@ -481,6 +481,23 @@ token = "s3cret"
 }
 
 #[test]
+fn lmtp_on_port_25_is_warned_about() {
+    let c = ok("[server.listener.lmtp]\nbind = [\"127.0.0.1:24\"]\nprotocol = \"lmtp\"\n");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = ok("[server.listener.lmtp]\nbind = [\"0.0.0.0:25\"]\nprotocol = \"lmtp\"\n");
+    assert_eq!(c.server.listeners[0].protocol, Protocol::Lmtp);
+    assert_eq!(
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "/etc/ferrymail.toml:2: 'server.listener.lmtp.bind': LMTP must not be used on port 25 (RFC 2033 §5), which SMTP clients expect to speak SMTP"
+        ]
+    );
+}
+
+#[test]
 fn session_settings() {
     let dir = TempDir::new();
     let cert = dir.write(

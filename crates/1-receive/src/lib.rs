@@ -1,6 +1,9 @@
-//! Receive: the SMTP server side of Ferrymail.
+//! Receive: the SMTP and LMTP server side of Ferrymail.
 //!
-//! One tokio task per connection runs a [`session::Session`]. Protocol parsing
+//! One tokio task per connection runs a [`session::Session`], in the
+//! [`protocol::dialect::Dialect`] of its listener (SMTP, or LMTP per RFC
+//! 2033, which only greets and answers the end of a message differently;
+//! both queue through the same spool). Protocol parsing
 //! lives in [`protocol`] and does no I/O; this crate's only socket work is
 //! accepting connections and reading and writing them. A message is answered
 //! with 250 only after [`ferrymail_spool::Spool::accept`] returned, i.e. once its

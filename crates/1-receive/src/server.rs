@@ -1,5 +1,6 @@
 //! Accepting connections: the global and per-IP connection limits, one task per
-//! connection, and graceful shutdown.
+//! connection, and graceful shutdown. SMTP and LMTP listeners share all of it;
+//! only the sessions' [`Dialect`] differs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,11 +11,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use crate::protocol::dialect::Dialect;
 use crate::protocol::reply::replies;
 use crate::session::Session;
 use crate::{ActiveSession, ReceiveCounters, Receiver};
 
-/// Connection limits shared by every SMTP listener of the server.
+/// Connection limits shared by every SMTP and LMTP listener of the server.
 pub struct ConnectionLimits {
     global: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -67,9 +69,10 @@ impl ConnectionLimits {
     }
 }
 
-/// Accepts SMTP connections on `listener` until `rx.shutdown` is cancelled.
-/// Each session is spawned on `tracker`, so the caller can wait for sessions in
-/// progress to finish.
+/// Accepts connections on `listener` until `rx.shutdown` is cancelled, and
+/// runs a session speaking `dialect` (SMTP, or LMTP for an `lmtp` listener)
+/// on each. Each session is spawned on `tracker`, so the caller can wait for
+/// sessions in progress to finish.
 ///
 /// With `implicit_tls`, every connection starts with a TLS handshake
 /// (SMTP submission over implicit TLS, RFC 8314 §3.3, usually port 465),
@@ -81,6 +84,7 @@ pub async fn serve(
     limits: Arc<ConnectionLimits>,
     tracker: TaskTracker,
     implicit_tls: Option<tokio_rustls::TlsAcceptor>,
+    dialect: Dialect,
 ) {
     let local = listener.local_addr().ok();
     loop {
@@ -115,11 +119,11 @@ pub async fn serve(
             };
             let _active = ActiveSession::new(rx.counters.clone());
             let session = match implicit_tls {
-                None => Session::new(rx, Box::new(stream), remote, local),
+                None => Session::new(rx, Box::new(stream), remote, local, dialect),
                 Some(acceptor) => {
                     let t = rx.params.command_timeout;
                     match tokio::time::timeout(t, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => Session::with_tls(rx, tls, remote, local),
+                        Ok(Ok(tls)) => Session::with_tls(rx, tls, remote, local, dialect),
                         Ok(Err(e)) => {
                             tracing::info!(remote = %remote.ip(), error = %e, "TLS handshake failed");
                             return;

@@ -1,4 +1,7 @@
-//! One SMTP session: the command loop, transactions, DATA and BDAT, STARTTLS.
+//! One SMTP or LMTP session: the command loop, transactions, DATA and BDAT,
+//! STARTTLS. LMTP (RFC 2033) is the same session with a different
+//! [`Dialect`]: LHLO instead of HELO/EHLO, and one reply per accepted
+//! recipient at the end of a message.
 //!
 //! The session reads into one buffer and answers every complete command in it
 //! before flushing, which is what PIPELINING (RFC 2920) needs: a client may send
@@ -20,7 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::auth::{self, Credentials, Mechanism};
 use crate::protocol::address;
 use crate::protocol::data::DataDecoder;
-use crate::protocol::received::{Trace, received_header};
+use crate::protocol::dialect::{Dialect, Greeting};
+use crate::protocol::received::{Trace, received_header, with_type};
 use crate::protocol::reply::{Reply, replies};
 use crate::{AuthSettings, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver};
 
@@ -76,6 +80,8 @@ pub struct Session {
     out: Vec<u8>,
     remote: SocketAddr,
     local: SocketAddr,
+    /// SMTP or LMTP, as the listener was configured.
+    dialect: Dialect,
     helo: Option<String>,
     esmtp: bool,
     tls: Option<String>,
@@ -122,12 +128,13 @@ impl Variables for RcptVars<'_> {
 }
 
 impl Session {
-    /// A session on an accepted connection.
+    /// A session on an accepted connection, speaking `dialect`.
     pub fn new(
         rx: Arc<Receiver>,
         stream: Box<dyn Io>,
         remote: SocketAddr,
         local: SocketAddr,
+        dialect: Dialect,
     ) -> Self {
         // Started before the greeting, so the lookups run while the client
         // greets; only RCPT TO waits for them.
@@ -139,6 +146,7 @@ impl Session {
             out: Vec::with_capacity(1024),
             remote,
             local,
+            dialect,
             helo: None,
             esmtp: false,
             tls: None,
@@ -159,9 +167,10 @@ impl Session {
         stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
         remote: SocketAddr,
         local: SocketAddr,
+        dialect: Dialect,
     ) -> Self {
         let summary = tls_summary(stream.get_ref().1);
-        let mut s = Session::new(rx, Box::new(stream), remote, local);
+        let mut s = Session::new(rx, Box::new(stream), remote, local, dialect);
         s.tls = Some(summary);
         s
     }
@@ -172,7 +181,12 @@ impl Session {
         let greeting = Reply::new(
             220,
             "",
-            format!("{} ESMTP Ferrymail", self.rx.params.hostname),
+            // RFC 2033 §4.1's example greets "LMTP server ready".
+            format!(
+                "{} {} Ferrymail",
+                self.rx.params.hostname,
+                self.dialect.name()
+            ),
         );
         greeting.write_to(&mut self.out);
         if self.flush().await.is_err() {
@@ -340,9 +354,9 @@ impl Session {
             Err(e) => return self.parse_error(e, line),
         };
         match request {
-            Request::Ehlo { host } => self.hello(host.into_owned(), true),
-            Request::Helo { host } => self.hello(host.into_owned(), false),
-            Request::Lhlo { .. } => self.reply(replies::unknown_command()),
+            Request::Ehlo { host } => self.greeting(Greeting::Ehlo, host.into_owned()),
+            Request::Helo { host } => self.greeting(Greeting::Helo, host.into_owned()),
+            Request::Lhlo { host } => self.greeting(Greeting::Lhlo, host.into_owned()),
             Request::Mail { from } => self.mail(from.into_owned(), line),
             Request::Rcpt { to } => {
                 self.checks.verdict().await;
@@ -372,8 +386,10 @@ impl Session {
                 214,
                 vec![
                     "2.0.0 Ferrymail: commands supported:".into(),
-                    "2.0.0 EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY ETRN STARTTLS AUTH"
-                        .into(),
+                    format!(
+                        "2.0.0 {} MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY ETRN STARTTLS AUTH",
+                        self.dialect.greeting_commands()
+                    ),
                     "2.0.0 End of HELP info".into(),
                 ],
             )),
@@ -418,6 +434,22 @@ impl Session {
         self.reply(r)
     }
 
+    /// HELO, EHLO or LHLO: greets when the listener's dialect has that
+    /// command (RFC 2033 §4.1: LMTP has only LHLO, SMTP has no LHLO), and
+    /// refuses it otherwise, leaving the session as it was.
+    fn greeting(&mut self, greeting: Greeting, host: String) -> Flow {
+        match self.dialect.greet(greeting) {
+            Ok(extended) => self.hello(host, extended),
+            Err(wrong) => {
+                tracing::info!(remote = %self.remote.ip(), error = %wrong, "greeting of the other protocol refused");
+                self.reply(wrong.reply())
+            }
+        }
+    }
+
+    /// Greets the client. LHLO has EHLO's reply (RFC 2033 §4.1), so an LMTP
+    /// session offers what an SMTP one does, PIPELINING and
+    /// ENHANCEDSTATUSCODES among them as RFC 2033 §5 requires.
     fn hello(&mut self, host: String, esmtp: bool) -> Flow {
         // RFC 5321 §4.1.4: EHLO/HELO resets any transaction.
         self.tx = None;
@@ -453,7 +485,7 @@ impl Session {
 
     fn mail(&mut self, from: smtp_proto::MailFrom<String>, line: &[u8]) -> Flow {
         if self.helo.is_none() {
-            return self.reply(replies::bad_sequence("send EHLO or HELO first"));
+            return self.reply(replies::bad_sequence(self.dialect.greet_first()));
         }
         if self.tx.is_some() {
             return self.reply(replies::nested_mail());
@@ -663,7 +695,7 @@ impl Session {
             return self.reply(replies::auth_needs_tls());
         }
         if self.helo.is_none() || !self.esmtp {
-            return self.reply(replies::bad_sequence("send EHLO first"));
+            return self.reply(replies::bad_sequence(self.dialect.greet_extended_first()));
         }
         if self.auth_as.is_some() {
             return self.reply(replies::bad_sequence("already authenticated"));
@@ -851,22 +883,13 @@ impl Session {
         let p = &self.rx.params;
         let Some(tx) = self.tx.as_ref() else { return };
         // RFC 3848 and RFC 6531 §3.7.3: A for an authenticated client.
-        let with = match (
+        let with = with_type(
+            self.dialect,
             tx.smtputf8,
             self.esmtp,
             self.tls.is_some(),
             self.auth_as.is_some(),
-        ) {
-            (true, _, true, false) => "UTF8SMTPS",
-            (true, _, false, false) => "UTF8SMTP",
-            (true, _, true, true) => "UTF8SMTPSA",
-            (true, _, false, true) => "UTF8SMTPA",
-            (false, true, true, false) => "ESMTPS",
-            (false, true, false, false) => "ESMTP",
-            (false, true, true, true) => "ESMTPSA",
-            (false, true, false, true) => "ESMTPA",
-            (false, false, _, _) => "SMTP",
-        };
+        );
         let id_text = id.to_string();
         let header = received_header(&Trace {
             helo: self.helo.as_deref().unwrap_or("unknown"),
@@ -890,6 +913,7 @@ impl Session {
         let Some((id, mut buf)) = self.tx.as_mut().and_then(|t| t.contents.take()) else {
             return Ok(Flow::Continue);
         };
+        let accepted = self.accepted();
         let header_len = buf.len();
         let mut decoder = DataDecoder::new(max);
         loop {
@@ -903,13 +927,39 @@ impl Session {
         debug_assert!(buf.len() >= header_len);
         if decoder.overflowed() {
             self.tx = None;
-            return Ok(self.reply(replies::too_big(max)));
+            return Ok(self.answer_message(replies::too_big(max), &accepted));
         }
         if decoder.has_nul() {
             self.tx = None;
-            return Ok(self.reply(replies::nul_in_data()));
+            return Ok(self.answer_message(replies::nul_in_data(), &accepted));
         }
-        Ok(self.commit(id, buf).await)
+        let outcome = self.commit(id, buf).await;
+        Ok(self.answer_message(outcome, &accepted))
+    }
+
+    /// The recipients the replies at the end of this message are for, in
+    /// RCPT order: LMTP's, that is (RFC 2033 §4.2); SMTP's one reply names
+    /// none, so nothing is copied for it.
+    fn accepted(&self) -> Vec<String> {
+        match (self.dialect, &self.tx) {
+            (Dialect::Lmtp, Some(tx)) => tx.recipients.iter().map(|r| r.address.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends the replies that end a message: `outcome` once on SMTP, once per
+    /// `accepted` recipient on LMTP (RFC 2033 §4.2, §4.3). A refusal counts
+    /// as one error towards `max_errors`, however many replies carry it.
+    fn answer_message(&mut self, outcome: Reply, accepted: &[String]) -> Flow {
+        let rcpts: Vec<&str> = accepted.iter().map(String::as_str).collect();
+        let mut answers = self.dialect.end_of_message(outcome, &rcpts);
+        let Some(last) = answers.pop() else {
+            return Flow::Continue;
+        };
+        for r in &answers {
+            r.write_to(&mut self.out);
+        }
+        self.reply(last)
     }
 
     async fn receive_bdat(&mut self, size: usize, last: bool) -> Result<Flow, Stop> {
@@ -947,6 +997,13 @@ impl Session {
             self.read_more(false).await?;
         }
         if let Some(r) = refusal {
+            // RFC 2033 §4.3: "If there were no previously successful RCPT
+            // commands in the mail transaction, then the BDAT LAST command
+            // returns zero replies." The transaction ends with it.
+            if last && self.dialect == Dialect::Lmtp && self.tx.is_some() {
+                self.tx = None;
+                return Ok(Flow::Continue);
+            }
             return Ok(self.reply(r));
         }
         let overflow = self.tx.as_ref().is_some_and(|t| t.bdat_overflow);
@@ -961,30 +1018,34 @@ impl Session {
             }
             return Ok(self.reply(replies::chunk_ok(size)));
         }
+        let accepted = self.accepted();
         if overflow {
             self.tx = None;
-            return Ok(self.reply(replies::too_big(max)));
+            return Ok(self.answer_message(replies::too_big(max), &accepted));
         }
         let Some((id, buf)) = self.tx.as_mut().and_then(|t| t.contents.take()) else {
             return Ok(self.reply(replies::bad_sequence("no transaction")));
         };
         if memchr::memchr(0, &buf).is_some() {
             self.tx = None;
-            return Ok(self.reply(replies::nul_in_data()));
+            return Ok(self.answer_message(replies::nul_in_data(), &accepted));
         }
-        Ok(self.commit(id, buf).await)
+        let outcome = self.commit(id, buf).await;
+        Ok(self.answer_message(outcome, &accepted))
     }
 
-    /// Routes every recipient, makes the message durable, and answers.
-    async fn commit(&mut self, id: MessageId, contents: Vec<u8>) -> Flow {
+    /// Routes every recipient and makes the message durable; returns the
+    /// outcome for the whole message, which the caller turns into the
+    /// dialect's replies.
+    async fn commit(&mut self, id: MessageId, contents: Vec<u8>) -> Reply {
         let Some(tx) = self.tx.take() else {
-            return self.reply(replies::bad_sequence("no transaction"));
+            return replies::bad_sequence("no transaction");
         };
         // Our own Received header is the first one; count it too.
         let hops = crate::protocol::received::count_received(&contents);
         if hops > self.rx.params.max_received_headers {
             tracing::info!(id = %id, hops, "refused: mail loop");
-            return self.reply(replies::mail_loop(hops));
+            return replies::mail_loop(hops);
         }
         let now = now_millis();
         let envelope = Envelope {
@@ -1036,7 +1097,7 @@ impl Session {
                 });
                 ReceiveCounters::bump(&self.rx.counters.store_failures);
                 tracing::error!(id = %id, timeout_ms = self.rx.params.store_timeout.as_millis() as u64, "the spool did not make the message durable in time");
-                return self.reply(replies::store_failed());
+                return replies::store_failed();
             }
         };
         match result {
@@ -1058,19 +1119,19 @@ impl Session {
                     remote = %self.remote.ip(),
                     "queued"
                 );
-                self.reply(replies::queued(&id.to_string()))
+                replies::queued(&id.to_string())
             }
             Err(e) => {
                 ReceiveCounters::bump(&self.rx.counters.store_failures);
                 tracing::error!(id = %id, error = %e, "could not make message durable");
-                self.reply(replies::store_failed())
+                replies::store_failed()
             }
         }
     }
 
     async fn etrn(&mut self, name: String) -> Flow {
         if self.helo.is_none() {
-            return self.reply(replies::bad_sequence("send EHLO or HELO first"));
+            return self.reply(replies::bad_sequence(self.dialect.greet_first()));
         }
         if self.tx.is_some() {
             return self.reply(replies::bad_sequence("ETRN not allowed in a transaction"));
@@ -1144,7 +1205,7 @@ impl Session {
             return self.reply(replies::tls_unavailable());
         }
         if !self.esmtp {
-            return self.reply(replies::bad_sequence("send EHLO first"));
+            return self.reply(replies::bad_sequence(self.dialect.greet_extended_first()));
         }
         replies::tls_go().write_to(&mut self.out);
         Flow::StartTls

@@ -10,6 +10,7 @@ use ferrymail_deliver::{SmtpTransport, Transport};
 use ferrymail_operate::api::{ControlError, ControlFuture, Management, QueueControl};
 use ferrymail_operate::metrics::MetricsSource;
 use ferrymail_receive::defences::Defences;
+use ferrymail_receive::protocol::dialect::Dialect;
 use ferrymail_receive::server::ConnectionLimits;
 use ferrymail_receive::{
     AuthSettings, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams,
@@ -415,13 +416,20 @@ async fn run(config: Config) -> Result<(), StartError> {
             })?;
             bound.push(format!("{}={}/{}", l.id, addr, l.protocol.as_str()));
             match l.protocol {
-                Protocol::Smtp => {
+                // LMTP (RFC 2033) listeners queue exactly as SMTP ones do:
+                // the same receiver (spool, routing, relay rules, limits,
+                // connection limits, shutdown), only the session's dialect
+                // differs.
+                Protocol::Smtp | Protocol::Lmtp => {
+                    let dialect = Dialect::try_from(l.protocol)
+                        .map_err(|e| StartError::config(format!("listener '{}': {e}", l.id)))?;
                     listeners.spawn(ferrymail_receive::server::serve(
                         listener,
                         receiver.clone(),
                         limits.clone(),
                         sessions.clone(),
                         acceptor.clone().filter(|_| l.tls_implicit),
+                        dialect,
                     ));
                 }
                 Protocol::Http => {
@@ -436,12 +444,6 @@ async fn run(config: Config) -> Result<(), StartError> {
                         mgmt,
                         shutdown.clone(),
                     ));
-                }
-                Protocol::Lmtp => {
-                    return Err(StartError::config(format!(
-                        "listener '{}': inbound LMTP is not supported in this release",
-                        l.id
-                    )));
                 }
             }
         }

@@ -4,5 +4,6 @@
 
 pub mod address;
 pub mod data;
+pub mod dialect;
 pub mod received;
 pub mod reply;

@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use crate::protocol::dialect::Dialect;
+
 /// What the Received header records about one transaction.
 pub struct Trace<'a> {
     /// EHLO/HELO argument.
@@ -50,6 +52,38 @@ pub fn received_header(t: &Trace<'_>) -> String {
     }
     let _ = write!(h, ";\r\n\t{}\r\n", rfc5322_date(t.time));
     h
+}
+
+/// The RFC 3848 protocol type of the `with` clause: what the client spoke,
+/// and whether it used STARTTLS (S) and AUTH (A). SMTPUTF8 mail has the
+/// UTF8 types of RFC 6531 §3.7.3 (registered in its IANA table for LMTP
+/// too). `extended` is false only after HELO; LHLO is always extended.
+pub fn with_type(
+    dialect: Dialect,
+    smtputf8: bool,
+    extended: bool,
+    tls: bool,
+    authenticated: bool,
+) -> &'static str {
+    match (dialect, smtputf8, extended, tls, authenticated) {
+        (Dialect::Smtp, true, _, false, false) => "UTF8SMTP",
+        (Dialect::Smtp, true, _, false, true) => "UTF8SMTPA",
+        (Dialect::Smtp, true, _, true, false) => "UTF8SMTPS",
+        (Dialect::Smtp, true, _, true, true) => "UTF8SMTPSA",
+        (Dialect::Smtp, false, true, false, false) => "ESMTP",
+        (Dialect::Smtp, false, true, false, true) => "ESMTPA",
+        (Dialect::Smtp, false, true, true, false) => "ESMTPS",
+        (Dialect::Smtp, false, true, true, true) => "ESMTPSA",
+        (Dialect::Smtp, false, false, _, _) => "SMTP",
+        (Dialect::Lmtp, true, _, false, false) => "UTF8LMTP",
+        (Dialect::Lmtp, true, _, false, true) => "UTF8LMTPA",
+        (Dialect::Lmtp, true, _, true, false) => "UTF8LMTPS",
+        (Dialect::Lmtp, true, _, true, true) => "UTF8LMTPSA",
+        (Dialect::Lmtp, false, _, false, false) => "LMTP",
+        (Dialect::Lmtp, false, _, false, true) => "LMTPA",
+        (Dialect::Lmtp, false, _, true, false) => "LMTPS",
+        (Dialect::Lmtp, false, _, true, true) => "LMTPSA",
+    }
 }
 
 /// Formats Unix seconds as an RFC 5322 §3.3 date-time in UTC, e.g.
@@ -116,6 +150,35 @@ mod tests {
         assert_eq!(count_received(m), 3);
         assert_eq!(count_received(b""), 0);
         assert_eq!(count_received(b"\r\nReceived: x\r\n"), 0);
+    }
+
+    #[test]
+    fn with_types_of_rfc_3848_and_rfc_6531() {
+        use Dialect::*;
+        let table = [
+            (Smtp, false, false, false, false, "SMTP"),
+            (Smtp, false, true, false, false, "ESMTP"),
+            (Smtp, false, true, true, false, "ESMTPS"),
+            (Smtp, false, true, false, true, "ESMTPA"),
+            (Smtp, false, true, true, true, "ESMTPSA"),
+            (Smtp, true, true, false, false, "UTF8SMTP"),
+            (Smtp, true, true, true, true, "UTF8SMTPSA"),
+            (Lmtp, false, true, false, false, "LMTP"),
+            (Lmtp, false, true, true, false, "LMTPS"),
+            (Lmtp, false, true, false, true, "LMTPA"),
+            (Lmtp, false, true, true, true, "LMTPSA"),
+            (Lmtp, true, true, false, false, "UTF8LMTP"),
+            (Lmtp, true, true, true, false, "UTF8LMTPS"),
+            (Lmtp, true, true, false, true, "UTF8LMTPA"),
+            (Lmtp, true, true, true, true, "UTF8LMTPSA"),
+        ];
+        for (d, utf8, ext, tls, auth, want) in table {
+            assert_eq!(
+                with_type(d, utf8, ext, tls, auth),
+                want,
+                "{d:?} utf8={utf8} extended={ext} tls={tls} auth={auth}"
+            );
+        }
     }
 
     #[test]
