@@ -540,6 +540,15 @@ impl Checks {
         }
     }
 
+    /// The iprev result, once [`Checks::verdict`] has been awaited and if
+    /// iprev is checked at all: for the Authentication-Results field.
+    pub fn iprev(&self) -> Option<&Iprev> {
+        match &self.state {
+            State::Done(v) => v.iprev.as_ref(),
+            State::Running(_) => None,
+        }
+    }
+
     /// The refusal for a recipient that would otherwise be accepted, once
     /// [`Checks::verdict`] has been awaited; `None` before that.
     pub fn refusal(&self) -> Option<Reply> {

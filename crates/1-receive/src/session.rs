@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{self, Credentials, Mechanism};
 use crate::protocol::address;
+use crate::protocol::auth_results::{self, IprevResult};
 use crate::protocol::data::DataDecoder;
 use crate::protocol::dialect::{Dialect, Greeting};
 use crate::protocol::received::{Trace, received_header, with_type};
@@ -70,6 +71,10 @@ struct Transaction {
     bdat_overflow: bool,
     /// Total BDAT octets received, including discarded ones.
     bdat_size: u64,
+    /// Our Authentication-Results field heads the contents (after the
+    /// Received field), and the client's own part starts at this offset:
+    /// fields in it forged under our name are removed at the end.
+    vouched_from: Option<usize>,
 }
 
 /// The per-connection state.
@@ -562,6 +567,7 @@ impl Session {
             contents: None,
             bdat_overflow: false,
             bdat_size: 0,
+            vouched_from: None,
         });
         self.reply(replies::sender_ok())
     }
@@ -903,8 +909,23 @@ impl Session {
         });
         let mut buf = Vec::with_capacity(header.len() + 4096);
         buf.extend_from_slice(header.as_bytes());
+        // RFC 8601: what was verified about the client, under our name.
+        let iprev = self.checks.iprev().map(|i| IprevResult {
+            result: i.as_str(),
+            ip: self.remote.ip(),
+            name: match i {
+                crate::defences::Iprev::Pass { name } => Some(name.as_str()),
+                _ => None,
+            },
+        });
+        let results = auth_results::header(&p.hostname, iprev, self.auth_as.as_deref());
+        if let Some(r) = &results {
+            buf.extend_from_slice(r.as_bytes());
+        }
+        let vouched_from = results.is_some().then_some(buf.len());
         if let Some(tx) = self.tx.as_mut() {
             tx.contents = Some((id, buf));
+            tx.vouched_from = vouched_from;
         }
     }
 
@@ -1037,10 +1058,18 @@ impl Session {
     /// Routes every recipient and makes the message durable; returns the
     /// outcome for the whole message, which the caller turns into the
     /// dialect's replies.
-    async fn commit(&mut self, id: MessageId, contents: Vec<u8>) -> Reply {
+    async fn commit(&mut self, id: MessageId, mut contents: Vec<u8>) -> Reply {
         let Some(tx) = self.tx.take() else {
             return replies::bad_sequence("no transaction");
         };
+        if let Some(from) = tx.vouched_from.filter(|&f| f <= contents.len())
+            && let Some(client) =
+                auth_results::strip_forged(&contents[from..], &self.rx.params.hostname)
+        {
+            tracing::info!(id = %id, "removed Authentication-Results fields claiming this server's name (RFC 8601 §5)");
+            contents.truncate(from);
+            contents.extend_from_slice(&client);
+        }
         // Our own Received header is the first one; count it too.
         let hops = crate::protocol::received::count_received(&contents);
         if hops > self.rx.params.max_received_headers {

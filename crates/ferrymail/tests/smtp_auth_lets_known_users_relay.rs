@@ -112,6 +112,13 @@ fn smtplib_and_swaks_log_in_over_starttls_and_relay() {
         let m = queued_with_subject(&server, &format!("via smtplib {mechanism}"));
         let contents = m["contents"].as_str().unwrap();
         assert!(contents.contains("with ESMTPSA"), "{contents}");
+        // RFC 8601 §2.7.4, for filters and mailbox servers downstream.
+        assert!(
+            contents.contains(&format!(
+                "Authentication-Results: mx.ferry.test;\r\n\tauth=pass smtp.auth={user}\r\n"
+            )),
+            "{contents}"
+        );
         assert_eq!(m["authenticated_as"], user, "{m}");
         let log = strip_ansi(&server.log_text());
         assert!(

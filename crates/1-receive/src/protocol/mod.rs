@@ -3,6 +3,7 @@
 //! tested with tables rather than sockets.
 
 pub mod address;
+pub mod auth_results;
 pub mod data;
 pub mod dialect;
 pub mod received;
