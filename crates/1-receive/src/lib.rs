@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod defences;
+pub mod local;
 pub mod protocol;
 pub mod server;
 pub mod session;

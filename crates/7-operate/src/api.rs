@@ -38,6 +38,39 @@ pub struct Management {
     pub control: Option<Arc<dyn QueueControl>>,
     /// What `GET /metrics` (and so the dashboard) reports. `None`: 503.
     pub metrics: Option<Arc<dyn crate::metrics::MetricsSource>>,
+    /// Local submission (`POST /api/submit`, used by `ferrymail
+    /// sendmail`). `None`: 503.
+    pub submit: Option<Arc<dyn LocalSubmit>>,
+}
+
+/// Local submission: how mail made on this host (cron, applications,
+/// `ferrymail sendmail`) enters the queue without an SMTP session, with
+/// `source = 'local'` for the routing expressions. Defined here so that
+/// operate depends on neither receive nor the queue engine; the server
+/// binary implements it.
+pub trait LocalSubmit: Send + Sync + 'static {
+    /// The largest message accepted (`session.data.max-message-size`).
+    fn max_size(&self) -> usize;
+
+    /// Queues `contents` from `sender` (empty: the null sender) to
+    /// `recipients`; answers the queue id once the message is durable.
+    fn submit(
+        &self,
+        sender: String,
+        recipients: Vec<String>,
+        contents: Bytes,
+    ) -> ControlFuture<Result<String, SubmitError>>;
+}
+
+/// Why a local submission was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Bad addresses or contents (HTTP 400): nothing was queued.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The spool could not make it durable (HTTP 503): try again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A boxed future, so [`QueueControl`] stays object-safe without extra
@@ -259,6 +292,46 @@ async fn handle(
             Err(e) => Ok(error(StatusCode::BAD_REQUEST, e)),
             Ok(a) => action(mgmt, &a).await,
         },
+        (Method::POST, "/api/submit") => {
+            let Some(submit) = mgmt.submit.clone() else {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this server does not take local submissions",
+                );
+            };
+            let recipients: Vec<String> = query
+                .get("to")
+                .map(|t| {
+                    t.split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if recipients.is_empty() {
+                return error(StatusCode::BAD_REQUEST, "no recipients (to=...)");
+            }
+            let sender = query.get("from").cloned().unwrap_or_default();
+            let limit = submit.max_size();
+            let body = match http_body_util::Limited::new(req.into_body(), limit)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("message refused: {e} (the limit is {limit} bytes)"),
+                    );
+                }
+            };
+            match submit.submit(sender, recipients, body).await {
+                Ok(id) => Ok(json(StatusCode::OK, &serde_json::json!({"id": id}))),
+                Err(SubmitError::BadRequest(e)) => Ok(error(StatusCode::BAD_REQUEST, e)),
+                Err(SubmitError::Unavailable(e)) => Ok(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+            }
+        }
         (Method::POST, "/api/queue/flush") => {
             let domain = query.get("domain").cloned();
             let result = match &mgmt.control {

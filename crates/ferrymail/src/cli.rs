@@ -134,26 +134,53 @@ pub fn main(cmd: QueueCmd, config: Option<PathBuf>) -> ExitCode {
         eprintln!("ferrymail: name message ids, --queue, --rcpt-domain, --sender or --all");
         return ExitCode::from(2);
     }
-    let config = match &config {
+    let (_, client) = match client_for(config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferrymail: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cmd, &client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrymail: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The server's configuration (`-c FILE`, or the built-in defaults) and a
+/// client for its management listener; the exit code (2, with the
+/// problem printed) when there is none.
+pub fn client_for(config: Option<&std::path::Path>) -> Result<(Config, Client), ExitCode> {
+    let config = match config {
         None => Config::default(),
         Some(p) => match ferrymail_config::load(p) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("{e}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         },
     };
     let Some(listener) = config.listener(Protocol::Http) else {
         eprintln!("ferrymail: the configuration has no management listener (protocol = \"http\")");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     };
     let Some(&addr) = listener.bind.first() else {
         eprintln!(
             "ferrymail: management listener '{}' binds no address",
             listener.id
         );
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     };
     // A wildcard bind is reached through loopback.
     let addr = if addr.ip().is_unspecified() {
@@ -173,23 +200,7 @@ pub fn main(cmd: QueueCmd, config: Option<PathBuf>) -> ExitCode {
         token: listener.token.clone(),
         timeout: Duration::from_secs(300),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferrymail: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(cmd, &client)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ferrymail: {e}");
-            ExitCode::from(1)
-        }
-    }
+    Ok((config, client))
 }
 
 async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {

@@ -1,11 +1,13 @@
 //! `ferrymail`: the one binary. `serve` runs the MTA; `check` validates a
-//! configuration; `queue ...` talks to a running server's management listener.
+//! configuration; `queue ...` talks to a running server's management
+//! listener, and `sendmail` submits a message through it.
 //!
 //! Exit codes (INTERFACE.md): 0 success, 1 operation failed, 2 usage or
 //! configuration error.
 
 mod cli;
 mod metrics;
+mod sendmail;
 mod serve;
 
 use std::path::PathBuf;
@@ -36,6 +38,9 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Send a message read on standard input through the running server,
+    /// like sendmail(8): `ferrymail sendmail [-f FROM] [-t] [-i] [RCPT...]`.
+    Sendmail(sendmail::SendmailArgs),
     /// Inspect and act on the running server's queue.
     Queue {
         #[command(subcommand)]
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Queue { command, config } => cli::main(command, config),
+        Cmd::Sendmail(args) => sendmail::main(args),
     }
 }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use ferrymail_config::{Config, Protocol, StoreKind};
 use ferrymail_deliver::{SmtpTransport, Transport};
-use ferrymail_operate::api::{ControlError, ControlFuture, Management, QueueControl};
+use ferrymail_operate::api::{
+    ControlError, ControlFuture, LocalSubmit, Management, QueueControl, SubmitError,
+};
 use ferrymail_operate::metrics::MetricsSource;
 use ferrymail_receive::defences::Defences;
 use ferrymail_receive::protocol::dialect::Dialect;
@@ -438,6 +440,7 @@ async fn run(config: Config) -> Result<(), StartError> {
                         token: l.token.clone(),
                         control: Some(control.clone()),
                         metrics: Some(metrics.clone()),
+                        submit: Some(Arc::new(LocalSubmitter(receiver.clone()))),
                     });
                     listeners.spawn(ferrymail_operate::api::serve(
                         listener,
@@ -532,6 +535,36 @@ impl QueueControl for Control {
                 .bounce(keys, reason)
                 .await
                 .map_err(|e| ControlError::Unavailable(e.to_string()))
+        })
+    }
+}
+
+/// Local submission for the management API (`POST /api/submit`), through
+/// receive's [`ferrymail_receive::local::submit`].
+struct LocalSubmitter(Arc<Receiver>);
+
+impl LocalSubmit for LocalSubmitter {
+    fn max_size(&self) -> usize {
+        usize::try_from(self.0.params.max_message_size).unwrap_or(usize::MAX)
+    }
+
+    fn submit(
+        &self,
+        sender: String,
+        recipients: Vec<String>,
+        contents: bytes::Bytes,
+    ) -> ControlFuture<Result<String, SubmitError>> {
+        let rx = self.0.clone();
+        Box::pin(async move {
+            ferrymail_receive::local::submit(&rx, &sender, &recipients, &contents)
+                .await
+                .map(|id| id.to_string())
+                .map_err(|e| match e {
+                    ferrymail_receive::local::LocalError::Spool(_) => {
+                        SubmitError::Unavailable(e.to_string())
+                    }
+                    _ => SubmitError::BadRequest(e.to_string()),
+                })
         })
     }
 }

@@ -1,0 +1,254 @@
+//! `ferrymail sendmail`: the sendmail(8) command line that cron, scripts
+//! and applications on the host use to send mail, as Postfix's sendmail
+//! does through postdrop. It reads a message on standard input and hands
+//! it to the running server's management listener (`POST /api/submit`),
+//! which queues it with `source = 'local'`; the command exits 0 only once
+//! the message is durable.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use ferrymail_operate::client::encode_query_value;
+
+/// The sendmail options that matter to a mail queue; the others that
+/// programs pass by habit (`-o...`, `-F`, `-B`, `-N`, `-v`) are accepted
+/// and ignored, as Postfix's sendmail ignores most of them.
+#[derive(Args)]
+pub struct SendmailArgs {
+    /// The envelope sender; without a domain, the server's hostname is
+    /// added. Default: the user running the command.
+    #[arg(short = 'f')]
+    from: Option<String>,
+    /// Take the recipients from the message's To, Cc and Bcc fields (and
+    /// remove Bcc), in addition to any given as arguments.
+    #[arg(short = 't')]
+    from_headers: bool,
+    /// A line with a single dot does not end the message.
+    #[arg(short = 'i')]
+    ignore_dots: bool,
+    /// Sendmail options: `-oi` is `-i`; the others are ignored.
+    #[arg(short = 'o', value_name = "OPTION")]
+    options: Vec<String>,
+    /// The sender's full name (ignored: the message's From field says it).
+    #[arg(short = 'F', value_name = "NAME")]
+    _full_name: Option<String>,
+    /// The body type (ignored: 8-bit text is declared as 8BITMIME).
+    #[arg(short = 'B', value_name = "TYPE")]
+    _body: Option<String>,
+    /// DSN NOTIFY (ignored).
+    #[arg(short = 'N', value_name = "NOTIFY")]
+    _notify: Option<String>,
+    /// The server's configuration file (where its management listener is).
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Recipients.
+    recipients: Vec<String>,
+}
+
+/// Entry point of `ferrymail sendmail`.
+pub fn main(args: SendmailArgs) -> ExitCode {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("ferrymail sendmail: cannot read the message: {e}");
+        return ExitCode::from(1);
+    }
+    let ignore_dots = args.ignore_dots || args.options.iter().any(|o| o == "i");
+    if !ignore_dots {
+        input = up_to_lone_dot(&input);
+    }
+    let mut recipients = args.recipients.clone();
+    if args.from_headers {
+        let (message, listed) = take_header_recipients(&input);
+        input = message;
+        recipients.extend(listed);
+    }
+    if recipients.is_empty() {
+        eprintln!("ferrymail sendmail: no recipients (name them, or use -t)");
+        return ExitCode::from(2);
+    }
+    let (_, client) = match crate::cli::client_for(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let from = args.from.clone().unwrap_or_else(|| {
+        std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "root".into())
+    });
+    let path = format!(
+        "/api/submit?from={}&to={}",
+        encode_query_value(&from),
+        encode_query_value(&recipients.join(","))
+    );
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferrymail sendmail: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(client.call("POST", &path, Some(input))) {
+        Ok(body) => {
+            let id = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            eprintln!("ferrymail sendmail: queued as {id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferrymail sendmail: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Sendmail's classic end of input: a line holding a single `.` (without
+/// `-i`). What follows it is not part of the message.
+fn up_to_lone_dot(input: &[u8]) -> Vec<u8> {
+    let mut pos = 0;
+    while pos < input.len() {
+        let end = memchr_nl(&input[pos..]).map_or(input.len(), |i| pos + i + 1);
+        let line = &input[pos..end];
+        if line == b".\n" || line == b".\r\n" || line == b"." {
+            return input[..pos].to_vec();
+        }
+        pos = end;
+    }
+    input.to_vec()
+}
+
+fn memchr_nl(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == b'\n')
+}
+
+/// `-t`: the addresses of the To, Cc and Bcc fields of the header section,
+/// and the message without its Bcc fields (blind copies must not show).
+fn take_header_recipients(input: &[u8]) -> (Vec<u8>, Vec<String>) {
+    let mut message = Vec::with_capacity(input.len());
+    let mut recipients = Vec::new();
+    let mut pos = 0;
+    while pos < input.len() {
+        let line_end =
+            |from: usize| memchr_nl(&input[from..]).map_or(input.len(), |i| from + i + 1);
+        let mut end = line_end(pos);
+        let line = &input[pos..end];
+        if line == b"\n" || line == b"\r\n" {
+            break;
+        }
+        while end < input.len() && matches!(input[end], b' ' | b'\t') {
+            end = line_end(end);
+        }
+        let field = &input[pos..end];
+        let name_end = field.iter().position(|&b| b == b':').unwrap_or(0);
+        let name = String::from_utf8_lossy(&field[..name_end]).to_ascii_lowercase();
+        if matches!(name.as_str(), "to" | "cc" | "bcc") {
+            let value = String::from_utf8_lossy(&field[name_end + 1..]).to_string();
+            recipients.extend(addresses(&value));
+        }
+        if name != "bcc" {
+            message.extend_from_slice(field);
+        }
+        pos = end;
+    }
+    message.extend_from_slice(&input[pos..]);
+    (message, recipients)
+}
+
+/// The addresses of an address-list field value (RFC 5322 §3.4): each
+/// `<angle-addr>`, or a bare `addr-spec`; display names, quoted strings,
+/// comments and group names are skipped.
+fn addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let (mut quoted, mut comment, mut angle) = (false, 0u32, false);
+    let mut bracketed: Option<String> = None;
+    let mut flush = |current: &mut String, bracketed: &mut Option<String>| {
+        let addr = bracketed
+            .take()
+            .unwrap_or_else(|| current.trim().to_string());
+        if addr.contains('@') && !addr.contains(char::is_whitespace) {
+            out.push(addr);
+        }
+        current.clear();
+    };
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted || comment > 0 => {
+                chars.next();
+            }
+            '"' if comment == 0 && !angle => quoted = !quoted,
+            '(' if !quoted && !angle => comment += 1,
+            ')' if !quoted && comment > 0 => comment -= 1,
+            _ if quoted || comment > 0 => {}
+            '<' => {
+                angle = true;
+                bracketed = Some(String::new());
+            }
+            '>' if angle => angle = false,
+            // A group's name ends at ':'; its list ends at ';'.
+            ':' if !angle => current.clear(),
+            ',' | ';' if !angle => flush(&mut current, &mut bracketed),
+            _ if angle => {
+                if let Some(b) = bracketed.as_mut()
+                    && !c.is_whitespace()
+                {
+                    b.push(c);
+                }
+            }
+            _ => current.push(c),
+        }
+    }
+    flush(&mut current, &mut bracketed);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_lists() {
+        assert_eq!(
+            addresses(" \"Doe, John\" <john@example.org>, jane@example.org (Jane, J.)"),
+            ["john@example.org", "jane@example.org"]
+        );
+        assert_eq!(
+            addresses("team: a@x.example, B <b@y.example>;, c@z.example"),
+            ["a@x.example", "b@y.example", "c@z.example"]
+        );
+        assert!(addresses("undisclosed-recipients:;").is_empty());
+    }
+
+    #[test]
+    fn recipients_from_headers_and_bcc_removed() {
+        let m = b"To: a@x.example\nCc: B <b@y.example>,\n c@z.example\nBcc: hidden@w.example\nSubject: s\n\nTo: body@not.example\n";
+        let (message, rcpts) = take_header_recipients(m);
+        assert_eq!(
+            rcpts,
+            [
+                "a@x.example",
+                "b@y.example",
+                "c@z.example",
+                "hidden@w.example"
+            ]
+        );
+        assert_eq!(
+            message,
+            b"To: a@x.example\nCc: B <b@y.example>,\n c@z.example\nSubject: s\n\nTo: body@not.example\n"
+        );
+    }
+
+    #[test]
+    fn a_lone_dot_ends_the_input() {
+        assert_eq!(up_to_lone_dot(b"a\n.\nafter\n"), b"a\n");
+        assert_eq!(up_to_lone_dot(b"a\n..\nb\n"), b"a\n..\nb\n");
+        assert_eq!(up_to_lone_dot(b"a\nb"), b"a\nb");
+    }
+}
