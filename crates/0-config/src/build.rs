@@ -54,10 +54,10 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>>
     let server = server(&mut r, &root);
     let certificates = certificates(&mut r, &root);
     let directories = directories(&mut r, &root);
-    let auth = auth(&mut r, &root);
+    let signatures = signatures(&mut r, &root);
+    let auth = auth(&mut r, &root, &signatures);
     let session = session(&mut r, &root, &certificates, &directories);
     let (stores, storage) = stores(&mut r, &root);
-    let signatures = signatures(&mut r, &root);
     let queue = queue(&mut r, &root);
     let report = report(&mut r, &root, &server.hostname, &signatures);
     let resolver = resolver(&mut r, &root);
@@ -679,12 +679,47 @@ fn secret_problem(s: &str) -> Option<String> {
 
 // ---------------------------------------------------------------- [auth]
 
-fn auth(r: &mut Reader, root: &Section) -> AuthChecks {
+fn auth(r: &mut Reader, root: &Section, signatures: &BTreeMap<String, Signature>) -> AuthChecks {
     let mut out = AuthChecks::default();
     let Some(sec) = r.sub(root, "auth") else {
         return out;
     };
-    r.check_keys(&sec, &["iprev"], false);
+    r.check_keys(&sec, &["iprev", "dkim"], false);
+    if let Some(dkim) = r.sub(&sec, "dkim") {
+        r.check_keys(&dkim, &["sign"], false);
+        if let Some(e) = r.expr(&dkim, "sign") {
+            check_outcomes(r, &dkim, "sign", &e, |v| match v {
+                Value::Str(_) | Value::Bool(false) => Ok(()),
+                Value::List(items) if items.iter().all(|i| matches!(i, Value::Str(_))) => Ok(()),
+                _ => Err("a list of signature ids such as ['rsa'], or false".to_string()),
+            });
+            warn_unavailable(
+                r,
+                &dkim,
+                "sign",
+                &e,
+                AT_END_OF_DATA,
+                "signing happens once the message is complete, for all its recipients",
+            );
+            // A constant id that names no signer is a mistake, not a choice:
+            // the mail would go out unsigned.
+            for v in e.constant_outcomes() {
+                let ids: Vec<&str> = match v {
+                    Value::Str(s) => vec![s.as_str()],
+                    Value::List(items) => items.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                for id in ids {
+                    if !signatures.contains_key(id) {
+                        let span = r.value_span(&dkim, "sign");
+                        let known: Vec<String> = signatures.keys().cloned().collect();
+                        unknown_reference(r, &span, dkim.path("sign"), "signature", id, &known);
+                    }
+                }
+            }
+            out.dkim_sign = e;
+        }
+    }
     if let Some(iprev) = r.sub(&sec, "iprev") {
         r.check_keys(&iprev, &["verify"], false);
         if let Some(v) = r.choice(
@@ -1133,6 +1168,20 @@ const ROUTING: &[Var] = &[
 
 /// Why the others have none.
 const ROUTING_WHEN: &str = "each recipient is routed once, when the message is accepted";
+
+/// The variables `auth.dkim.sign` has a value for: the message's, once it is
+/// complete (no single recipient).
+const AT_END_OF_DATA: &[Var] = &[
+    Var::Sender,
+    Var::SenderDomain,
+    Var::RemoteIp,
+    Var::LocalPort,
+    Var::AuthenticatedAs,
+    Var::HeloDomain,
+    Var::Priority,
+    Var::Size,
+    Var::Source,
+];
 
 /// The variables a relay or ETRN decision has a value for: the session's,
 /// before the message (and its size) exists.

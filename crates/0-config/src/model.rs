@@ -423,10 +423,25 @@ pub struct ConnectPolicy {
 
 /// `[auth]`: checks of who the client claims or appears to be. Named after
 /// Stalwart's `auth.*` settings, so a postmaster who knows one knows the other.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AuthChecks {
     /// `[auth.iprev] verify`: the reverse-DNS check (RFC 8601 §2.7.3).
     pub iprev: IprevVerify,
+    /// `[auth.dkim] sign` (Stalwart's key): the `[signature.<id>]` ids to
+    /// DKIM-sign each accepted message with, evaluated once the message is
+    /// complete; `false` or `[]` (the default) signs nothing. Senders of
+    /// bulk mail sign at the MTA so that every application's mail passes
+    /// DMARC without each holding a key.
+    pub dkim_sign: Expr,
+}
+
+impl Default for AuthChecks {
+    fn default() -> Self {
+        AuthChecks {
+            iprev: IprevVerify::default(),
+            dkim_sign: Expr::constant(Value::List(Vec::new())),
+        }
+    }
 }
 
 /// What to do with the iprev result of a client: whether its IP address

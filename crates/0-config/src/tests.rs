@@ -1854,3 +1854,26 @@ mta-sts = "2m"
     // Each table keeps its own key names.
     assert!(err("[queue.outbound.timeouts]\nmail = \"1m\"\n").contains("mail"));
 }
+
+#[test]
+fn dkim_signing_of_accepted_mail_names_known_signers() {
+    let key = format!(
+        "[signature.rsa]\nprivate-key = \"\"\"\n{PEM_KEY}\"\"\"\ndomain = \"example.org\"\nselector = \"s\"\nalgorithm = \"ed25519-sha256\"\n"
+    );
+    let c = ok(&format!(
+        "[auth.dkim]\nsign = [ {{ if = \"sender_domain == 'example.org'\", then = \"['rsa']\" }}, {{ else = false }} ]\n{key}"
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(c.auth.dkim_sign.as_constant().is_none());
+    // A constant id that names no signer: the mail would go out unsigned.
+    assert!(
+        err(&format!("[auth.dkim]\nsign = \"['rsa', 'nope']\"\n{key}"))
+            .starts_with("/etc/ferrymail.toml:2: 'auth.dkim.sign' refers to signature 'nope'"),
+    );
+    // Signing happens once per message: no single recipient to read.
+    let c = ok(&format!(
+        "[auth.dkim]\nsign = [ {{ if = \"rcpt_domain == 'x'\", then = \"['rsa']\" }}, {{ else = false }} ]\n{key}"
+    ));
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].to_string().contains("reads 'rcpt_domain'"));
+}

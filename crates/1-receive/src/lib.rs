@@ -52,6 +52,19 @@ pub enum EtrnAnswer {
     Unable,
 }
 
+/// DKIM signing of accepted mail (`[auth.dkim] sign`): which signers, and
+/// the signing itself, handed in by the binary (the keys are loaded by the
+/// report crate, which signs notifications with the same signers).
+pub struct DkimSigning {
+    /// The `[signature.<id>]` ids to sign a message with (a list, a single
+    /// id, or `false`), evaluated over the message's envelope.
+    pub sign: Expr,
+    /// Signs `message` with signer `id`: the `DKIM-Signature` field,
+    /// CRLF-terminated, an error text, or `None` for an unknown id.
+    #[allow(clippy::type_complexity)]
+    pub signer: Arc<dyn Fn(&str, &[u8]) -> Option<Result<String, String>> + Send + Sync>,
+}
+
 /// Everything sessions share: limits, policy, the spool, and the channels to the
 /// rest of the server. Built once at start-up.
 pub struct Receiver {
@@ -84,6 +97,9 @@ pub struct Receiver {
     pub counters: Arc<ReceiveCounters>,
     /// SMTP AUTH, when `[session.auth] directory` is set.
     pub auth: Option<Arc<AuthSettings>>,
+    /// DKIM signing of accepted mail, when `[auth.dkim] sign` can name a
+    /// signer.
+    pub dkim: Option<Arc<DkimSigning>>,
 }
 
 /// `[session.auth]` with its directory resolved, and the per-address

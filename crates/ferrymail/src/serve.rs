@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use ferrymail_config::{Config, Protocol, StoreKind};
+use ferrymail_config::{Config, Protocol, StoreKind, Value};
 use ferrymail_deliver::{SmtpTransport, Transport};
 use ferrymail_operate::api::{
     ControlError, ControlFuture, LocalSubmit, Management, QueueControl, SubmitError,
@@ -15,9 +15,9 @@ use ferrymail_receive::defences::Defences;
 use ferrymail_receive::protocol::dialect::Dialect;
 use ferrymail_receive::server::ConnectionLimits;
 use ferrymail_receive::{
-    AuthSettings, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams,
+    AuthSettings, DkimSigning, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams,
 };
-use ferrymail_report::{ReportSettings, Reporter};
+use ferrymail_report::{ReportSettings, Reporter, Signers};
 use ferrymail_route::Router;
 use ferrymail_schedule::{ManagerSettings, QueueError, QueueHandle, QueueManager};
 use ferrymail_spool::embedded::EmbeddedStore;
@@ -403,6 +403,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         shutdown: shutdown.clone(),
         counters: receive_counters,
         auth: AuthSettings::from_config(&config).map(Arc::new),
+        dkim: dkim_signing(&config)?,
     });
     let limits = ConnectionLimits::new(
         config.server.max_connections,
@@ -537,6 +538,32 @@ impl QueueControl for Control {
                 .map_err(|e| ControlError::Unavailable(e.to_string()))
         })
     }
+}
+
+/// `[auth.dkim] sign`: the signers accepted mail is signed with, or `None`
+/// when the expression can name none (the default `[]`, or `false`).
+fn dkim_signing(config: &Config) -> Result<Option<Arc<DkimSigning>>, StartError> {
+    let sign = &config.auth.dkim_sign;
+    let never = sign.as_constant().is_some_and(|v| {
+        matches!(v, Value::Bool(false)) || matches!(v, Value::List(l) if l.is_empty())
+    });
+    if never {
+        return Ok(None);
+    }
+    let signers = Arc::new(
+        Signers::from_config(config).map_err(|e| match &config.source {
+            Some(p) => StartError::config(format!("{}: {e}", p.display())),
+            None => StartError::config(e.to_string()),
+        })?,
+    );
+    Ok(Some(Arc::new(DkimSigning {
+        sign: sign.clone(),
+        signer: Arc::new(move |id: &str, message: &[u8]| {
+            signers
+                .sign(id, message)
+                .map(|r| r.map_err(|e| e.to_string()))
+        }),
+    })))
 }
 
 /// Local submission for the management API (`POST /api/submit`), through
