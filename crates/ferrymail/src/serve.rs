@@ -412,43 +412,50 @@ async fn run(config: Config) -> Result<(), StartError> {
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();
     let mut bound = Vec::new();
+    // Every address is bound before any is served: a server that cannot
+    // bind one of its listeners exits without having answered on the
+    // others, and once it answers on one, all of them are open.
+    let mut sockets = Vec::new();
     for l in &config.server.listeners {
         for addr in &l.bind {
             let listener = TcpListener::bind(addr).await.map_err(|e| {
                 StartError::env(format!("listener '{}': cannot bind {addr}: {e}", l.id))
             })?;
             bound.push(format!("{}={}/{}", l.id, addr, l.protocol.as_str()));
-            match l.protocol {
-                // LMTP (RFC 2033) listeners queue exactly as SMTP ones do:
-                // the same receiver (spool, routing, relay rules, limits,
-                // connection limits, shutdown), only the session's dialect
-                // differs.
-                Protocol::Smtp | Protocol::Lmtp => {
-                    let dialect = Dialect::try_from(l.protocol)
-                        .map_err(|e| StartError::config(format!("listener '{}': {e}", l.id)))?;
-                    listeners.spawn(ferrymail_receive::server::serve(
-                        listener,
-                        receiver.clone(),
-                        limits.clone(),
-                        sessions.clone(),
-                        acceptor.clone().filter(|_| l.tls_implicit),
-                        dialect,
-                    ));
-                }
-                Protocol::Http => {
-                    let mgmt = Arc::new(Management {
-                        spool: spool.clone(),
-                        token: l.token.clone(),
-                        control: Some(control.clone()),
-                        metrics: Some(metrics.clone()),
-                        submit: Some(Arc::new(LocalSubmitter(receiver.clone()))),
-                    });
-                    listeners.spawn(ferrymail_operate::api::serve(
-                        listener,
-                        mgmt,
-                        shutdown.clone(),
-                    ));
-                }
+            sockets.push((l, listener));
+        }
+    }
+    for (l, listener) in sockets {
+        match l.protocol {
+            // LMTP (RFC 2033) listeners queue exactly as SMTP ones do:
+            // the same receiver (spool, routing, relay rules, limits,
+            // connection limits, shutdown), only the session's dialect
+            // differs.
+            Protocol::Smtp | Protocol::Lmtp => {
+                let dialect = Dialect::try_from(l.protocol)
+                    .map_err(|e| StartError::config(format!("listener '{}': {e}", l.id)))?;
+                listeners.spawn(ferrymail_receive::server::serve(
+                    listener,
+                    receiver.clone(),
+                    limits.clone(),
+                    sessions.clone(),
+                    acceptor.clone().filter(|_| l.tls_implicit),
+                    dialect,
+                ));
+            }
+            Protocol::Http => {
+                let mgmt = Arc::new(Management {
+                    spool: spool.clone(),
+                    token: l.token.clone(),
+                    control: Some(control.clone()),
+                    metrics: Some(metrics.clone()),
+                    submit: Some(Arc::new(LocalSubmitter(receiver.clone()))),
+                });
+                listeners.spawn(ferrymail_operate::api::serve(
+                    listener,
+                    mgmt,
+                    shutdown.clone(),
+                ));
             }
         }
     }
