@@ -430,11 +430,20 @@ async fn all_entries(spool: &Spool) -> Result<BTreeMap<MessageId, Vec<QueueEntry
     Ok(by_msg)
 }
 
-/// Every queued message with its envelope and entries, in id order
-/// (messages whose envelope is gone meanwhile are skipped).
-async fn all_messages(spool: &Spool) -> Result<Vec<(Envelope, Vec<QueueEntry>)>, String> {
+/// Every queued message with its envelope and the entries `keep` keeps,
+/// in id order (messages whose envelope is gone meanwhile are skipped).
+/// Entries are filtered before any envelope is read: with a large backlog,
+/// `--queue q` reads the envelopes of q's messages only.
+async fn all_messages(
+    spool: &Spool,
+    keep: impl Fn(&QueueEntry) -> bool,
+) -> Result<Vec<(Envelope, Vec<QueueEntry>)>, String> {
     let mut out = Vec::new();
-    for (id, entries) in all_entries(spool).await? {
+    for (id, mut entries) in all_entries(spool).await? {
+        entries.retain(&keep);
+        if entries.is_empty() {
+            continue;
+        }
         if let Some(env) = spool.data.envelope(id).await.map_err(|e| e.to_string())? {
             out.push((env, entries));
         }
@@ -442,10 +451,15 @@ async fn all_messages(spool: &Spool) -> Result<Vec<(Envelope, Vec<QueueEntry>)>,
     Ok(out)
 }
 
+/// The part of a filter that needs no envelope: the virtual queue.
+fn queue_matches(filter: &Filter) -> impl Fn(&QueueEntry) -> bool + '_ {
+    move |e| filter.queue.as_ref().is_none_or(|q| &e.queue == q)
+}
+
 async fn list(mgmt: &Management, filter: &Filter) -> Result<MessageList, String> {
     let mut messages = Vec::new();
     let mut recipients = 0;
-    for (env, entries) in all_messages(&mgmt.spool).await? {
+    for (env, entries) in all_messages(&mgmt.spool, queue_matches(filter)).await? {
         let matching: Vec<QueueEntry> = entries
             .into_iter()
             .filter(|e| filter.matches(&env, e))
@@ -473,17 +487,17 @@ async fn shape(
 ) -> Result<ShapeView, String> {
     let now = now_millis();
     let mut items = Vec::new();
-    for (env, entries) in all_messages(&mgmt.spool).await? {
+    let wanted = |e: &QueueEntry| {
+        let in_lane = match lane {
+            Some("held") => e.held,
+            Some("pending") => !e.held && e.lane == ferrymail_spool::Lane::Pending,
+            Some("deferred") => !e.held && e.lane == ferrymail_spool::Lane::Deferred,
+            _ => !e.held,
+        };
+        in_lane && !e.is_notice_owed() && queue.is_none_or(|q| e.queue == q)
+    };
+    for (env, entries) in all_messages(&mgmt.spool, wanted).await? {
         for e in entries {
-            let wanted = match lane {
-                Some("held") => e.held,
-                Some("pending") => !e.held && e.lane == ferrymail_spool::Lane::Pending,
-                Some("deferred") => !e.held && e.lane == ferrymail_spool::Lane::Deferred,
-                _ => !e.held,
-            };
-            if !wanted || e.is_notice_owed() || queue.is_some_and(|q| e.queue != q) {
-                continue;
-            }
             let domain = |address: &str| {
                 address
                     .rsplit_once('@')
@@ -594,16 +608,7 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
                 "name message ids, a filter, or --all",
             ));
         }
-        for (id, entries) in all_entries(&mgmt.spool).await? {
-            let Some(env) = mgmt
-                .spool
-                .data
-                .envelope(id)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
-                continue;
-            };
+        for (env, entries) in all_messages(&mgmt.spool, queue_matches(&a.filter)).await? {
             keys.extend(
                 entries
                     .iter()
