@@ -36,7 +36,8 @@ macro_rules! conformance_suite {
             accept_through_spool, claim_keys_conditions, claim_keys_is_exclusive,
             complete_owing_a_notice_keeps_until_discharged, delay_notice_owed_until_discharged,
             final_notice_supersedes_a_delay_notice, cancel_drops_a_notice_owed,
-            claim_job_conditions, claim_job_reads_what_a_job_needs, claim_job_is_exclusive);
+            claim_job_conditions, claim_job_reads_what_a_job_needs, claim_job_is_exclusive,
+            reroute_moves_only_a_leased_entry);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
@@ -359,6 +360,56 @@ pub async fn defer_moves_to_deferred(s: &TestStores) {
     assert_eq!(
         s.data
             .claim(&claim(B, Lane::Deferred, T0 + 120_000, 10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// `reroute` moves a leased entry to a new queue, schedule, route and
+/// weight, due when asked, and releases the lease; attempts and errors
+/// stay; without the lease it changes nothing.
+pub async fn reroute_moves_only_a_leased_entry(s: &TestStores) {
+    let env = put(s, 1, 1, "old", T0).await;
+    let key = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    let routing = Routing {
+        queue: "new".into(),
+        schedule: "fast".into(),
+        route: "smarthost".into(),
+        weight: 7,
+    };
+    assert!(matches!(
+        s.data.reroute(A, key, &routing, T0 + 5).await,
+        Err(StoreError::NotLeased(_))
+    ));
+    let claimed = s.data.claim_keys(A, &[key], T0, T0 + 60_000).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(matches!(
+        s.data.reroute(B, key, &routing, T0 + 5).await,
+        Err(StoreError::NotLeased(_))
+    ));
+    s.data.reroute(A, key, &routing, T0 + 5).await.unwrap();
+    let e = &s.data.entries(env.id).await.unwrap()[0];
+    assert_eq!(
+        (
+            e.queue.as_str(),
+            e.schedule.as_str(),
+            e.route.as_str(),
+            e.weight
+        ),
+        ("new", "fast", "smarthost", 7)
+    );
+    assert_eq!(e.due, T0 + 5);
+    assert_eq!(e.lease, None);
+    assert_eq!(e.attempts, 0);
+    // Released: anyone may claim it now.
+    assert_eq!(
+        s.data
+            .claim_keys(B, &[key], T0 + 10, T0 + 60_000)
             .await
             .unwrap()
             .len(),

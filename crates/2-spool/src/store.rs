@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::model::{
-    Discharge, EntryKey, Envelope, Lane, MessageId, NodeId, OwedNotice, QueueEntry, UnixMillis,
+    Discharge, EntryKey, Envelope, Lane, MessageId, NodeId, OwedNotice, QueueEntry, Routing,
+    UnixMillis,
 };
 
 /// Why a store operation failed. Receive turns every variant into a 4xx reply
@@ -288,6 +289,21 @@ pub trait DataStore: Send + Sync + 'static {
         owner: NodeId,
         key: EntryKey,
         deferral: &Deferral,
+    ) -> Result<(), StoreError>;
+
+    /// Moves an entry `owner` holds the lease on to `routing` (`queue
+    /// requeue`, Postfix's `postsuper -r`): its virtual queue, schedule,
+    /// route and weight as the routing expressions decide them now, due at
+    /// `due`, and the lease released. Lane, attempts, errors and notices
+    /// stay. Why: a route renamed or removed from the configuration would
+    /// otherwise hold its queued mail until it expired. Fails with
+    /// [`StoreError::NotLeased`] unless `owner` holds the lease.
+    async fn reroute(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        routing: &Routing,
+        due: UnixMillis,
     ) -> Result<(), StoreError>;
 
     /// Settles notices that are now durably queued (the notification

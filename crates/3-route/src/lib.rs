@@ -174,6 +174,36 @@ impl Router {
         }
     }
 
+    /// Decides a queued recipient's schedule, route and priority again,
+    /// its virtual queue staying `queue` (`queue requeue`, after the
+    /// configuration changed). The queue stays because it was decided at
+    /// acceptance from facts of the session that are gone: `local_port`
+    /// reads Null here.
+    pub fn reroute(&self, vars: &RouteVars<'_>, queue: &str) -> Routing {
+        let vars = RouteVars {
+            queue: Some(queue),
+            ..*vars
+        };
+        let pick = |e: &Expr, fallback: &str| {
+            e.eval_string(&vars)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| fallback.to_string())
+        };
+        let adjust = self
+            .priority
+            .as_ref()
+            .and_then(|p| p.eval_int(&vars))
+            .unwrap_or(0)
+            .clamp(-(MT_PRIORITY_STEP as i64 - 1), MT_PRIORITY_STEP as i64 - 1)
+            as i32;
+        Routing {
+            queue: queue.to_string(),
+            schedule: pick(&self.schedule, ferrymail_config::DEFAULT_SCHEDULE),
+            route: pick(&self.route, ferrymail_config::MX_ROUTE),
+            weight: vars.envelope.mt_priority as i32 * MT_PRIORITY_STEP + adjust,
+        }
+    }
+
     /// Queue entries for every recipient of a newly accepted message, all in
     /// the pending lane and due at `now`. `local_port` is the listener's
     /// port for mail received over SMTP.

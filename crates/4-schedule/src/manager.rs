@@ -197,6 +197,11 @@ enum Command {
     Changed(FeedBatch),
     /// Tokens taken from a queue's cluster-wide rate bucket.
     Tokens { queue: String, granted: u32 },
+    /// An operator routes these entries again (`queue requeue`).
+    Requeue {
+        keys: Vec<EntryKey>,
+        reply: oneshot::Sender<usize>,
+    },
     /// An operator returns these entries to their senders now.
     Bounce {
         keys: Vec<EntryKey>,
@@ -278,6 +283,7 @@ impl std::fmt::Debug for Command {
             Command::Changed(_) => "Changed",
             Command::Tokens { .. } => "Tokens",
             Command::Bounce { .. } => "Bounce",
+            Command::Requeue { .. } => "Requeue",
             Command::Stats(_) => "Stats",
         })
     }
@@ -351,6 +357,20 @@ impl QueueHandle {
         rx.await.map_err(|_| QueueError::Closed)
     }
 
+    /// `ferrymail queue requeue` (Postfix's `postsuper -r`): these
+    /// entries' schedule, route and priority are decided again by the
+    /// routing expressions as configured now, and they are due at once; a
+    /// route renamed or removed no longer holds its mail until expiry.
+    /// Entries being delivered right now and held ones are left alone.
+    /// Answers how many were routed again.
+    pub async fn requeue(&self, keys: Vec<EntryKey>) -> Result<usize, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Requeue { keys, reply })
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)
+    }
+
     /// The index's counters.
     pub async fn stats(&self) -> Result<Stats, QueueError> {
         let (reply, rx) = oneshot::channel();
@@ -366,6 +386,8 @@ struct Shared {
     spool: Spool,
     transport: Arc<dyn Transport>,
     policy: Policy,
+    /// The routing expressions, for `queue requeue`.
+    router: ferrymail_route::Router,
     events: mpsc::UnboundedSender<Event>,
     settings: ManagerSettings,
     commands: mpsc::UnboundedSender<Command>,
@@ -412,6 +434,7 @@ impl QueueManager {
             spool,
             transport,
             policy: Policy::from_config(&config.queue),
+            router: ferrymail_route::Router::from_config(&config.queue),
             events,
             settings,
             commands: tx.clone(),
@@ -654,6 +677,18 @@ impl QueueManager {
             Command::Tokens { queue, granted } => {
                 self.fetching_tokens.remove(&queue);
                 self.core.grant(&queue, granted);
+            }
+            Command::Requeue { keys, reply } => {
+                // As for a bounce: deliveries in progress keep their
+                // entries; the rest leave the index until re-read.
+                let keys: Vec<EntryKey> = keys
+                    .into_iter()
+                    .filter(|k| !matches!(self.core.locate(*k), Some(Location::InFlight)))
+                    .collect();
+                for k in &keys {
+                    self.core.remove(*k, now);
+                }
+                tokio::spawn(requeue_entries(self.shared.clone(), keys, reply));
             }
             Command::Bounce {
                 keys,
@@ -1131,6 +1166,74 @@ async fn ingest(
 }
 
 /// Re-reads entries from the store and hands the result to the loop.
+/// Routes `keys` again for an operator ([`QueueHandle::requeue`]): claims
+/// them as a delivery would, decides their schedule, route and priority
+/// with the routing expressions as configured now (the queue stays), and
+/// writes that with the lease released, due now. Answers the number moved
+/// on `reply`, then has every key re-read.
+async fn requeue_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, reply: oneshot::Sender<usize>) {
+    keys.sort();
+    keys.dedup();
+    let node = sh.settings.node;
+    let mut moved = 0;
+    let mut start = 0;
+    while start < keys.len() {
+        let id = keys[start].message;
+        let end = start + keys[start..].partition_point(|k| k.message == id);
+        let group = &keys[start..end];
+        start = end;
+        let now = now_millis();
+        let job = match sh
+            .spool
+            .data
+            .claim_job(node, id, group, now, now + millis(sh.settings.lease), false)
+            .await
+        {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, "queue: cannot claim entries to requeue them");
+                continue;
+            }
+        };
+        let Some(envelope) = job.envelope else {
+            continue;
+        };
+        // Routing may read the message's headers.
+        let contents = sh
+            .spool
+            .blob
+            .get(id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        for e in &job.entries {
+            let vars = ferrymail_route::RouteVars {
+                envelope: &envelope,
+                rcpt: e.key.rcpt as usize,
+                contents: &contents,
+                local_port: None,
+                queue: None,
+            };
+            let routing = sh.router.reroute(&vars, &e.queue);
+            match sh.spool.data.reroute(node, e.key, &routing, now).await {
+                Ok(()) => {
+                    moved += 1;
+                    if routing.route != e.route || routing.schedule != e.schedule {
+                        tracing::info!(id = %id, rcpt = e.key.rcpt, queue = %e.queue, route = %routing.route, was = %e.route, schedule = %routing.schedule, "requeued on a new route");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(id = %id, rcpt = e.key.rcpt, error = %err, "queue: cannot requeue an entry")
+                }
+            }
+        }
+    }
+    tracing::info!(recipients = moved, "queue: requeued by the operator");
+    let _ = reply.send(moved);
+    reload_entries(sh, keys, false).await;
+}
+
 /// Fails `keys` now for an operator ([`QueueHandle::bounce`]): claims them
 /// as a delivery would, then records a permanent failure through the same
 /// path as a 5xx from a next hop, so the notice, the blob deletion, the

@@ -102,6 +102,14 @@ pub trait QueueControl: Send + Sync + 'static {
     /// destination for `None`. Answers how many messages were started.
     fn flush(&self, target: Option<String>) -> ControlFuture<Result<usize, ControlError>>;
 
+    /// `ferrymail queue requeue`: route these entries again with the
+    /// routing expressions as configured now. Answers how many were
+    /// (entries being delivered right now are not).
+    fn requeue(&self, keys: Vec<EntryKey>) -> ControlFuture<Result<usize, ControlError>> {
+        let _ = keys;
+        Box::pin(async { Err(ControlError::Unavailable("no queue engine".into())) })
+    }
+
     /// `ferrymail queue bounce`: fail these entries now with `reason`, and
     /// notify their senders as for any permanent failure. Answers how many
     /// recipients were failed (entries being delivered right now are not).
@@ -550,19 +558,25 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
         "retry" => Some(AdminAction::Retry { now: now_millis() }),
         "hold" => Some(AdminAction::Hold),
         "release" => Some(AdminAction::Release),
-        "cancel" | "bounce" => None,
+        "cancel" | "bounce" | "requeue" => None,
         other => {
             return Ok(error(
                 StatusCode::BAD_REQUEST,
-                format!("unknown action '{other}': use retry, hold, release, cancel or bounce"),
+                format!(
+                    "unknown action '{other}': use retry, hold, release, cancel, bounce or requeue"
+                ),
             ));
         }
     };
     let bounce = a.action == "bounce";
-    if bounce && mgmt.control.is_none() {
+    let requeue = a.action == "requeue";
+    if (bounce || requeue) && mgmt.control.is_none() {
         return Ok(error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "bounce needs the queue engine, which this server does not run",
+            format!(
+                "{} needs the queue engine, which this server does not run",
+                a.action
+            ),
         ));
     }
     let mut keys = Vec::new();
@@ -618,6 +632,28 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
         }
     }
     let result = match kind {
+        None if requeue => {
+            // Held mail is requeued and released, as Postfix's
+            // postsuper -r moves it out of the hold queue.
+            mgmt.spool
+                .data
+                .admin(&keys, AdminAction::Release)
+                .await
+                .map_err(|e| e.to_string())?;
+            let control = mgmt.control.as_ref().expect("checked above");
+            let recipients = control
+                .requeue(keys.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(action = "requeue", recipients, "queue action");
+            return Ok(json(
+                StatusCode::OK,
+                &ActionResult {
+                    recipients,
+                    removed_messages: 0,
+                },
+            ));
+        }
         None if bounce => {
             // Held mail is returned too (Postfix's postsuper -f): release it
             // so that the claim that fails it can take it.

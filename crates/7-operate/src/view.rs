@@ -207,7 +207,7 @@ impl Filter {
 /// The body of `POST /api/queue/action`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ActionRequest {
-    /// `retry`, `hold`, `release`, `cancel` or `bounce`.
+    /// `retry`, `hold`, `release`, `cancel`, `bounce` or `requeue`.
     pub action: String,
     /// Message ids to act on (every recipient of each).
     #[serde(default)]

@@ -76,6 +76,10 @@ pub enum QueueCmd {
     Release(Selection),
     /// Remove messages from the queue without notifying anyone.
     Cancel(Selection),
+    /// Route messages again with the routing expressions as configured
+    /// now, due at once (Postfix's postsuper -r): after a route was renamed
+    /// or removed. The virtual queue stays; held mail is released.
+    Requeue(Selection),
     /// Return messages to their senders now, undelivered, each sender
     /// getting the failure notice its NOTIFY asks for (Postfix's
     /// postsuper -e/-f). Held mail is returned too; mail being delivered
@@ -124,6 +128,7 @@ pub fn main(cmd: QueueCmd, config: Option<PathBuf>) -> ExitCode {
     | QueueCmd::Hold(s)
     | QueueCmd::Release(s)
     | QueueCmd::Cancel(s)
+    | QueueCmd::Requeue(s)
     | QueueCmd::Bounce { selection: s, .. } = &cmd
         && s.ids.is_empty()
         && s.queue.is_none()
@@ -290,6 +295,7 @@ async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {
         QueueCmd::Hold(s) => action(client, "hold", s, None, &mut out).await?,
         QueueCmd::Release(s) => action(client, "release", s, None, &mut out).await?,
         QueueCmd::Cancel(s) => action(client, "cancel", s, None, &mut out).await?,
+        QueueCmd::Requeue(s) => action(client, "requeue", s, None, &mut out).await?,
         QueueCmd::Bounce { selection, reason } => {
             action(client, "bounce", selection, reason, &mut out).await?
         }

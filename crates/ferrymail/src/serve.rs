@@ -532,6 +532,16 @@ impl QueueControl for Control {
         })
     }
 
+    fn requeue(&self, keys: Vec<EntryKey>) -> ControlFuture<Result<usize, ControlError>> {
+        let handle = self.0.clone();
+        Box::pin(async move {
+            handle
+                .requeue(keys)
+                .await
+                .map_err(|e| ControlError::Unavailable(e.to_string()))
+        })
+    }
+
     fn bounce(
         &self,
         keys: Vec<EntryKey>,

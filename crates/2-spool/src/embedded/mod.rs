@@ -128,6 +128,7 @@ enum Op {
     Claim(Claim),
     Complete(NodeId, EntryKey, Option<OwedNotice>),
     Defer(NodeId, EntryKey, Deferral),
+    Reroute(NodeId, EntryKey, Routing, UnixMillis),
     Admin(Vec<EntryKey>, AdminAction),
     Cancel(Vec<EntryKey>),
     Discharge(Vec<Discharge>),
@@ -138,7 +139,11 @@ impl Op {
     /// (see "What waits for the disk" above).
     fn needs_sync(&self) -> bool {
         match self {
-            Op::PutBlob(..) | Op::Insert(..) | Op::Admin(..) | Op::Cancel(..) => true,
+            Op::PutBlob(..)
+            | Op::Insert(..)
+            | Op::Admin(..)
+            | Op::Reroute(..)
+            | Op::Cancel(..) => true,
             Op::DeleteBlob(..)
             | Op::Claim(..)
             | Op::Complete(..)
@@ -429,6 +434,18 @@ impl<'a> Batch<'a> {
                 self.replace(Some(&e), Some(&n));
                 Ok(Outcome::Done)
             }
+            Op::Reroute(owner, key, routing, due) => {
+                let e = self.leased_entry(owner, key)?;
+                let mut n = e.clone();
+                n.queue = routing.queue;
+                n.schedule = routing.schedule;
+                n.route = routing.route;
+                n.weight = routing.weight;
+                n.due = due;
+                n.lease = None;
+                self.replace(Some(&e), Some(&n));
+                Ok(Outcome::Done)
+            }
             Op::Admin(keys, action) => {
                 let mut n = 0;
                 for key in keys {
@@ -705,6 +722,22 @@ impl DataStore for EmbeddedStore {
         deferral: &Deferral,
     ) -> Result<(), StoreError> {
         match self.submit(Op::Defer(owner, key, deferral.clone())).await? {
+            Outcome::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn reroute(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        routing: &Routing,
+        due: UnixMillis,
+    ) -> Result<(), StoreError> {
+        match self
+            .submit(Op::Reroute(owner, key, routing.clone(), due))
+            .await?
+        {
             Outcome::Done => Ok(()),
             _ => Err(unexpected()),
         }

@@ -756,6 +756,36 @@ impl DataStore for PgStore {
         }
     }
 
+    async fn reroute(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        routing: &Routing,
+        due: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let (message, rcpt, owner_sql) = (sql_id(key.message), sql_u32(key.rcpt), sql_node(owner));
+        let due = sql_time(due);
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &message,
+            &rcpt,
+            &owner_sql,
+            &routing.queue,
+            &routing.schedule,
+            &routing.route,
+            &routing.weight,
+            &due,
+        ];
+        // Not retried: a second run would find the lease released (NotLeased).
+        let row = on_conn!(self, once, |c| c.client.query_one(&c.st.reroute, &params))?;
+        match row
+            .try_get::<_, i64>(0)
+            .map_err(|e| corrupt("reroute", e))?
+        {
+            0 => Err(StoreError::NotLeased(key)),
+            _ => Ok(()),
+        }
+    }
+
     async fn take_owed(
         &self,
         owner: NodeId,

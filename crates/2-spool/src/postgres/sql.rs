@@ -190,6 +190,21 @@ WITH deferred AS (
 )
 SELECT count(*) FROM deferred";
 
+/// $1 message, $2 rcpt, $3 owner, $4..$7 the new queue, schedule, route
+/// and weight, $8 due. Returns how many entries moved (0 or 1).
+const REROUTE: &str = "
+WITH moved AS (
+    -- Lease rule: only the owner moves the entry, and doing so releases the lease.
+    UPDATE entry SET queue = $4::text, schedule = $5::text, route = $6::text,
+           weight = $7::integer, due = $8::bigint,
+           lease_owner = NULL, lease_until = NULL
+     WHERE message = $1::bigint AND rcpt = $2::integer AND lease_owner = $3::bigint
+    RETURNING message
+), change_row AS (
+    INSERT INTO change (node, message) SELECT $3::bigint, message FROM moved
+)
+SELECT count(*) FROM moved";
+
 /// $1 the taking node, $2 until when what it takes is its to send, $3
 /// now, $4 whether to take the notices $1 holds whatever their time (at
 /// its start: they were its own before a crash), $5 at most this many.
@@ -325,6 +340,8 @@ pub struct Statements {
     pub defer: Statement,
     /// [`crate::DataStore::take_owed`].
     pub take_owed: Statement,
+    /// [`crate::DataStore::reroute`].
+    pub reroute: Statement,
     /// [`crate::DataStore::envelope`].
     pub envelope: Statement,
     /// [`crate::DataStore::entries`].
@@ -406,6 +423,7 @@ impl Statements {
             p(TAKE_TOKENS),
             p(&claim_job),
             p(&take_owed),
+            p(REROUTE),
         )
         .map_err(super::pg_error)?;
         Ok(Statements {
@@ -435,6 +453,7 @@ impl Statements {
             take_tokens: f.6,
             claim_job: f.7,
             take_owed: f.8,
+            reroute: f.9,
         })
     }
 }
