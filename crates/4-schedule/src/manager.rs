@@ -1165,58 +1165,83 @@ async fn ingest(
     }
 }
 
-/// Re-reads entries from the store and hands the result to the loop.
+/// One message's entries that an operator action claimed, with what the
+/// action needs of the message.
+struct Claimed {
+    envelope: Arc<Envelope>,
+    entries: Vec<QueueEntry>,
+    /// The contents (routing may read headers; a RET=FULL notice returns
+    /// them), read before anything can delete them; `None` if missing.
+    contents: Option<Bytes>,
+    /// When they were claimed.
+    at: UnixMillis,
+}
+
+/// Claims `keys` (sorted and deduplicated in place) message by message, as
+/// a delivery would: entries held, gone or under another node's live lease
+/// are skipped. What `queue bounce` and `queue requeue` act on. `what`
+/// names the action for the log.
+async fn claim_for_operator(sh: &Shared, keys: &mut Vec<EntryKey>, what: &str) -> Vec<Claimed> {
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for group in keys.chunk_by(|a, b| a.message == b.message) {
+        let id = group[0].message;
+        let at = now_millis();
+        let job = match sh
+            .spool
+            .data
+            .claim_job(
+                sh.settings.node,
+                id,
+                group,
+                at,
+                at + millis(sh.settings.lease),
+                false,
+            )
+            .await
+        {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, "queue: cannot claim entries to {what} them");
+                continue;
+            }
+        };
+        let Some(envelope) = job.envelope.map(Arc::new) else {
+            continue;
+        };
+        let contents = sh.spool.blob.get(id).await.ok().flatten();
+        out.push(Claimed {
+            envelope,
+            entries: job.entries,
+            contents,
+            at,
+        });
+    }
+    out
+}
+
 /// Routes `keys` again for an operator ([`QueueHandle::requeue`]): claims
 /// them as a delivery would, decides their schedule, route and priority
 /// with the routing expressions as configured now (the queue stays), and
 /// writes that with the lease released, due now. Answers the number moved
 /// on `reply`, then has every key re-read.
 async fn requeue_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, reply: oneshot::Sender<usize>) {
-    keys.sort();
-    keys.dedup();
     let node = sh.settings.node;
     let mut moved = 0;
-    let mut start = 0;
-    while start < keys.len() {
-        let id = keys[start].message;
-        let end = start + keys[start..].partition_point(|k| k.message == id);
-        let group = &keys[start..end];
-        start = end;
-        let now = now_millis();
-        let job = match sh
-            .spool
-            .data
-            .claim_job(node, id, group, now, now + millis(sh.settings.lease), false)
-            .await
-        {
-            Ok(job) => job,
-            Err(e) => {
-                tracing::warn!(id = %id, error = %e, "queue: cannot claim entries to requeue them");
-                continue;
-            }
-        };
-        let Some(envelope) = job.envelope else {
-            continue;
-        };
-        // Routing may read the message's headers.
-        let contents = sh
-            .spool
-            .blob
-            .get(id)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        for e in &job.entries {
+    for c in claim_for_operator(&sh, &mut keys, "requeue").await {
+        let contents = c.contents.unwrap_or_default();
+        for e in &c.entries {
             let vars = ferrymail_route::RouteVars {
-                envelope: &envelope,
+                envelope: &c.envelope,
                 rcpt: e.key.rcpt as usize,
                 contents: &contents,
                 local_port: None,
                 queue: None,
             };
             let routing = sh.router.reroute(&vars, &e.queue);
-            match sh.spool.data.reroute(node, e.key, &routing, now).await {
+            let id = e.key.message;
+            match sh.spool.data.reroute(node, e.key, &routing, c.at).await {
                 Ok(()) => {
                     moved += 1;
                     if routing.route != e.route || routing.schedule != e.schedule {
@@ -1245,48 +1270,22 @@ async fn bounce_entries(
     reason: String,
     reply: oneshot::Sender<usize>,
 ) {
-    keys.sort();
-    keys.dedup();
-    let node = sh.settings.node;
     let mut failed = 0;
-    let mut start = 0;
-    while start < keys.len() {
-        let id = keys[start].message;
-        let end = start + keys[start..].partition_point(|k| k.message == id);
-        let group = &keys[start..end];
-        start = end;
-        let now = now_millis();
-        let job = match sh
-            .spool
-            .data
-            .claim_job(node, id, group, now, now + millis(sh.settings.lease), false)
-            .await
-        {
-            Ok(job) => job,
-            Err(e) => {
-                tracing::warn!(id = %id, error = %e, "queue: cannot claim entries to bounce them");
-                continue;
-            }
-        };
-        let Some(envelope) = job.envelope.map(Arc::new) else {
-            continue;
-        };
-        // For RET=FULL notices; read before the last entry deletes them.
-        let contents = sh.spool.blob.get(id).await.ok().flatten();
-        for e in &job.entries {
+    for c in claim_for_operator(&sh, &mut keys, "bounce").await {
+        for e in &c.entries {
             let kind = EventKind::Failed {
                 reason: reason.clone(),
                 reply: None,
             };
             let next = record(
                 &sh,
-                &envelope,
+                &c.envelope,
                 e,
                 &e.queue,
                 Decision::Complete(kind),
                 None,
-                now,
-                contents.as_ref(),
+                c.at,
+                c.contents.as_ref(),
             )
             .await;
             if matches!(next, Next::Gone) {
@@ -1299,6 +1298,7 @@ async fn bounce_entries(
     reload_entries(sh, keys, false).await;
 }
 
+/// Re-reads entries from the store and hands the result to the loop.
 async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, retry: bool) {
     keys.sort();
     keys.dedup();

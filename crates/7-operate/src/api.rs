@@ -632,62 +632,45 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
         }
     }
     let result = match kind {
-        None if requeue => {
-            // Held mail is requeued and released, as Postfix's
-            // postsuper -r moves it out of the hold queue.
+        None if bounce || requeue => {
+            // Held mail is taken too, as Postfix's postsuper -r and -f
+            // release it: released here, so that the engine's claim gets it.
             mgmt.spool
                 .data
                 .admin(&keys, AdminAction::Release)
                 .await
                 .map_err(|e| e.to_string())?;
             let control = mgmt.control.as_ref().expect("checked above");
-            let recipients = control
-                .requeue(keys.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(action = "requeue", recipients, "queue action");
-            return Ok(json(
-                StatusCode::OK,
-                &ActionResult {
-                    recipients,
-                    removed_messages: 0,
-                },
-            ));
-        }
-        None if bounce => {
-            // Held mail is returned too (Postfix's postsuper -f): release it
-            // so that the claim that fails it can take it.
-            mgmt.spool
-                .data
-                .admin(&keys, AdminAction::Release)
-                .await
-                .map_err(|e| e.to_string())?;
-            let control = mgmt.control.as_ref().expect("checked above");
-            let reason = a
-                .reason
-                .clone()
-                .filter(|r| !r.trim().is_empty())
-                .unwrap_or_else(|| DEFAULT_BOUNCE_REASON.to_string());
-            let recipients = control
-                .bounce(keys.clone(), reason)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
-            messages.sort();
-            messages.dedup();
+            let done = if requeue {
+                control.requeue(keys.clone()).await
+            } else {
+                let reason = a
+                    .reason
+                    .clone()
+                    .filter(|r| !r.trim().is_empty())
+                    .unwrap_or_else(|| DEFAULT_BOUNCE_REASON.to_string());
+                control.bounce(keys.clone(), reason).await
+            };
+            let recipients = done.map_err(|e| e.to_string())?;
             let mut removed_messages = 0;
-            for id in messages {
-                let left = mgmt
-                    .spool
-                    .data
-                    .entries(id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if left.iter().all(|e| e.is_notice_owed()) {
-                    removed_messages += 1;
+            if bounce {
+                let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
+                messages.sort();
+                messages.dedup();
+                for id in messages {
+                    let left = mgmt
+                        .spool
+                        .data
+                        .entries(id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if left.iter().all(|e| e.is_notice_owed()) {
+                        removed_messages += 1;
+                    }
                 }
             }
-            tracing::info!(action = "bounce", recipients, "queue action");
+            // The engine re-reads the entries itself: no `changed` below.
+            tracing::info!(action = %a.action, recipients, "queue action");
             return Ok(json(
                 StatusCode::OK,
                 &ActionResult {
