@@ -402,7 +402,12 @@ fn session(
         }
     }
     if let Some(rc) = r.sub(&sec, "rcpt") {
-        r.check_keys(&rc, &["relay", "local-domains", "max-recipients"], false);
+        r.check_keys(
+            &rc,
+            &["relay", "local-domains", "max-recipients", "directory"],
+            false,
+        );
+        out.rcpt.directory = directory_ref(r, &rc, directories);
         if let Some(e) = r.expr(&rc, "relay") {
             warn_unavailable(r, &rc, "relay", &e, AT_RCPT, "relay is decided at RCPT TO");
             out.rcpt.relay = e;
@@ -460,6 +465,31 @@ fn session(
 }
 
 /// `[session.auth]`.
+/// The `directory` key of `sec`: the id of a `[directory.<id>]`, written
+/// as Stalwart does, as an expression (`"'internal'"`), or as a plain id.
+/// An id no directory has is an error naming the file and line.
+fn directory_ref(
+    r: &mut Reader,
+    sec: &Section,
+    directories: &BTreeMap<String, Directory>,
+) -> Option<String> {
+    let id = r.string(sec, "directory")?;
+    let id = id.trim().trim_matches('\'').to_string();
+    if directories.contains_key(&id) {
+        return Some(id);
+    }
+    let span = r.value_span(sec, "directory");
+    unknown_reference(
+        r,
+        &span,
+        sec.path("directory"),
+        "directory",
+        &id,
+        directories.keys(),
+    );
+    None
+}
+
 fn session_auth(
     r: &mut Reader,
     a: &Section,
@@ -478,23 +508,7 @@ fn session_auth(
         ],
         false,
     );
-    if let Some(id) = r.string(a, "directory") {
-        // Stalwart writes it as an expression: `"'internal'"`.
-        let id = id.trim().trim_matches('\'').to_string();
-        if directories.contains_key(&id) {
-            out.directory = Some(id);
-        } else {
-            let span = r.value_span(a, "directory");
-            unknown_reference(
-                r,
-                &span,
-                a.path("directory"),
-                "directory",
-                &id,
-                directories.keys(),
-            );
-        }
-    }
+    out.directory = directory_ref(r, a, directories);
     if let Some(list) = r.strings(a, "mechanisms") {
         let mut mechanisms = Vec::new();
         for (item, span) in list {

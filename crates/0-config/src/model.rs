@@ -517,6 +517,12 @@ pub struct RcptPolicy {
     pub local_domains: Vec<String>,
     /// `max-recipients`: RCPT TO per transaction. Default 1000.
     pub max_recipients: usize,
+    /// `directory` (Stalwart's key): the `[directory.<id>]` whose
+    /// principals' `email` addresses are the only ones accepted in the
+    /// local domains; any other gets 550 5.1.1 at RCPT, instead of a
+    /// bounce later from the mailbox server (backscatter). `None` (the
+    /// default): every local part is accepted.
+    pub directory: Option<String>,
 }
 
 impl Default for RcptPolicy {
@@ -525,6 +531,7 @@ impl Default for RcptPolicy {
             relay: Expr::constant(Value::Bool(false)),
             local_domains: Vec::new(),
             max_recipients: DEFAULT_MAX_RECIPIENTS,
+            directory: None,
         }
     }
 }

@@ -1877,3 +1877,15 @@ fn dkim_signing_of_accepted_mail_names_known_signers() {
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].to_string().contains("reads 'rcpt_domain'"));
 }
+
+#[test]
+fn rcpt_directory_names_a_directory() {
+    let dir = "[directory.users]\ntype = \"memory\"\n";
+    let c = ok(&format!("[session.rcpt]\ndirectory = \"'users'\"\n{dir}"));
+    assert_eq!(c.session.rcpt.directory.as_deref(), Some("users"));
+    assert!(
+        err(&format!("[session.rcpt]\ndirectory = \"'nobody'\"\n{dir}")).starts_with(
+            "/etc/ferrymail.toml:2: 'session.rcpt.directory' refers to directory 'nobody'"
+        ),
+    );
+}

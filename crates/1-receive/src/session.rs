@@ -628,6 +628,19 @@ impl Session {
             tracing::info!(remote = %self.remote.ip(), rcpt = %address, "relay denied");
             return self.reply(replies::relay_denied());
         }
+        // A local address nobody has is refused now (Postfix's
+        // local_recipient_maps), not bounced later by the mailbox server to
+        // a sender who may be forged (backscatter). Postmaster always gets in.
+        if let Some(known) = &self.rx.params.local_recipients
+            && !own_postmaster
+            && !crate::defences::is_postmaster(&address, &self.rx.params.local_domains)
+            && address::domain_of(&address)
+                .is_some_and(|d| self.rx.params.local_domains.contains(&d))
+            && !known.contains(&address.to_lowercase())
+        {
+            tracing::info!(remote = %self.remote.ip(), rcpt = %address, "unknown local recipient");
+            return self.reply(replies::unknown_user());
+        }
         // Delayed rejection (Postfix's smtpd_delay_reject): the recipient
         // that would be accepted is refused instead. Never postmaster, and
         // never a client the relay expression trusts (Postfix's
@@ -1268,6 +1281,9 @@ pub struct SessionParams {
     pub store_timeout: Duration,
     /// Domains whose mail is accepted without relay permission.
     pub local_domains: std::collections::HashSet<String>,
+    /// With `[session.rcpt] directory`: the only addresses accepted in the
+    /// local domains (lower-cased); `None` accepts every local part.
+    pub local_recipients: Option<std::collections::HashSet<String>>,
     /// More `Received:` headers than this (ours included) means a mail loop.
     pub max_received_headers: usize,
 }

@@ -386,6 +386,17 @@ async fn run(config: Config) -> Result<(), StartError> {
                 .iter()
                 .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
                 .collect(),
+            local_recipients: s
+                .rcpt
+                .directory
+                .as_ref()
+                .and_then(|id| config.directories.get(id))
+                .map(|d| {
+                    d.principals
+                        .iter()
+                        .flat_map(|p| p.emails.iter().map(|e| e.to_lowercase()))
+                        .collect()
+                }),
         },
         relay: s.rcpt.relay.clone(),
         defences: Arc::new(Defences::new(

@@ -252,6 +252,15 @@ pub mod replies {
     pub fn relay_denied() -> Reply {
         Reply::new(554, "5.7.1", "Relay access denied")
     }
+    /// A local-domain address that `[session.rcpt] directory` does not
+    /// know (RFC 3463 X.1.1, bad destination mailbox); Postfix's wording.
+    pub fn unknown_user() -> Reply {
+        Reply::new(
+            550,
+            "5.1.1",
+            "Recipient address rejected: User unknown in local recipient table",
+        )
+    }
     /// The client's address is on a DNS blocklist (RFC 5782); Postfix's
     /// wording, so postmasters and their tools recognise it.
     pub fn dnsbl_listed(ip: std::net::IpAddr, zone: &str) -> Reply {
