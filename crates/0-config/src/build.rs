@@ -756,11 +756,14 @@ fn auth(r: &mut Reader, root: &Section, signatures: &BTreeMap<String, Signature>
 fn stores(r: &mut Reader, root: &Section) -> (BTreeMap<String, Store>, Storage) {
     let mut stores = BTreeMap::new();
     let mut store_span = None;
+    // Where each `[store.<id>]` is named, for errors about the store as a whole.
+    let mut store_spans = BTreeMap::new();
     if let Some(sec) = r.sub(root, "store") {
         r.check_keys(&sec, &[], true);
         store_span = Some(sec.span.clone());
         for (id, s) in r.children(&sec, &[]) {
             if let Some(kind) = store(r, &s) {
+                store_spans.insert(id.clone(), s.span.clone());
                 stores.insert(id.clone(), Store { id, kind });
             }
         }
@@ -837,7 +840,54 @@ fn stores(r: &mut Reader, root: &Section) -> (BTreeMap<String, Store>, Storage) 
             Storage::default()
         }
     };
+    contents_only_store_holds_no_data(r, storage_sec.as_ref(), &stores, &store_spans, &storage);
     (stores, storage)
+}
+
+/// An `fs` store holds message contents only (`BlobStore`): queue data needs
+/// leases, scans and atomic updates, which only `embedded` and `postgresql`
+/// give. Refused here, so that `ferrymail check` and `serve` both say so, on
+/// the line that put the data there: `[storage] data`, else `blob` (data
+/// follows it when not given), else the only `[store.<id>]`.
+fn contents_only_store_holds_no_data(
+    r: &mut Reader,
+    storage_sec: Option<&Section>,
+    stores: &BTreeMap<String, Store>,
+    store_spans: &BTreeMap<String, Range<usize>>,
+    storage: &Storage,
+) {
+    let Some(store) = stores.get(&storage.data) else {
+        return;
+    };
+    if !matches!(store.kind, StoreKind::Fs { .. }) {
+        return;
+    }
+    let id = &store.id;
+    let why =
+        "an fs store holds message contents only; queue data needs an embedded or postgresql store";
+    let given = |key: &str| storage_sec.filter(|sec| sec.has(key));
+    let (span, message) = if let Some(sec) = given("data") {
+        (
+            r.value_span(sec, "data"),
+            format!("'{}' = '{id}': {why}", sec.path("data")),
+        )
+    } else if let Some(sec) = given("blob") {
+        (
+            r.value_span(sec, "blob"),
+            format!(
+                "'{}' = '{id}' and [storage] data is not set, so queue data would go there too: {why}; set [storage] data",
+                sec.path("blob")
+            ),
+        )
+    } else {
+        (
+            store_spans.get(id).cloned().unwrap_or_default(),
+            format!(
+                "store '{id}' is the only store, so it would hold queue data: {why}; define one and name it in [storage] data"
+            ),
+        )
+    };
+    r.error(&span, Problem::Invalid(message));
 }
 
 fn store(r: &mut Reader, sec: &Section) -> Option<StoreKind> {

@@ -40,7 +40,9 @@
 //!   configured id wins). If only one of `data`/`blob` is set, the other uses
 //!   the same store. Without either: the only `[store.<id>]` if there is
 //!   one, an implicit `embedded` store under `./data` if there is none, an
-//!   error if there are several.
+//!   error if there are several. An `fs` store holds contents only: `data`
+//!   ending up on one (named, following `blob`, or the only store) is an
+//!   error on the line that put it there.
 //! - Macros: a value that is exactly one `%{file:PATH}%` loses one trailing
 //!   line ending (a token or password must not end in `\n`); anywhere else
 //!   file contents and env values are inserted verbatim and not re-expanded.

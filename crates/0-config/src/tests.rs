@@ -664,6 +664,41 @@ fn unsupported_store_type_lists_the_supported_ones() {
 }
 
 #[test]
+fn fs_store_holds_no_queue_data() {
+    // Named in [storage] data, as a configured store or as a type.
+    assert_eq!(
+        err(
+            "[store.files]\ntype = \"fs\"\n[store.q]\ntype = \"embedded\"\n[storage]\ndata = \"files\"\nblob = \"files\"\n"
+        ),
+        "/etc/ferrymail.toml:6: 'storage.data' = 'files': an fs store holds message contents only; queue data needs an embedded or postgresql store"
+    );
+    assert_eq!(
+        err("[storage]\ndata = \"fs\"\nblob = \"fs\"\n"),
+        "/etc/ferrymail.toml:2: 'storage.data' = 'fs': an fs store holds message contents only; queue data needs an embedded or postgresql store"
+    );
+    // Only blob given: data would follow it.
+    assert_eq!(
+        err("[store.files]\ntype = \"fs\"\n[storage]\nblob = \"files\"\n"),
+        "/etc/ferrymail.toml:4: 'storage.blob' = 'files' and [storage] data is not set, so queue data would go there too: an fs store holds message contents only; queue data needs an embedded or postgresql store; set [storage] data"
+    );
+    // The only store, no [storage]: it would hold everything.
+    assert_eq!(
+        err(
+            "[server]\nhostname = \"mx.example.org\"\n\n[store.files]\ntype = \"fs\"\npath = \"/srv/blobs\"\n"
+        ),
+        "/etc/ferrymail.toml:4: store 'files' is the only store, so it would hold queue data: an fs store holds message contents only; queue data needs an embedded or postgresql store; define one and name it in [storage] data"
+    );
+    // Contents in files with data elsewhere is fine.
+    let c = ok(
+        "[store.files]\ntype = \"fs\"\n[store.q]\ntype = \"embedded\"\n[storage]\ndata = \"q\"\nblob = \"files\"\n",
+    );
+    assert_eq!(
+        (c.storage.data.as_str(), c.storage.blob.as_str()),
+        ("q", "files")
+    );
+}
+
+#[test]
 fn queue_sections() {
     let c = ok(r#"
 [queue]

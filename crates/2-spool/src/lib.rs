@@ -5,10 +5,14 @@
 //! their access patterns differ: envelopes and per-recipient entries are small and
 //! rewritten on every attempt, while contents are large, written once and read
 //! rarely. [`Spool`] puts them together for the accept path.
+//!
+//! Backends: [`embedded`] (both roles, one node), [`postgres`] (both roles,
+//! shared by several nodes) and [`fs`] (contents only, one file per message).
 
 pub mod codec;
 pub mod conformance;
 pub mod embedded;
+pub mod fs;
 pub mod model;
 pub mod postgres;
 pub mod store;
@@ -38,8 +42,9 @@ impl Spool {
     ///
     /// Ordering matters for crash safety: an envelope is never durable without its
     /// contents. A crash between the two leaves contents no envelope refers to,
-    /// which restart recovery may delete; it never leaves an entry pointing at
-    /// nothing.
+    /// which a start-up sweep may delete (the `fs` store's,
+    /// [`fs::FsBlobStore::sweep_orphans`]); it never leaves an entry pointing
+    /// at nothing.
     pub async fn accept(
         &self,
         envelope: &Envelope,

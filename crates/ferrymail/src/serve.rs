@@ -21,6 +21,7 @@ use ferrymail_report::{ReportSettings, Reporter, Signers};
 use ferrymail_route::Router;
 use ferrymail_schedule::{ManagerSettings, QueueError, QueueHandle, QueueManager};
 use ferrymail_spool::embedded::EmbeddedStore;
+use ferrymail_spool::fs::{FsBlobStore, ORPHAN_MIN_AGE};
 use ferrymail_spool::postgres::{PgOptions, PgStore};
 use ferrymail_spool::{BlobStore, DataStore, EntryKey, IdGenerator, NodeId, Queued, Spool};
 use tokio::net::TcpListener;
@@ -112,12 +113,15 @@ fn init_logging() {
 
 /// Where node identity and the self-signed certificate are kept: the
 /// directory of the data store if it is local (embedded), else that of the
-/// blob store if it is local, else `./data` (relative to the working
-/// directory, like the embedded store's default path). So with a PostgreSQL
-/// data store the generated node id does not live in any store.
+/// blob store if it is local (embedded), else `./data` (relative to the
+/// working directory, like the embedded store's default path). So with a
+/// PostgreSQL data store the generated node id does not live in any store.
+/// Never an `fs` store's directory: every node sharing a PostgreSQL queue
+/// shares that one too (README), and they would all take the node id kept
+/// there.
 fn state_dir(config: &Config) -> PathBuf {
     let local = |s: Option<&ferrymail_config::Store>| match s.map(|s| &s.kind) {
-        Some(StoreKind::Embedded { path }) | Some(StoreKind::Fs { path }) => Some(path.clone()),
+        Some(StoreKind::Embedded { path }) => Some(path.clone()),
         _ => None,
     };
     local(config.data_store())
@@ -129,10 +133,12 @@ fn state_dir(config: &Config) -> PathBuf {
 enum Opened {
     Embedded(Arc<EmbeddedStore>),
     Pg(Arc<PgStore>),
+    /// Contents only; the configuration never lets it hold queue data.
+    Fs(Arc<FsBlobStore>),
 }
 
-/// Opens one `[store.<id>]` for `role` ("queue data" or "message contents").
-async fn open_store(store: &ferrymail_config::Store, role: &str) -> Result<Opened, StartError> {
+/// Opens one `[store.<id>]`.
+async fn open_store(store: &ferrymail_config::Store) -> Result<Opened, StartError> {
     match &store.kind {
         StoreKind::Embedded { path } => {
             EmbeddedStore::open(path)
@@ -156,11 +162,13 @@ async fn open_store(store: &ferrymail_config::Store, role: &str) -> Result<Opene
         .await
         .map(Opened::Pg)
         .map_err(|e| StartError::env(format!("store '{}': {e}", store.id))),
-        other => Err(StartError::config(format!(
-            "store '{}' of type '{}' cannot hold {role} in this release; use type \"embedded\" or \"postgresql\"",
-            store.id,
-            other.type_name()
-        ))),
+        StoreKind::Fs { path } => FsBlobStore::open(path).await.map(Opened::Fs).map_err(|e| {
+            StartError::env(format!(
+                "cannot open fs store '{}' at {}: {e}",
+                store.id,
+                path.display()
+            ))
+        }),
     }
 }
 
@@ -175,7 +183,15 @@ async fn open_stores(config: &Config) -> Result<Spool, StartError> {
         .blob_store()
         .ok_or_else(|| StartError::config("[storage] blob names no store"))?;
     let unified = blob_cfg.id == data_cfg.id;
-    let data_store = open_store(data_cfg, "queue data").await?;
+    // The configuration refuses this (`ferrymail check` says where); kept
+    // as a guard for a `Config` built some other way.
+    if matches!(data_cfg.kind, StoreKind::Fs { .. }) {
+        return Err(StartError::config(format!(
+            "store '{}' of type 'fs' holds message contents only; [storage] data must name an embedded or postgresql store",
+            data_cfg.id
+        )));
+    }
+    let data_store = open_store(data_cfg).await?;
     if let Opened::Pg(s) = &data_store {
         // A notice owed is this node's to send for as long as its DSN layer
         // may batch it, plus a lease; then other nodes take it over.
@@ -184,27 +200,53 @@ async fn open_stores(config: &Config) -> Result<Spool, StartError> {
     let blob_store = if unified {
         None
     } else {
-        Some(open_store(blob_cfg, "message contents").await?)
+        Some(open_store(blob_cfg).await?)
     };
-    let (data, blob): (Arc<dyn DataStore>, Arc<dyn BlobStore>) = match (data_store, blob_store) {
-        (Opened::Embedded(s), None) => (s.clone(), s),
-        (Opened::Pg(s), None) => (s.clone(), s),
-        (data, Some(blob)) => (
-            match data {
-                Opened::Embedded(s) => s,
-                Opened::Pg(s) => s,
-            },
-            match blob {
-                Opened::Embedded(s) => s,
-                Opened::Pg(s) => s,
-            },
-        ),
+    let data: Arc<dyn DataStore> = match &data_store {
+        Opened::Embedded(s) => s.clone(),
+        Opened::Pg(s) => s.clone(),
+        Opened::Fs(_) => unreachable!("refused above"),
+    };
+    let blob: Arc<dyn BlobStore> = match blob_store.as_ref().unwrap_or(&data_store) {
+        Opened::Embedded(s) => s.clone(),
+        Opened::Pg(s) => s.clone(),
+        Opened::Fs(s) => {
+            sweep_orphans(s.clone(), data.clone());
+            s.clone()
+        }
     };
     Ok(Spool {
         data,
         blob,
         unified,
     })
+}
+
+/// Removes, in the background, contents files no envelope refers to (a
+/// crash between a message's contents and its envelope, or deletes pending
+/// at a crash), once they are [`ORPHAN_MIN_AGE`] old: younger ones may be
+/// a message being accepted right now, here or on another node sharing the
+/// path. Logs how many it removed. In the background because a big store
+/// takes a while to list, and nothing waits for it: mail is accepted and
+/// delivered meanwhile.
+fn sweep_orphans(blob: Arc<FsBlobStore>, data: Arc<dyn DataStore>) {
+    tokio::spawn(async move {
+        match blob.sweep_orphans(&*data, ORPHAN_MIN_AGE).await {
+            Ok(swept) => tracing::info!(
+                path = %blob.path().display(),
+                removed = swept.removed,
+                kept = swept.kept,
+                younger_than_min_age = swept.young,
+                foreign = swept.foreign,
+                "fs blob store: swept orphaned contents"
+            ),
+            Err(e) => tracing::warn!(
+                path = %blob.path().display(),
+                error = %e,
+                "fs blob store: the orphan sweep stopped; the next start tries again"
+            ),
+        }
+    });
 }
 
 /// The node's identity: configured, or generated once and kept in

@@ -2,8 +2,9 @@
 //! the seed's `[queue.schedule]` and `[report.dsn]` blocks verbatim and a DKIM
 //! signer whose key comes from `%{file:...}%`; exit 2 with `FILE:LINE: what is
 //! wrong`, on the right line, for an unknown key (with a did-you-mean), a bad
-//! duration, a bad expression and an unsupported store type; and `ferrymail
-//! serve` refuses the same files with the same message and exit 2.
+//! duration, a bad expression, an unsupported store type and queue data in
+//! an `fs` store (which holds contents only); and `ferrymail serve` refuses
+//! the same files with the same message and exit 2.
 
 mod common;
 
@@ -357,6 +358,51 @@ fn unsupported_store_type() {
 }
 
 #[test]
+fn data_in_an_fs_store_is_refused() {
+    // An fs store holds message contents only: queue data named there is
+    // refused on the line that names it.
+    let f = fixture();
+    let blobs = f.dir.path().join("blobs");
+    let text = f.valid.replacen(
+        "[storage]\ndata = \"local\"\n",
+        &format!(
+            "[store.files]\ntype = \"fs\"\npath = \"{}\"\n\n[storage]\ndata = \"files\"\n",
+            blobs.display()
+        ),
+        1,
+    );
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "data = \"files\"")
+        .expect("the edited line");
+    let p = f.write("fs-data.toml", &text);
+    assert_config_error(
+        &check(&p),
+        &p,
+        line,
+        &[
+            "storage.data",
+            "files",
+            "an fs store holds message contents only",
+        ],
+    );
+    // The same store for contents only is fine.
+    let p = f.write(
+        "fs-blob.toml",
+        &text.replace(
+            "data = \"files\"\nblob = \"local\"",
+            "data = \"local\"\nblob = \"files\"",
+        ),
+    );
+    let out = check(&p);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn serve_refuses_a_bad_config_with_the_same_message() {
     let f = fixture();
     for (name, old, new) in [
@@ -364,6 +410,8 @@ fn serve_refuses_a_bad_config_with_the_same_message() {
         ("b.toml", "expire = ", "expyre = \"5d\""),
         ("c.toml", "command = ", "command = \"5x\""),
         ("d.toml", "relay = ", "relay = \"remote_ip = '127.0.0.1'\""),
+        // An implicit fs store (the type as the value) cannot hold queue data.
+        ("e.toml", "data = ", "data = \"fs\""),
     ] {
         let (p, line) = f.variant(name, old, new);
         let checked = check(&p);

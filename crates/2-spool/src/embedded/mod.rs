@@ -500,11 +500,11 @@ impl<'a> Batch<'a> {
 
 /// Longest time unsynced bookkeeping stays unsynced while the writer is busy
 /// (see "What waits for the disk"); an idle writer syncs it at once.
-const MAX_UNSYNCED: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const MAX_UNSYNCED: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long the writer must have been idle before it syncs unsynced
 /// bookkeeping on its own (under steady load the next synced batch does it).
-const IDLE_SYNC: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const IDLE_SYNC: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The writer thread: batch, apply, commit once, answer.
 fn writer(engine: Arc<Engine>, leases: Arc<Leases>, rx: std_mpsc::Receiver<Request>) {

@@ -1,6 +1,6 @@
 //! The PostgreSQL store against a real PostgreSQL 15: the conformance suite
 //! (unified, two separate PostgreSQL stores, and PostgreSQL data with
-//! embedded contents), migrations, connection loss and TLS.
+//! embedded contents or contents in files), migrations, connection loss and TLS.
 //!
 //! The server is the one `scripts/test` starts (see
 //! `scripts/postgres-test-server`); it exports its URL as
@@ -157,6 +157,27 @@ mod with_embedded_blobs {
         let dir = tempfile::tempdir().unwrap();
         let data = schema.open(4).await;
         let blob = EmbeddedStore::open(dir.path()).unwrap();
+        TestStores {
+            data,
+            blob,
+            unified: false,
+            guard: Box::new((schema, dir)),
+        }
+    }
+
+    crate::conformance_suite!(make);
+}
+
+/// PostgreSQL data with contents in files (`[storage] blob` an `fs` store).
+mod with_fs_blobs {
+    use super::*;
+    use crate::fs::FsBlobStore;
+
+    async fn make() -> TestStores {
+        let schema = Schema::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let data = schema.open(4).await;
+        let blob = FsBlobStore::open(dir.path()).await.unwrap();
         TestStores {
             data,
             blob,
