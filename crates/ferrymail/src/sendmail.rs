@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ferrymail_operate::client::encode_query_value;
+use mail_parser::HeaderName;
 
 /// The sendmail options that matter to a mail queue; the others that
 /// programs pass by habit (`-o...`, `-F`, `-B`, `-N`, `-v`) are accepted
@@ -127,86 +128,39 @@ fn memchr_nl(s: &[u8]) -> Option<usize> {
     s.iter().position(|&b| b == b'\n')
 }
 
-/// `-t`: the addresses of the To, Cc and Bcc fields of the header section,
-/// and the message without its Bcc fields (blind copies must not show).
+/// `-t`: the addresses of the To, Cc and Bcc fields (as mail-parser reads
+/// them: groups, display names, comments and encoded words included), and
+/// the message without its Bcc fields, which must not show (RFC 5322
+/// §3.6.3).
 fn take_header_recipients(input: &[u8]) -> (Vec<u8>, Vec<String>) {
-    let mut message = Vec::with_capacity(input.len());
-    let mut recipients = Vec::new();
-    let mut pos = 0;
-    while pos < input.len() {
-        let line_end =
-            |from: usize| memchr_nl(&input[from..]).map_or(input.len(), |i| from + i + 1);
-        let mut end = line_end(pos);
-        let line = &input[pos..end];
-        if line == b"\n" || line == b"\r\n" {
-            break;
-        }
-        while end < input.len() && matches!(input[end], b' ' | b'\t') {
-            end = line_end(end);
-        }
-        let field = &input[pos..end];
-        let name_end = field.iter().position(|&b| b == b':').unwrap_or(0);
-        let name = String::from_utf8_lossy(&field[..name_end]).to_ascii_lowercase();
-        if matches!(name.as_str(), "to" | "cc" | "bcc") {
-            let value = String::from_utf8_lossy(&field[name_end + 1..]).to_string();
-            recipients.extend(addresses(&value));
-        }
-        if name != "bcc" {
-            message.extend_from_slice(field);
-        }
-        pos = end;
-    }
-    message.extend_from_slice(&input[pos..]);
-    (message, recipients)
-}
-
-/// The addresses of an address-list field value (RFC 5322 §3.4): each
-/// `<angle-addr>`, or a bare `addr-spec`; display names, quoted strings,
-/// comments and group names are skipped.
-fn addresses(value: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let (mut quoted, mut comment, mut angle) = (false, 0u32, false);
-    let mut bracketed: Option<String> = None;
-    let mut flush = |current: &mut String, bracketed: &mut Option<String>| {
-        let addr = bracketed
-            .take()
-            .unwrap_or_else(|| current.trim().to_string());
-        if addr.contains('@') && !addr.contains(char::is_whitespace) {
-            out.push(addr);
-        }
-        current.clear();
+    let Some(parsed) = mail_parser::MessageParser::default().parse_headers(input) else {
+        return (input.to_vec(), Vec::new());
     };
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if quoted || comment > 0 => {
-                chars.next();
-            }
-            '"' if comment == 0 && !angle => quoted = !quoted,
-            '(' if !quoted && !angle => comment += 1,
-            ')' if !quoted && comment > 0 => comment -= 1,
-            _ if quoted || comment > 0 => {}
-            '<' => {
-                angle = true;
-                bracketed = Some(String::new());
-            }
-            '>' if angle => angle = false,
-            // A group's name ends at ':'; its list ends at ';'.
-            ':' if !angle => current.clear(),
-            ',' | ';' if !angle => flush(&mut current, &mut bracketed),
-            _ if angle => {
-                if let Some(b) = bracketed.as_mut()
-                    && !c.is_whitespace()
-                {
-                    b.push(c);
-                }
-            }
-            _ => current.push(c),
+    let mut recipients = Vec::new();
+    let mut bcc = Vec::new();
+    for h in parsed.headers() {
+        if !matches!(h.name, HeaderName::To | HeaderName::Cc | HeaderName::Bcc) {
+            continue;
+        }
+        if let Some(list) = h.value.as_address() {
+            recipients.extend(
+                list.iter()
+                    .filter_map(|a| a.address.as_deref())
+                    .map(str::to_string),
+            );
+        }
+        if h.name == HeaderName::Bcc {
+            bcc.push(h.offset_field as usize..h.offset_end as usize);
         }
     }
-    flush(&mut current, &mut bracketed);
-    out
+    let mut message = Vec::with_capacity(input.len());
+    let mut at = 0;
+    for field in bcc {
+        message.extend_from_slice(&input[at..field.start]);
+        at = field.end;
+    }
+    message.extend_from_slice(&input[at..]);
+    (message, recipients)
 }
 
 #[cfg(test)]
@@ -214,35 +168,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn address_lists() {
-        assert_eq!(
-            addresses(" \"Doe, John\" <john@example.org>, jane@example.org (Jane, J.)"),
-            ["john@example.org", "jane@example.org"]
-        );
-        assert_eq!(
-            addresses("team: a@x.example, B <b@y.example>;, c@z.example"),
-            ["a@x.example", "b@y.example", "c@z.example"]
-        );
-        assert!(addresses("undisclosed-recipients:;").is_empty());
-    }
-
-    #[test]
     fn recipients_from_headers_and_bcc_removed() {
-        let m = b"To: a@x.example\nCc: B <b@y.example>,\n c@z.example\nBcc: hidden@w.example\nSubject: s\n\nTo: body@not.example\n";
+        let m = b"To: \"Doe, John\" <john@x.example>, jane@x.example (Jane, J.)\n\
+Cc: team: a@y.example, B <b@y.example>;,\n c@z.example\n\
+Bcc: hidden@w.example\nSubject: s\n\nTo: body@not.example\n";
         let (message, rcpts) = take_header_recipients(m);
         assert_eq!(
             rcpts,
             [
-                "a@x.example",
+                "john@x.example",
+                "jane@x.example",
+                "a@y.example",
                 "b@y.example",
                 "c@z.example",
                 "hidden@w.example"
             ]
         );
-        assert_eq!(
-            message,
-            b"To: a@x.example\nCc: B <b@y.example>,\n c@z.example\nSubject: s\n\nTo: body@not.example\n"
+        let text = String::from_utf8(message).unwrap();
+        assert!(!text.contains("Bcc") && !text.contains("hidden"), "{text}");
+        assert!(
+            text.contains("Subject: s\n\nTo: body@not.example\n"),
+            "{text}"
         );
+        assert!(text.starts_with("To: \"Doe, John\""), "{text}");
     }
 
     #[test]
