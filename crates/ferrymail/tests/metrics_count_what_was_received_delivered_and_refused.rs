@@ -218,6 +218,9 @@ route = [ {{ if = "rcpt_domain == 'defer.test'", then = "'refusing'" }},
         "ferrymail_received_messages_total",
         "ferrymail_delivery_outcomes_total",
         "ferrymail_queue_recipients",
+        "ferrymail_notifications_total",
+        "ferrymail_smtp_auth_failures_total",
+        "ferrymail_queue_destinations_suspended",
         "process_resident_memory_bytes",
     ] {
         assert!(page.contains(name), "the dashboard shows {name}");
