@@ -41,9 +41,11 @@
 //!   (CHUNKING) when offered, else DATA with dot-stuffing; SIZE declared and
 //!   enforced (a larger message fails permanently, 5.3.4); BODY=8BITMIME,
 //!   SMTPUTF8 and the DSN parameters passed on when supported. Without
-//!   support: SMTPUTF8 needed → permanent 5.6.7; 8-bit content → permanent
-//!   5.6.3 (no down-conversion; 8BITMIME mail that is 7-bit clean goes
-//!   without BODY); DSN parameters dropped and [`Remote::dsn`] false.
+//!   support: SMTPUTF8 needed → permanent 5.6.7; 8-bit MIME parts →
+//!   quoted-printable (RFC 6152 §3), and 8-bit content that cannot be
+//!   converted (8-bit header fields, no MIME-Version, an 8-bit attached
+//!   message) → permanent 5.6.3; 8BITMIME mail that is 7-bit clean goes
+//!   without BODY; DSN parameters dropped and [`Remote::dsn`] false.
 //! * **Outcomes.** A RCPT reply applies to its recipient; the reply to the
 //!   end of DATA (or the last BDAT) to every recipient accepted at RCPT;
 //!   LMTP's per-recipient replies each to their own. Failures that are not

@@ -601,7 +601,8 @@ impl Session {
         let t = self.timeouts.clone();
         let pipelining = self.caps.pipelining || self.remote.lmtp;
         let data_pipelined = pipelining && !plan.chunking;
-        let mail = mail_from(&job.envelope, plan, job.contents.len());
+        let contents: &[u8] = plan.converted.as_deref().unwrap_or(&job.contents);
+        let mail = mail_from(&job.envelope, plan, contents.len());
         let rcpts: Vec<String> = recipients.iter().map(|r| rcpt_to(r, plan)).collect();
 
         // A connection whose last transaction ended cleanly (the reply to
@@ -701,7 +702,6 @@ impl Session {
             }
         }
 
-        let contents = &job.contents[..];
         let end_phase = if plan.chunking {
             // RFC 3030 §2: BDAT <size> [LAST] and exactly that many octets;
             // no dot-stuffing. Chunks before the last are answered one by one.

@@ -44,18 +44,38 @@ async fn eight_bit_mime() {
     assert_eq!(kind(&out[0]), "delivered");
     assert_eq!(sink.wait_dumped(1)[0].mail_args, "<s@c.test> BODY=8BITMIME");
 
-    // Not supported: 8-bit content fails permanently (no down-conversion),
-    // 7-bit content goes without BODY.
+    // Not supported (RFC 6152 §3: convert or return). A MIME message's
+    // 8-bit part goes as quoted-printable, without BODY; a message that
+    // cannot be converted (8-bit header, no MIME-Version) fails with
+    // 5.6.3; 7-bit content goes as it is, without BODY.
     let no8 = Sink::start(&["-8"]);
     let t = SmtpTransport::new(&relay_config(no8.port, "smtp", "")).unwrap();
     let out = deliver(&t, job(env.clone(), &contents, "hop", "hop.test")).await;
     assert_eq!(kind(&out[0]), "permanent", "{out:?}");
     assert_eq!(out[0].outcome.status(), "5.6.3");
-    let out = deliver(&t, job(env, &message("seven"), "hop", "hop.test")).await;
+    let mime = "MIME-Version: 1.0\r\nSubject: converted\r\n\
+                Content-Type: text/plain; charset=utf-8\r\n\
+                Content-Transfer-Encoding: 8bit\r\n\r\nna\u{ef}ve\r\n";
+    let out = deliver(&t, job(env.clone(), mime.as_bytes(), "hop", "hop.test")).await;
     assert_eq!(kind(&out[0]), "delivered", "{out:?}");
     let d = no8.wait_dumped(1);
-    assert_eq!(d.len(), 1, "only the 7-bit message reached the next hop");
-    assert_eq!(d[0].mail_args, "<s@c.test>");
+    assert_eq!(d[0].mail_args, "<s@c.test>", "no BODY=8BITMIME");
+    let body = String::from_utf8(d[0].body.clone()).expect("7-bit");
+    // (smtp-sink writes its dump with LF line ends.)
+    assert!(
+        body.contains("Content-Transfer-Encoding: quoted-printable\n"),
+        "{body}"
+    );
+    assert!(body.contains("na=C3=AFve\n"), "{body}");
+    let out = deliver(&t, job(env, &message("seven"), "hop", "hop.test")).await;
+    assert_eq!(kind(&out[0]), "delivered", "{out:?}");
+    let d = no8.wait_dumped(2);
+    assert_eq!(
+        d.len(),
+        2,
+        "the unconvertible message never reached the hop"
+    );
+    assert!(d.iter().all(|d| d.mail_args == "<s@c.test>"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

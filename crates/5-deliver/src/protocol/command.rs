@@ -23,6 +23,10 @@ pub struct Plan {
     pub declare_size: bool,
     /// Send the contents with BDAT (RFC 3030) instead of DATA.
     pub chunking: bool,
+    /// The contents to send instead of the message's own: its 8-bit MIME
+    /// parts made quoted-printable for a next hop without 8BITMIME
+    /// ([`super::downgrade`]).
+    pub converted: Option<bytes::Bytes>,
 }
 
 /// A requirement of the message that the next hop cannot meet. Permanent
@@ -51,10 +55,12 @@ pub fn has_eight_bit(bytes: &[u8]) -> bool {
 ///   hop without it fails with 5.6.7 (RFC 6531 §3.2; no downgrade is
 ///   attempted). Asked for, but all ASCII: sent without the parameter
 ///   (RFC 6531 §3.4).
-/// * 8BITMIME: 8-bit content to a next hop without 8BITMIME fails with
-///   5.6.3; Ferrymail does not down-convert to quoted-printable (RFC 6152 §3
-///   allows either). A message declared 8BITMIME whose octets are all
-///   7-bit is sent as is, without the BODY parameter.
+/// * 8BITMIME: 8-bit content to a next hop without 8BITMIME has its 8-bit
+///   MIME parts converted to quoted-printable (RFC 6152 §3 allows
+///   converting or returning); what cannot be converted (8-bit header
+///   fields, no MIME-Version, an 8-bit attached message) fails with 5.6.3.
+///   A message declared 8BITMIME whose octets are all 7-bit is sent as
+///   is, without the BODY parameter.
 /// * BINARYMIME needs BINARYMIME and CHUNKING at the next hop (RFC 3030
 ///   §3), else 5.6.3.
 /// * DSN parameters are sent when the next hop advertises DSN and dropped
@@ -77,18 +83,6 @@ pub fn plan(
             reason: format!("recipient {:?} contains control characters", r.address),
         });
     }
-    if let Some(limit) = caps.size
-        && limit > 0
-        && contents.len() as u64 > limit
-    {
-        return Err(Refusal {
-            status: "5.3.4",
-            reason: format!(
-                "message size {} exceeds the next hop's fixed limit of {limit} bytes",
-                contents.len()
-            ),
-        });
-    }
     // RFC 6531 §3.4: a client SHOULD NOT send SMTPUTF8 when neither the
     // envelope nor the message needs it. Many clients ask for it on every
     // message; an all-ASCII one can go to a next hop without SMTPUTF8
@@ -103,16 +97,23 @@ pub fn plan(
             reason: "the message needs SMTPUTF8, which the next hop does not support".into(),
         });
     }
+    let mut converted = None;
     let body = match env.body {
         BodyType::SevenBit => None,
         BodyType::EightBitMime if caps.eight_bit_mime => Some("8BITMIME"),
         BodyType::EightBitMime if !has_eight_bit(contents) => None,
-        BodyType::EightBitMime => {
-            return Err(Refusal {
-                status: "5.6.3",
-                reason: "the message has 8-bit content and the next hop does not support 8BITMIME (no down-conversion)".into(),
-            });
-        }
+        BodyType::EightBitMime => match super::downgrade::to_seven_bit(contents) {
+            Some(seven) => {
+                converted = Some(bytes::Bytes::from(seven));
+                None
+            }
+            None => {
+                return Err(Refusal {
+                    status: "5.6.3",
+                    reason: "the message has 8-bit content that cannot be made 7-bit (8-bit header fields, no MIME-Version, or an 8-bit attached message) and the next hop does not support 8BITMIME".into(),
+                });
+            }
+        },
         BodyType::BinaryMime if caps.binary_mime && caps.chunking => Some("BINARYMIME"),
         BodyType::BinaryMime => {
             return Err(Refusal {
@@ -121,6 +122,19 @@ pub fn plan(
             });
         }
     };
+    // The size the next hop gets: the converted contents, if converted.
+    let size = converted.as_ref().map_or(contents.len(), |c| c.len());
+    if let Some(limit) = caps.size
+        && limit > 0
+        && size as u64 > limit
+    {
+        return Err(Refusal {
+            status: "5.3.4",
+            reason: format!(
+                "message size {size} exceeds the next hop's fixed limit of {limit} bytes"
+            ),
+        });
+    }
     Ok(Plan {
         body,
         // Asked for and offered: passed on as the client sent it.
@@ -128,6 +142,7 @@ pub fn plan(
         dsn: caps.dsn,
         declare_size: caps.size.is_some(),
         chunking: caps.chunking,
+        converted,
     })
 }
 

@@ -6,5 +6,6 @@
 pub mod auth;
 pub mod command;
 pub mod data;
+pub mod downgrade;
 pub mod ehlo;
 pub mod reply;
