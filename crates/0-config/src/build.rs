@@ -409,7 +409,7 @@ fn session(
         );
         out.rcpt.directory = directory_ref(r, &rc, directories);
         if let Some(e) = r.expr(&rc, "relay") {
-            warn_unavailable(r, &rc, "relay", &e, AT_RCPT, "relay is decided at RCPT TO");
+            warn_unavailable(r, &rc, "relay", &e, Stage::Relay);
             out.rcpt.relay = e;
         }
         if let Some(domains) = r.strings(&rc, "local-domains") {
@@ -426,14 +426,7 @@ fn session(
     if let Some(e) = r.sub(&sec, "etrn") {
         r.check_keys(&e, &["allow"], false);
         if let Some(x) = r.expr(&e, "allow") {
-            warn_unavailable(
-                r,
-                &e,
-                "allow",
-                &x,
-                AT_RCPT,
-                "ETRN is decided in the session",
-            );
+            warn_unavailable(r, &e, "allow", &x, Stage::Etrn);
             out.etrn.allow = x;
         }
     }
@@ -707,14 +700,7 @@ fn auth(r: &mut Reader, root: &Section, signatures: &BTreeMap<String, Signature>
                 Value::List(items) if items.iter().all(|i| matches!(i, Value::Str(_))) => Ok(()),
                 _ => Err("a list of signature ids such as ['rsa'], or false".to_string()),
             });
-            warn_unavailable(
-                r,
-                &dkim,
-                "sign",
-                &e,
-                AT_END_OF_DATA,
-                "signing happens once the message is complete, for all its recipients",
-            );
+            warn_unavailable(r, &dkim, "sign", &e, Stage::EndOfData);
             // A constant id that names no signer is a mistake, not a choice:
             // the mail would go out unsigned.
             for v in e.constant_outcomes() {
@@ -1083,7 +1069,7 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
         out.outbound = outbound(r, &o);
     }
     if let Some(e) = r.expr(&sec, "priority") {
-        warn_unavailable(r, &sec, "priority", &e, ROUTING, ROUTING_WHEN);
+        warn_unavailable(r, &sec, "priority", &e, Stage::Routing);
         check_outcomes(r, &sec, "priority", &e, |v| match v {
             Value::Int(_) => Ok(()),
             _ => Err("an integer".to_string()),
@@ -1153,7 +1139,7 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
         r.check_keys(&st, &["queue", "schedule", "route"], false);
         if let Some(e) = r.expr(&st, "queue") {
             // The queue is what this expression decides, so it cannot read it.
-            warn_unavailable(r, &st, "queue", &e, &ROUTING[1..], ROUTING_WHEN);
+            warn_unavailable(r, &st, "queue", &e, Stage::RoutingQueue);
             check_outcomes(r, &st, "queue", &e, |v| match v {
                 Value::Str(s) if is_valid_queue_name(s) => Ok(()),
                 _ => Err("a queue name".to_string()),
@@ -1175,7 +1161,7 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
             let Some(e) = r.expr(&st, key) else {
                 continue;
             };
-            warn_unavailable(r, &st, key, &e, ROUTING, ROUTING_WHEN);
+            warn_unavailable(r, &st, key, &e, Stage::Routing);
             check_outcomes(r, &st, key, &e, |v| match v {
                 Value::Str(_) => Ok(()),
                 _ => Err(format!("a {what} id")),
@@ -1213,74 +1199,64 @@ fn both_spellings(r: &mut Reader, sec: &Section, ours: &str, theirs: &str) {
     }
 }
 
-/// The variables routing (`queue.strategy.*`, `queue.priority`) has a
-/// value for; `queue` first, as the queue expression itself cannot read it.
-const ROUTING: &[Var] = &[
-    Var::Queue,
-    Var::Sender,
-    Var::SenderDomain,
-    Var::Rcpt,
-    Var::RcptDomain,
-    Var::RemoteIp,
-    Var::LocalPort,
-    Var::AuthenticatedAs,
-    Var::HeloDomain,
-    Var::Priority,
-    Var::Size,
-    Var::Source,
-];
+/// Where an expression is evaluated, for [`warn_unavailable`]: which
+/// variables have a value there, and why the others have none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// `session.rcpt.relay`: the session's, before the message exists.
+    Relay,
+    /// `session.etrn.allow`: the same as relay.
+    Etrn,
+    /// `queue.strategy.queue`: routing, before the queue is known.
+    RoutingQueue,
+    /// The other routing expressions (`queue.strategy.*`, `queue.priority`).
+    Routing,
+    /// `auth.dkim.sign`: the whole message, no single recipient.
+    EndOfData,
+}
 
-/// Why the others have none.
-const ROUTING_WHEN: &str = "each recipient is routed once, when the message is accepted";
+impl Stage {
+    /// Whether `v` has a value at this stage.
+    fn has(self, v: Var) -> bool {
+        use Var::*;
+        match v {
+            Sender | SenderDomain | RemoteIp | LocalPort | AuthenticatedAs | HeloDomain
+            | Priority | Source => true,
+            Rcpt | RcptDomain => self != Stage::EndOfData,
+            Size => !matches!(self, Stage::Relay | Stage::Etrn),
+            Queue => self == Stage::Routing,
+            RetryNum | NotifyNum | ExpiresIn | LastError | Mx => false,
+        }
+    }
 
-/// The variables `auth.dkim.sign` has a value for: the message's, once it is
-/// complete (no single recipient).
-const AT_END_OF_DATA: &[Var] = &[
-    Var::Sender,
-    Var::SenderDomain,
-    Var::RemoteIp,
-    Var::LocalPort,
-    Var::AuthenticatedAs,
-    Var::HeloDomain,
-    Var::Priority,
-    Var::Size,
-    Var::Source,
-];
-
-/// The variables a relay or ETRN decision has a value for: the session's,
-/// before the message (and its size) exists.
-const AT_RCPT: &[Var] = &[
-    Var::Sender,
-    Var::SenderDomain,
-    Var::Rcpt,
-    Var::RcptDomain,
-    Var::RemoteIp,
-    Var::LocalPort,
-    Var::AuthenticatedAs,
-    Var::HeloDomain,
-    Var::Priority,
-    Var::Source,
-];
+    /// Why the others have none.
+    fn when(self) -> &'static str {
+        match self {
+            Stage::Relay => "relay is decided at RCPT TO",
+            Stage::Etrn => "ETRN is decided in the session",
+            Stage::RoutingQueue | Stage::Routing => {
+                "each recipient is routed once, when the message is accepted"
+            }
+            Stage::EndOfData => {
+                "signing happens once the message is complete, for all its recipients"
+            }
+        }
+    }
+}
 
 /// Warns (with the key's file and line) about each variable `e` reads that
 /// is always Null where `key` is evaluated: a condition on it would never
 /// match, and nothing else would say so.
-fn warn_unavailable(
-    r: &mut Reader,
-    sec: &Section,
-    key: &str,
-    e: &Expr,
-    available: &[Var],
-    when: &str,
-) {
+fn warn_unavailable(r: &mut Reader, sec: &Section, key: &str, e: &Expr, stage: Stage) {
     for v in e.variables() {
-        if !available.contains(&v) {
+        if !stage.has(v) {
             let span = r.value_span(sec, key);
             r.warn(
                 &span,
                 format!(
-                    "'{}' reads '{v}', which has no value there ({when}), so it is always Null",
-                    sec.path(key)
+                    "'{}' reads '{v}', which has no value there ({}), so it is always Null",
+                    sec.path(key),
+                    stage.when()
                 ),
             );
         }
