@@ -25,25 +25,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Everything relays to 127.0.0.1:`relay`; a failed attempt retries only
-/// after an hour, so mail stays queued until a flush.
-fn extra(relay: u16) -> String {
-    format!(
-        r#"[session.rcpt]
-local-domains = ["local.test"]
-relay = "remote_ip == '127.0.0.1'"
-
-[queue.schedule]
-retry = "[1h]"
-
-{route}
-[queue.strategy]
-route = "'sink'"
-"#,
-        route = relay_route("sink", relay, "smtp"),
-    )
-}
-
 /// Starts `ferrymail serve` in a directory of its own with the base
 /// configuration's `[storage]` replaced by `stores` (which must put the
 /// contents in `[store.files]`, an fs store at `<dir>/blobs`); returns the
@@ -54,7 +35,7 @@ fn start(relay: u16, stores: impl Fn(&Path) -> String) -> (Server, PathBuf) {
     let smtp = free_port();
     let mgmt = free_port();
     let config = dir.path().join("ferrymail.toml");
-    let text = base_config(dir.path(), smtp, mgmt, &extra(relay)).replacen(
+    let text = base_config(dir.path(), smtp, mgmt, &relay_all_to(relay)).replacen(
         "[storage]\ndata = \"local\"\nblob = \"local\"\n",
         &stores(&blobs),
         1,

@@ -19,25 +19,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Everything relays to 127.0.0.1:`relay`; a failed attempt retries only
-/// after an hour, so mail stays queued until a flush.
-fn config(relay: u16) -> String {
-    format!(
-        r#"[session.rcpt]
-local-domains = ["local.test"]
-relay = "remote_ip == '127.0.0.1'"
-
-[queue.schedule]
-retry = "[1h]"
-
-{route}
-[queue.strategy]
-route = "'sink'"
-"#,
-        route = relay_route("sink", relay, "smtp"),
-    )
-}
-
 fn send(server: &Server, to: &[&str], subject: &str) -> String {
     let body = format!(
         "From: <sender@origin.test>\r\nSubject: {subject}\r\n\r\nStored in PostgreSQL.\r\n"
@@ -53,7 +34,7 @@ fn send(server: &Server, to: &[&str], subject: &str) -> String {
 fn postgres_store_accepts_survives_kill9_and_delivers() {
     let db = TestDb::create();
     let relay = free_port(); // nothing listens yet: attempts fail with 4xx
-    let mut s = Server::start_pg(&db, "", &config(relay));
+    let mut s = Server::start_pg(&db, "", &relay_all_to(relay));
 
     let first = send(&s, &["r1@far.test", "r2@far.test"], "pg-first");
     assert_eq!(queue_ids(&s.queue_json()), vec![first.clone()]);

@@ -17,29 +17,12 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn config(relay: u16) -> String {
-    format!(
-        r#"[session.rcpt]
-local-domains = ["local.test"]
-relay = "remote_ip == '127.0.0.1'"
-
-[queue.schedule]
-retry = "[1h]"
-
-{route}
-[queue.strategy]
-route = "'sink'"
-"#,
-        route = relay_route("sink", relay, "smtp"),
-    )
-}
-
 #[test]
 fn two_nodes_accept_and_deliver_each_message_once() {
     let db = TestDb::create();
     let relay = free_port();
-    let a = Server::start_pg(&db, "", &config(relay));
-    let b = Server::start_pg(&db, "", &config(relay));
+    let a = Server::start_pg(&db, "", &relay_all_to(relay));
+    let b = Server::start_pg(&db, "", &relay_all_to(relay));
     let (na, nb) = (a.started_as(), b.started_as());
     assert_ne!(na, nb, "each node has its own id");
 

@@ -82,6 +82,26 @@ pub fn wait_banner(port: u16, child: &mut Child) {
 }
 
 /// TOML for a relay route `id` to 127.0.0.1:`port`.
+/// A server that accepts `local.test` and relays for loopback clients,
+/// sending everything to 127.0.0.1:`relay` (route `sink`); a failed
+/// attempt retries only after an hour, so mail stays queued until a flush.
+pub fn relay_all_to(relay: u16) -> String {
+    format!(
+        r#"[session.rcpt]
+local-domains = ["local.test"]
+relay = "remote_ip == '127.0.0.1'"
+
+[queue.schedule]
+retry = "[1h]"
+
+{route}
+[queue.strategy]
+route = "'sink'"
+"#,
+        route = relay_route("sink", relay, "smtp"),
+    )
+}
+
 pub fn relay_route(id: &str, port: u16, protocol: &str) -> String {
     format!(
         "[queue.route.{id}]\ntype = \"relay\"\naddress = \"127.0.0.1\"\nport = {port}\nprotocol = \"{protocol}\"\n\n"
