@@ -679,15 +679,7 @@ impl QueueManager {
                 self.core.grant(&queue, granted);
             }
             Command::Requeue { keys, reply } => {
-                // As for a bounce: deliveries in progress keep their
-                // entries; the rest leave the index until re-read.
-                let keys: Vec<EntryKey> = keys
-                    .into_iter()
-                    .filter(|k| !matches!(self.core.locate(*k), Some(Location::InFlight)))
-                    .collect();
-                for k in &keys {
-                    self.core.remove(*k, now);
-                }
+                let keys = self.take_for_operator(keys, now);
                 tokio::spawn(requeue_entries(self.shared.clone(), keys, reply));
             }
             Command::Bounce {
@@ -695,23 +687,29 @@ impl QueueManager {
                 reason,
                 reply,
             } => {
-                // A delivery in progress decides its own entries; the rest
-                // leave the index now so that no job picks them up while
-                // they are being failed. Whatever is not failed (another
-                // node's lease, a store error) is re-read afterwards.
-                let keys: Vec<EntryKey> = keys
-                    .into_iter()
-                    .filter(|k| !matches!(self.core.locate(*k), Some(Location::InFlight)))
-                    .collect();
-                for k in &keys {
-                    self.core.remove(*k, now);
-                }
+                let keys = self.take_for_operator(keys, now);
                 tokio::spawn(bounce_entries(self.shared.clone(), keys, reason, reply));
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.core.stats());
             }
         }
+    }
+
+    /// The keys an operator action (bounce, requeue) may take: not those
+    /// in a delivery right now, which decides them itself. They leave the
+    /// index at once, so that no job picks them up meanwhile; whatever the
+    /// action does not take (another node's lease, a store error) is
+    /// re-read afterwards.
+    fn take_for_operator(&mut self, keys: Vec<EntryKey>, now: UnixMillis) -> Vec<EntryKey> {
+        let keys: Vec<EntryKey> = keys
+            .into_iter()
+            .filter(|k| !matches!(self.core.locate(*k), Some(Location::InFlight)))
+            .collect();
+        for k in &keys {
+            self.core.remove(*k, now);
+        }
+        keys
     }
 
     /// Applies what other nodes changed: the entries of each message as
