@@ -181,12 +181,21 @@ enum Command {
     /// An operator retried these entries: re-read them, and probe their
     /// suspended destinations now.
     Retry(Vec<EntryKey>),
+    /// An operator's action changed these entries: re-read them (and, for a
+    /// retry, probe their suspended destinations), then say so on `applied`.
+    Reread {
+        keys: Vec<EntryKey>,
+        retry: bool,
+        applied: oneshot::Sender<()>,
+    },
     /// The result of a re-read: `found` holds the keys that still exist.
     Reloaded {
         keys: Vec<EntryKey>,
         found: Vec<(QueueEntry, String)>,
         /// Re-read for a retry (see [`Command::Retry`]).
         retry: bool,
+        /// Told once the index holds what was read.
+        applied: Option<oneshot::Sender<()>>,
     },
     /// ETRN or flush given to this node.
     Expedite {
@@ -279,6 +288,7 @@ impl std::fmt::Debug for Command {
             Command::Refresh(_) => "Refresh",
             Command::Retry(_) => "Retry",
             Command::Reloaded { .. } => "Reloaded",
+            Command::Reread { .. } => "Reread",
             Command::Expedite { .. } => "Expedite",
             Command::Changed(_) => "Changed",
             Command::Tokens { .. } => "Tokens",
@@ -327,6 +337,24 @@ impl QueueHandle {
         self.tx
             .send(Command::Refresh(keys))
             .map_err(|_| QueueError::Closed)
+    }
+
+    /// An operator's hold, release, retry or cancel changed these entries
+    /// in the store: the manager re-reads them (for a retry, as
+    /// [`QueueHandle::retry`] does), and this returns once its index holds
+    /// what it read. So `queue release` and then `queue flush` finds the
+    /// released mail, where a re-read in the background could still be
+    /// under way when the flush came.
+    pub async fn reread(&self, keys: Vec<EntryKey>, retry: bool) -> Result<(), QueueError> {
+        let (applied, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Reread {
+                keys,
+                retry,
+                applied,
+            })
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)
     }
 
     /// `ferrymail queue retry`: these entries were made due now in the
@@ -600,7 +628,7 @@ impl QueueManager {
         };
         let reload = self.core.finish(job, report, now);
         if !reload.is_empty() {
-            tokio::spawn(reload_entries(self.shared.clone(), reload, false));
+            tokio::spawn(reload_entries(self.shared.clone(), reload, false, None));
         }
     }
 
@@ -631,12 +659,29 @@ impl QueueManager {
                 ),
             },
             Command::Refresh(keys) => {
-                tokio::spawn(reload_entries(self.shared.clone(), keys, false));
+                tokio::spawn(reload_entries(self.shared.clone(), keys, false, None));
             }
             Command::Retry(keys) => {
-                tokio::spawn(reload_entries(self.shared.clone(), keys, true));
+                tokio::spawn(reload_entries(self.shared.clone(), keys, true, None));
             }
-            Command::Reloaded { keys, found, retry } => {
+            Command::Reread {
+                keys,
+                retry,
+                applied,
+            } => {
+                tokio::spawn(reload_entries(
+                    self.shared.clone(),
+                    keys,
+                    retry,
+                    Some(applied),
+                ));
+            }
+            Command::Reloaded {
+                keys,
+                found,
+                retry,
+                applied,
+            } => {
                 let retried = retry.then(|| keys.clone());
                 let mut found: HashMap<EntryKey, (QueueEntry, String)> =
                     found.into_iter().map(|(e, d)| (e.key, (e, d))).collect();
@@ -658,6 +703,9 @@ impl QueueManager {
                             "queue: retry requested: probing suspended destinations now"
                         );
                     }
+                }
+                if let Some(applied) = applied {
+                    let _ = applied.send(());
                 }
             }
             Command::Expedite { target, reply } => {
@@ -1254,7 +1302,7 @@ async fn requeue_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, reply: onesho
     }
     tracing::info!(recipients = moved, "queue: requeued by the operator");
     let _ = reply.send(moved);
-    reload_entries(sh, keys, false).await;
+    reload_entries(sh, keys, false, None).await;
 }
 
 /// Fails `keys` now for an operator ([`QueueHandle::bounce`]): claims them
@@ -1293,11 +1341,16 @@ async fn bounce_entries(
     }
     tracing::info!(recipients = failed, reason = %reason, "queue: returned to their senders by the operator");
     let _ = reply.send(failed);
-    reload_entries(sh, keys, false).await;
+    reload_entries(sh, keys, false, None).await;
 }
 
 /// Re-reads entries from the store and hands the result to the loop.
-async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, retry: bool) {
+async fn reload_entries(
+    sh: Arc<Shared>,
+    mut keys: Vec<EntryKey>,
+    retry: bool,
+    applied: Option<oneshot::Sender<()>>,
+) {
     keys.sort();
     keys.dedup();
     let mut found = Vec::new();
@@ -1339,7 +1392,12 @@ async fn reload_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, retry: bool) {
             }
         }
     }
-    let _ = sh.commands.send(Command::Reloaded { keys, found, retry });
+    let _ = sh.commands.send(Command::Reloaded {
+        keys,
+        found,
+        retry,
+        applied,
+    });
 }
 
 /// Runs the transport while renewing the job's leases. The delivery runs

@@ -97,6 +97,20 @@ pub trait QueueControl: Send + Sync + 'static {
         self.changed(keys);
     }
 
+    /// An action changed these entries (`retried`: a retry): the engine
+    /// re-reads them, and the future resolves once it has, so that the
+    /// next command (a flush, say) sees them. The default tells
+    /// [`QueueControl::changed`] or [`QueueControl::retried`] and does
+    /// not wait.
+    fn reread(&self, keys: Vec<EntryKey>, retried: bool) -> ControlFuture<()> {
+        if retried {
+            self.retried(&keys);
+        } else {
+            self.changed(&keys);
+        }
+        Box::pin(async {})
+    }
+
     /// `ferrymail queue flush [TARGET]`: attempt now every queued recipient
     /// of `target` (a domain, `@domain` or `#queue`, as ETRN), or of every
     /// destination for `None`. Answers how many messages were started.
@@ -711,11 +725,10 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
     if let Some(c) = &mgmt.control
         && !keys.is_empty()
     {
-        if matches!(kind, Some(AdminAction::Retry { .. })) {
-            c.retried(&keys);
-        } else {
-            c.changed(&keys);
-        }
+        // Answered once the engine holds the change: `queue release` then
+        // `queue flush` finds the released mail.
+        c.reread(keys, matches!(kind, Some(AdminAction::Retry { .. })))
+            .await;
     }
     tracing::info!(action = %a.action, recipients = result.recipients, "queue action");
     Ok(json(StatusCode::OK, &result))

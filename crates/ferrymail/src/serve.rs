@@ -575,6 +575,13 @@ impl QueueControl for Control {
         let _ = self.0.retry(keys.to_vec());
     }
 
+    fn reread(&self, keys: Vec<EntryKey>, retried: bool) -> ControlFuture<()> {
+        let handle = self.0.clone();
+        Box::pin(async move {
+            let _ = handle.reread(keys, retried).await;
+        })
+    }
+
     fn flush(&self, target: Option<String>) -> ControlFuture<Result<usize, ControlError>> {
         let handle = self.0.clone();
         Box::pin(async move {

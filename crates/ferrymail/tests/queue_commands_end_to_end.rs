@@ -10,7 +10,9 @@
 //! * per-domain dynamic queues (`queue = "'dom-' + rcpt_domain"`) show up by
 //!   name in `queue list` and `--queue` selects them, for listing, ETRN
 //!   `#queue` and `queue retry --queue`;
-//! * every `--json` output parses (list, show, and the actions' results).
+//! * every `--json` output parses (list, show, and the actions' results);
+//! * `queue release` answers once the queue engine holds the released
+//!   mail, so a `queue flush` right after it delivers that mail.
 
 mod common;
 
@@ -280,5 +282,31 @@ fn dynamic_per_domain_queues_by_name() {
     );
     for id in [&a1, &a2, &b1, &ab] {
         assert_eq!(server.cli(&["queue", "cat", id]).status.code(), Some(1));
+    }
+}
+
+#[test]
+fn release_then_flush_delivers_the_released_mail() {
+    // `queue release` answers once the queue engine holds the released
+    // entries, so a flush right after it finds them (their next retry is
+    // an hour away: only the flush can send them now).
+    let relay = free_port();
+    let server = start(relay, "");
+    let ids: Vec<String> = (0..3)
+        .map(|i| send(&server, &[&format!("r{i}@far.test")], &format!("held {i}")))
+        .collect();
+    for id in &ids {
+        server.wait_attempted(id, WAIT);
+        let out = server.cli(&["queue", "hold", id]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let sink = SmtpSink::start_on(relay, &[]);
+    for (n, id) in ids.iter().enumerate() {
+        let out = server.cli(&["queue", "release", id]);
+        assert!(out.status.success(), "{out:?}");
+        let out = server.cli(&["queue", "flush"]);
+        assert!(out.status.success(), "{out:?}");
+        server.wait_gone(id, Duration::from_secs(10));
+        assert_eq!(sink.wait_dumped(n + 1, WAIT).len(), n + 1);
     }
 }
