@@ -32,28 +32,19 @@ const WAIT: Duration = Duration::from_secs(30);
 fn start(relay: u16, stores: impl Fn(&Path) -> String) -> (Server, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let blobs = dir.path().join("blobs");
-    let smtp = free_port();
-    let mgmt = free_port();
-    let config = dir.path().join("ferrymail.toml");
-    let text = base_config(dir.path(), smtp, mgmt, &relay_all_to(relay)).replacen(
-        "[storage]\ndata = \"local\"\nblob = \"local\"\n",
-        &stores(&blobs),
-        1,
-    );
-    assert!(
-        text.contains("blob = \"files\""),
-        "base config changed shape"
-    );
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("server.log");
-    let mut s = Server {
-        smtp: ([127, 0, 0, 1], smtp).into(),
-        mgmt: ([127, 0, 0, 1], mgmt).into(),
-        config,
-        dir,
-        child: None,
-        log,
+    let edit = |base: String| {
+        let text = base.replacen(
+            "[storage]\ndata = \"local\"\nblob = \"local\"\n",
+            &stores(&blobs),
+            1,
+        );
+        assert!(
+            text.contains("blob = \"files\""),
+            "base config changed shape"
+        );
+        text
     };
+    let mut s = Server::configured(dir, edit, &relay_all_to(relay));
     s.spawn_in_dir();
     (s, blobs)
 }

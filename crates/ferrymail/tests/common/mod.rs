@@ -101,21 +101,32 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Server {
+        let mut s = Self::configured(dir, |c| c, extra);
+        s.spawn();
+        s
+    }
+
+    /// A server not started yet, in `dir`, on free ports: its config is the
+    /// base config with `extra` appended, then passed through `edit` (to
+    /// change tables of the base config, which TOML cannot reopen).
+    pub fn configured(
+        dir: tempfile::TempDir,
+        edit: impl FnOnce(String) -> String,
+        extra: &str,
+    ) -> Server {
         let smtp = free_port();
         let mgmt = free_port();
         let config = dir.path().join("ferrymail.toml");
-        std::fs::write(&config, base_config(dir.path(), smtp, mgmt, extra)).unwrap();
+        std::fs::write(&config, edit(base_config(dir.path(), smtp, mgmt, extra))).unwrap();
         let log = dir.path().join("server.log");
-        let mut s = Server {
+        Server {
             smtp: ([127, 0, 0, 1], smtp).into(),
             mgmt: ([127, 0, 0, 1], mgmt).into(),
             config,
             dir,
             child: None,
             log,
-        };
-        s.spawn();
-        s
+        }
     }
 
     /// (Re)starts the process with the same config and data.
@@ -463,20 +474,7 @@ impl Server {
         edit: impl FnOnce(String) -> String,
         env: &[(&str, &str)],
     ) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let smtp = free_port();
-        let mgmt = free_port();
-        let config = dir.path().join("ferrymail.toml");
-        std::fs::write(&config, edit(base_config(dir.path(), smtp, mgmt, extra))).unwrap();
-        let log = dir.path().join("server.log");
-        let mut s = Server {
-            smtp: ([127, 0, 0, 1], smtp).into(),
-            mgmt: ([127, 0, 0, 1], mgmt).into(),
-            config,
-            dir,
-            child: None,
-            log,
-        };
+        let mut s = Self::configured(tempfile::tempdir().unwrap(), edit, extra);
         s.spawn_with_env(env);
         s
     }

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Server, base_config, free_port, strip_ansi};
+use super::{Server, strip_ansi};
 
 /// The configuration the cluster scenarios give every node: relaying from
 /// loopback to one sink at 127.0.0.1:`relay`, a delivery log per node, a
@@ -155,32 +155,22 @@ impl Server {
 
     /// Like [`Server::start_pg`], with the store's URL given.
     pub fn start_pg_url(url: &str, server_keys: &str, extra: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let smtp = free_port();
-        let mgmt = free_port();
-        let config = dir.path().join("ferrymail.toml");
-        let text = base_config(dir.path(), smtp, mgmt, extra)
-            .replacen("[server]\n", &format!("[server]\n{server_keys}\n"), 1)
-            .replacen(
-                "[storage]\ndata = \"local\"\nblob = \"local\"\n",
-                &format!(
-                    "[store.pg]\ntype = \"postgresql\"\nurl = \"{}\"\npool-size = 8\n\n\
-                     [storage]\ndata = \"pg\"\nblob = \"pg\"\n",
-                    url
-                ),
-                1,
-            );
-        assert!(text.contains("data = \"pg\""), "base config changed shape");
-        std::fs::write(&config, text).unwrap();
-        let log = dir.path().join("server.log");
-        let mut s = Server {
-            smtp: ([127, 0, 0, 1], smtp).into(),
-            mgmt: ([127, 0, 0, 1], mgmt).into(),
-            config,
-            dir,
-            child: None,
-            log,
+        let edit = |base: String| {
+            let text = base
+                .replacen("[server]\n", &format!("[server]\n{server_keys}\n"), 1)
+                .replacen(
+                    "[storage]\ndata = \"local\"\nblob = \"local\"\n",
+                    &format!(
+                        "[store.pg]\ntype = \"postgresql\"\nurl = \"{}\"\npool-size = 8\n\n\
+                         [storage]\ndata = \"pg\"\nblob = \"pg\"\n",
+                        url
+                    ),
+                    1,
+                );
+            assert!(text.contains("data = \"pg\""), "base config changed shape");
+            text
         };
+        let mut s = Server::configured(tempfile::tempdir().unwrap(), edit, extra);
         s.spawn_in_dir();
         s
     }
