@@ -176,11 +176,6 @@ enum Command {
         elapsed: Duration,
         error: Option<String>,
     },
-    /// These entries changed in the store: re-read them.
-    Refresh(Vec<EntryKey>),
-    /// An operator retried these entries: re-read them, and probe their
-    /// suspended destinations now.
-    Retry(Vec<EntryKey>),
     /// An operator's action changed these entries: re-read them (and, for a
     /// retry, probe their suspended destinations), then say so on `applied`.
     Reread {
@@ -192,7 +187,7 @@ enum Command {
     Reloaded {
         keys: Vec<EntryKey>,
         found: Vec<(QueueEntry, String)>,
-        /// Re-read for a retry (see [`Command::Retry`]).
+        /// Re-read for a retry (see [`Command::Reread`]).
         retry: bool,
         /// Told once the index holds what was read.
         applied: Option<oneshot::Sender<()>>,
@@ -285,8 +280,6 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Ingest { .. } => "Ingest",
             Command::Recovered { .. } => "Recovered",
-            Command::Refresh(_) => "Refresh",
-            Command::Retry(_) => "Retry",
             Command::Reloaded { .. } => "Reloaded",
             Command::Reread { .. } => "Reread",
             Command::Expedite { .. } => "Expedite",
@@ -331,18 +324,11 @@ impl QueueHandle {
         rx.await.map_err(|_| QueueError::Closed)
     }
 
-    /// Tells the manager that these entries changed in the store (an
-    /// operator's hold, release, retry or cancel); it re-reads them.
-    pub fn refresh(&self, keys: Vec<EntryKey>) -> Result<(), QueueError> {
-        self.tx
-            .send(Command::Refresh(keys))
-            .map_err(|_| QueueError::Closed)
-    }
-
     /// An operator's hold, release, retry or cancel changed these entries
-    /// in the store: the manager re-reads them (for a retry, as
-    /// [`QueueHandle::retry`] does), and this returns once its index holds
-    /// what it read. So `queue release` and then `queue flush` finds the
+    /// in the store: the manager re-reads them (for a retry, it also lets
+    /// a suspended destination of theirs probe at once: an operator
+    /// retrying mail expects an attempt, not another "delivery temporarily
+    /// suspended"), and this returns once its index holds what it read. So `queue release` and then `queue flush` finds the
     /// released mail, where a re-read in the background could still be
     /// under way when the flush came.
     pub async fn reread(&self, keys: Vec<EntryKey>, retry: bool) -> Result<(), QueueError> {
@@ -355,16 +341,6 @@ impl QueueHandle {
             })
             .map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)
-    }
-
-    /// `ferrymail queue retry`: these entries were made due now in the
-    /// store; the manager re-reads them and lets a suspended destination
-    /// of theirs probe at once (an operator retrying mail expects an
-    /// attempt, not another "delivery temporarily suspended").
-    pub fn retry(&self, keys: Vec<EntryKey>) -> Result<(), QueueError> {
-        self.tx
-            .send(Command::Retry(keys))
-            .map_err(|_| QueueError::Closed)
     }
 
     /// `ferrymail queue bounce` (Postfix's `postsuper -e`): these entries
@@ -658,12 +634,6 @@ impl QueueManager {
                     "queue: recovery scan failed; entries not read yet are scheduled at the next start"
                 ),
             },
-            Command::Refresh(keys) => {
-                tokio::spawn(reload_entries(self.shared.clone(), keys, false, None));
-            }
-            Command::Retry(keys) => {
-                tokio::spawn(reload_entries(self.shared.clone(), keys, true, None));
-            }
             Command::Reread {
                 keys,
                 retry,

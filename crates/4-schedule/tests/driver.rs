@@ -500,7 +500,11 @@ async fn held_mail_waits_until_released() {
         .admin(&[entries[0].key], AdminAction::Release)
         .await
         .unwrap();
-    m.running.handle.refresh(vec![entries[0].key]).unwrap();
+    m.running
+        .handle
+        .reread(vec![entries[0].key], false)
+        .await
+        .unwrap();
     let ev = next_event(&mut m.running.events).await;
     assert_eq!(ev.key(), entries[0].key);
     // A hold that reaches the store before the index still stops delivery:

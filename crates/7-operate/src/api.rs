@@ -83,33 +83,15 @@ pub type ControlFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 ///
 /// Hold, release, retry and cancel are applied to the store by the API (so
 /// they take effect even for entries the engine has not indexed yet) and then
-/// reported with [`QueueControl::changed`], so the engine's in-memory index
+/// reported with [`QueueControl::reread`], so the engine's in-memory index
 /// follows: a held entry leaves it, a released or retried one is due again, a
 /// cancelled one is forgotten.
 pub trait QueueControl: Send + Sync + 'static {
-    /// These entries changed in the store; re-read them. Must not block.
-    fn changed(&self, keys: &[EntryKey]);
-
-    /// An operator retried these entries (they are due now in the store):
-    /// re-read them, and probe their destinations now even if those are
-    /// suspended. Must not block.
-    fn retried(&self, keys: &[EntryKey]) {
-        self.changed(keys);
-    }
-
-    /// An action changed these entries (`retried`: a retry): the engine
-    /// re-reads them, and the future resolves once it has, so that the
-    /// next command (a flush, say) sees them. The default tells
-    /// [`QueueControl::changed`] or [`QueueControl::retried`] and does
-    /// not wait.
-    fn reread(&self, keys: Vec<EntryKey>, retried: bool) -> ControlFuture<()> {
-        if retried {
-            self.retried(&keys);
-        } else {
-            self.changed(&keys);
-        }
-        Box::pin(async {})
-    }
+    /// An action changed these entries in the store (`retried`: they were
+    /// retried, so suspended destinations of theirs are probed now): the
+    /// engine re-reads them, and the future resolves once its index holds
+    /// what it read, so that the next command (a flush, say) sees them.
+    fn reread(&self, keys: Vec<EntryKey>, retried: bool) -> ControlFuture<()>;
 
     /// `ferrymail queue flush [TARGET]`: attempt now every queued recipient
     /// of `target` (a domain, `@domain` or `#queue`, as ETRN), or of every

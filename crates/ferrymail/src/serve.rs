@@ -567,14 +567,6 @@ async fn run(config: Config) -> Result<(), StartError> {
 struct Control(QueueHandle);
 
 impl QueueControl for Control {
-    fn changed(&self, keys: &[EntryKey]) {
-        let _ = self.0.refresh(keys.to_vec());
-    }
-
-    fn retried(&self, keys: &[EntryKey]) {
-        let _ = self.0.retry(keys.to_vec());
-    }
-
     fn reread(&self, keys: Vec<EntryKey>, retried: bool) -> ControlFuture<()> {
         let handle = self.0.clone();
         Box::pin(async move {
