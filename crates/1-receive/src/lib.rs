@@ -66,7 +66,8 @@ pub struct DkimSigning {
 }
 
 /// Everything sessions share: limits, policy, the spool, and the channels to the
-/// rest of the server. Built once at start-up.
+/// rest of the server. Built at start-up and again by each configuration
+/// reload; a session keeps the one it started with.
 pub struct Receiver {
     /// Limits and timeouts.
     pub params: SessionParams,
@@ -90,6 +91,9 @@ pub struct Receiver {
     pub queued: mpsc::UnboundedSender<ferrymail_spool::Queued>,
     /// STARTTLS, when a certificate is available.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The certificate of listeners with `tls.implicit` (whether or not
+    /// STARTTLS is offered).
+    pub implicit_tls: Option<tokio_rustls::TlsAcceptor>,
     /// Cancelled on SIGTERM: idle sessions say 421 and close; sessions in a
     /// transaction finish it first.
     pub shutdown: CancellationToken,

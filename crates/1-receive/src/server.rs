@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::protocol::dialect::Dialect;
@@ -17,26 +18,34 @@ use crate::session::Session;
 use crate::{ActiveSession, ReceiveCounters, Receiver};
 
 /// Connection limits shared by every SMTP and LMTP listener of the server.
+/// A reload may change both maxima; connections already open stay.
 pub struct ConnectionLimits {
-    global: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
+    open: Mutex<Open>,
+    max: AtomicUsize,
+    max_per_ip: AtomicUsize,
+}
+
+/// The connections open now: in all and per address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 /// Holds one connection's place in both limits; released on drop.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
     limits: Arc<ConnectionLimits>,
     ip: IpAddr,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total -= 1;
+        if let Some(n) = open.per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.ip);
+                open.per_ip.remove(&self.ip);
             }
         }
     }
@@ -46,23 +55,32 @@ impl ConnectionLimits {
     /// At most `global` connections in all, and `per_ip` from one address.
     pub fn new(global: usize, per_ip: usize) -> Arc<Self> {
         Arc::new(ConnectionLimits {
-            global: Arc::new(Semaphore::new(global)),
-            per_ip: Mutex::new(HashMap::new()),
-            max_per_ip: per_ip,
+            open: Mutex::new(Open::default()),
+            max: AtomicUsize::new(global),
+            max_per_ip: AtomicUsize::new(per_ip),
         })
+    }
+
+    /// New maxima, from a reloaded configuration. Lowering one closes no
+    /// connection; new ones wait until the count is under it.
+    pub fn set(&self, global: usize, per_ip: usize) {
+        self.max.store(global, Ordering::Relaxed);
+        self.max_per_ip.store(per_ip, Ordering::Relaxed);
     }
 
     /// Takes a slot for a connection from `ip`, or `None` if a limit is reached.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let permit = self.global.clone().try_acquire_owned().ok()?;
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.total >= self.max.load(Ordering::Relaxed) {
+            return None;
+        }
+        let n = open.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip.load(Ordering::Relaxed) {
             return None;
         }
         *n += 1;
+        open.total += 1;
         Some(Slot {
-            _permit: permit,
             limits: self.clone(),
             ip,
         })
@@ -74,23 +92,28 @@ impl ConnectionLimits {
 /// on each. Each session is spawned on `tracker`, so the caller can wait for
 /// sessions in progress to finish.
 ///
+/// Each connection gets the receiver `current` holds when it is accepted: a
+/// reload replaces it for new sessions, and sessions in progress keep the
+/// one they started with.
+///
 /// With `implicit_tls`, every connection starts with a TLS handshake
-/// (SMTP submission over implicit TLS, RFC 8314 §3.3, usually port 465),
-/// bounded by the command timeout; a client that does not complete it is
-/// closed without a word.
+/// (SMTP submission over implicit TLS, RFC 8314 §3.3, usually port 465)
+/// with the receiver's certificate, bounded by the command timeout; a
+/// client that does not complete it is closed without a word.
 pub async fn serve(
     listener: TcpListener,
-    rx: Arc<Receiver>,
+    current: Arc<ArcSwap<Receiver>>,
     limits: Arc<ConnectionLimits>,
     tracker: TaskTracker,
-    implicit_tls: Option<tokio_rustls::TlsAcceptor>,
+    implicit_tls: bool,
     dialect: Dialect,
 ) {
     let local = listener.local_addr().ok();
+    let shutdown = current.load().shutdown.clone();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = rx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         };
         let (mut stream, remote) = match accepted {
             Ok(a) => a,
@@ -104,8 +127,12 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let local: SocketAddr = stream.local_addr().ok().or(local).unwrap_or(remote);
         let slot = limits.acquire(remote.ip());
-        let rx = rx.clone();
-        let implicit_tls = implicit_tls.clone();
+        let rx = current.load_full();
+        let implicit_tls = if implicit_tls {
+            rx.implicit_tls.clone()
+        } else {
+            None
+        };
         ReceiveCounters::bump(&rx.counters.connections);
         tracker.spawn(async move {
             let Some(_slot) = slot else {
@@ -156,5 +183,21 @@ mod tests {
         assert!(l.acquire(b).is_none(), "global limit");
         drop(s1);
         assert!(l.acquire(a).is_some());
+    }
+
+    #[test]
+    fn limits_follow_a_reload() {
+        let l = ConnectionLimits::new(1, 1);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let _s1 = l.acquire(a).unwrap();
+        assert!(l.acquire(b).is_none(), "global limit of 1");
+        l.set(3, 2);
+        let _s2 = l.acquire(a).unwrap();
+        let _s3 = l.acquire(b).unwrap();
+        assert!(l.acquire(a).is_none(), "global limit of 3");
+        l.set(2, 1);
+        drop(_s3);
+        assert!(l.acquire(b).is_none(), "lowered: 2 still open");
     }
 }

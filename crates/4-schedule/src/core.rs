@@ -859,6 +859,73 @@ impl Scheduler {
         self.add_queue(name, &settings, true)
     }
 
+    /// Takes up reloaded queue settings (`[queue.virtual.*]`,
+    /// `max-dynamic-queues`, which routes are relays) without touching the
+    /// index: every entry stays where it is, jobs in flight finish, and the
+    /// new limits apply from the next dispatch. A queue added to the
+    /// configuration is created; a dynamic queue that is now configured
+    /// takes its configured limits; a configured queue that is no longer
+    /// configured keeps its mail as a dynamic queue with the `default`
+    /// queue's limits, and goes away once empty. `node`, `seed` and
+    /// `shared_rates` belong to the running node and are not changed.
+    pub fn reconfigure(&mut self, settings: CoreSettings) {
+        let mut queues = settings.queues;
+        queues.entry(DEFAULT_QUEUE.to_string()).or_default();
+        self.template = queues[DEFAULT_QUEUE].clone();
+        self.max_dynamic = settings.max_dynamic_queues;
+        self.relay_routes = settings.relay_routes;
+        for (name, q) in &queues {
+            match self.queue_index.get(name).copied() {
+                Some(id) => {
+                    let shared = self.shared_rates;
+                    let was_dynamic = {
+                        let v = self.q_mut(id);
+                        v.concurrency = q.concurrency.clamp(1, u32::MAX as usize) as u32;
+                        v.dest = q.destination.clone();
+                        if v.bucket.as_ref().map(|b| b.rate) != q.rate {
+                            v.bucket = q.rate.map(|r| Bucket::new(r, shared));
+                            v.rate_wake = None;
+                        }
+                        std::mem::replace(&mut v.dynamic, false)
+                    };
+                    if was_dynamic {
+                        self.dynamic -= 1;
+                    }
+                }
+                None => {
+                    self.add_queue(name, q, false);
+                }
+            }
+        }
+        let dropped: Vec<u32> = self
+            .queue_index
+            .iter()
+            .filter(|(name, _)| !queues.contains_key(*name))
+            .map(|(_, &id)| id)
+            .collect();
+        let template = self.template.clone();
+        let shared = self.shared_rates;
+        for id in dropped {
+            let became_dynamic = {
+                let v = self.q_mut(id);
+                let was = v.dynamic;
+                v.dynamic = true;
+                if !was {
+                    v.concurrency = template.concurrency.clamp(1, u32::MAX as usize) as u32;
+                    v.dest = template.destination.clone();
+                    v.bucket = template.rate.map(|r| Bucket::new(r, shared));
+                    v.rate_wake = None;
+                }
+                !was
+            };
+            if became_dynamic {
+                self.dynamic += 1;
+                self.maybe_free_queue(id);
+            }
+        }
+        self.default_queue = self.queue_index[DEFAULT_QUEUE];
+    }
+
     fn maybe_free_queue(&mut self, id: u32) {
         let q = self.q(id);
         if !q.dynamic || q.rqs > 0 || q.in_flight > 0 {

@@ -70,6 +70,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use ferrymail_config::Config;
 use ferrymail_deliver::{CommitGate, Job, Outcome, RecipientOutcome, Remote, Transport};
@@ -212,6 +213,11 @@ enum Command {
         reason: String,
         reply: oneshot::Sender<usize>,
     },
+    /// A reloaded configuration's `[queue]` section.
+    Reconfigure {
+        queue: Box<ferrymail_config::Queue>,
+        applied: oneshot::Sender<()>,
+    },
     /// Counters.
     Stats(oneshot::Sender<Stats>),
 }
@@ -287,6 +293,7 @@ impl std::fmt::Debug for Command {
             Command::Tokens { .. } => "Tokens",
             Command::Bounce { .. } => "Bounce",
             Command::Requeue { .. } => "Requeue",
+            Command::Reconfigure { .. } => "Reconfigure",
             Command::Stats(_) => "Stats",
         })
     }
@@ -375,6 +382,23 @@ impl QueueHandle {
         rx.await.map_err(|_| QueueError::Closed)
     }
 
+    /// Takes up a reloaded configuration's `[queue]` section: virtual
+    /// queue limits, retry/notify/expiry schedules and the routing
+    /// expressions used by `queue requeue`. Every queued entry keeps its
+    /// queue, route and schedule (`queue requeue` routes it again); each
+    /// attempt from now on is decided under the new settings. Answers once
+    /// the engine uses them.
+    pub async fn reconfigure(&self, queue: &ferrymail_config::Queue) -> Result<(), QueueError> {
+        let (applied, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Reconfigure {
+                queue: Box::new(queue.clone()),
+                applied,
+            })
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)
+    }
+
     /// The index's counters.
     pub async fn stats(&self) -> Result<Stats, QueueError> {
         let (reply, rx) = oneshot::channel();
@@ -389,9 +413,10 @@ impl QueueHandle {
 struct Shared {
     spool: Spool,
     transport: Arc<dyn Transport>,
-    policy: Policy,
-    /// The routing expressions, for `queue requeue`.
-    router: ferrymail_route::Router,
+    /// Retry, notify and expiry; replaced by a reload.
+    policy: ArcSwap<Policy>,
+    /// The routing expressions, for `queue requeue`; replaced by a reload.
+    router: ArcSwap<ferrymail_route::Router>,
     events: mpsc::UnboundedSender<Event>,
     settings: ManagerSettings,
     commands: mpsc::UnboundedSender<Command>,
@@ -437,8 +462,8 @@ impl QueueManager {
         let shared = Arc::new(Shared {
             spool,
             transport,
-            policy: Policy::from_config(&config.queue),
-            router: ferrymail_route::Router::from_config(&config.queue),
+            policy: ArcSwap::from_pointee(Policy::from_config(&config.queue)),
+            router: ArcSwap::from_pointee(ferrymail_route::Router::from_config(&config.queue)),
             events,
             settings,
             commands: tx.clone(),
@@ -707,6 +732,22 @@ impl QueueManager {
             } => {
                 let keys = self.take_for_operator(keys, now);
                 tokio::spawn(bounce_entries(self.shared.clone(), keys, reason, reply));
+            }
+            Command::Reconfigure { queue, applied } => {
+                let sh = &self.shared;
+                sh.policy.store(Arc::new(Policy::from_config(&queue)));
+                sh.router
+                    .store(Arc::new(ferrymail_route::Router::from_config(&queue)));
+                self.core.reconfigure(CoreSettings::from_config(
+                    &queue,
+                    sh.settings.node,
+                    sh.settings.seed,
+                ));
+                tracing::info!(
+                    queues = queue.virtual_queues.len(),
+                    "queue: took up the reloaded configuration"
+                );
+                let _ = applied.send(());
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.core.stats());
@@ -1255,7 +1296,7 @@ async fn requeue_entries(sh: Arc<Shared>, mut keys: Vec<EntryKey>, reply: onesho
                 local_port: None,
                 queue: None,
             };
-            let routing = sh.router.reroute(&vars, &e.queue);
+            let routing = sh.router.load().reroute(&vars, &e.queue);
             let id = e.key.message;
             match sh.spool.data.reroute(node, e.key, &routing, c.at).await {
                 Ok(()) => {
@@ -1612,6 +1653,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
         };
         let decision = sh
             .policy
+            .load()
             .decide(&attempt, outcome, at, d.jitter, not_before);
         // Not delivered (suspended destination) but an event is due: read
         // the contents once for the notification, before completing the

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ferrymail_config::{Config, DeliveryProtocol, Outbound, Route, RouteKind};
 use ferrymail_spool::Recipient;
@@ -44,6 +45,17 @@ pub struct SmtpTransport {
 }
 
 struct Inner {
+    /// What the configuration decides; [`SmtpTransport::reconfigure`]
+    /// replaces it, and an attempt keeps the settings it started with.
+    settings: ArcSwap<Settings>,
+    tls: TlsConfigs,
+    pool: Pool,
+    /// The idle reaper runs (started with the first pooled connection).
+    reaper: AtomicBool,
+}
+
+/// The part of the transport a configuration reload replaces.
+struct Settings {
     /// EHLO/LHLO name (`server.hostname`).
     hostname: String,
     /// `[queue.route.<id>]`.
@@ -51,11 +63,35 @@ struct Inner {
     /// `[queue.outbound]`.
     outbound: Outbound,
     dns: Dns,
-    tls: TlsConfigs,
-    pool: Pool,
     log: DeliveryLog,
-    /// The idle reaper runs (started with the first pooled connection).
-    reaper: AtomicBool,
+    /// Which configuration this is: a pooled connection opened under an
+    /// earlier one is closed instead of reused, since its route may have
+    /// moved.
+    generation: u64,
+}
+
+impl Settings {
+    fn from_config(config: &Config, generation: u64) -> Result<Settings, BuildError> {
+        let outbound = config.queue.outbound.clone();
+        let log = DeliveryLog::open(outbound.delivery_log.as_deref()).map_err(|source| {
+            BuildError::DeliveryLog {
+                path: outbound
+                    .delivery_log
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                source,
+            }
+        })?;
+        Ok(Settings {
+            hostname: config.server.hostname.clone(),
+            routes: config.queue.routes.clone(),
+            outbound,
+            dns: Dns::new(&config.resolver),
+            log,
+            generation,
+        })
+    }
 }
 
 /// A job that got no session: what every recipient gets.
@@ -77,29 +113,28 @@ impl SmtpTransport {
         config: &Config,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<SmtpTransport, BuildError> {
-        let outbound = config.queue.outbound.clone();
-        let log = DeliveryLog::open(outbound.delivery_log.as_deref()).map_err(|source| {
-            BuildError::DeliveryLog {
-                path: outbound
-                    .delivery_log
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                source,
-            }
-        })?;
         Ok(SmtpTransport {
             inner: Arc::new(Inner {
-                hostname: config.server.hostname.clone(),
-                routes: config.queue.routes.clone(),
-                outbound,
-                dns: Dns::new(&config.resolver),
+                settings: ArcSwap::from_pointee(Settings::from_config(config, 0)?),
                 tls: TlsConfigs::new(extra_roots)?,
                 pool: Pool::default(),
-                log,
                 reaper: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Takes up a reloaded configuration: its hostname, routes, resolver and
+    /// `[queue.outbound]` settings. Deliveries in progress finish with the
+    /// settings they started with; idle pooled connections are closed, and
+    /// connections in use are closed when they come back, since a route may
+    /// now lead elsewhere.
+    pub async fn reconfigure(&self, config: &Config) -> Result<(), BuildError> {
+        let generation = self.inner.settings.load().generation + 1;
+        self.inner
+            .settings
+            .store(Arc::new(Settings::from_config(config, generation)?));
+        self.close_idle().await;
+        Ok(())
     }
 
     /// Connections idle in the pool now.
@@ -150,13 +185,14 @@ impl Transport for SmtpTransport {
                 duration_ms,
             })
             .collect();
-        self.inner.log.record(&entries);
+        self.inner.settings.load().log.record(&entries);
         outcomes
     }
 }
 
 impl Inner {
     async fn attempt(self: &Arc<Self>, job: &Job) -> Vec<RecipientOutcome> {
+        let settings = self.settings.load_full();
         let env = &job.envelope;
         let (valid, invalid): (Vec<u32>, Vec<u32>) = job
             .recipients
@@ -189,7 +225,7 @@ impl Inner {
                 .collect::<Vec<_>>()
         };
 
-        let Some(route) = self.routes.get(&job.route) else {
+        let Some(route) = settings.routes.get(&job.route) else {
             out.extend(all(
                 Outcome::Transient {
                     reason: format!(
@@ -208,9 +244,9 @@ impl Inner {
         let mut fresh_only = false;
         loop {
             let session = if fresh_only {
-                self.connect(route, &job.domain).await
+                self.connect(&settings, route, &job.domain).await
             } else {
-                self.session(&key, route, &job.domain).await
+                self.session(&settings, &key, route, &job.domain).await
             };
             let mut session = match session {
                 Err(f) => {
@@ -238,7 +274,7 @@ impl Inner {
                         remote: Some(remote.clone()),
                     }),
             );
-            self.release(&key, session, tx.usable);
+            self.release(&settings, &key, session, tx.usable);
             break;
         }
         out
@@ -249,12 +285,13 @@ impl Inner {
     /// anything is sent on and says so ([`crate::session::Transaction::stale`]).
     async fn session(
         self: &Arc<Self>,
+        settings: &Settings,
         key: &str,
         route: &Route,
         domain: &str,
     ) -> Result<Session, Failure> {
         loop {
-            let (found, stale) = self.pool.take(key, self.outbound.idle_timeout);
+            let (found, stale) = self.pool.take(key, settings.outbound.idle_timeout);
             for s in stale {
                 tokio::spawn(s.quit());
             }
@@ -274,7 +311,7 @@ impl Inner {
                 }
             }
         }
-        self.connect(route, domain).await
+        self.connect(settings, route, domain).await
     }
 
     /// Opens a session to the first next hop that works: for `mx`, the MX
@@ -282,15 +319,20 @@ impl Inner {
     /// relay, its address. Every failure of a host is transient for the
     /// mail (the next host, or the next attempt, may do better); only DNS
     /// can make the whole attempt permanent.
-    async fn connect(&self, route: &Route, domain: &str) -> Result<Session, Failure> {
-        let o = &self.outbound;
+    async fn connect(
+        &self,
+        settings: &Settings,
+        route: &Route,
+        domain: &str,
+    ) -> Result<Session, Failure> {
+        let o = &settings.outbound;
         let hosts: Vec<(String, Option<IpAddr>)> = match &route.kind {
             RouteKind::Relay { address } => {
                 vec![(address.clone(), address_literal(address))]
             }
             RouteKind::Mx => match address_literal(domain) {
                 Some(ip) => vec![(domain.to_string(), Some(ip))],
-                None => match self.dns.mx_hosts(domain, o.max_mx).await {
+                None => match settings.dns.mx_hosts(domain, o.max_mx).await {
                     Ok(hosts) => hosts.into_iter().map(|h| (h, None)).collect(),
                     Err(DnsError::Permanent { status, reason }) => {
                         return Err(Failure {
@@ -321,7 +363,7 @@ impl Inner {
         for (host, literal) in hosts {
             let addrs = match literal {
                 Some(ip) => vec![ip],
-                None => match self
+                None => match settings
                     .dns
                     .addresses(&host, o.ip_strategy, o.max_multihomed)
                     .await
@@ -342,7 +384,7 @@ impl Inner {
                     tls: route.tls,
                     auth: route.auth.clone(),
                 };
-                match Session::open(&peer, &self.hostname, &o.timeout, &self.tls).await {
+                match Session::open(&peer, &settings.hostname, &o.timeout, &self.tls).await {
                     Ok(s) => return Ok(s),
                     Err(e) => {
                         tracing::debug!(host = %host, %ip, error = %e, "next hop failed");
@@ -377,19 +419,22 @@ impl Inner {
         })
     }
 
-    /// After a transaction: back to the pool, or closed when unusable or
-    /// at `max-messages-per-connection`.
-    fn release(self: &Arc<Self>, key: &str, session: Session, usable: bool) {
+    /// After a transaction: back to the pool, or closed when unusable, at
+    /// `max-messages-per-connection`, or opened under a configuration that
+    /// has since been reloaded.
+    fn release(self: &Arc<Self>, settings: &Settings, key: &str, session: Session, usable: bool) {
         if !usable {
             return;
         }
-        if session.transactions >= self.outbound.max_messages_per_connection {
+        if session.transactions >= settings.outbound.max_messages_per_connection
+            || settings.generation != self.settings.load().generation
+        {
             tokio::spawn(session.quit());
             return;
         }
         self.pool.put(key, session);
         if !self.reaper.swap(true, Ordering::AcqRel) {
-            tokio::spawn(reap(Arc::downgrade(self), self.outbound.idle_timeout));
+            tokio::spawn(reap(Arc::downgrade(self)));
         }
     }
 }
@@ -398,10 +443,17 @@ impl Inner {
 /// it is reused; one reused sooner is not.
 const PROBE_IDLE_AFTER: Duration = Duration::from_millis(500);
 
-/// Closes connections idle for `idle-timeout`, until the transport is gone.
-async fn reap(inner: Weak<Inner>, idle_timeout: Duration) {
-    let tick = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+/// Closes connections idle for `idle-timeout` (as configured now), until
+/// the transport is gone.
+async fn reap(inner: Weak<Inner>) {
     loop {
+        let Some(idle_timeout) = inner
+            .upgrade()
+            .map(|i| i.settings.load().outbound.idle_timeout)
+        else {
+            return;
+        };
+        let tick = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
         tokio::time::sleep(tick).await;
         let Some(inner) = inner.upgrade() else {
             return;

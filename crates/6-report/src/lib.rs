@@ -55,6 +55,7 @@ pub mod compose;
 pub mod notify;
 pub mod sign;
 
+use arc_swap::ArcSwap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,14 +157,47 @@ impl ReportCounters {
 /// configuration; [`Reporter::start`] runs it as a task over the queue
 /// engine's events.
 pub struct Reporter {
-    hostname: String,
-    dsn: DsnConfig,
-    signers: Signers,
-    router: Router,
+    /// What the configuration decides; [`Reconfigure`] replaces it.
+    config: Arc<ArcSwap<ReportConfig>>,
     spool: Spool,
     ids: Arc<IdGenerator>,
     queued: mpsc::UnboundedSender<Queued>,
     counters: Arc<ReportCounters>,
+}
+
+/// The part of the reporter a configuration reload replaces: names, the
+/// `[report.dsn]` settings, the DKIM keys and the routing of notifications.
+struct ReportConfig {
+    hostname: String,
+    dsn: DsnConfig,
+    signers: Signers,
+    router: Router,
+}
+
+impl ReportConfig {
+    fn from_config(config: &Config) -> Result<ReportConfig, KeyError> {
+        Ok(ReportConfig {
+            hostname: config.server.hostname.clone(),
+            dsn: config.report.dsn.clone(),
+            signers: Signers::from_config(config)?,
+            router: Router::from_config(&config.queue),
+        })
+    }
+}
+
+/// Hands a reloaded configuration to a reporter, running or not: the
+/// notifications composed after [`Reconfigure::apply`] use its names,
+/// `[report.dsn]` settings, DKIM keys and routing.
+#[derive(Clone)]
+pub struct Reconfigure(Arc<ArcSwap<ReportConfig>>);
+
+impl Reconfigure {
+    /// Loads `config`'s keys (refusing, and keeping the current settings,
+    /// if one cannot be used) and puts the new settings in force.
+    pub fn apply(&self, config: &Config) -> Result<(), KeyError> {
+        self.0.store(Arc::new(ReportConfig::from_config(config)?));
+        Ok(())
+    }
 }
 
 /// A notification ready to be accepted into the spool.
@@ -213,15 +247,17 @@ impl Reporter {
         queued: mpsc::UnboundedSender<Queued>,
     ) -> Result<Reporter, KeyError> {
         Ok(Reporter {
-            hostname: config.server.hostname.clone(),
-            dsn: config.report.dsn.clone(),
-            signers: Signers::from_config(config)?,
-            router: Router::from_config(&config.queue),
+            config: Arc::new(ArcSwap::from_pointee(ReportConfig::from_config(config)?)),
             spool,
             ids,
             queued,
             counters: Arc::default(),
         })
+    }
+
+    /// What a reload hands its new configuration to.
+    pub fn reconfigurer(&self) -> Reconfigure {
+        Reconfigure(self.config.clone())
     }
 
     /// The counters of the notifications this reporter queues, to be read
@@ -407,6 +443,7 @@ impl Reporter {
     /// Composes, signs and routes the notification of one group; `None`
     /// when none may be sent (null sender without a double-bounce address).
     pub fn prepare(&self, batch: &Batch, now: UnixMillis) -> Option<Prepared> {
+        let config = self.config.load();
         let first = batch.events.first()?;
         let env = &first.envelope;
         let kind = batch.key.kind;
@@ -416,7 +453,7 @@ impl Reporter {
                 tracing::debug!(id = %env.id, kind = kind.as_str(), "report: null sender, no notification");
                 return None;
             }
-            match &self.dsn.double_bounce {
+            match &config.dsn.double_bounce {
                 // A copy to the postmaster, unless this is such a copy.
                 Some(pm)
                     if !(env.source == Source::Dsn
@@ -444,19 +481,19 @@ impl Reporter {
             to: &to,
             queue: &first.queue,
         };
-        let from_name = self.dsn.from_name.eval_string(&vars).unwrap_or_default();
-        let from_address = self
+        let from_name = config.dsn.from_name.eval_string(&vars).unwrap_or_default();
+        let from_address = config
             .dsn
             .from_address
             .eval_string(&vars)
             .filter(|a| a.contains('@'))
-            .unwrap_or_else(|| format!("MAILER-DAEMON@{}", self.hostname));
+            .unwrap_or_else(|| format!("MAILER-DAEMON@{}", config.hostname));
         let recipients: Vec<RecipientReport> = batch.events.iter().map(recipient_report).collect();
         let original = batch.events.iter().find_map(|e| e.contents.as_deref());
-        let message_id = format!("{id}.dsn@{}", self.hostname);
+        let message_id = format!("{id}.dsn@{}", config.hostname);
         let composed = compose::compose(&Notification {
             kind,
-            reporting_mta: &self.hostname,
+            reporting_mta: &config.hostname,
             from_name: &from_name,
             from_address: &from_address,
             to: &to,
@@ -464,16 +501,16 @@ impl Reporter {
             envelope: env,
             recipients: &recipients,
             original,
-            max_returned_size: self.dsn.max_returned_size,
+            max_returned_size: config.dsn.max_returned_size,
             date: now,
             message_id: &message_id,
         });
 
         // DKIM: every signer `sign` names, each over the unsigned message.
         let mut contents = Vec::with_capacity(composed.message.len() + 1024);
-        let ids: BTreeSet<String> = self.dsn.sign.eval_strings(&vars).into_iter().collect();
+        let ids: BTreeSet<String> = config.dsn.sign.eval_strings(&vars).into_iter().collect();
         for sid in &ids {
-            match self.signers.sign(sid, &composed.message) {
+            match config.signers.sign(sid, &composed.message) {
                 Some(Ok(header)) => contents.extend_from_slice(header.as_bytes()),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "report: notification left unsigned by this signer")
@@ -511,7 +548,7 @@ impl Reporter {
             helo: None,
             authenticated_as: None,
         };
-        let entries = self.router.entries(&envelope, &contents, None, now);
+        let entries = config.router.entries(&envelope, &contents, None, now);
         Some(Prepared {
             about: env.id,
             kind,

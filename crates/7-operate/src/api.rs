@@ -3,6 +3,7 @@
 //! It answers loopback clients only, unless a bearer token is configured; then
 //! it answers only clients that present the token (INTERFACE.md).
 
+use arc_swap::ArcSwapOption;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,8 +31,9 @@ const SCAN_PAGE: usize = 4096;
 pub struct Management {
     /// The queue.
     pub spool: Spool,
-    /// Required `Authorization: Bearer` token, if configured.
-    pub token: Option<String>,
+    /// Required `Authorization: Bearer` token, if configured; a reload
+    /// may replace it.
+    pub token: ArcSwapOption<String>,
     /// The queue engine, when one runs: told about every change an action
     /// makes in the store, and asked to flush. `None`: actions change the
     /// store only and flush answers 503.
@@ -41,6 +43,43 @@ pub struct Management {
     /// Local submission (`POST /api/submit`, used by `ferrymail
     /// sendmail`). `None`: 503.
     pub submit: Option<Arc<dyn LocalSubmit>>,
+    /// Configuration reload (`POST /api/reload`, used by `ferrymail
+    /// reload`). `None`: 503.
+    pub reload: Option<Arc<dyn Reload>>,
+}
+
+/// Reading the configuration file again and putting it in force without a
+/// restart (`ferrymail reload`, or SIGHUP), as Postfix's `postfix reload`.
+/// Defined here so that operate depends on none of the stages; the server
+/// binary implements it.
+pub trait Reload: Send + Sync + 'static {
+    /// Reloads; answers what was done, or why nothing was.
+    fn reload(&self) -> ControlFuture<Result<ReloadReport, ReloadError>>;
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    /// The file that was read.
+    pub file: String,
+    /// The new configuration's warnings (as `ferrymail check` prints them).
+    pub warnings: Vec<String>,
+    /// Settings that changed but take effect only at the next restart
+    /// (listeners, stores, cluster identity); they are still as before.
+    pub restart_needed: Vec<String>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file has errors (each `file:line: problem`); the configuration
+    /// in force stays (HTTP 400).
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    /// There is nothing to reload, or the server could not take up a valid
+    /// configuration (HTTP 409); the configuration in force stays.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Local submission: how mail made on this host (cron, applications,
@@ -180,7 +219,8 @@ async fn handle(
     // served to anyone who may reach the listener, and asks for the token
     // to read `/metrics` with.
     let dashboard = req.method() == Method::GET && req.uri().path() == "/dashboard";
-    match &mgmt.token {
+    let token = mgmt.token.load();
+    match token.as_deref() {
         Some(_) if dashboard => {}
         Some(token) => {
             let ok = req
@@ -336,6 +376,19 @@ async fn handle(
                 Err(SubmitError::Unavailable(e)) => Ok(error(StatusCode::SERVICE_UNAVAILABLE, e)),
             }
         }
+        (Method::POST, "/api/reload") => match &mgmt.reload {
+            None => Ok(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this server cannot reload its configuration",
+            )),
+            Some(r) => match r.reload().await {
+                Ok(report) => Ok(json(StatusCode::OK, &report)),
+                Err(e @ ReloadError::Invalid(_)) => {
+                    Ok(error(StatusCode::BAD_REQUEST, e.to_string()))
+                }
+                Err(e @ ReloadError::Refused(_)) => Ok(error(StatusCode::CONFLICT, e.to_string())),
+            },
+        },
         (Method::POST, "/api/queue/flush") => {
             let domain = query.get("domain").cloned();
             let result = match &mgmt.control {

@@ -7,6 +7,7 @@
 
 mod cli;
 mod metrics;
+mod reload;
 mod sendmail;
 mod serve;
 
@@ -38,6 +39,16 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Read the running server's configuration file again and put it in
+    /// force without a restart (as SIGHUP does): routes, queues, schedules,
+    /// session rules, limits, certificates, keys. Listeners and stores
+    /// change only at a restart.
+    Reload {
+        /// The server's configuration file (tells where its management
+        /// listener is, and its token).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Send a message read on standard input through the running server,
     /// like sendmail(8): `ferrymail sendmail [-f FROM] [-t] [-i] [RCPT...]`.
     Sendmail(sendmail::SendmailArgs),
@@ -57,15 +68,8 @@ fn main() -> ExitCode {
     match args.command {
         Cmd::Serve { config } => serve::main(config),
         // Every problem at once, in line order, so one run fixes them all.
-        Cmd::Check { config } => match ferrymail_config::check_file(&config) {
+        Cmd::Check { config } => match load_checked(&config) {
             Ok(cfg) => {
-                // DKIM keys are only known to be usable once parsed, which
-                // the report crate does (as `serve` does at start).
-                if let Err(e) = ferrymail_report::Signers::from_config(&cfg) {
-                    let line = signature_line(&config, &e.id);
-                    eprintln!("{}:{line}: {e}", config.display());
-                    return ExitCode::from(2);
-                }
                 for w in &cfg.warnings {
                     eprintln!("warning: {w}");
                 }
@@ -79,9 +83,28 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Reload { config } => reload::main(config),
         Cmd::Queue { command, config } => cli::main(command, config),
         Cmd::Sendmail(args) => sendmail::main(args),
     }
+}
+
+/// A configuration file checked as `ferrymail check` does: every problem
+/// at once, in line order (`file:line: problem`), DKIM keys included. A
+/// reload checks the file the same way, so that what `check` passes a
+/// reload takes and what it refuses a reload refuses.
+pub(crate) fn load_checked(
+    path: &std::path::Path,
+) -> Result<ferrymail_config::Config, Vec<String>> {
+    let cfg = ferrymail_config::check_file(path)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    // DKIM keys are only known to be usable once parsed, which the report
+    // crate does (as `serve` does at start).
+    if let Err(e) = ferrymail_report::Signers::from_config(&cfg) {
+        let line = signature_line(path, &e.id);
+        return Err(vec![format!("{}:{line}: {e}", path.display())]);
+    }
+    Ok(cfg)
 }
 
 /// The line of the `[signature.<id>]` table (or of its `private-key`

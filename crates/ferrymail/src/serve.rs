@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use ferrymail_config::{Config, Protocol, StoreKind, Value};
 use ferrymail_deliver::{SmtpTransport, Transport};
 use ferrymail_operate::api::{
-    ControlError, ControlFuture, LocalSubmit, Management, QueueControl, SubmitError,
+    ControlError, ControlFuture, LocalSubmit, Management, QueueControl, Reload, ReloadError,
+    SubmitError,
 };
 use ferrymail_operate::metrics::MetricsSource;
 use ferrymail_receive::defences::Defences;
@@ -30,13 +32,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::NodeMetrics;
+use crate::reload::{ReloadHandle, Reloader};
 
 /// Why the server could not start. Each is reported as one line and exit 2
 /// (configuration) or 1 (environment).
 #[derive(Debug)]
-struct StartError {
-    code: u8,
-    message: String,
+pub(crate) struct StartError {
+    pub code: u8,
+    pub message: String,
 }
 
 impl StartError {
@@ -350,10 +353,6 @@ async fn run(config: Config) -> Result<(), StartError> {
     let spool = open_stores(&config).await?;
     let (node_name, node) = node_id(&config, &dir)?;
     let tag = node_tag(&spool, &node_name, node).await?;
-    let acceptor = tls_acceptor(&config, &dir)?;
-    // STARTTLS is offered only where it is enabled; implicit-TLS listeners
-    // use the acceptor whatever that setting says.
-    let tls = acceptor.clone().filter(|_| config.session.tls.starttls);
     let shutdown = CancellationToken::new();
     let (etrn_tx, etrn_rx) = mpsc::unbounded_channel::<EtrnRequest>();
     let (queued_tx, queued_rx) = mpsc::unbounded_channel::<Queued>();
@@ -393,6 +392,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(answer_etrn(etrn_rx, queue.handle.clone()));
     // The queue engine's per-recipient events become notifications.
     let report_counters = reporter.counters();
+    let report_reconfigure = reporter.reconfigurer();
     let reporter = reporter.start(
         queue.events,
         ReportSettings {
@@ -410,58 +410,34 @@ async fn run(config: Config) -> Result<(), StartError> {
         started: process_started,
     });
 
-    let s = &config.session;
-    let receiver = Arc::new(Receiver {
-        params: SessionParams {
-            hostname: config.server.hostname.clone(),
-            max_message_size: s.data.max_message_size,
-            max_recipients: s.rcpt.max_recipients,
-            max_errors: s.max_errors,
-            max_line_length: s.max_line_length,
-            max_received_headers: s.data.max_received_headers,
-            command_timeout: s.timeout.command,
-            data_timeout: s.timeout.data_block,
-            store_timeout: s.timeout.data_end,
-            local_domains: s
-                .rcpt
-                .local_domains
-                .iter()
-                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
-            local_recipients: s
-                .rcpt
-                .directory
-                .as_ref()
-                .and_then(|id| config.directories.get(id))
-                .map(|d| {
-                    d.principals
-                        .iter()
-                        .flat_map(|p| p.emails.iter().map(|e| e.to_lowercase()))
-                        .collect()
-                }),
-        },
-        relay: s.rcpt.relay.clone(),
-        defences: Arc::new(Defences::new(
-            config.auth.iprev,
-            s.connect.dnsbl.clone(),
-            ferrymail_deliver::resolver_setup(&config.resolver),
-        )),
-        etrn_allow: s.etrn.allow.clone(),
-        router: Arc::new(Router::from_config(&config.queue)),
+    let parts = ReceiverParts {
+        dir: dir.clone(),
         spool: spool.clone(),
         ids,
         etrn: etrn_tx,
         queued: queued_tx,
-        tls,
         shutdown: shutdown.clone(),
         counters: receive_counters,
-        auth: AuthSettings::from_config(&config).map(Arc::new),
-        dkim: dkim_signing(&config)?,
-    });
+    };
+    let receiver = Arc::new(ArcSwap::from_pointee(build_receiver(&config, &parts)?));
     let limits = ConnectionLimits::new(
         config.server.max_connections,
         config.server.max_connections_per_ip,
     );
+    let reloader = Arc::new(Reloader {
+        path: config.source.clone(),
+        started: config.clone(),
+        running: tokio::sync::Mutex::new(()),
+        parts,
+        receiver: receiver.clone(),
+        limits: limits.clone(),
+        queue: queue.handle.clone(),
+        transport: smtp.clone(),
+        report: report_reconfigure,
+        management: Default::default(),
+    });
+    let reload_api: Arc<dyn Reload> = Arc::new(ReloadHandle(reloader.clone()));
+    let mut management = Vec::new();
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();
     let mut bound = Vec::new();
@@ -492,18 +468,20 @@ async fn run(config: Config) -> Result<(), StartError> {
                     receiver.clone(),
                     limits.clone(),
                     sessions.clone(),
-                    acceptor.clone().filter(|_| l.tls_implicit),
+                    l.tls_implicit,
                     dialect,
                 ));
             }
             Protocol::Http => {
                 let mgmt = Arc::new(Management {
                     spool: spool.clone(),
-                    token: l.token.clone(),
+                    token: ArcSwapOption::from_pointee(l.token.clone()),
                     control: Some(control.clone()),
                     metrics: Some(metrics.clone()),
                     submit: Some(Arc::new(LocalSubmitter(receiver.clone()))),
+                    reload: Some(reload_api.clone()),
                 });
+                management.push((l.id.clone(), mgmt.clone()));
                 listeners.spawn(ferrymail_operate::api::serve(
                     listener,
                     mgmt,
@@ -512,9 +490,13 @@ async fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
+    *reloader
+        .management
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = management;
     tracing::info!(node = %node_name, tag, listeners = ?bound, "ferrymail started");
 
-    wait_for_signal().await;
+    wait_for_signal(&reloader).await;
     tracing::info!("shutting down: no new connections; finishing sessions in progress");
     shutdown.cancel();
     listeners.close();
@@ -560,6 +542,82 @@ async fn run(config: Config) -> Result<(), StartError> {
     );
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The running server's parts a receiver is built with besides its
+/// configuration; a reload keeps them and builds a new receiver.
+#[derive(Clone)]
+pub(crate) struct ReceiverParts {
+    /// Where the self-signed certificate is kept.
+    pub dir: PathBuf,
+    pub spool: Spool,
+    pub ids: Arc<IdGenerator>,
+    pub etrn: mpsc::UnboundedSender<EtrnRequest>,
+    pub queued: mpsc::UnboundedSender<Queued>,
+    pub shutdown: CancellationToken,
+    pub counters: Arc<ReceiveCounters>,
+}
+
+/// The receiver of `config`: session limits and policy, defences, routing,
+/// TLS certificate, AUTH directory and DKIM signing. Built at start and by
+/// each reload; fails (with nothing listening yet, or the old receiver
+/// still in force) on a certificate or key that cannot be used.
+pub(crate) fn build_receiver(
+    config: &Config,
+    parts: &ReceiverParts,
+) -> Result<Receiver, StartError> {
+    let s = &config.session;
+    let acceptor = tls_acceptor(config, &parts.dir)?;
+    Ok(Receiver {
+        params: SessionParams {
+            hostname: config.server.hostname.clone(),
+            max_message_size: s.data.max_message_size,
+            max_recipients: s.rcpt.max_recipients,
+            max_errors: s.max_errors,
+            max_line_length: s.max_line_length,
+            max_received_headers: s.data.max_received_headers,
+            command_timeout: s.timeout.command,
+            data_timeout: s.timeout.data_block,
+            store_timeout: s.timeout.data_end,
+            local_domains: s
+                .rcpt
+                .local_domains
+                .iter()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            local_recipients: s
+                .rcpt
+                .directory
+                .as_ref()
+                .and_then(|id| config.directories.get(id))
+                .map(|d| {
+                    d.principals
+                        .iter()
+                        .flat_map(|p| p.emails.iter().map(|e| e.to_lowercase()))
+                        .collect()
+                }),
+        },
+        relay: s.rcpt.relay.clone(),
+        defences: Arc::new(Defences::new(
+            config.auth.iprev,
+            s.connect.dnsbl.clone(),
+            ferrymail_deliver::resolver_setup(&config.resolver),
+        )),
+        etrn_allow: s.etrn.allow.clone(),
+        router: Arc::new(Router::from_config(&config.queue)),
+        spool: parts.spool.clone(),
+        ids: parts.ids.clone(),
+        etrn: parts.etrn.clone(),
+        queued: parts.queued.clone(),
+        // STARTTLS is offered only where it is enabled; implicit-TLS
+        // listeners use the certificate whatever that setting says.
+        tls: acceptor.clone().filter(|_| config.session.tls.starttls),
+        implicit_tls: acceptor,
+        shutdown: parts.shutdown.clone(),
+        counters: parts.counters.clone(),
+        auth: AuthSettings::from_config(config).map(Arc::new),
+        dkim: dkim_signing(config)?,
+    })
 }
 
 /// Connects the management API to the queue engine (operate depends on
@@ -637,11 +695,11 @@ fn dkim_signing(config: &Config) -> Result<Option<Arc<DkimSigning>>, StartError>
 
 /// Local submission for the management API (`POST /api/submit`), through
 /// receive's [`ferrymail_receive::local::submit`].
-struct LocalSubmitter(Arc<Receiver>);
+struct LocalSubmitter(Arc<ArcSwap<Receiver>>);
 
 impl LocalSubmit for LocalSubmitter {
     fn max_size(&self) -> usize {
-        usize::try_from(self.0.params.max_message_size).unwrap_or(usize::MAX)
+        usize::try_from(self.0.load().params.max_message_size).unwrap_or(usize::MAX)
     }
 
     fn submit(
@@ -650,7 +708,7 @@ impl LocalSubmit for LocalSubmitter {
         recipients: Vec<String>,
         contents: bytes::Bytes,
     ) -> ControlFuture<Result<String, SubmitError>> {
-        let rx = self.0.clone();
+        let rx = self.0.load_full();
         Box::pin(async move {
             ferrymail_receive::local::submit(&rx, &sender, &recipients, &contents)
                 .await
@@ -685,12 +743,28 @@ async fn answer_etrn(mut requests: mpsc::UnboundedReceiver<EtrnRequest>, queue: 
     }
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT (shut down); reloads the configuration on
+/// each SIGHUP meanwhile, logging what happened (a file that does not pass
+/// is logged line by line and changes nothing).
+async fn wait_for_signal(reloader: &Reloader) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match reloader.reload().await {
+                Ok(_) => {}
+                Err(ReloadError::Invalid(errors)) => {
+                    for e in &errors {
+                        tracing::error!("{e}");
+                    }
+                    tracing::error!("SIGHUP: configuration not reloaded; the one in force stays");
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+            },
+        }
     }
 }

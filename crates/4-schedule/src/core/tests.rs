@@ -1153,3 +1153,45 @@ fn removing_everything_frees_every_structure() {
 fn slot_is_forty_bytes() {
     assert_eq!(std::mem::size_of::<Slot>(), 40);
 }
+
+#[test]
+fn reconfigure_changes_limits_and_keeps_every_entry() {
+    let mut s =
+        sched("[queue.virtual.default]\nconcurrency = 2\n[queue.virtual.bulk]\nconcurrency = 1\n");
+    for (i, d) in ["a", "b", "c", "d"].iter().enumerate() {
+        fill(&mut s, &format!("{d}.example"), 1, i as u64 * 10);
+    }
+    let mut e = E::new(mid(T0, 100), 0);
+    e.queue = "bulk";
+    s.insert(&e.entry(), "bulk.example", Origin::New, T0);
+    let first = s.poll(T0);
+    assert_eq!(first.len(), 3, "two default jobs and one bulk job");
+    let entries = s.stats().entries;
+    let queues = s.stats().queues;
+
+    // Reloaded: `default` allows four, `bulk` is gone, `fresh` is new.
+    let c = ferrymail_config::parse(
+        "[queue.virtual.default]\nconcurrency = 4\n[queue.virtual.fresh]\nconcurrency = 1\n",
+        Path::new("test.toml"),
+    )
+    .expect("config");
+    s.reconfigure(CoreSettings::from_config(&c.queue, NODE, 42));
+    assert_eq!(s.stats().entries, entries, "no entry lost or added");
+    assert_eq!(
+        s.stats().dynamic_queues,
+        1,
+        "bulk lives on as a dynamic queue"
+    );
+    assert_eq!(s.stats().queues, queues + 1, "fresh added, bulk kept");
+    assert_eq!(
+        s.poll(T0).len(),
+        2,
+        "the two waiting default jobs start at once"
+    );
+
+    // Once its job ends, the dynamic leftover goes away.
+    let bulk = first.iter().find(|d| d.queue == "bulk").unwrap();
+    finish(&mut s, bulk, Health::Answered, Next::Gone, T0);
+    assert_eq!(s.stats().dynamic_queues, 0);
+    assert_eq!(s.stats().queues, queues, "bulk gone, fresh there");
+}
