@@ -274,7 +274,11 @@ async fn handle(
                 sender: query.get("sender").cloned(),
                 rcpt: query.get("rcpt").cloned(),
                 rcpt_domain: query.get("rcpt_domain").cloned(),
+                lane: query.get("lane").cloned(),
             };
+            if let Some(e) = bad_lane(filter.lane.as_deref()) {
+                return e;
+            }
             list(mgmt, &filter).await.map(|l| json(StatusCode::OK, &l))
         }
         (Method::GET, "/api/queue/shape") => {
@@ -286,11 +290,8 @@ async fn handle(
                 );
             }
             let lane = query.get("lane").map(String::as_str);
-            if lane.is_some_and(|l| !["pending", "deferred", "held"].contains(&l)) {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "lane must be pending, deferred or held",
-                );
+            if let Some(e) = bad_lane(lane) {
+                return e;
             }
             shape(mgmt, by, query.get("queue").map(String::as_str), lane)
                 .await
@@ -334,7 +335,10 @@ async fn handle(
         }
         (Method::POST, "/api/queue/action") => match read_json::<ActionRequest>(req).await {
             Err(e) => Ok(error(StatusCode::BAD_REQUEST, e)),
-            Ok(a) => action(mgmt, &a).await,
+            Ok(a) => match bad_lane(a.filter.lane.as_deref()) {
+                Some(e) => return e,
+                None => action(mgmt, &a).await,
+            },
         },
         (Method::POST, "/api/submit") => {
             let Some(submit) = mgmt.submit.clone() else {
@@ -508,9 +512,19 @@ async fn all_messages(
     Ok(out)
 }
 
-/// The part of a filter that needs no envelope: the virtual queue.
+/// The part of a filter that needs no envelope: the virtual queue and lane.
 fn queue_matches(filter: &Filter) -> impl Fn(&QueueEntry) -> bool + '_ {
-    move |e| filter.queue.as_ref().is_none_or(|q| &e.queue == q)
+    move |e| filter.matches_entry(e)
+}
+
+/// A 400 for a lane that is not one of [`crate::view::LANES`].
+fn bad_lane(lane: Option<&str>) -> Option<Response<Full<Bytes>>> {
+    lane.filter(|l| !crate::view::LANES.contains(l)).map(|l| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("lane={l}: lane must be pending, deferred or held"),
+        )
+    })
 }
 
 async fn list(mgmt: &Management, filter: &Filter) -> Result<MessageList, String> {
@@ -546,10 +560,8 @@ async fn shape(
     let mut items = Vec::new();
     let wanted = |e: &QueueEntry| {
         let in_lane = match lane {
-            Some("held") => e.held,
-            Some("pending") => !e.held && e.lane == ferrymail_spool::Lane::Pending,
-            Some("deferred") => !e.held && e.lane == ferrymail_spool::Lane::Deferred,
-            _ => !e.held,
+            Some(l) => crate::view::in_lane(e, l),
+            None => !e.held,
         };
         in_lane && !e.is_notice_owed() && queue.is_none_or(|q| e.queue == q)
     };

@@ -177,9 +177,34 @@ pub struct Filter {
     /// Recipient domain, exact, case-insensitive.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rcpt_domain: Option<String>,
+    /// `pending` (first attempt not made), `deferred` (waiting for a
+    /// retry) or `held`: Postfix's `postsuper -d ALL deferred`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lane: Option<String>,
+}
+
+/// The lanes a filter or `queue shape` may name.
+pub const LANES: [&str; 3] = ["pending", "deferred", "held"];
+
+/// True if `entry` is in `lane` (one of [`LANES`]): held entries are in
+/// `held` only, whatever lane they will go back to.
+pub fn in_lane(entry: &QueueEntry, lane: &str) -> bool {
+    match lane {
+        "held" => entry.held,
+        "pending" => !entry.held && entry.lane == ferrymail_spool::Lane::Pending,
+        "deferred" => !entry.held && entry.lane == ferrymail_spool::Lane::Deferred,
+        _ => false,
+    }
 }
 
 impl Filter {
+    /// The part of the filter an entry alone decides (queue and lane), so
+    /// that envelopes are read only for entries that pass it.
+    pub fn matches_entry(&self, entry: &QueueEntry) -> bool {
+        self.queue.as_ref().is_none_or(|q| &entry.queue == q)
+            && self.lane.as_deref().is_none_or(|l| in_lane(entry, l))
+    }
+
     /// True if the recipient (and its message) match.
     pub fn matches(&self, env: &Envelope, entry: &QueueEntry) -> bool {
         let contains = |hay: &str, needle: &str| {
@@ -191,7 +216,7 @@ impl Filter {
             .get(entry.key.rcpt as usize)
             .map(|r| r.address.as_str())
             .unwrap_or("");
-        self.queue.as_ref().is_none_or(|q| &entry.queue == q)
+        self.matches_entry(entry)
             && self
                 .sender
                 .as_ref()

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use ferrymail_config::{Config, Protocol};
 use ferrymail_operate::client::{Client, ClientError, encode_query_value};
 use ferrymail_operate::view::{
-    ActionRequest, ActionResult, Filter, MessageList, MessageView, RecipientRef, ShapeView,
+    ActionRequest, ActionResult, Filter, LANES, MessageList, MessageView, RecipientRef, ShapeView,
 };
 
 /// The queue subcommands of INTERFACE.md.
@@ -27,6 +27,10 @@ pub enum QueueCmd {
         /// Only recipients containing this text.
         #[arg(long)]
         rcpt: Option<String>,
+        /// Only this lane: pending (first attempt not made), deferred
+        /// (waiting for a retry) or held.
+        #[arg(long, value_parser = LANES)]
+        lane: Option<String>,
         /// One JSON document on stdout.
         #[arg(long)]
         json: bool,
@@ -54,7 +58,7 @@ pub enum QueueCmd {
         by_sender: bool,
         /// Only this lane: pending (first attempts), deferred (retries) or
         /// held. Default: every recipient that is not held.
-        #[arg(long, value_parser = ["pending", "deferred", "held"])]
+        #[arg(long, value_parser = LANES)]
         lane: Option<String>,
         /// Show at most this many rows after TOTAL (the largest).
         #[arg(long, default_value_t = 20)]
@@ -112,6 +116,11 @@ pub struct Selection {
     /// Every message whose sender contains this text.
     #[arg(long)]
     sender: Option<String>,
+    /// Every recipient in this lane: pending, deferred or held (with the
+    /// other options: only those in it), as Postfix's `postsuper -d ALL
+    /// deferred`.
+    #[arg(long, value_parser = LANES)]
+    lane: Option<String>,
     /// The whole queue.
     #[arg(long)]
     all: bool,
@@ -134,9 +143,10 @@ pub fn main(cmd: QueueCmd, config: Option<PathBuf>) -> ExitCode {
         && s.queue.is_none()
         && s.rcpt_domain.is_none()
         && s.sender.is_none()
+        && s.lane.is_none()
         && !s.all
     {
-        eprintln!("ferrymail: name message ids, --queue, --rcpt-domain, --sender or --all");
+        eprintln!("ferrymail: name message ids, --queue, --rcpt-domain, --sender, --lane or --all");
         return ExitCode::from(2);
     }
     let (_, client) = match client_for(config.as_deref()) {
@@ -215,10 +225,16 @@ async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {
             queue,
             sender,
             rcpt,
+            lane,
             json,
         } => {
             let mut q = Vec::new();
-            for (k, v) in [("queue", queue), ("sender", sender), ("rcpt", rcpt)] {
+            for (k, v) in [
+                ("queue", queue),
+                ("sender", sender),
+                ("rcpt", rcpt),
+                ("lane", lane),
+            ] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", encode_query_value(&v)));
                 }
@@ -355,6 +371,9 @@ async fn action(
         }
         if let Some(v) = &s.sender {
             q.push(format!("sender={}", encode_query_value(v)));
+        }
+        if let Some(v) = &s.lane {
+            q.push(format!("lane={v}"));
         }
         let path = format!("/api/queue/messages?{}", q.join("&"));
         let list: MessageList = parse(&client.call("GET", &path, None).await?)?;

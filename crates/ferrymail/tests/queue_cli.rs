@@ -381,6 +381,43 @@ fn bulk_actions() {
     );
 }
 
+/// Postfix's `postsuper -d ALL hold` and `postqueue -p` by lane: `--lane`
+/// selects held (or pending, or deferred) recipients alone or with the
+/// other filters.
+#[test]
+fn bulk_actions_select_by_lane() {
+    let server = start();
+    let (m1, _) = send(
+        &server,
+        "a@example.org",
+        &["x@local.test", "y@bulk.test"],
+        "one",
+    );
+    let (m2, _) = send(&server, "b@example.org", &["w@other.test"], "two");
+    ok_text(server.cli(&["queue", "hold", &m1]));
+
+    let held = ok_json(server.cli(&["queue", "list", "--lane", "held", "--json"]));
+    assert_eq!(
+        pairs(&held),
+        sorted(vec![p(&m1, "x@local.test"), p(&m1, "y@bulk.test")]),
+        "{held}"
+    );
+    let bulk_held = ok_json(server.cli(&[
+        "queue", "list", "--lane", "held", "--queue", "bulk", "--json",
+    ]));
+    assert_eq!(pairs(&bulk_held), vec![p(&m1, "y@bulk.test")]);
+
+    let out = ok_text(server.cli(&["queue", "cancel", "--lane", "held"]));
+    assert!(out.contains("cancel: 2 recipient(s)"), "{out}");
+    assert!(out.contains("removed 1 message(s)"), "{out}");
+    assert_eq!(queue_ids(&server.queue_json()), vec![m2]);
+
+    let bad = server.cli(&["queue", "list", "--lane", "stuck"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let (status, body) = server.api_get("/api/queue/messages?lane=stuck");
+    assert_eq!(status, 400, "{}", text(&body));
+}
+
 #[test]
 fn bulk_action_without_selection_is_a_usage_error() {
     let server = start();
