@@ -282,17 +282,9 @@ fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
     let mut tls_implicit = false;
     if let Some(tls) = r.sub(sec, "tls") {
         r.check_keys(&tls, &["implicit"], false);
+        // Every protocol: SMTP submission (RFC 8314 §3.3), LMTP, and the
+        // management API over HTTPS.
         tls_implicit = r.bool(&tls, "implicit").unwrap_or(false);
-        if tls_implicit && protocol != Protocol::Smtp {
-            let span = r.value_span(&tls, "implicit");
-            r.error(
-                &span,
-                Problem::Invalid(format!(
-                    "'{}': implicit TLS is offered on smtp listeners only in this release",
-                    tls.path("implicit")
-                )),
-            );
-        }
     }
     Some(Listener {
         id,

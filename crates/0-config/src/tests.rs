@@ -1791,7 +1791,7 @@ fn iprev_and_dnsbl_errors_name_file_and_line() {
 }
 
 #[test]
-fn implicit_tls_is_for_smtp_listeners() {
+fn implicit_tls_is_for_every_listener() {
     let c = ok(
         "[server.listener.submissions]\nbind = [\"127.0.0.1:465\"]\nprotocol = \"smtp\"\ntls.implicit = true\n",
     );
@@ -1801,11 +1801,14 @@ fn implicit_tls_is_for_smtp_listeners() {
             .iter()
             .any(|l| l.id == "submissions" && l.tls_implicit)
     );
-    assert_eq!(
-        err(
-            "[server.listener.api]\nbind = [\"127.0.0.1:8443\"]\nprotocol = \"http\"\ntls.implicit = true\n"
-        ),
-        "/etc/ferrymail.toml:4: 'server.listener.api.tls.implicit': implicit TLS is offered on smtp listeners only in this release"
+    let c = ok(
+        "[server.listener.api]\nbind = [\"127.0.0.1:8443\"]\nprotocol = \"http\"\ntls.implicit = true\n",
+    );
+    assert!(
+        c.server
+            .listeners
+            .iter()
+            .any(|l| l.id == "api" && l.tls_implicit)
     );
 }
 

@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+/// A DER certificate, as [`certificates_from_pem`] returns it.
+pub use rustls::pki_types::CertificateDer;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// The STARTTLS acceptor sessions use.
@@ -43,12 +45,25 @@ pub fn acceptor_from_pem(cert_pem: &str, key_pem: &str) -> Result<TlsAcceptor, T
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The certificates in PEM text (empty when there are none or the text is
+/// malformed): what the queue CLI pins for an HTTPS management listener.
+pub fn certificates_from_pem(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// Where [`self_signed`] keeps the generated certificate under `dir`.
+pub fn self_signed_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("tls").join("cert.pem")
+}
+
 /// Loads `tls/cert.pem` and `tls/key.pem` under `dir`, generating a self-signed
 /// pair for `hostname` first if they do not exist. Returns the acceptor and
 /// whether the pair was generated now (the caller warns).
 pub fn self_signed(dir: &Path, hostname: &str) -> Result<(TlsAcceptor, bool), TlsError> {
     let tls_dir = dir.join("tls");
-    let cert_path = tls_dir.join("cert.pem");
+    let cert_path = self_signed_path(dir);
     let key_path = tls_dir.join("key.pem");
     let mut generated = false;
     if !cert_path.exists() || !key_path.exists() {

@@ -34,6 +34,10 @@ pub struct Management {
     /// Required `Authorization: Bearer` token, if configured; a reload
     /// may replace it.
     pub token: ArcSwapOption<String>,
+    /// HTTPS (`tls.implicit` on the listener): every connection starts
+    /// with a TLS handshake with this certificate, which a reload may
+    /// replace. `None`: plain HTTP.
+    pub tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// The queue engine, when one runs: told about every change an action
     /// makes in the store, and asked to flush. `None`: actions change the
     /// store only and flush answers 503.
@@ -185,15 +189,40 @@ pub async fn serve(listener: TcpListener, mgmt: Arc<Management>, shutdown: Cance
         };
         let mgmt = mgmt.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let mgmt = mgmt.clone();
-                async move { Ok::<_, Infallible>(handle(&mgmt, peer, req).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            match mgmt.tls.load_full() {
+                None => serve_connection(stream, mgmt, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, mgmt, peer).await,
+                        Ok(Err(e)) => {
+                            tracing::info!(remote = %peer.ip(), error = %e, "management: TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::info!(remote = %peer.ip(), "management: TLS handshake timed out")
+                        }
+                    }
+                }
+            }
         });
     }
+}
+
+/// How long a client of an HTTPS management listener has to complete the
+/// TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers the requests of one connection, plain or over TLS.
+async fn serve_connection<S>(stream: S, mgmt: Arc<Management>, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let mgmt = mgmt.clone();
+        async move { Ok::<_, Infallible>(handle(&mgmt, peer, req).await) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

@@ -1,12 +1,17 @@
 //! The client side of the management API, used by `ferrymail queue ...`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 
 /// Why a management request failed.
@@ -45,6 +50,93 @@ pub struct Client {
     pub token: Option<String>,
     /// Per-request time limit.
     pub timeout: Duration,
+    /// HTTPS, for a listener with `tls.implicit`; `None`: plain HTTP.
+    pub tls: Option<ClientTls>,
+}
+
+/// How the CLI checks an HTTPS management listener: it accepts the
+/// server's own certificate, read from the same configuration (pinned: the
+/// exact certificate, whatever name it carries, since the CLI often
+/// connects to an address), or a certificate for `name` that chains to
+/// Mozilla's roots.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl ClientTls {
+    /// Trusts `pinned` exactly, and `name`'s certificates from the public
+    /// roots.
+    pub fn new(pinned: Vec<CertificateDer<'static>>, name: &str) -> Result<ClientTls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let public = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { pinned, public }))
+            .with_no_client_auth();
+        let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+        Ok(ClientTls {
+            config: Arc::new(config),
+            name,
+        })
+    }
+}
+
+/// The verifier of [`ClientTls`].
+#[derive(Debug)]
+struct Pinned {
+    pinned: Vec<CertificateDer<'static>>,
+    public: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.public
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.public.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.public.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.public.supported_verify_schemes()
+    }
 }
 
 impl Client {
@@ -73,10 +165,16 @@ impl Client {
                     addr: self.addr,
                     source,
                 })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(conn);
+        let mut sender = match &self.tls {
+            None => handshake(stream).await?,
+            Some(tls) => {
+                let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(tls.name.clone(), stream)
+                    .await
+                    .map_err(|e| ClientError::Http(format!("TLS: {e}")))?;
+                handshake(stream).await?
+            }
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -107,6 +205,20 @@ impl Client {
         }
         Ok(bytes)
     }
+}
+
+/// HTTP/1.1 over `stream`, its connection driven by a task of its own.
+async fn handshake<S>(
+    stream: S,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// Percent-encodes a query value.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ferrymail_config::{Config, Protocol};
-use ferrymail_operate::client::{Client, ClientError, encode_query_value};
+use ferrymail_operate::client::{Client, ClientError, ClientTls, encode_query_value};
 use ferrymail_operate::view::{
     ActionRequest, ActionResult, Filter, LANES, MessageList, MessageView, RecipientRef, ShapeView,
 };
@@ -210,10 +210,26 @@ pub fn client_for(config: Option<&std::path::Path>) -> Result<(Config, Client), 
     } else {
         addr
     };
+    // HTTPS: the server's own certificate, from the same configuration.
+    let tls = if listener.tls_implicit {
+        match ClientTls::new(
+            crate::serve::own_certificates(&config),
+            &config.server.hostname,
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("ferrymail: cannot set up TLS to the management listener: {e}");
+                return Err(ExitCode::from(2));
+            }
+        }
+    } else {
+        None
+    };
     let client = Client {
         addr,
         token: listener.token.clone(),
         timeout: Duration::from_secs(300),
+        tls,
     };
     Ok((config, client))
 }

@@ -96,6 +96,7 @@ impl Reloader {
             .reconfigure(&new.queue)
             .await
             .map_err(|e| ReloadError::Refused(format!("queue engine: {e}")))?;
+        let implicit_tls = receiver.implicit_tls.clone();
         self.receiver.store(Arc::new(receiver));
         self.limits.set(
             new.server.max_connections,
@@ -109,6 +110,11 @@ impl Reloader {
         {
             if let Some(l) = new.server.listeners.iter().find(|l| &l.id == id) {
                 mgmt.token.store(l.token.clone().map(Arc::new));
+            }
+            // Its certificate, if it speaks HTTPS (whether it does is
+            // fixed until the restart, its certificate is not).
+            if mgmt.tls.load().is_some() {
+                mgmt.tls.store(implicit_tls.clone().map(Arc::new));
             }
         }
 

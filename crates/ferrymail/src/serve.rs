@@ -122,7 +122,7 @@ fn init_logging() {
 /// Never an `fs` store's directory: every node sharing a PostgreSQL queue
 /// shares that one too (README), and they would all take the node id kept
 /// there.
-fn state_dir(config: &Config) -> PathBuf {
+pub(crate) fn state_dir(config: &Config) -> PathBuf {
     let local = |s: Option<&ferrymail_config::Store>| match s.map(|s| &s.kind) {
         Some(StoreKind::Embedded { path }) => Some(path.clone()),
         _ => None,
@@ -306,28 +306,46 @@ async fn node_tag(spool: &Spool, name: &str, node: NodeId) -> Result<u64, StartE
     }
 }
 
-/// The TLS acceptor of the SMTP listeners: for STARTTLS (unless
-/// `session.tls.starttls = false`) and for listeners with `tls.implicit`.
-fn tls_acceptor(
-    config: &Config,
-    dir: &Path,
-) -> Result<Option<ferrymail_receive::tls::Acceptor>, StartError> {
-    let implicit = config
-        .server
-        .listeners
-        .iter()
-        .any(|l| l.protocol == Protocol::Smtp && l.tls_implicit);
-    if !config.session.tls.starttls && !implicit {
-        return Ok(None);
-    }
-    let named = config
+/// The `[certificate.<id>]` the listeners present: the one
+/// `session.tls.certificate` names, else the first.
+fn configured_certificate(config: &Config) -> Option<&ferrymail_config::Certificate> {
+    config
         .session
         .tls
         .certificate
         .as_ref()
         .and_then(|id| config.certificates.get(id))
-        .or_else(|| config.certificates.values().next());
-    if let Some(cert) = named {
+        .or_else(|| config.certificates.values().next())
+}
+
+/// The certificate this server presents on its TLS listeners, as the
+/// queue CLI finds it in the same configuration: the configured one, or the
+/// self-signed one generated in the state directory (empty if none was
+/// generated yet).
+pub(crate) fn own_certificates(
+    config: &Config,
+) -> Vec<ferrymail_receive::tls::CertificateDer<'static>> {
+    use ferrymail_receive::tls::{certificates_from_pem, self_signed_path};
+    match configured_certificate(config) {
+        Some(cert) => certificates_from_pem(&cert.cert),
+        None => std::fs::read_to_string(self_signed_path(&state_dir(config)))
+            .map(|pem| certificates_from_pem(&pem))
+            .unwrap_or_default(),
+    }
+}
+
+/// The TLS acceptor of the listeners: for STARTTLS (unless
+/// `session.tls.starttls = false`) and for listeners with `tls.implicit`
+/// (SMTP, LMTP or the management API).
+fn tls_acceptor(
+    config: &Config,
+    dir: &Path,
+) -> Result<Option<ferrymail_receive::tls::Acceptor>, StartError> {
+    let implicit = config.server.listeners.iter().any(|l| l.tls_implicit);
+    if !config.session.tls.starttls && !implicit {
+        return Ok(None);
+    }
+    if let Some(cert) = configured_certificate(config) {
         return ferrymail_receive::tls::acceptor_from_pem(&cert.cert, &cert.private_key)
             .map(Some)
             .map_err(|e| StartError::config(format!("TLS certificate: {e}")));
@@ -476,6 +494,11 @@ async fn run(config: Config) -> Result<(), StartError> {
                 let mgmt = Arc::new(Management {
                     spool: spool.clone(),
                     token: ArcSwapOption::from_pointee(l.token.clone()),
+                    tls: ArcSwapOption::new(if l.tls_implicit {
+                        receiver.load().implicit_tls.clone().map(Arc::new)
+                    } else {
+                        None
+                    }),
                     control: Some(control.clone()),
                     metrics: Some(metrics.clone()),
                     submit: Some(Arc::new(LocalSubmitter(receiver.clone()))),

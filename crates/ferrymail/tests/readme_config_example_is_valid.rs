@@ -36,7 +36,9 @@ fn readme_examples_check_clean() {
         rest = &rest[end..];
         let file = dir.path().join(format!("example{checked}.toml"));
         std::fs::write(&file, &example).unwrap();
+        // The HTTPS example takes its token from the environment.
         let out = Command::new(bin())
+            .env("FERRYMAIL_TOKEN", "example-token")
             .arg("check")
             .arg("-c")
             .arg(&file)
