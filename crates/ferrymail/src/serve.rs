@@ -14,6 +14,7 @@ use ferrymail_operate::metrics::MetricsSource;
 use ferrymail_receive::defences::Defences;
 use ferrymail_receive::protocol::dialect::Dialect;
 use ferrymail_receive::server::ConnectionLimits;
+use ferrymail_receive::verify::Verifier;
 use ferrymail_receive::{
     AuthSettings, DkimSigning, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams,
 };
@@ -444,6 +445,11 @@ async fn run(config: Config) -> Result<(), StartError> {
         defences: Arc::new(Defences::new(
             config.auth.iprev,
             s.connect.dnsbl.clone(),
+            ferrymail_deliver::resolver_setup(&config.resolver),
+        )),
+        verify: Arc::new(Verifier::new(
+            &config.auth,
+            &config.server.hostname,
             ferrymail_deliver::resolver_setup(&config.resolver),
         )),
         etrn_allow: s.etrn.allow.clone(),
