@@ -683,9 +683,30 @@ fn auth(r: &mut Reader, root: &Section, signatures: &BTreeMap<String, Signature>
     let Some(sec) = r.sub(root, "auth") else {
         return out;
     };
-    r.check_keys(&sec, &["iprev", "dkim"], false);
+    r.check_keys(&sec, &["iprev", "dkim", "spf", "dmarc"], false);
+    if let Some(spf) = r.sub(&sec, "spf") {
+        r.check_keys(&spf, &["verify"], false);
+        if let Some(v) = r.sub(&spf, "verify") {
+            r.check_keys(&v, &["ehlo", "mail-from"], false);
+            if let Some(e) = verify_mode(r, &v, "ehlo", Stage::SpfEhlo) {
+                out.spf_ehlo = e;
+            }
+            if let Some(e) = verify_mode(r, &v, "mail-from", Stage::SpfMailFrom) {
+                out.spf_mail_from = e;
+            }
+        }
+    }
+    if let Some(dmarc) = r.sub(&sec, "dmarc") {
+        r.check_keys(&dmarc, &["verify"], false);
+        if let Some(e) = verify_mode(r, &dmarc, "verify", Stage::Verify) {
+            out.dmarc_verify = e;
+        }
+    }
     if let Some(dkim) = r.sub(&sec, "dkim") {
-        r.check_keys(&dkim, &["sign"], false);
+        r.check_keys(&dkim, &["sign", "verify"], false);
+        if let Some(e) = verify_mode(r, &dkim, "verify", Stage::Verify) {
+            out.dkim_verify = e;
+        }
         if let Some(e) = r.expr(&dkim, "sign") {
             check_outcomes(r, &dkim, "sign", &e, |v| match v {
                 Value::Str(_) | Value::Bool(false) => Ok(()),
@@ -727,6 +748,25 @@ fn auth(r: &mut Reader, root: &Section, signatures: &BTreeMap<String, Signature>
         }
     }
     out
+}
+
+/// A `disable | relaxed | strict` setting of sender verification
+/// (`auth.spf.verify.*`, `auth.dkim.verify`, `auth.dmarc.verify`): an
+/// expression whose constant outcomes must name a [`VerifyMode`], with
+/// Stalwart's bare words allowed, and a warning for each variable it reads
+/// that `stage` never has.
+fn verify_mode(r: &mut Reader, sec: &Section, key: &str, stage: Stage) -> Option<Expr> {
+    let e = r.expr_words(sec, key, &VerifyMode::NAMES)?;
+    let before = r.errors.len();
+    check_outcomes(r, sec, key, &e, |v| match VerifyMode::from_value(v) {
+        Some(_) => Ok(()),
+        None => Err("one of 'disable', 'relaxed', 'strict'".to_string()),
+    });
+    if r.errors.len() > before {
+        return None;
+    }
+    warn_unavailable(r, sec, key, &e, stage);
+    Some(e)
 }
 
 // ---------------------------------------------------------------- [store], [storage]
@@ -1205,25 +1245,50 @@ enum Stage {
     Routing,
     /// `auth.dkim.sign`: the whole message, no single recipient.
     EndOfData,
+    /// `auth.spf.verify.ehlo`: at EHLO, before any transaction.
+    SpfEhlo,
+    /// `auth.spf.verify.mail-from`: at MAIL FROM, before any recipient.
+    SpfMailFrom,
+    /// `auth.dkim.verify`, `auth.dmarc.verify`: the whole message, as
+    /// [`Stage::EndOfData`].
+    Verify,
 }
 
 impl Stage {
     /// Whether `v` has a value at this stage.
     fn has(self, v: Var) -> bool {
         use Var::*;
+        // Mail from an authenticated session is never verified, so the
+        // verification settings never see a login.
+        let verifying = matches!(self, Stage::SpfEhlo | Stage::SpfMailFrom | Stage::Verify);
         match v {
-            Sender | SenderDomain | RemoteIp | LocalPort | AuthenticatedAs | HeloDomain
-            | Priority | Source => true,
-            Rcpt | RcptDomain => self != Stage::EndOfData,
-            Size => !matches!(self, Stage::Relay | Stage::Etrn),
+            AuthenticatedAs => !verifying,
+            RemoteIp | LocalPort | HeloDomain | Source => true,
+            Sender | SenderDomain | Priority => self != Stage::SpfEhlo,
+            Rcpt | RcptDomain => !matches!(
+                self,
+                Stage::EndOfData | Stage::Verify | Stage::SpfEhlo | Stage::SpfMailFrom
+            ),
+            Size => !matches!(
+                self,
+                Stage::Relay | Stage::Etrn | Stage::SpfEhlo | Stage::SpfMailFrom
+            ),
             Queue => self == Stage::Routing,
             RetryNum | NotifyNum | ExpiresIn | LastError | Mx => false,
         }
     }
 
-    /// Why the others have none.
-    fn when(self) -> &'static str {
+    /// Why `v` has none.
+    fn when(self, v: Var) -> &'static str {
+        if v == Var::AuthenticatedAs
+            && matches!(self, Stage::SpfEhlo | Stage::SpfMailFrom | Stage::Verify)
+        {
+            return "mail from authenticated sessions is never verified";
+        }
         match self {
+            Stage::SpfEhlo => "the HELO name is checked at EHLO, before any transaction",
+            Stage::SpfMailFrom => "the sender is checked at MAIL FROM, before any recipient",
+            Stage::Verify => "the message is verified once it is complete, for all its recipients",
             Stage::Relay => "relay is decided at RCPT TO",
             Stage::Etrn => "ETRN is decided in the session",
             Stage::RoutingQueue | Stage::Routing => {
@@ -1248,7 +1313,7 @@ fn warn_unavailable(r: &mut Reader, sec: &Section, key: &str, e: &Expr, stage: S
                 format!(
                     "'{}' reads '{v}', which has no value there ({}), so it is always Null",
                     sec.path(key),
-                    stage.when()
+                    stage.when(v)
                 ),
             );
         }

@@ -433,14 +433,105 @@ pub struct AuthChecks {
     /// bulk mail sign at the MTA so that every application's mail passes
     /// DMARC without each holding a key.
     pub dkim_sign: Expr,
+    /// `[auth.spf.verify] ehlo` (Stalwart's key): whether to check the
+    /// HELO/EHLO name's SPF record (RFC 7208 §2.3) for the client's
+    /// address, as a [`VerifyMode`] expression evaluated at EHLO. Default
+    /// `disable`.
+    pub spf_ehlo: Expr,
+    /// `[auth.spf.verify] mail-from`: the same for the MAIL FROM identity
+    /// (RFC 7208 §2.4), evaluated at MAIL FROM. Default `disable`.
+    pub spf_mail_from: Expr,
+    /// `[auth.dkim] verify`: whether to verify the message's DKIM
+    /// signatures (RFC 6376 §6) at the end of DATA. Default `disable`.
+    pub dkim_verify: Expr,
+    /// `[auth.dmarc] verify`: whether to evaluate the From domain's DMARC
+    /// policy (RFC 7489 §6.6) at the end of DATA. Default `disable`.
+    pub dmarc_verify: Expr,
 }
 
 impl Default for AuthChecks {
     fn default() -> Self {
+        let off = || Expr::constant(Value::Str(VerifyMode::Disable.as_str().to_string()));
         AuthChecks {
             iprev: IprevVerify::default(),
             dkim_sign: Expr::constant(Value::List(Vec::new())),
+            spf_ehlo: off(),
+            spf_mail_from: off(),
+            dkim_verify: off(),
+            dmarc_verify: off(),
         }
+    }
+}
+
+impl AuthChecks {
+    /// Whether no sender verification (SPF, DKIM, DMARC) can ever run:
+    /// every one of the four settings is the constant `disable`. Then the
+    /// server builds no resolver for them and sessions skip them at no
+    /// cost.
+    pub fn verifies_nothing(&self) -> bool {
+        [
+            &self.spf_ehlo,
+            &self.spf_mail_from,
+            &self.dkim_verify,
+            &self.dmarc_verify,
+        ]
+        .into_iter()
+        .all(|e| VerifyMode::constant(e) == Some(VerifyMode::Disable))
+    }
+}
+
+/// What to do with one sender-authentication check (SPF, DKIM, DMARC):
+/// the values of Stalwart's `auth.spf.verify.*`, `auth.dkim.verify` and
+/// `auth.dmarc.verify` expressions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum VerifyMode {
+    /// `disable`: no lookups and no result (the default).
+    #[default]
+    Disable,
+    /// `relaxed`: check, and state the result in the
+    /// Authentication-Results field (RFC 8601); never refuse.
+    Relaxed,
+    /// `strict`: also refuse mail the check does not pass.
+    Strict,
+}
+
+impl VerifyMode {
+    /// The names, as written in the configuration.
+    pub const NAMES: [&'static str; 3] = ["disable", "relaxed", "strict"];
+
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyMode::Disable => "disable",
+            VerifyMode::Relaxed => "relaxed",
+            VerifyMode::Strict => "strict",
+        }
+    }
+
+    /// The mode a value names (`'relaxed'`), if it names one.
+    pub fn from_value(v: &Value) -> Option<VerifyMode> {
+        match v.as_str()? {
+            "disable" => Some(VerifyMode::Disable),
+            "relaxed" => Some(VerifyMode::Relaxed),
+            "strict" => Some(VerifyMode::Strict),
+            _ => None,
+        }
+    }
+
+    /// Evaluates a mode expression. A computed value that names no mode
+    /// (the loader checks the constant ones) counts as `disable`: a
+    /// mistake must not start refusing mail.
+    pub fn eval(e: &Expr, vars: &dyn crate::expr::Variables) -> VerifyMode {
+        match e.as_constant() {
+            Some(v) => VerifyMode::from_value(v),
+            None => VerifyMode::from_value(&e.eval(vars)),
+        }
+        .unwrap_or(VerifyMode::Disable)
+    }
+
+    /// The mode of an expression that reads nothing, if it is one.
+    pub fn constant(e: &Expr) -> Option<VerifyMode> {
+        e.as_constant().and_then(VerifyMode::from_value)
     }
 }
 

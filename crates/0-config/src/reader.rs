@@ -477,13 +477,49 @@ impl Reader {
     /// (a list), or an `if/then/else` array of tables.
     pub fn expr(&mut self, sec: &Section, key: &str) -> Option<Expr> {
         let (_, v) = sec.get(key)?;
-        self.expr_value(&sec.path(key), v)
+        self.expr_value(&sec.path(key), v, &[])
     }
 
-    fn expr_value(&mut self, key: &str, v: &Val) -> Option<Expr> {
+    /// An expression whose values may also be written as bare `words`, as
+    /// Stalwart writes its constants (`verify = "relaxed"`, `then =
+    /// "strict"`): a value that is exactly one of them is that string.
+    /// Conditions (`if`) are ordinary expressions. A bare word that is
+    /// neither one of `words` nor a variable is refused as a bad choice,
+    /// with a did-you-mean, rather than as an unknown variable.
+    pub fn expr_words(&mut self, sec: &Section, key: &str, words: &[&'static str]) -> Option<Expr> {
+        let (_, v) = sec.get(key)?;
+        self.expr_value(&sec.path(key), v, words)
+    }
+
+    fn expr_value(&mut self, key: &str, v: &Val, words: &[&'static str]) -> Option<Expr> {
         match v.get_ref() {
             DeValue::String(s) => {
                 let s = self.expand(s, &v.span())?;
+                let bare = s.trim();
+                if words.contains(&bare) {
+                    return Some(Expr::constant(Value::Str(bare.to_string())));
+                }
+                let word_like = !bare.is_empty()
+                    && bare
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_');
+                if !words.is_empty()
+                    && word_like
+                    && crate::expr::Var::from_name(bare).is_none()
+                    && bare != "true"
+                    && bare != "false"
+                {
+                    self.error(
+                        &v.span(),
+                        Problem::BadChoice {
+                            key: key.to_string(),
+                            suggestion: suggest(bare, words.iter().copied()).map(str::to_string),
+                            value: bare.to_string(),
+                            allowed: words.to_vec(),
+                        },
+                    );
+                    return None;
+                }
                 match Expr::parse(&s) {
                     Ok(e) => Some(e),
                     Err(error) => {
@@ -518,7 +554,7 @@ impl Reader {
                         .iter()
                         .all(|i| matches!(i.get_ref(), DeValue::Table(_))) =>
             {
-                self.conditional(key, v, items)
+                self.conditional(key, v, items, words)
             }
             DeValue::Array(items)
                 if items
@@ -527,7 +563,7 @@ impl Reader {
             {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items.iter() {
-                    out.push(self.expr_value(key, item));
+                    out.push(self.expr_value(key, item, words));
                 }
                 let out: Option<Vec<Expr>> = out.into_iter().collect();
                 self.lift(key, &v.span(), Expr::list(out?))
@@ -577,7 +613,13 @@ impl Reader {
     }
 
     /// `[ { if = "c", then = "a" }, ..., { else = "b" } ]`.
-    fn conditional(&mut self, key: &str, whole: &Val, items: &[Val]) -> Option<Expr> {
+    fn conditional(
+        &mut self,
+        key: &str,
+        whole: &Val,
+        items: &[Val],
+        words: &[&'static str],
+    ) -> Option<Expr> {
         let mut branches = Vec::new();
         let mut otherwise = None;
         let mut ok = true;
@@ -604,7 +646,7 @@ impl Reader {
                 }
                 self.check_keys(&sec, &["else"], false);
                 let value = sec.get("else").map(|(_, v)| v)?;
-                otherwise = self.expr_value(key, value);
+                otherwise = self.expr_value(key, value, words);
                 ok &= otherwise.is_some();
                 continue;
             }
@@ -621,8 +663,8 @@ impl Reader {
                 ok = false;
                 continue;
             };
-            let c = self.expr_value(key, cond);
-            let t = self.expr_value(key, then);
+            let c = self.expr_value(key, cond, &[]);
+            let t = self.expr_value(key, then, words);
             match (c, t) {
                 (Some(c), Some(t)) => branches.push((c, t)),
                 _ => ok = false,

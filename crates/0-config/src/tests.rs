@@ -1773,8 +1773,8 @@ fn iprev_and_dnsbl_errors_name_file_and_line() {
         "/etc/ferrymail.toml:2: unknown key 'verfy' in [auth.iprev]; did you mean 'verify'?"
     );
     assert!(
-        err("[auth]\nspf = true\n")
-            .starts_with("/etc/ferrymail.toml:2: unknown key 'spf' in [auth]")
+        err("[auth]\narc = true\n")
+            .starts_with("/etc/ferrymail.toml:2: unknown key 'arc' in [auth]")
     );
     assert_eq!(
         err("[session.connect]\ndnsbl = [\"bl.example\",\n  \"not a zone\"]\n"),
@@ -1925,5 +1925,122 @@ fn rcpt_directory_names_a_directory() {
         err(&format!("[session.rcpt]\ndirectory = \"'nobody'\"\n{dir}")).starts_with(
             "/etc/ferrymail.toml:2: 'session.rcpt.directory' refers to directory 'nobody'"
         ),
+    );
+}
+
+#[test]
+fn sender_verification_is_off_by_default_and_takes_stalwarts_words() {
+    let d = ok("");
+    assert!(d.auth.verifies_nothing(), "nothing verified by default");
+    for e in [
+        &d.auth.spf_ehlo,
+        &d.auth.spf_mail_from,
+        &d.auth.dkim_verify,
+        &d.auth.dmarc_verify,
+    ] {
+        assert_eq!(VerifyMode::constant(e), Some(VerifyMode::Disable));
+    }
+    // The brief's block, as a Stalwart user writes it: bare words.
+    let c = ok(r#"[auth.spf.verify]
+ehlo = "relaxed"
+mail-from = "strict"
+[auth.dkim]
+verify = "relaxed"
+[auth.dmarc]
+verify = "strict"
+"#);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(!c.auth.verifies_nothing());
+    let mode = |e: &Expr| VerifyMode::constant(e).unwrap();
+    assert_eq!(mode(&c.auth.spf_ehlo), VerifyMode::Relaxed);
+    assert_eq!(mode(&c.auth.spf_mail_from), VerifyMode::Strict);
+    assert_eq!(mode(&c.auth.dkim_verify), VerifyMode::Relaxed);
+    assert_eq!(mode(&c.auth.dmarc_verify), VerifyMode::Strict);
+    // Quoted strings as in Ferrymail's other expressions, dotted keys.
+    let c = ok("[auth]\nspf.verify.mail-from = \"'relaxed'\"\ndkim.verify = \"'disable'\"\n");
+    assert_eq!(mode(&c.auth.spf_mail_from), VerifyMode::Relaxed);
+    assert_eq!(mode(&c.auth.dkim_verify), VerifyMode::Disable);
+    // Stalwart's if/then/else with bare constants; the condition reads
+    // what MAIL FROM has.
+    let c = ok(r#"[auth.spf.verify]
+mail-from = [ { if = "local_port == 25 && sender_domain != 'example.org'", then = "strict" },
+              { else = "disable" } ]
+"#);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(VerifyMode::constant(&c.auth.spf_mail_from), None);
+    struct Port(i64);
+    impl Variables for Port {
+        fn var(&self, v: Var) -> Value {
+            match v {
+                Var::LocalPort => Value::Int(self.0),
+                Var::SenderDomain => Value::Str("example.net".into()),
+                _ => Value::Null,
+            }
+        }
+    }
+    assert_eq!(
+        VerifyMode::eval(&c.auth.spf_mail_from, &Port(25)),
+        VerifyMode::Strict
+    );
+    assert_eq!(
+        VerifyMode::eval(&c.auth.spf_mail_from, &Port(587)),
+        VerifyMode::Disable
+    );
+}
+
+#[test]
+fn sender_verification_errors_name_file_and_line() {
+    assert_eq!(
+        err("[auth.spf.verify]\nehlo = \"relaxed\"\nmail-from = \"strikt\"\n"),
+        "/etc/ferrymail.toml:3: 'auth.spf.verify.mail-from' must be one of disable, relaxed, strict, found 'strikt'; did you mean 'strict'?"
+    );
+    assert_eq!(
+        err(
+            "[auth.dmarc]\nverify = [ { if = \"local_port == 25\", then = \"rejct\" },\n  { else = \"disable\" } ]\n"
+        ),
+        "/etc/ferrymail.toml:2: 'auth.dmarc.verify' must be one of disable, relaxed, strict, found 'rejct'"
+    );
+    assert_eq!(
+        err("[auth.dkim]\nverify = \"'yes'\"\n"),
+        "/etc/ferrymail.toml:2: 'auth.dkim.verify' must give one of 'disable', 'relaxed', 'strict', but gives 'yes'"
+    );
+    assert_eq!(
+        err("[auth.dkim]\nverify = true\n"),
+        "/etc/ferrymail.toml:2: 'auth.dkim.verify' must give one of 'disable', 'relaxed', 'strict', but gives true"
+    );
+    assert_eq!(
+        err("[auth.spf.verify]\nmailfrom = \"strict\"\n"),
+        "/etc/ferrymail.toml:2: unknown key 'mailfrom' in [auth.spf.verify]; did you mean 'mail-from'?"
+    );
+    assert_eq!(
+        err("[auth.spf]\nverify = \"strict\"\n"),
+        "/etc/ferrymail.toml:2: 'auth.spf.verify' must be a table, found a string"
+    );
+    assert!(
+        err("[auth.dmarc]\nverify = \"local_port ==\"\n")
+            .starts_with("/etc/ferrymail.toml:2: invalid expression for 'auth.dmarc.verify'"),
+    );
+}
+
+#[test]
+fn sender_verification_warns_about_variables_it_never_sees() {
+    let c = ok(r#"[auth.spf.verify]
+ehlo = [ { if = "sender_domain == 'x'", then = "strict" }, { else = "relaxed" } ]
+mail-from = [ { if = "is_empty(authenticated_as) && rcpt_domain == 'x'", then = "strict" },
+              { else = "relaxed" } ]
+
+[auth.dkim]
+verify = [ { if = "size > 1000 && helo_domain != ''", then = "relaxed" }, { else = "strict" } ]
+"#);
+    assert_eq!(
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![
+            "/etc/ferrymail.toml:2: 'auth.spf.verify.ehlo' reads 'sender_domain', which has no value there (the HELO name is checked at EHLO, before any transaction), so it is always Null",
+            "/etc/ferrymail.toml:3: 'auth.spf.verify.mail-from' reads 'authenticated_as', which has no value there (mail from authenticated sessions is never verified), so it is always Null",
+            "/etc/ferrymail.toml:3: 'auth.spf.verify.mail-from' reads 'rcpt_domain', which has no value there (the sender is checked at MAIL FROM, before any recipient), so it is always Null",
+        ]
     );
 }

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +76,9 @@ pub struct Receiver {
     pub relay: Expr,
     /// Reverse-DNS and DNSBL checks of each client, enforced at RCPT TO.
     pub defences: Arc<defences::Defences>,
+    /// SPF, DKIM and DMARC verification of the mail clients send
+    /// (`[auth.spf.verify]`, `[auth.dkim] verify`, `[auth.dmarc] verify`).
+    pub verify: Arc<verify::Verifier>,
     /// `session.etrn.allow`: may this session use ETRN.
     pub etrn_allow: Expr,
     /// Picks virtual queue and priority weight for each recipient.
@@ -156,6 +160,13 @@ pub struct ReceiveCounters {
     /// Recipients refused by the connection checks: a DNSBL listing or a
     /// strict iprev failure.
     pub refused_by_checks: AtomicU64,
+    /// MAIL FROM commands refused by strict SPF (HELO or MAIL FROM
+    /// identity), 5xx and 4xx alike.
+    pub refused_by_spf: AtomicU64,
+    /// Messages refused by strict DKIM (no passing signature).
+    pub refused_by_dkim: AtomicU64,
+    /// Messages refused by strict DMARC (a `reject` policy).
+    pub refused_by_dmarc: AtomicU64,
     /// Messages refused because the spool could not make them durable
     /// (451 4.3.0): a store in trouble.
     pub store_failures: AtomicU64,

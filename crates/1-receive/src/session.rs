@@ -22,11 +22,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{self, Credentials, Mechanism};
 use crate::protocol::address;
-use crate::protocol::auth_results::{self, IprevResult};
+use crate::protocol::auth_results::{self, IprevResult, Results};
 use crate::protocol::data::DataDecoder;
 use crate::protocol::dialect::{Dialect, Greeting};
 use crate::protocol::received::{Trace, received_header, with_type};
 use crate::protocol::reply::{Reply, replies};
+use crate::verify::{self, Identity, MessageCheck, MessageVerdict, SpfCheck};
 use crate::{AuthSettings, DkimSigning, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver};
 
 /// Anything a session can run over: a TCP stream, or TLS on top of one.
@@ -75,6 +76,16 @@ struct Transaction {
     /// Received field), and the client's own part starts at this offset:
     /// fields in it forged under our name are removed at the end.
     vouched_from: Option<usize>,
+    /// The sender is being verified: our Authentication-Results field
+    /// is written at the end of the message, once SPF, DKIM and DMARC
+    /// have answered, at this offset (after the Received field), where
+    /// the client's part starts.
+    deferred_results: Option<usize>,
+    /// The SPF check of the MAIL FROM identity, started at MAIL FROM.
+    spf: Option<SpfCheck>,
+    /// This transaction is not verified: the session authenticated, or
+    /// the relay expression trusts the client (decided at MAIL FROM).
+    exempt: bool,
 }
 
 /// The per-connection state.
@@ -101,6 +112,8 @@ pub struct Session {
     auth_failures: u32,
     /// Reverse-DNS and DNSBL lookups, started at accept, enforced at RCPT.
     checks: crate::defences::Checks,
+    /// The SPF check of the HELO name, started at EHLO/HELO/LHLO.
+    spf_helo: Option<SpfCheck>,
 }
 
 /// Variables for relay and ETRN expressions, evaluated per recipient.
@@ -161,6 +174,7 @@ impl Session {
             auth_as: None,
             auth_failures: 0,
             checks,
+            spf_helo: None,
         }
     }
 
@@ -346,6 +360,7 @@ impl Session {
         self.esmtp = false;
         self.tx = None;
         self.auth_as = None;
+        self.spf_helo = None;
         Ok(())
     }
 
@@ -362,7 +377,7 @@ impl Session {
             Request::Ehlo { host } => self.greeting(Greeting::Ehlo, host.into_owned()),
             Request::Helo { host } => self.greeting(Greeting::Helo, host.into_owned()),
             Request::Lhlo { host } => self.greeting(Greeting::Lhlo, host.into_owned()),
-            Request::Mail { from } => self.mail(from.into_owned(), line),
+            Request::Mail { from } => self.mail(from.into_owned(), line).await,
             Request::Rcpt { to } => {
                 self.checks.verdict().await;
                 self.rcpt(to.into_owned(), line)
@@ -459,9 +474,15 @@ impl Session {
         // RFC 5321 §4.1.4: EHLO/HELO resets any transaction.
         self.tx = None;
         self.esmtp = esmtp;
-        let p = &self.rx.params;
-        let first = format!("{} Hello {} [{}]", p.hostname, host, self.remote.ip());
+        let first = format!(
+            "{} Hello {} [{}]",
+            self.rx.params.hostname,
+            host,
+            self.remote.ip()
+        );
         self.helo = Some(host);
+        self.start_helo_check();
+        let p = &self.rx.params;
         if !esmtp {
             return self.reply(Reply::new(250, "", first));
         }
@@ -488,7 +509,7 @@ impl Session {
         self.reply(Reply::lines(250, lines))
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<String>, line: &[u8]) -> Flow {
+    async fn mail(&mut self, from: smtp_proto::MailFrom<String>, line: &[u8]) -> Flow {
         if self.helo.is_none() {
             return self.reply(replies::bad_sequence(self.dialect.greet_first()));
         }
@@ -568,8 +589,97 @@ impl Session {
             bdat_overflow: false,
             bdat_size: 0,
             vouched_from: None,
+            deferred_results: None,
+            spf: None,
+            exempt: false,
         });
+        if let Some(refusal) = self.verify_sender().await {
+            self.tx = None;
+            ReceiveCounters::bump(&self.rx.counters.refused_by_spf);
+            tracing::info!(remote = %self.remote.ip(), reply = %refusal.to_line(), "sender refused by SPF");
+            return self.reply(refusal);
+        }
         self.reply(replies::sender_ok())
+    }
+
+    /// Whether this session's mail is not verified (SPF, DKIM, DMARC):
+    /// an authenticated session's, or a client's the relay expression
+    /// trusts (evaluated with no recipient). Such mail is this server's
+    /// outgoing mail; its sender's SPF record does not list a submitter.
+    fn verification_exempt(&self) -> bool {
+        self.auth_as.is_some() || self.truthy(&self.rx.relay)
+    }
+
+    /// Starts the SPF check of the HELO name (RFC 7208 §2.3) in the
+    /// background, if `[auth.spf.verify] ehlo` asks for it; any earlier
+    /// one is dropped.
+    fn start_helo_check(&mut self) {
+        self.spf_helo = None;
+        let v = &self.rx.verify;
+        if v.is_off() {
+            return;
+        }
+        let mode = v.helo_mode(&RcptVars {
+            session: self,
+            rcpt: "",
+        });
+        if mode == ferrymail_config::VerifyMode::Disable || self.verification_exempt() {
+            return;
+        }
+        let helo = self.helo.clone().unwrap_or_default();
+        self.spf_helo = Some(v.check_spf(mode, Identity::Helo, self.remote.ip(), &helo, ""));
+    }
+
+    /// At MAIL FROM (the transaction just opened): decides whether the
+    /// transaction is verified, starts the SPF check of the MAIL FROM
+    /// identity (RFC 7208 §2.4) if `[auth.spf.verify] mail-from` asks for
+    /// it, and in `strict` mode waits for the HELO and MAIL FROM results:
+    /// the reply that refuses the sender, if one does not pass. In
+    /// `relaxed` mode nothing is awaited here.
+    async fn verify_sender(&mut self) -> Option<Reply> {
+        let v = self.rx.verify.clone();
+        if v.is_off() {
+            return None;
+        }
+        let exempt = self.verification_exempt();
+        let mode = if exempt {
+            ferrymail_config::VerifyMode::Disable
+        } else {
+            v.mail_from_mode(&RcptVars {
+                session: self,
+                rcpt: "",
+            })
+        };
+        let helo = self.helo.clone().unwrap_or_default();
+        let ip = self.remote.ip();
+        let tx = self.tx.as_mut()?;
+        tx.exempt = exempt;
+        if exempt {
+            return None;
+        }
+        if mode != ferrymail_config::VerifyMode::Disable {
+            tx.spf = Some(v.check_spf(mode, Identity::MailFrom, ip, &helo, &tx.sender));
+        }
+        if let Some(check) = self
+            .spf_helo
+            .as_mut()
+            .filter(|c| c.mode == ferrymail_config::VerifyMode::Strict)
+        {
+            check.verdict().await;
+            if let Some(r) = check.refusal() {
+                return Some(r);
+            }
+        }
+        if let Some(check) = self
+            .tx
+            .as_mut()
+            .and_then(|t| t.spf.as_mut())
+            .filter(|c| c.mode == ferrymail_config::VerifyMode::Strict)
+        {
+            check.verdict().await;
+            return check.refusal();
+        }
+        None
     }
 
     fn rcpt(&mut self, to: smtp_proto::RcptTo<String>, line: &[u8]) -> Flow {
@@ -922,16 +1032,26 @@ impl Session {
         });
         let mut buf = Vec::with_capacity(header.len() + 4096);
         buf.extend_from_slice(header.as_bytes());
+        // A verified sender's results are known only at the end of the
+        // message: the whole field is written then, at this offset.
+        if !self.rx.verify.is_off() && !tx.exempt {
+            let at = buf.len();
+            if let Some(tx) = self.tx.as_mut() {
+                tx.contents = Some((id, buf));
+                tx.deferred_results = Some(at);
+            }
+            return;
+        }
         // RFC 8601: what was verified about the client, under our name.
-        let iprev = self.checks.iprev().map(|i| IprevResult {
-            result: i.as_str(),
-            ip: self.remote.ip(),
-            name: match i {
-                crate::defences::Iprev::Pass { name } => Some(name.as_str()),
-                _ => None,
+        let iprev = self.iprev_result();
+        let results = auth_results::header(
+            &p.hostname,
+            &Results {
+                iprev,
+                auth: self.auth_as.as_deref(),
+                ..Results::default()
             },
-        });
-        let results = auth_results::header(&p.hostname, iprev, self.auth_as.as_deref());
+        );
         if let Some(r) = &results {
             buf.extend_from_slice(r.as_bytes());
         }
@@ -1072,7 +1192,7 @@ impl Session {
     /// outcome for the whole message, which the caller turns into the
     /// dialect's replies.
     async fn commit(&mut self, id: MessageId, mut contents: Vec<u8>) -> Reply {
-        let Some(tx) = self.tx.take() else {
+        let Some(mut tx) = self.tx.take() else {
             return replies::bad_sequence("no transaction");
         };
         if let Some(from) = tx.vouched_from.filter(|&f| f <= contents.len())
@@ -1090,7 +1210,9 @@ impl Session {
             return replies::mail_loop(hops);
         }
         let now = now_millis();
-        let envelope = Envelope {
+        let deferred_results = tx.deferred_results;
+        let spf = tx.spf.take();
+        let mut envelope = Envelope {
             id,
             sender: tx.sender,
             recipients: tx.recipients,
@@ -1106,6 +1228,13 @@ impl Session {
             helo: self.helo.clone(),
             authenticated_as: self.auth_as.clone(),
         };
+        if let Some(at) = deferred_results.filter(|&at| at <= contents.len()) {
+            contents = match self.finish_verification(&envelope, contents, at, spf).await {
+                Ok(c) => c,
+                Err(refusal) => return refusal,
+            };
+            envelope.size = contents.len() as u64;
+        }
         let Some((envelope, contents)) =
             dkim_sign(self.rx.dkim.clone(), self.local.port(), envelope, contents).await
         else {
@@ -1174,6 +1303,144 @@ impl Session {
                 replies::store_failed()
             }
         }
+    }
+
+    /// The iprev result for the Authentication-Results field, once the
+    /// connection checks have answered (RFC 8601 §2.7.3).
+    fn iprev_result(&self) -> Option<IprevResult<'_>> {
+        self.checks.iprev().map(|i| IprevResult {
+            result: i.as_str(),
+            ip: self.remote.ip(),
+            name: match i {
+                crate::defences::Iprev::Pass { name } => Some(name.as_str()),
+                _ => None,
+            },
+        })
+    }
+
+    /// The end of a verified message (RFC 8601, RFC 7208, RFC 6376, RFC
+    /// 7489): awaits the SPF results, verifies DKIM and DMARC over the
+    /// client's bytes (`contents[at..]`) as `[auth.dkim] verify` and
+    /// `[auth.dmarc] verify` say for this message, and refuses it in
+    /// `strict` mode; otherwise writes our Authentication-Results field,
+    /// every result in it, at `at`, and removes the client's fields that
+    /// claim our name (§5). `Err` is the reply that refuses the message.
+    async fn finish_verification(
+        &mut self,
+        envelope: &Envelope,
+        contents: Vec<u8>,
+        at: usize,
+        mut spf: Option<SpfCheck>,
+    ) -> Result<Vec<u8>, Reply> {
+        let v = self.rx.verify.clone();
+        let id = envelope.id;
+        let mut spf_results = Vec::with_capacity(2);
+        if let Some(c) = self.spf_helo.as_mut() {
+            spf_results.push(c.verdict().await.clone());
+        }
+        if let Some(c) = spf.as_mut() {
+            spf_results.push(c.verdict().await.clone());
+        }
+        let (dkim_mode, dmarc_mode) = v.message_modes(&ferrymail_route::RouteVars {
+            envelope,
+            rcpt: 0,
+            contents: &contents,
+            local_port: Some(self.local.port()),
+            queue: None,
+        });
+        use ferrymail_config::VerifyMode;
+        let (contents, found) =
+            if dkim_mode == VerifyMode::Disable && dmarc_mode == VerifyMode::Disable {
+                (contents, MessageVerdict::default())
+            } else {
+                let check = MessageCheck {
+                    contents,
+                    from: at,
+                    dkim: dkim_mode,
+                    dmarc: dmarc_mode,
+                    spf: spf_results
+                        .iter()
+                        .find(|s| s.identity == Identity::MailFrom)
+                        .map(|s| s.output.clone()),
+                    ip: self.remote.ip(),
+                    helo: self.helo.clone().unwrap_or_default(),
+                    sender: envelope.sender.clone(),
+                };
+                match v.verify_message(check).await {
+                    Some(done) => done,
+                    // The task panicked and took the contents with it: the
+                    // client sends the message again.
+                    None => return Err(replies::store_failed()),
+                }
+            };
+        if let Some(sigs) = &found.dkim {
+            let results: Vec<&str> = sigs.iter().map(|s| s.result.as_str()).collect();
+            let domains: Vec<&str> = sigs.iter().map(|s| s.domain.as_str()).collect();
+            tracing::info!(id = %id, remote = %self.remote.ip(), result = ?results, domain = ?domains, mode = dkim_mode.as_str(), "dkim");
+        }
+        if let Some(d) = &found.dmarc {
+            tracing::info!(id = %id, remote = %self.remote.ip(), result = d.result.as_str(), from = %d.from_domain, policy = d.policy.map_or("(no record)", |p| p.as_str()), mode = dmarc_mode.as_str(), "dmarc");
+        }
+        if dkim_mode == VerifyMode::Strict
+            && let Some(r) = found.dkim.as_deref().and_then(verify::dkim_refusal)
+        {
+            ReceiveCounters::bump(&self.rx.counters.refused_by_dkim);
+            tracing::info!(id = %id, remote = %self.remote.ip(), reply = %r.to_line(), "message refused by DKIM");
+            return Err(r);
+        }
+        if dmarc_mode == VerifyMode::Strict
+            && let Some(r) = found.dmarc.as_ref().and_then(verify::dmarc_refusal)
+        {
+            ReceiveCounters::bump(&self.rx.counters.refused_by_dmarc);
+            tracing::info!(id = %id, remote = %self.remote.ip(), reply = %r.to_line(), "message refused by DMARC");
+            return Err(r);
+        }
+        // RFC 8601: every result, in one field under our name.
+        let iprev = self.iprev_result();
+        let results = Results {
+            iprev,
+            auth: self.auth_as.as_deref(),
+            spf: spf_results
+                .iter()
+                .map(|s| auth_results::SpfResult {
+                    result: s.result.as_str(),
+                    identity: match s.identity {
+                        Identity::Helo => auth_results::SpfIdentity::Helo(&s.checked),
+                        Identity::MailFrom => auth_results::SpfIdentity::MailFrom(&s.checked),
+                    },
+                })
+                .collect(),
+            dkim: found
+                .dkim
+                .iter()
+                .flatten()
+                .map(|d| auth_results::DkimResult {
+                    result: d.result.as_str(),
+                    reason: d.reason.as_deref(),
+                    domain: &d.domain,
+                    selector: &d.selector,
+                    b: &d.b,
+                })
+                .collect(),
+            dmarc: found.dmarc.as_ref().map(|d| auth_results::DmarcResult {
+                result: d.result.as_str(),
+                from_domain: &d.from_domain,
+                policy: d.policy.map(verify::DmarcPolicy::as_str),
+            }),
+        };
+        let Some(field) = auth_results::header(&self.rx.params.hostname, &results) else {
+            return Ok(contents);
+        };
+        let client = auth_results::strip_forged(&contents[at..], &self.rx.params.hostname);
+        if client.is_some() {
+            tracing::info!(id = %id, "removed Authentication-Results fields claiming this server's name (RFC 8601 §5)");
+        }
+        let client = client.as_deref().unwrap_or(&contents[at..]);
+        let mut out = Vec::with_capacity(at + field.len() + client.len());
+        out.extend_from_slice(&contents[..at]);
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(client);
+        Ok(out)
     }
 
     async fn etrn(&mut self, name: String) -> Flow {

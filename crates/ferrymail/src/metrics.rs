@@ -72,6 +72,16 @@ impl MetricsSource for NodeMetrics {
                 Counter,
                 n(&r.refused_by_checks),
             ),
+            Family {
+                name: "ferrymail_smtp_sender_verification_refused_total",
+                help: "Senders (SPF, at MAIL FROM) and messages (DKIM, DMARC, at the end of data) refused by strict sender verification, 5xx and 4xx, by check.",
+                kind: Counter,
+                samples: vec![
+                    (vec![("check", "spf".into())], n(&r.refused_by_spf)),
+                    (vec![("check", "dkim".into())], n(&r.refused_by_dkim)),
+                    (vec![("check", "dmarc".into())], n(&r.refused_by_dmarc)),
+                ],
+            },
             Family::single(
                 "ferrymail_spool_failures_total",
                 "Messages refused with 451 because the spool could not make them durable.",

@@ -16,6 +16,7 @@ use ferrymail_operate::metrics::MetricsSource;
 use ferrymail_receive::defences::Defences;
 use ferrymail_receive::protocol::dialect::Dialect;
 use ferrymail_receive::server::ConnectionLimits;
+use ferrymail_receive::verify::Verifier;
 use ferrymail_receive::{
     AuthSettings, DkimSigning, EtrnAnswer, EtrnRequest, ReceiveCounters, Receiver, SessionParams,
 };
@@ -624,6 +625,11 @@ pub(crate) fn build_receiver(
         defences: Arc::new(Defences::new(
             config.auth.iprev,
             s.connect.dnsbl.clone(),
+            ferrymail_deliver::resolver_setup(&config.resolver),
+        )),
+        verify: Arc::new(Verifier::new(
+            &config.auth,
+            &config.server.hostname,
             ferrymail_deliver::resolver_setup(&config.resolver),
         )),
         etrn_allow: s.etrn.allow.clone(),

@@ -284,6 +284,72 @@ pub mod replies {
             "Reverse DNS validation failed temporarily, try again later",
         )
     }
+    /// `auth.spf.verify.* = "strict"` and the SPF result of `identity`
+    /// (`helo` or `mail from`) for `domain` is not `pass` (Stalwart's
+    /// strict demands a pass): RFC 7372 §3.2 registers X.7.23 "SPF
+    /// validation failed" (RFC 7208 §8.4 says 550 for `fail`).
+    pub fn spf_failed(identity: &str, domain: &str, result: &str) -> Reply {
+        Reply::new(
+            550,
+            "5.7.23",
+            format!("SPF validation of the {identity} identity {domain} failed: {result}"),
+        )
+    }
+    /// The SPF record of `domain` is broken (`permerror`, RFC 7208 §8.7):
+    /// X.7.24 "SPF validation error" (RFC 7372 §3.2).
+    pub fn spf_error(identity: &str, domain: &str) -> Reply {
+        Reply::new(
+            550,
+            "5.7.24",
+            format!("SPF validation of the {identity} identity {domain} failed: permerror"),
+        )
+    }
+    /// SPF could not be evaluated now (`temperror`, a DNS failure): 451
+    /// as RFC 7208 §8.6 says, with X.7.24 (RFC 7372 §3.2), so the client
+    /// tries again later.
+    pub fn spf_temporary(identity: &str, domain: &str) -> Reply {
+        Reply::new(
+            451,
+            "4.7.24",
+            format!(
+                "SPF validation of the {identity} identity {domain} failed temporarily, try again later"
+            ),
+        )
+    }
+    /// `auth.dkim.verify = "strict"` and no DKIM signature of the message
+    /// verifies: RFC 7372 §3.1 registers X.7.20 "No passing DKIM
+    /// signature found".
+    pub fn dkim_failed() -> Reply {
+        Reply::new(550, "5.7.20", "No passing DKIM signature found")
+    }
+    /// As [`dkim_failed`], but a signature's key could not be fetched
+    /// now: it may pass later.
+    pub fn dkim_temporary() -> Reply {
+        Reply::new(
+            451,
+            "4.7.20",
+            "No passing DKIM signature found for now (DNS error), try again later",
+        )
+    }
+    /// `auth.dmarc.verify = "strict"` and the From domain's DMARC policy
+    /// is `reject` for this message (RFC 7489 §6.6.4 and §10.3: a 5xx
+    /// during the session); Stalwart's 550 5.7.1.
+    pub fn dmarc_rejected(domain: &str) -> Reply {
+        Reply::new(
+            550,
+            "5.7.1",
+            format!("Rejected per the DMARC policy of {domain}"),
+        )
+    }
+    /// The DMARC policy of `domain` could not be read, or says `reject`
+    /// and a mechanism failed temporarily: try again later.
+    pub fn dmarc_temporary(domain: &str) -> Reply {
+        Reply::new(
+            451,
+            "4.7.1",
+            format!("DMARC policy of {domain} could not be evaluated now, try again later"),
+        )
+    }
     /// Too many errors in one session: the server gives up (RFC 5321 §4.3.2 421).
     pub fn too_many_errors() -> Reply {
         Reply::new(421, "4.7.0", "Too many errors, closing connection")

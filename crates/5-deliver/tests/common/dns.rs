@@ -1,7 +1,9 @@
 //! The test DNS server both the delivery tests (MX resolution) and the
-//! end-to-end connection-check tests (DNSBL, iprev) use: hickory-server
-//! answering from a fixed zone on 127.0.0.1, UDP and TCP on one port, with
-//! names that get SERVFAIL and names that get no answer at all. One file,
+//! end-to-end connection-check and sender-verification tests (DNSBL,
+//! iprev, SPF, DKIM, DMARC) use: hickory-server answering from a fixed
+//! zone on 127.0.0.1, UDP and TCP on one port, with names that get
+//! SERVFAIL and names that get no answer at all, and a log of the
+//! questions it was asked. One file,
 //! included by `crates/5-deliver/tests/common/mod.rs` and by
 //! `crates/ferrymail/tests/dns_support/mod.rs` (`#[path]`), so the two
 //! suites test against the same server.
@@ -9,24 +11,27 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, PTR};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
 /// Records by (name, type), names that exist without records, and names
-/// answered with SERVFAIL or not at all.
+/// answered with SERVFAIL or not at all; and the questions asked, shared
+/// by every clone (so a test can keep one to read them).
 #[derive(Default, Clone)]
 pub struct Zone {
     records: HashMap<(String, RecordType), Vec<Record>>,
     names: HashSet<String>,
     servfail: HashSet<String>,
     silent: HashSet<String>,
+    asked: Arc<Mutex<Vec<(String, RecordType)>>>,
 }
 
 fn fqdn(name: &str) -> String {
@@ -80,6 +85,23 @@ impl Zone {
         self.add(name, RecordType::PTR, RData::PTR(PTR(target)))
     }
 
+    /// A TXT record, split into character-strings of at most 255 octets
+    /// (RFC 1035 §3.3.14) as a long DKIM key must be.
+    pub fn txt(self, name: &str, text: &str) -> Zone {
+        let chunks: Vec<String> = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        self.add(name, RecordType::TXT, RData::TXT(TXT::new(chunks)))
+    }
+
+    /// The questions asked so far, as (name without the trailing dot,
+    /// type), in order.
+    pub fn asked(&self) -> Vec<(String, RecordType)> {
+        self.asked.lock().unwrap().clone()
+    }
+
     /// Every query for `name` gets SERVFAIL.
     pub fn servfail(mut self, name: &str) -> Zone {
         self.servfail.insert(fqdn(name));
@@ -108,6 +130,10 @@ impl RequestHandler for Handler {
         let name = query.name().to_string().to_ascii_lowercase();
         let rtype = query.query_type();
         let zone = &self.0;
+        zone.asked
+            .lock()
+            .unwrap()
+            .push((name.trim_end_matches('.').to_string(), rtype));
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.authoritative = true;
         meta.recursion_available = true;

@@ -14,6 +14,8 @@ pub use dns::Zone;
 /// hickory-server answering a [`Zone`] on 127.0.0.1, on its own runtime.
 pub struct DnsServer {
     pub addr: SocketAddr,
+    /// A clone of the zone served, to read the questions asked.
+    zone: Zone,
     _server: hickory_server::Server<dns::Handler>,
     _runtime: tokio::runtime::Runtime,
 }
@@ -25,12 +27,18 @@ impl DnsServer {
             .enable_all()
             .build()
             .unwrap();
-        let (addr, server) = runtime.block_on(dns::serve(zone));
+        let (addr, server) = runtime.block_on(dns::serve(zone.clone()));
         DnsServer {
             addr,
+            zone,
             _server: server,
             _runtime: runtime,
         }
+    }
+
+    /// The questions asked so far: (name without the trailing dot, type).
+    pub fn asked(&self) -> Vec<(String, hickory_server::proto::rr::RecordType)> {
+        self.zone.asked()
     }
 
     /// The `[resolver]` section that sends Ferrymail's lookups here.
