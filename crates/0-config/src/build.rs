@@ -1094,11 +1094,15 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
             "priority",
             "max-dynamic-queues",
             "outbound",
+            "limiter",
         ],
         false,
     );
     if let Some(o) = r.sub(&sec, "outbound") {
         out.outbound = outbound(r, &o);
+    }
+    if let Some(l) = r.sub(&sec, "limiter") {
+        out.inbound_limiters = inbound_limiters(r, &l);
     }
     if let Some(e) = r.expr(&sec, "priority") {
         warn_unavailable(r, &sec, "priority", &e, Stage::Routing);
@@ -1239,6 +1243,8 @@ enum Stage {
     Relay,
     /// `session.etrn.allow`: the same as relay.
     Etrn,
+    /// `queue.limiter.inbound.*`: counted at RCPT TO, as relay.
+    Limiter,
     /// `queue.strategy.queue`: routing, before the queue is known.
     RoutingQueue,
     /// The other routing expressions (`queue.strategy.*`, `queue.priority`).
@@ -1271,7 +1277,7 @@ impl Stage {
             ),
             Size => !matches!(
                 self,
-                Stage::Relay | Stage::Etrn | Stage::SpfEhlo | Stage::SpfMailFrom
+                Stage::Relay | Stage::Etrn | Stage::Limiter | Stage::SpfEhlo | Stage::SpfMailFrom
             ),
             Queue => self == Stage::Routing,
             RetryNum | NotifyNum | ExpiresIn | LastError | Mx => false,
@@ -1290,6 +1296,7 @@ impl Stage {
             Stage::SpfMailFrom => "the sender is checked at MAIL FROM, before any recipient",
             Stage::Verify => "the message is verified once it is complete, for all its recipients",
             Stage::Relay => "relay is decided at RCPT TO",
+            Stage::Limiter => "rate limits are counted at RCPT TO",
             Stage::Etrn => "ETRN is decided in the session",
             Stage::RoutingQueue | Stage::Routing => {
                 "each recipient is routed once, when the message is accepted"
@@ -1318,6 +1325,96 @@ fn warn_unavailable(r: &mut Reader, sec: &Section, key: &str, e: &Expr, stage: S
             );
         }
     }
+}
+
+/// `[queue.limiter]`: Stalwart's rate limiters. Only `inbound` is
+/// supported; `outbound` (Stalwart's per-destination throttles) is an
+/// error naming what does that here (`[queue.virtual.<q>] rate` and
+/// `destination.concurrency`).
+fn inbound_limiters(r: &mut Reader, sec: &Section) -> Vec<InboundLimiter> {
+    r.check_keys(sec, &["inbound", "outbound"], false);
+    if sec.get("outbound").is_some() {
+        let span = r.value_span(sec, "outbound");
+        r.error(
+            &span,
+            Problem::Invalid(format!(
+                "'{}' is not supported: limit deliveries with [queue.virtual.<name>] rate and destination.concurrency",
+                sec.path("outbound")
+            )),
+        );
+    }
+    let Some(inbound) = r.sub(sec, "inbound") else {
+        return Vec::new();
+    };
+    r.check_keys(&inbound, &[], true);
+    let mut out = Vec::new();
+    for (id, l) in r.children(&inbound, &[]) {
+        r.check_keys(&l, &["key", "rate", "match", "enable"], false);
+        let enable = r.bool(&l, "enable").unwrap_or(true);
+        let mut key = Vec::new();
+        for (name, span) in r.strings(&l, "key").unwrap_or_default() {
+            match Var::from_name(name.trim()) {
+                Some(v) if Stage::Limiter.has(v) => key.push(v),
+                Some(v) => r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' names '{v}', which has no value there ({})",
+                        l.path("key"),
+                        Stage::Limiter.when(v)
+                    )),
+                ),
+                None => r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' names '{name}', which is not a variable{}",
+                        l.path("key"),
+                        suggest(name.trim(), Var::ALL.iter().map(|v| v.name()))
+                            .map(|s| format!("; did you mean '{s}'?"))
+                            .unwrap_or_default()
+                    )),
+                ),
+            }
+        }
+        let rate = match r.string(&l, "rate") {
+            None => {
+                r.error(
+                    &l.span,
+                    Problem::Invalid(format!("'{}' is required", l.path("rate"))),
+                );
+                None
+            }
+            Some(text) => match parse_rate(&text) {
+                Ok(rate) => Some(rate),
+                Err(why) => {
+                    let span = r.value_span(&l, "rate");
+                    r.error(
+                        &span,
+                        Problem::Invalid(format!(
+                            "invalid rate '{text}' for '{}': {why}",
+                            l.path("rate")
+                        )),
+                    );
+                    None
+                }
+            },
+        };
+        let when = match r.expr(&l, "match") {
+            Some(e) => {
+                warn_unavailable(r, &l, "match", &e, Stage::Limiter);
+                e
+            }
+            None => Expr::constant(Value::Bool(true)),
+        };
+        if let (true, Some(rate)) = (enable, rate) {
+            out.push(InboundLimiter {
+                id,
+                key,
+                rate,
+                when,
+            });
+        }
+    }
+    out
 }
 
 /// `[queue.outbound]`: the delivery client's settings.

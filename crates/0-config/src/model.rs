@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::ConfigError;
-use crate::expr::{Expr, Value};
+use crate::expr::{Expr, Value, Var};
 
 /// Longest SMTP command line accepted by default, CRLF included.
 /// RFC 5321 4.5.3.1.4 sets 512 octets and lets each extension add to it
@@ -767,6 +767,30 @@ pub struct Queue {
     pub max_dynamic_queues: usize,
     /// `[queue.outbound]`: how the SMTP/LMTP client behaves.
     pub outbound: Outbound,
+    /// `[queue.limiter.inbound.<id>]` (Stalwart's names), in file order:
+    /// rate limits on the recipients clients hand in. Disabled ones
+    /// (`enable = false`) are left out.
+    pub inbound_limiters: Vec<InboundLimiter>,
+}
+
+/// `[queue.limiter.inbound.<id>]`: at most `rate` recipients per value of
+/// `key`, counted at RCPT TO when `match` holds; beyond it a recipient
+/// gets 451 4.4.5 and the client tries again later. This is how one noisy
+/// client, a compromised account or a runaway application is slowed
+/// without refusing anyone else.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InboundLimiter {
+    /// The `<id>` (its counts are kept under it).
+    pub id: String,
+    /// `key`: the variables whose values the count is kept per (e.g.
+    /// `["remote_ip"]`, or `["sender_domain", "rcpt"]`); empty: one count
+    /// for every client together.
+    pub key: Vec<Var>,
+    /// `rate`: `COUNT/PERIOD`, e.g. `5/1s`; `COUNT` recipients at once,
+    /// then one per `PERIOD / COUNT`.
+    pub rate: Rate,
+    /// `match`: when the limit applies (default: always).
+    pub when: Expr,
 }
 
 impl Default for Queue {
@@ -785,6 +809,7 @@ impl Default for Queue {
             priority: None,
             max_dynamic_queues: 1000,
             outbound: Outbound::default(),
+            inbound_limiters: Vec::new(),
         }
     }
 }

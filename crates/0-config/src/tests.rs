@@ -2044,3 +2044,52 @@ verify = [ { if = "size > 1000 && helo_domain != ''", then = "relaxed" }, { else
         ]
     );
 }
+
+#[test]
+fn inbound_limiters_take_stalwarts_keys() {
+    let c = ok(r#"
+[queue.limiter.inbound.ip]
+key = ["remote_ip"]
+rate = "5/1s"
+
+[queue.limiter.inbound.sender]
+key = ["sender_domain", "rcpt"]
+rate = "25/1h"
+match = "local_port == 25"
+
+[queue.limiter.inbound.off]
+rate = "1/1s"
+enable = false
+"#);
+    let l = &c.queue.inbound_limiters;
+    assert_eq!(l.len(), 2, "the disabled one is left out");
+    assert_eq!(l[0].id, "ip");
+    assert_eq!(l[0].key, [Var::RemoteIp]);
+    assert_eq!(l[0].rate.count, 5);
+    assert_eq!(l[1].key, [Var::SenderDomain, Var::Rcpt]);
+    assert_eq!(l[1].rate.period, std::time::Duration::from_secs(3600));
+}
+
+#[test]
+fn inbound_limiter_mistakes_name_file_and_line() {
+    assert_eq!(
+        err("[queue.limiter.inbound.ip]\nkey = [\"remote_ipp\"]\nrate = \"5/1s\"\n"),
+        "/etc/ferrymail.toml:2: 'queue.limiter.inbound.ip.key' names 'remote_ipp', which is not a variable; did you mean 'remote_ip'?"
+    );
+    assert_eq!(
+        err("[queue.limiter.inbound.ip]\nkey = [\"size\"]\nrate = \"5/1s\"\n"),
+        "/etc/ferrymail.toml:2: 'queue.limiter.inbound.ip.key' names 'size', which has no value there (rate limits are counted at RCPT TO)"
+    );
+    assert!(
+        err("[queue.limiter.inbound.ip]\nkey = [\"remote_ip\"]\nrate = \"5 per second\"\n")
+            .starts_with("/etc/ferrymail.toml:3: invalid rate '5 per second'"),
+    );
+    assert!(
+        err("[queue.limiter.inbound.ip]\nkey = [\"remote_ip\"]\n")
+            .contains("'queue.limiter.inbound.ip.rate' is required"),
+    );
+    assert!(
+        err("[queue.limiter.outbound.mx]\nrate = \"5/1s\"\n")
+            .contains("'queue.limiter.outbound' is not supported"),
+    );
+}

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod defences;
+pub mod limiter;
 pub mod local;
 pub mod protocol;
 pub mod server;
@@ -83,6 +84,11 @@ pub struct Receiver {
     pub etrn_allow: Expr,
     /// Picks virtual queue and priority weight for each recipient.
     pub router: Arc<Router>,
+    /// `[queue.limiter.inbound.*]`: the rate limits counted at RCPT TO.
+    pub limiters: Vec<ferrymail_config::InboundLimiter>,
+    /// Their counts; shared by every receiver a reload builds, so a reload
+    /// does not reset them.
+    pub rate_counts: Arc<limiter::RateLimiter>,
     /// Where accepted messages go.
     pub spool: Spool,
     /// Mints message ids.
@@ -157,6 +163,8 @@ pub struct ReceiveCounters {
     pub bytes: AtomicU64,
     /// Recipients refused because the session may not relay (554 5.7.1).
     pub relay_denied: AtomicU64,
+    /// Recipients refused by an inbound rate limit (451 4.4.5).
+    pub refused_by_rate: AtomicU64,
     /// Recipients refused by the connection checks: a DNSBL listing or a
     /// strict iprev failure.
     pub refused_by_checks: AtomicU64,

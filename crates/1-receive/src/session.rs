@@ -767,6 +767,17 @@ impl Session {
             tracing::info!(remote = %self.remote.ip(), rcpt = %address, reply = %r.to_line(), "recipient refused by connection checks");
             return self.reply(r);
         }
+        // Inbound rate limits (Stalwart's `queue.limiter.inbound`), counted
+        // per accepted recipient. Never postmaster.
+        if !self.rx.limiters.is_empty()
+            && !own_postmaster
+            && !crate::defences::is_postmaster(&address, &self.rx.params.local_domains)
+            && let Some(limiter) = self.rate_limited(&address)
+        {
+            ReceiveCounters::bump(&self.rx.counters.refused_by_rate);
+            tracing::info!(remote = %self.remote.ip(), rcpt = %address, limiter = %limiter, "recipient over an inbound rate limit");
+            return self.reply(replies::rate_limited());
+        }
         let notify = if f & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
             Notify::Never
         } else if f
@@ -968,6 +979,37 @@ impl Session {
                 return Err(());
             }
         }
+    }
+
+    /// Counts `rcpt` against every inbound limiter whose `match` holds;
+    /// the id of the one that is exhausted, if any (then nothing is
+    /// counted).
+    fn rate_limited(&self, rcpt: &str) -> Option<String> {
+        let vars = RcptVars {
+            session: self,
+            rcpt,
+        };
+        let takes: Vec<crate::limiter::Take> = self
+            .rx
+            .limiters
+            .iter()
+            .filter(|l| l.when.eval_bool(&vars))
+            .map(|l| crate::limiter::Take {
+                limiter: l.id.clone(),
+                key: l
+                    .key
+                    .iter()
+                    .map(|v| vars.var(*v).to_string().to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join("\u{1f}"),
+                rate: l.rate,
+            })
+            .collect();
+        self.rx
+            .rate_counts
+            .take_now(&takes)
+            .err()
+            .map(|i| takes[i].limiter.clone())
     }
 
     fn may_deliver_to(&self, address: &str) -> bool {

@@ -67,6 +67,12 @@ impl MetricsSource for NodeMetrics {
                 n(&r.relay_denied),
             ),
             Family::single(
+                "ferrymail_smtp_rate_limited_total",
+                "Recipients refused with 451 4.4.5 by an inbound rate limit ([queue.limiter.inbound]).",
+                Counter,
+                n(&r.refused_by_rate),
+            ),
+            Family::single(
                 "ferrymail_smtp_connection_checks_refused_total",
                 "Recipients refused because the client is on a DNS blocklist or fails strict reverse DNS.",
                 Counter,

@@ -437,6 +437,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         queued: queued_tx,
         shutdown: shutdown.clone(),
         counters: receive_counters,
+        rate_counts: Default::default(),
     };
     let receiver = Arc::new(ArcSwap::from_pointee(build_receiver(&config, &parts)?));
     let limits = ConnectionLimits::new(
@@ -580,6 +581,8 @@ pub(crate) struct ReceiverParts {
     pub queued: mpsc::UnboundedSender<Queued>,
     pub shutdown: CancellationToken,
     pub counters: Arc<ReceiveCounters>,
+    /// The inbound rate limits' counts, which a reload keeps.
+    pub rate_counts: Arc<ferrymail_receive::limiter::RateLimiter>,
 }
 
 /// The receiver of `config`: session limits and policy, defences, routing,
@@ -634,6 +637,8 @@ pub(crate) fn build_receiver(
         )),
         etrn_allow: s.etrn.allow.clone(),
         router: Arc::new(Router::from_config(&config.queue)),
+        limiters: config.queue.inbound_limiters.clone(),
+        rate_counts: parts.rate_counts.clone(),
         spool: parts.spool.clone(),
         ids: parts.ids.clone(),
         etrn: parts.etrn.clone(),

@@ -168,6 +168,12 @@ pub mod replies {
             format!("Parameter not recognized or not implemented: {p}"),
         )
     }
+    /// A recipient beyond an inbound rate limit: try again later. Stalwart's
+    /// reply (RFC 3463 X.4.5, system congestion), so that clients and
+    /// log parsers that know it need no new rule.
+    pub fn rate_limited() -> Reply {
+        Reply::new(451, "4.4.5", "Rate limit exceeded, try again later")
+    }
     /// More recipients than allowed in one transaction (RFC 5321 §4.5.3.1.10).
     pub fn too_many_recipients() -> Reply {
         Reply::new(452, "4.5.3", "Too many recipients")
