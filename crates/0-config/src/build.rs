@@ -1245,6 +1245,9 @@ enum Stage {
     Etrn,
     /// `queue.limiter.inbound.*`: counted at RCPT TO, as relay.
     Limiter,
+    /// `queue.outbound.hostname`, `source-ip.*`: per delivery, from the
+    /// queued message and its queue entry.
+    Connection,
     /// `queue.strategy.queue`: routing, before the queue is known.
     RoutingQueue,
     /// The other routing expressions (`queue.strategy.*`, `queue.priority`).
@@ -1269,7 +1272,9 @@ impl Stage {
         let verifying = matches!(self, Stage::SpfEhlo | Stage::SpfMailFrom | Stage::Verify);
         match v {
             AuthenticatedAs => !verifying,
-            RemoteIp | LocalPort | HeloDomain | Source => true,
+            // Not stored with the message.
+            LocalPort => self != Stage::Connection,
+            RemoteIp | HeloDomain | Source => true,
             Sender | SenderDomain | Priority => self != Stage::SpfEhlo,
             Rcpt | RcptDomain => !matches!(
                 self,
@@ -1279,7 +1284,7 @@ impl Stage {
                 self,
                 Stage::Relay | Stage::Etrn | Stage::Limiter | Stage::SpfEhlo | Stage::SpfMailFrom
             ),
-            Queue => self == Stage::Routing,
+            Queue => matches!(self, Stage::Routing | Stage::Connection),
             RetryNum | NotifyNum | ExpiresIn | LastError | Mx => false,
         }
     }
@@ -1297,6 +1302,9 @@ impl Stage {
             Stage::Verify => "the message is verified once it is complete, for all its recipients",
             Stage::Relay => "relay is decided at RCPT TO",
             Stage::Limiter => "rate limits are counted at RCPT TO",
+            Stage::Connection => {
+                "connections are made per delivery, from what is queued (no attempt counts, no local port)"
+            }
             Stage::Etrn => "ETRN is decided in the session",
             Stage::RoutingQueue | Stage::Routing => {
                 "each recipient is routed once, when the message is accepted"
@@ -1437,9 +1445,56 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
             "max-messages-per-connection",
             "idle-timeout",
             "delivery-log",
+            "hostname",
+            "ehlo-hostname",
+            "source-ip",
         ],
         false,
     );
+    both_spellings(r, sec, "hostname", "ehlo-hostname");
+    for key in ["hostname", "ehlo-hostname"] {
+        if let Some(e) = r.expr(sec, key) {
+            warn_unavailable(r, sec, key, &e, Stage::Connection);
+            check_outcomes(r, sec, key, &e, |v| match v {
+                Value::Str(s) if !s.is_empty() && !s.contains(char::is_whitespace) => Ok(()),
+                _ => Err("a host name".to_string()),
+            });
+            out.hostname = Some(e);
+        }
+    }
+    if let Some(src) = r.sub(sec, "source-ip") {
+        r.check_keys(&src, &["v4", "v6"], false);
+        for (key, v6) in [("v4", false), ("v6", true)] {
+            let Some(e) = r.expr(&src, key) else {
+                continue;
+            };
+            warn_unavailable(r, &src, key, &e, Stage::Connection);
+            check_outcomes(r, &src, key, &e, |v| {
+                let family = if v6 { "IPv6" } else { "IPv4" };
+                let items = match v {
+                    Value::List(items) => items.as_slice(),
+                    one => std::slice::from_ref(one),
+                };
+                for item in items {
+                    let ok = match item {
+                        Value::Str(s) => s
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_ipv6() == v6),
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(format!("a list of {family} addresses"));
+                    }
+                }
+                Ok(())
+            });
+            if v6 {
+                out.source_ip_v6 = Some(e);
+            } else {
+                out.source_ip_v4 = Some(e);
+            }
+        }
+    }
     // (table, key in it, Ferrymail's name for the setting)
     const TIMEOUTS: [(&str, &str, &str); 14] = [
         ("timeout", "connect", "connect"),

@@ -816,7 +816,7 @@ impl Default for Queue {
 
 /// `[queue.outbound]`: the delivery client's timeouts, MX limits, address
 /// family order, connection reuse and delivery log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Outbound {
     /// `[queue.outbound.timeout]`: one limit per protocol phase.
     pub timeout: OutboundTimeouts,
@@ -835,6 +835,19 @@ pub struct Outbound {
     /// `delivery-log`: file receiving one JSON line per recipient per
     /// attempt. `None`: the lines become `tracing` events (target `delivery`).
     pub delivery_log: Option<PathBuf>,
+    /// `hostname` (Stalwart's key; `ehlo-hostname` too): the EHLO/LHLO
+    /// name, an expression evaluated per delivery (say, per virtual queue,
+    /// to match the PTR record of its source address). `None`:
+    /// `server.hostname`.
+    pub hostname: Option<Expr>,
+    /// `[queue.outbound.source-ip] v4`: the local IPv4 addresses to connect
+    /// from, an expression giving a list, evaluated per delivery; one is
+    /// picked at random for each new connection. `None` or empty: the
+    /// kernel's choice. This is how a sender keeps a pool of addresses per
+    /// kind of mail (and their reputations apart).
+    pub source_ip_v4: Option<Expr>,
+    /// `[queue.outbound.source-ip] v6`: the same for IPv6.
+    pub source_ip_v6: Option<Expr>,
 }
 
 impl Default for Outbound {
@@ -847,6 +860,9 @@ impl Default for Outbound {
             max_messages_per_connection: 100,
             idle_timeout: Duration::from_secs(30),
             delivery_log: None,
+            hostname: None,
+            source_ip_v4: None,
+            source_ip_v6: None,
         }
     }
 }

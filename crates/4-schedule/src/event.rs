@@ -175,6 +175,7 @@ impl Event {
                 tls: r.tls.clone(),
                 dsn: r.dsn,
                 lmtp: r.lmtp,
+                source: None,
             }),
             contents,
         }
@@ -335,6 +336,7 @@ mod tests {
                     tls: Some("TLSv1.3".into()),
                     dsn: true,
                     lmtp: false,
+                    source: None,
                 }),
                 contents: Some(Bytes::from_static(b"x")),
             };

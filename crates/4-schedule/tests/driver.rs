@@ -92,6 +92,7 @@ fn remote() -> Remote {
         tls: None,
         dsn: true,
         lmtp: false,
+        source: None,
     }
 }
 

@@ -237,6 +237,9 @@ pub struct Remote {
     pub dsn: bool,
     /// LMTP rather than SMTP: a 2xx means final delivery ("delivered").
     pub lmtp: bool,
+    /// The local address the connection came from, when
+    /// `[queue.outbound.source-ip]` chose it (the delivery log shows it).
+    pub source: Option<IpAddr>,
 }
 
 /// The result for one recipient of a [`Job`].

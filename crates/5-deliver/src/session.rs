@@ -49,6 +49,23 @@ pub struct Peer {
     pub tls: RouteTls,
     /// AUTH credentials of a relay route.
     pub auth: Option<RouteAuth>,
+    /// The local address to connect from (`[queue.outbound.source-ip]`);
+    /// `None`: the kernel's choice.
+    pub source: Option<std::net::IpAddr>,
+}
+
+/// Connects to `peer.addr`, from `peer.source` when one is set.
+async fn connect(peer: &Peer) -> std::io::Result<TcpStream> {
+    let Some(source) = peer.source else {
+        return TcpStream::connect(peer.addr).await;
+    };
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket.connect(peer.addr).await
 }
 
 /// Why a session could not be opened or went away. Always transient for the
@@ -206,8 +223,7 @@ impl Session {
         tls: &TlsConfigs,
         try_starttls: bool,
     ) -> Result<Session, SessionError> {
-        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(peer.addr)).await
-        {
+        let tcp = match tokio::time::timeout(timeouts.connect, connect(peer)).await {
             Err(_) => return Err(SessionError::Timeout("connect")),
             Ok(Err(e)) => return Err(SessionError::Connect(e)),
             Ok(Ok(s)) => s,
@@ -239,6 +255,7 @@ impl Session {
                 tls: tls_version,
                 dsn: false,
                 lmtp: peer.lmtp,
+                source: peer.source,
             },
             transactions: 0,
             last_used: Instant::now(),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use ferrymail_config::expr::{Expr, Value, Var, Variables};
 use ferrymail_config::{Config, DeliveryProtocol, Outbound, Route, RouteKind};
 use ferrymail_spool::Recipient;
 use rustls::pki_types::CertificateDer;
@@ -91,6 +92,100 @@ impl Settings {
             log,
             generation,
         })
+    }
+}
+
+/// Where and as whom one delivery connects: the EHLO name and the local
+/// addresses to connect from (`[queue.outbound] hostname`, `source-ip`),
+/// decided per job.
+#[derive(Debug, PartialEq, Eq)]
+struct Local {
+    hostname: String,
+    v4: Vec<IpAddr>,
+    v6: Vec<IpAddr>,
+}
+
+impl Local {
+    /// A source address of `remote`'s family, picked at random; `None`
+    /// when none is configured for that family (the kernel chooses).
+    fn source_for(&self, remote: IpAddr) -> Option<IpAddr> {
+        let pool = if remote.is_ipv4() { &self.v4 } else { &self.v6 };
+        match pool.len() {
+            0 => None,
+            1 => Some(pool[0]),
+            n => Some(pool[(crate::dns::random_u64() % n as u64) as usize]),
+        }
+    }
+}
+
+/// The variables of the connection expressions: the queued message and the
+/// job's queue and destination.
+struct JobVars<'a>(&'a Job);
+
+impl Variables for JobVars<'_> {
+    fn var(&self, v: Var) -> Value {
+        let job = self.0;
+        let env = &job.envelope;
+        let domain = |a: &str| ferrymail_spool::domain_of(a).unwrap_or_default();
+        match v {
+            Var::Sender => env.sender.clone().into(),
+            Var::SenderDomain => domain(&env.sender).into(),
+            Var::Rcpt => job
+                .recipients
+                .first()
+                .and_then(|&i| env.recipients.get(i as usize))
+                .map(|r| r.address.clone())
+                .into(),
+            Var::RcptDomain => job.domain.clone().into(),
+            Var::RemoteIp => env.remote_ip.into(),
+            Var::AuthenticatedAs => env.authenticated_as.clone().into(),
+            Var::HeloDomain => env.helo.clone().into(),
+            Var::Priority => Value::Int(i64::from(env.mt_priority)),
+            Var::Size => env.size.into(),
+            Var::Queue => job.queue.clone().into(),
+            Var::Source => env.source.as_str().into(),
+            _ => Value::Null,
+        }
+    }
+}
+
+impl Settings {
+    /// The EHLO name and source addresses for `job`. Values that are not
+    /// addresses of the right family are skipped with a warning (a
+    /// constant list was checked when the configuration was loaded).
+    fn local_for(&self, job: &Job) -> Local {
+        let o = &self.outbound;
+        let vars = JobVars(job);
+        let hostname = o
+            .hostname
+            .as_ref()
+            .and_then(|e| e.eval_string(&vars))
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| self.hostname.clone());
+        let addresses = |e: &Option<Expr>, v6: bool| -> Vec<IpAddr> {
+            let Some(e) = e else { return Vec::new() };
+            e.eval_strings(&vars)
+                .into_iter()
+                .filter_map(|text| match text.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_ipv6() == v6 => Some(ip),
+                    _ => {
+                        tracing::warn!(value = %text, "queue.outbound.source-ip: not an address of the right family; ignored");
+                        None
+                    }
+                })
+                .collect()
+        };
+        Local {
+            hostname,
+            v4: addresses(&o.source_ip_v4, false),
+            v6: addresses(&o.source_ip_v6, true),
+        }
+    }
+
+    /// Whether any connection setting depends on the job.
+    fn per_job_local(&self) -> bool {
+        let o = &self.outbound;
+        o.hostname.is_some() || o.source_ip_v4.is_some() || o.source_ip_v6.is_some()
     }
 }
 
@@ -239,14 +334,31 @@ impl Inner {
             return out;
         };
         let is_relay = matches!(route.kind, RouteKind::Relay { .. });
-        let key = destination_key(&job.route, &job.domain, is_relay);
+        let mut key = destination_key(&job.route, &job.domain, is_relay);
+        let local = if settings.per_job_local() {
+            let local = settings.local_for(job);
+            // A pooled connection is reused only by jobs that would have
+            // opened it the same way (same EHLO name, same address pool).
+            key = format!(
+                "{key}\u{1f}{}\u{1f}{:?}\u{1f}{:?}",
+                local.hostname, local.v4, local.v6
+            );
+            local
+        } else {
+            Local {
+                hostname: settings.hostname.clone(),
+                v4: Vec::new(),
+                v6: Vec::new(),
+            }
+        };
 
         let mut fresh_only = false;
         loop {
             let session = if fresh_only {
-                self.connect(&settings, route, &job.domain).await
+                self.connect(&settings, &local, route, &job.domain).await
             } else {
-                self.session(&settings, &key, route, &job.domain).await
+                self.session(&settings, &local, &key, route, &job.domain)
+                    .await
             };
             let mut session = match session {
                 Err(f) => {
@@ -286,6 +398,7 @@ impl Inner {
     async fn session(
         self: &Arc<Self>,
         settings: &Settings,
+        local: &Local,
         key: &str,
         route: &Route,
         domain: &str,
@@ -311,7 +424,7 @@ impl Inner {
                 }
             }
         }
-        self.connect(settings, route, domain).await
+        self.connect(settings, local, route, domain).await
     }
 
     /// Opens a session to the first next hop that works: for `mx`, the MX
@@ -322,6 +435,7 @@ impl Inner {
     async fn connect(
         &self,
         settings: &Settings,
+        local: &Local,
         route: &Route,
         domain: &str,
     ) -> Result<Session, Failure> {
@@ -383,8 +497,9 @@ impl Inner {
                     lmtp: route.protocol == DeliveryProtocol::Lmtp,
                     tls: route.tls,
                     auth: route.auth.clone(),
+                    source: local.source_for(ip),
                 };
-                match Session::open(&peer, &settings.hostname, &o.timeout, &self.tls).await {
+                match Session::open(&peer, &local.hostname, &o.timeout, &self.tls).await {
                     Ok(s) => return Ok(s),
                     Err(e) => {
                         tracing::debug!(host = %host, %ip, error = %e, "next hop failed");
@@ -402,6 +517,7 @@ impl Inner {
                             tls: None,
                             dsn: false,
                             lmtp: peer.lmtp,
+                            source: peer.source,
                         });
                     }
                 }

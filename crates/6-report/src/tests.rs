@@ -130,6 +130,7 @@ fn event(env: &Arc<Envelope>, rcpt: u32, kind: EventKind) -> Event {
             tls: None,
             dsn: false,
             lmtp: false,
+            source: None,
         }),
         contents: Some(bytes::Bytes::from_static(
             b"Subject: hi\r\nMessage-ID: <m@x>\r\n\r\nbody\r\n",

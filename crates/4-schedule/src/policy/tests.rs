@@ -349,6 +349,7 @@ fn final_outcomes() {
         tls: None,
         dsn,
         lmtp,
+        source: None,
     };
     let ok = reply(250, "2.0.0");
     let cases: Vec<(Option<Remote>, Outcome, EventKind)> = vec![

@@ -122,6 +122,10 @@ pub struct SmtpSink {
 /// line ends become LF in `body`.
 #[derive(Clone)]
 pub struct Dumped {
+    /// `X-Client-Addr:` value: where the connection came from.
+    pub client_addr: String,
+    /// `X-Helo-Args:` value: the EHLO/HELO name the client gave.
+    pub helo: String,
     /// `X-Mail-Args:` value.
     pub mail_args: String,
     /// `X-Rcpt-Args:` values, in order.
@@ -133,6 +137,8 @@ pub struct Dumped {
 impl std::fmt::Debug for Dumped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dumped")
+            .field("client_addr", &self.client_addr)
+            .field("helo", &self.helo)
             .field("mail_args", &self.mail_args)
             .field("rcpt_args", &self.rcpt_args)
             .field("body", &String::from_utf8_lossy(&self.body))
@@ -243,6 +249,8 @@ fn parse_dump(text: &[u8]) -> Option<Dumped> {
     if !text.ends_with(b"\n\n") {
         return None;
     }
+    let mut client_addr = String::new();
+    let mut helo = String::new();
     let mut mail_args = String::new();
     let mut rcpt_args = Vec::new();
     let mut rest = text;
@@ -250,7 +258,11 @@ fn parse_dump(text: &[u8]) -> Option<Dumped> {
         let nl = rest.iter().position(|&b| b == b'\n')?;
         let line = String::from_utf8_lossy(&rest[..nl]).to_string();
         rest = &rest[nl + 1..];
-        if let Some(v) = line.strip_prefix("X-Mail-Args: ") {
+        if let Some(v) = line.strip_prefix("X-Client-Addr: ") {
+            client_addr = v.to_string();
+        } else if let Some(v) = line.strip_prefix("X-Helo-Args: ") {
+            helo = v.to_string();
+        } else if let Some(v) = line.strip_prefix("X-Mail-Args: ") {
             mail_args = v.to_string();
         } else if let Some(v) = line.strip_prefix("X-Rcpt-Args: ") {
             rcpt_args.push(v.to_string());
@@ -264,6 +276,8 @@ fn parse_dump(text: &[u8]) -> Option<Dumped> {
     }
     let body = rest.strip_suffix(b"\n").unwrap_or(rest).to_vec();
     Some(Dumped {
+        client_addr,
+        helo,
         mail_args,
         rcpt_args,
         body,
