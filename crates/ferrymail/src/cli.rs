@@ -153,21 +153,31 @@ pub fn main(cmd: QueueCmd, config: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let result = match block_on("ferrymail", run(cmd, &client)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferrymail: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
-    match runtime.block_on(run(cmd, &client)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferrymail: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs `fut` on a single-threaded runtime: what each client command
+/// (queue, reload, sendmail) does with its one request. Exit 1, with
+/// `who: why` printed, when no runtime can be made.
+pub fn block_on<F: std::future::Future>(who: &str, fut: F) -> Result<F::Output, ExitCode> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Ok(r.block_on(fut)),
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            Err(ExitCode::from(1))
         }
     }
 }

@@ -195,17 +195,11 @@ pub fn main(config: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferrymail: {e}");
-            return ExitCode::from(1);
-        }
+    let answer = match crate::cli::block_on("ferrymail", client.call("POST", "/api/reload", None)) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
-    match runtime.block_on(client.call("POST", "/api/reload", None)) {
+    match answer {
         Ok(body) => {
             let report: ReloadReport = match serde_json::from_slice(&body) {
                 Ok(r) => r,

@@ -83,17 +83,14 @@ pub fn main(args: SendmailArgs) -> ExitCode {
         encode_query_value(&from),
         encode_query_value(&recipients.join(","))
     );
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferrymail sendmail: {e}");
-            return ExitCode::from(1);
-        }
+    let answer = match crate::cli::block_on(
+        "ferrymail sendmail",
+        client.call("POST", &path, Some(input)),
+    ) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
-    match runtime.block_on(client.call("POST", &path, Some(input))) {
+    match answer {
         Ok(body) => {
             let id = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()

@@ -23,27 +23,9 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    require("openssl");
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("dkim-rsa.pem");
-    let out = run_bounded(
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-            ])
-            .arg(&key),
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "openssl genpkey: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rsa_key_file(&key);
     let smtp = free_port();
     let valid = format!(
         r#"[server]

@@ -11,20 +11,7 @@ fn readme_examples_check_clean() {
         .expect("README.md");
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("dkim-rsa.pem");
-    require("openssl");
-    let st = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+    rsa_key_file(&key);
     let mut rest = readme.as_str();
     let mut checked = 0;
     while let Some(i) = rest.find("```toml\n") {

@@ -8,6 +8,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs `openssl` with `args` (keys for DKIM and TLS fixtures) and
+/// returns its standard output; fails the test when it fails.
+pub fn openssl(args: &[&str]) -> Vec<u8> {
+    require("openssl");
+    let out = run_bounded(Command::new("openssl").args(args), Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Writes a fresh 2048-bit RSA private key (PKCS#8 PEM) to `path`: a DKIM
+/// key for configuration fixtures.
+pub fn rsa_key_file(path: &Path) {
+    let path = path.to_str().expect("a UTF-8 path");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        path,
+    ]);
+}
+
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferrymail")

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Server, free_port, require, run_bounded};
+use crate::common::{Server, free_port, openssl, require, rsa_key_file, run_bounded};
 
 /// A child process, killed and reaped on drop.
 pub struct Proc(pub Child);
@@ -219,16 +219,6 @@ pub struct Keys {
     _dir: tempfile::TempDir,
 }
 
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = run_bounded(Command::new("openssl").args(args), Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 fn base64(bytes: &[u8]) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
@@ -254,15 +244,7 @@ impl Keys {
         let rsa = dir.path().join("rsa.pem");
         let ed = dir.path().join("ed.pem");
         let p = |p: &Path| p.to_str().unwrap().to_string();
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            &p(&rsa),
-        ]);
+        rsa_key_file(&rsa);
         openssl(&["genpkey", "-algorithm", "ed25519", "-out", &p(&ed)]);
         let spki = |key: &Path| openssl(&["pkey", "-in", &p(key), "-pubout", "-outform", "DER"]);
         let rsa_pub = spki(&rsa);

@@ -24,32 +24,13 @@ pub struct DkimKey {
     _dir: tempfile::TempDir,
 }
 
-fn openssl(args: &[&str]) -> Vec<u8> {
-    require("openssl");
-    let out = run_bounded(Command::new("openssl").args(args), Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 impl DkimKey {
     /// A fresh 2048-bit key.
     pub fn generate() -> DkimKey {
         let dir = tempfile::tempdir().unwrap();
         let pem = dir.path().join("dkim.pem");
         let path = pem.to_str().unwrap().to_string();
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            &path,
-        ]);
+        rsa_key_file(&pem);
         // The SubjectPublicKeyInfo, base64: the PEM body without its
         // armour lines.
         let public = String::from_utf8(openssl(&["pkey", "-in", &path, "-pubout"])).unwrap();
