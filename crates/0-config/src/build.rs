@@ -1383,29 +1383,13 @@ fn inbound_limiters(r: &mut Reader, sec: &Section) -> Vec<InboundLimiter> {
                 ),
             }
         }
-        let rate = match r.string(&l, "rate") {
-            None => {
-                r.error(
-                    &l.span,
-                    Problem::Invalid(format!("'{}' is required", l.path("rate"))),
-                );
-                None
-            }
-            Some(text) => match parse_rate(&text) {
-                Ok(rate) => Some(rate),
-                Err(why) => {
-                    let span = r.value_span(&l, "rate");
-                    r.error(
-                        &span,
-                        Problem::Invalid(format!(
-                            "invalid rate '{text}' for '{}': {why}",
-                            l.path("rate")
-                        )),
-                    );
-                    None
-                }
-            },
-        };
+        if l.get("rate").is_none() {
+            r.error(
+                &l.span,
+                Problem::Invalid(format!("'{}' is required", l.path("rate"))),
+            );
+        }
+        let rate = rate_key(r, &l, "rate");
         let when = match r.expr(&l, "match") {
             Some(e) => {
                 warn_unavailable(r, &l, "match", &e, Stage::Limiter);
@@ -1702,9 +1686,16 @@ fn virtual_queue(
         out.concurrency = n;
     }
     if let Some(d) = r.sub(sec, "destination") {
-        r.check_keys(&d, &["concurrency", "failure-limit", "suspend"], false);
+        r.check_keys(
+            &d,
+            &["concurrency", "rate", "failure-limit", "suspend"],
+            false,
+        );
         if let Some(n) = r.usize(&d, "concurrency", 1) {
             out.destination.concurrency = n;
+        }
+        if let Some(rate) = rate_key(r, &d, "rate") {
+            out.destination.rate = Some(rate);
         }
         if let Some(n) = r.int(&d, "failure-limit", 1, i64::from(u32::MAX)) {
             out.destination.failure_limit = u32::try_from(n).unwrap_or(u32::MAX);
@@ -1721,20 +1712,8 @@ fn virtual_queue(
             }
         }
     }
-    if let Some(text) = r.string(sec, "rate") {
-        match parse_rate(&text) {
-            Ok(rate) => out.rate = Some(rate),
-            Err(why) => {
-                let span = r.value_span(sec, "rate");
-                r.error(
-                    &span,
-                    Problem::Invalid(format!(
-                        "invalid rate '{text}' for '{}': {why}",
-                        sec.path("rate")
-                    )),
-                );
-            }
-        }
+    if let Some(rate) = rate_key(r, sec, "rate") {
+        out.rate = Some(rate);
     }
     if let Some(id) = r.string(sec, "schedule") {
         if schedules.contains_key(&id) {
@@ -1755,6 +1734,26 @@ fn virtual_queue(
 }
 
 /// `COUNT/PERIOD`, e.g. `500/1s`, `10/1m`; a bare unit means one (`500/s`).
+/// The rate at `key` (`COUNT/PERIOD`), or `None` when absent or invalid
+/// (an error naming the key).
+fn rate_key(r: &mut Reader, sec: &Section, key: &str) -> Option<Rate> {
+    let text = r.string(sec, key)?;
+    match parse_rate(&text) {
+        Ok(rate) => Some(rate),
+        Err(why) => {
+            let span = r.value_span(sec, key);
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "invalid rate '{text}' for '{}': {why}",
+                    sec.path(key)
+                )),
+            );
+            None
+        }
+    }
+}
+
 pub(crate) fn parse_rate(text: &str) -> Result<Rate, String> {
     const HINT: &str = "write COUNT/PERIOD, e.g. 500/1s";
     let (count, period) = text.split_once('/').ok_or_else(|| HINT.to_string())?;

@@ -987,6 +987,10 @@ pub struct DestinationLimits {
     /// `destination.concurrency`: deliveries in flight to one destination at
     /// once, reached by slow start. Default 10.
     pub concurrency: usize,
+    /// `destination.rate`: deliveries started to one destination per
+    /// period (`100/1m`), a token bucket per destination and node; what
+    /// large receivers allow one sending address. `None`: no limit.
+    pub rate: Option<Rate>,
     /// `destination.failure-limit`: consecutive connection-level failures
     /// after which the destination is suspended. Default 5.
     pub failure_limit: u32,
@@ -999,6 +1003,7 @@ impl Default for DestinationLimits {
     fn default() -> Self {
         DestinationLimits {
             concurrency: 10,
+            rate: None,
             failure_limit: 5,
             suspend: Duration::from_secs(5 * 60),
         }

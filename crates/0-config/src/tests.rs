@@ -1490,6 +1490,7 @@ fn virtual_queue_destination_limits() {
 [queue.virtual.slow]
 concurrency = 8
 destination.concurrency = 3
+destination.rate = "100/1m"
 destination.failure-limit = 2
 destination.suspend = "90s"
 
@@ -1501,6 +1502,10 @@ destination.concurrency = 4
         q["slow"].destination,
         DestinationLimits {
             concurrency: 3,
+            rate: Some(Rate {
+                count: 100,
+                period: mins(1),
+            }),
             failure_limit: 2,
             suspend: Duration::from_secs(90),
         }

@@ -45,6 +45,11 @@
 //!   destinations inside one virtual queue.
 //! * **Token-bucket queue rate**: `rate = "500/1s"`, per node or, with a
 //!   shared store, for the whole cluster (see `Bucket`).
+//! * **Per-destination rate**: `destination.rate`, a bucket per ready
+//!   queue (per node). An empty bucket takes its destination off the ring
+//!   until the next token (`rate_wakes`), so the others go on; a ready
+//!   queue with a bucket that is not full again is not freed, so a trickle
+//!   of mail does not get a fresh burst with every message.
 //! * **Restart spreading** ([`RESTART_SPREAD_MS`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -214,6 +219,11 @@ struct ReadyQueue {
     in_ring: bool,
     /// The last connection-level error, for suspension deferrals.
     last_error: Option<String>,
+    /// `destination.rate`: jobs started per period (per node).
+    bucket: Option<Bucket>,
+    /// When the bucket has its next token, while it is what holds this
+    /// destination back (then it is on [`Scheduler::rate_wakes`]).
+    rate_wake: Option<UnixMillis>,
 }
 
 impl ReadyQueue {
@@ -284,6 +294,13 @@ impl Bucket {
             self.wanted = self.shared;
             false
         }
+    }
+
+    /// Whether the bucket is full again at `now` (it then holds nothing a
+    /// fresh one would not).
+    fn full_at(&self, now: UnixMillis) -> bool {
+        let elapsed = now.saturating_sub(self.last) as f64;
+        self.tokens + elapsed * self.per_ms >= self.capacity - 1e-9
     }
 
     /// When the next whole token will be there.
@@ -694,6 +711,9 @@ pub struct Scheduler {
     by_msg: HashMap<MessageId, u32, IdBuild>,
     /// Waiting entries by due time.
     timeline: BTreeSet<(UnixMillis, u32)>,
+    /// Ready queues held back by their `destination.rate`, by when their
+    /// next token is there.
+    rate_wakes: BTreeSet<(UnixMillis, u32)>,
     /// Ready queues; `None` for a free id.
     rqs: Vec<Option<ReadyQueue>>,
     /// Free ready-queue ids.
@@ -750,6 +770,7 @@ impl Scheduler {
             live: 0,
             by_msg: HashMap::default(),
             timeline: BTreeSet::new(),
+            rate_wakes: BTreeSet::new(),
             rqs: Vec::new(),
             rq_free: Vec::new(),
             rq_index: HashMap::default(),
@@ -987,6 +1008,8 @@ impl Scheduler {
             fresh_run: 0,
             in_ring: false,
             last_error: None,
+            bucket: None,
+            rate_wake: None,
         };
         let id = match self.rq_free.pop() {
             Some(id) => {
@@ -1009,7 +1032,11 @@ impl Scheduler {
 
     fn maybe_free_rq(&mut self, id: u32, now: UnixMillis) {
         let rq = self.rq(id);
-        if rq.refs > 0 || rq.in_flight > 0 || Self::suspended_at(rq, now) {
+        if rq.refs > 0
+            || rq.in_flight > 0
+            || Self::suspended_at(rq, now)
+            || rq.bucket.as_ref().is_some_and(|b| !b.full_at(now))
+        {
             return;
         }
         let rq = self.rqs[id as usize].take().expect("live ready queue");
@@ -1285,6 +1312,20 @@ impl Scheduler {
             self.timeline.pop_first();
             self.make_ready(s);
         }
+        while let Some(&(due, id)) = self.rate_wakes.first() {
+            if due > now {
+                break;
+            }
+            self.rate_wakes.pop_first();
+            // The id may have been freed (and reused) since: enqueuing
+            // an idle ready queue is harmless.
+            if let Some(rq) = self.rqs[id as usize].as_mut()
+                && rq.rate_wake == Some(due)
+            {
+                rq.rate_wake = None;
+                self.enqueue_rq(id);
+            }
+        }
         if now.saturating_sub(self.last_sweep) >= SWEEP_EVERY_MS {
             self.last_sweep = now;
             for id in 0..self.rqs.len() as u32 {
@@ -1339,12 +1380,27 @@ impl Scheduler {
             if q.in_flight >= q.concurrency {
                 break; // a finishing job frees a slot; the ring is kept
             }
+            // `destination.rate`: this destination waits for its next
+            // token, off the ring; the others go on.
+            if let Some(at) = self.dest_rate_wait(qid, rqid, now) {
+                self.pop_ring(qid);
+                let rq = self.rq_mut(rqid);
+                if rq.rate_wake != Some(at) {
+                    rq.rate_wake = Some(at);
+                    self.rate_wakes.insert((at, rqid));
+                }
+                continue;
+            }
+            let q = self.q_mut(qid);
             if let Some(b) = &mut q.bucket
                 && !b.try_take(now)
             {
                 // A shared bucket wakes the loop with a grant, not a time.
                 q.rate_wake = (!b.shared).then(|| b.next_at());
                 break;
+            }
+            if let Some(b) = &mut self.rq_mut(rqid).bucket {
+                b.try_take(now);
             }
             self.pop_ring(qid);
             let job = self.build_job(rqid, Mode::Deliver, true);
@@ -1357,6 +1413,20 @@ impl Scheduler {
                 self.q_mut(qid).ring.push_back(rqid);
             }
         }
+    }
+
+    /// When ready queue `rqid` may start its next job under its queue's
+    /// `destination.rate`, if that is later than `now`. Keeps the bucket in
+    /// step with the configuration (a reload may have changed the rate).
+    fn dest_rate_wait(&mut self, qid: u32, rqid: u32, now: UnixMillis) -> Option<UnixMillis> {
+        let rate = self.q(qid).dest.rate;
+        let rq = self.rq_mut(rqid);
+        if rq.bucket.as_ref().map(|b| b.rate) != rate {
+            rq.bucket = rate.map(|r| Bucket::new(r, false));
+        }
+        let b = rq.bucket.as_mut()?;
+        b.refill(now);
+        (b.tokens < 1.0 - 1e-9).then(|| b.next_at().max(now + 1))
     }
 
     fn pop_ring(&mut self, qid: u32) {
@@ -1648,7 +1718,13 @@ impl Scheduler {
     /// earliest due time, or the moment a rate limit lets a job out. `None`
     /// when only an outside event (new mail, a finished job) can help.
     pub fn next_wake(&self) -> Option<UnixMillis> {
-        let due = self.timeline.first().map(|&(t, _)| t);
+        let due = [
+            self.timeline.first().map(|&(t, _)| t),
+            self.rate_wakes.first().map(|&(t, _)| t),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let rate = self
             .active
             .iter()

@@ -1195,3 +1195,56 @@ fn reconfigure_changes_limits_and_keeps_every_entry() {
     assert_eq!(s.stats().dynamic_queues, 0);
     assert_eq!(s.stats().queues, queues, "bulk gone, fresh there");
 }
+
+#[test]
+fn destination_rate_holds_one_destination_and_not_the_others() {
+    let mut s = sched(
+        "[queue.virtual.default]\nconcurrency = 100\ndestination.concurrency = 100\ndestination.rate = \"2/1s\"\n",
+    );
+    let slow = fill(&mut s, "limited.example", 6, 0);
+    let other = fill(&mut s, "other.example", 6, 100);
+    let jobs = s.poll(T0);
+    let count = |jobs: &[Dispatch], d: &str| jobs.iter().filter(|j| j.domain == d).count();
+    assert_eq!(count(&jobs, "limited.example"), 2, "a burst of two");
+    assert_eq!(
+        count(&jobs, "other.example"),
+        2,
+        "each destination its own bucket"
+    );
+    for j in &jobs {
+        finish(&mut s, j, Health::Answered, Next::Gone, T0);
+    }
+    assert!(s.poll(T0).is_empty(), "both wait for a token");
+    assert_eq!(s.next_wake(), Some(T0 + 500), "one token per 500 ms");
+    assert_eq!(s.poll(T0 + 499).len(), 0);
+    let jobs = s.poll(T0 + 500);
+    assert_eq!(count(&jobs, "limited.example"), 1);
+    assert_eq!(count(&jobs, "other.example"), 1);
+    for j in &jobs {
+        finish(&mut s, j, Health::Answered, Next::Gone, T0 + 500);
+    }
+    // Two seconds later the bucket is full again: a burst of two, not four.
+    let jobs = s.poll(T0 + 2_500);
+    assert_eq!(count(&jobs, "limited.example"), 2);
+    assert_eq!(slow.len() + other.len(), 12);
+}
+
+#[test]
+fn destination_rate_survives_an_empty_destination() {
+    // A trickle to one destination must not get a fresh bucket with every
+    // message: the ready queue stays, across sweeps, until its bucket is
+    // full again.
+    let mut s = sched("[queue.virtual.default]\ndestination.rate = \"1/5m\"\n");
+    fill(&mut s, "limited.example", 1, 0);
+    let jobs = s.poll(T0);
+    assert_eq!(jobs.len(), 1);
+    finish(&mut s, &jobs[0], Health::Answered, Next::Gone, T0);
+    let later = T0 + SWEEP_EVERY_MS + 1;
+    assert!(later < T0 + 5 * MIN);
+    assert!(s.poll(later).is_empty(), "a sweep with nothing queued");
+    fill(&mut s, "limited.example", 1, 10);
+    assert!(s.poll(later).is_empty(), "the second message waits");
+    let wake = s.next_wake().expect("a wake for the token");
+    assert!((T0 + 5 * MIN..=T0 + 5 * MIN + 2).contains(&wake), "{wake}");
+    assert_eq!(s.poll(wake).len(), 1);
+}
