@@ -160,8 +160,10 @@ impl FailureLedger {
         }
     }
 
-    /// The key an address counts under.
-    fn key(ip: IpAddr) -> IpAddr {
+    /// The key an address counts under: IPv6 per /64 (one customer's
+    /// network), IPv4 per address. The inbound rate limits count
+    /// `remote_ip` the same way.
+    pub fn key(ip: IpAddr) -> IpAddr {
         match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let s = v6.segments();

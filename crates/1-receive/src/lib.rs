@@ -125,20 +125,38 @@ pub struct AuthSettings {
     pub config: ferrymail_config::SessionAuth,
     /// Who may log in (the directory `config.directory` names).
     pub directory: ferrymail_config::Directory,
-    /// Failures per client address, across sessions.
-    pub ledger: auth::FailureLedger,
+    /// Failures per client address, across sessions (and across reloads
+    /// that keep its limits: a reload gives no password guesser a fresh
+    /// allowance).
+    pub ledger: Arc<auth::FailureLedger>,
 }
 
 impl AuthSettings {
     /// From the configuration; `None` when no directory is set (AUTH is
-    /// not offered).
-    pub fn from_config(config: &ferrymail_config::Config) -> Option<AuthSettings> {
+    /// not offered). `previous` (the settings before a reload) hands over
+    /// its failure counts when the per-address limits stay the same.
+    pub fn from_config(
+        config: &ferrymail_config::Config,
+        previous: Option<&AuthSettings>,
+    ) -> Option<AuthSettings> {
         let a = &config.session.auth;
         let directory = config.directories.get(a.directory.as_ref()?)?.clone();
+        let ledger = match previous {
+            Some(p)
+                if p.config.errors_per_ip == a.errors_per_ip
+                    && p.config.errors_per_ip_window == a.errors_per_ip_window =>
+            {
+                p.ledger.clone()
+            }
+            _ => Arc::new(auth::FailureLedger::new(
+                a.errors_per_ip,
+                a.errors_per_ip_window,
+            )),
+        };
         Some(AuthSettings {
             config: a.clone(),
             directory,
-            ledger: auth::FailureLedger::new(a.errors_per_ip, a.errors_per_ip_window),
+            ledger,
         })
     }
 }

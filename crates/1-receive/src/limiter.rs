@@ -88,7 +88,7 @@ impl RateLimiter {
             if tat - now_ms > tolerance {
                 return Err(i);
             }
-            next.push(tat + interval);
+            next.push(tat.saturating_add(interval));
         }
         for (t, tat) in takes.iter().zip(next) {
             state.tat.insert((t.limiter.clone(), t.key.clone()), tat);

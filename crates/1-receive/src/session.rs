@@ -999,7 +999,14 @@ impl Session {
                 key: l
                     .key
                     .iter()
-                    .map(|v| vars.var(*v).to_string().to_lowercase())
+                    .map(|v| match v {
+                        // An IPv6 client counts per /64, as for AUTH
+                        // failures: one host has a whole /64 to walk.
+                        Var::RemoteIp => {
+                            crate::auth::FailureLedger::key(self.remote.ip()).to_string()
+                        }
+                        v => vars.var(*v).to_string().to_lowercase(),
+                    })
                     .collect::<Vec<_>>()
                     .join("\u{1f}"),
                 rate: l.rate,

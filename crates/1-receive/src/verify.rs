@@ -321,6 +321,11 @@ pub struct DmarcVerdict {
     /// The policy that applies; `None` when no record was found (or it
     /// could not be read).
     pub policy: Option<DmarcPolicy>,
+    /// The message names exactly one From domain. Without one DMARC has
+    /// nothing to check, and a second From field (or an address with no
+    /// domain) would let a forger's message pass under a domain the reader
+    /// sees but DMARC never checked.
+    pub single_from: bool,
 }
 
 /// The reply that refuses a message in DMARC `strict` mode: a failure
@@ -328,6 +333,11 @@ pub struct DmarcVerdict {
 /// failure under it or a policy that could not be read 451 4.7.1.
 /// `quarantine` and `none` never refuse.
 pub fn dmarc_refusal(v: &DmarcVerdict) -> Option<Reply> {
+    // RFC 7489 §6.6.1: a message without exactly one author domain may be
+    // rejected; RFC 5322 §3.6 allows one From field.
+    if !v.single_from {
+        return Some(replies::dmarc_no_single_from());
+    }
     match (v.policy, v.result) {
         (_, Dmarc::Pass) => None,
         (Some(DmarcPolicy::Reject), Dmarc::TempError) | (None, Dmarc::TempError) => {
@@ -384,7 +394,23 @@ fn dmarc_verdict(o: &mail_auth::DmarcOutput) -> DmarcVerdict {
         result,
         from_domain: o.domain().to_string(),
         policy,
+        single_from: true,
     }
+}
+
+/// Whether `m`'s From fields give exactly one domain, every address
+/// having one (RFC 7489 §6.6.1).
+fn single_from_domain(m: &AuthenticatedMessage<'_>) -> bool {
+    let mut domains = std::collections::BTreeSet::new();
+    for address in &m.from {
+        match address.rsplit_once('@') {
+            Some((_, d)) if !d.is_empty() => {
+                domains.insert(d.to_ascii_lowercase());
+            }
+            _ => return false,
+        }
+    }
+    domains.len() == 1
 }
 
 // ---------------------------------------------------------------- lookups
@@ -404,7 +430,16 @@ pub struct Verifier {
     /// The lookups; `Err` when they could not be set up (then every
     /// result is `temperror`) or nothing is verified.
     dns: Result<MessageAuthenticator, String>,
+    /// Messages verified at once. Each holds a blocking thread for up to
+    /// [`MESSAGE_TIMEOUT`] (its DNS waits included), and the domains it
+    /// asks about are the sender's to choose: without a cap, slow name
+    /// servers could take every blocking thread of the process.
+    slots: tokio::sync::Semaphore,
 }
+
+/// How many messages are verified at once (see `Verifier::slots`); more
+/// wait for a turn.
+const MAX_CONCURRENT_VERIFICATIONS: usize = 64;
 
 impl Verifier {
     /// The checks `auth` asks for, with the name servers of `[resolver]`
@@ -436,6 +471,7 @@ impl Verifier {
             hostname: hostname.to_string(),
             off,
             dns,
+            slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
         }
     }
 
@@ -460,10 +496,14 @@ impl Verifier {
     }
 
     /// `[auth.dkim] verify` and `[auth.dmarc] verify` for a message.
+    /// The DKIM and DMARC modes for a message. They are decided once for
+    /// all its recipients, so `rcpt` and `rcpt_domain` read as Null here,
+    /// as `ferrymail check` warns.
     pub fn message_modes(&self, vars: &dyn Variables) -> (VerifyMode, VerifyMode) {
+        let vars = NoRecipient(vars);
         (
-            VerifyMode::eval(&self.dkim, vars),
-            VerifyMode::eval(&self.dmarc, vars),
+            VerifyMode::eval(&self.dkim, &vars),
+            VerifyMode::eval(&self.dmarc, &vars),
         )
     }
 
@@ -526,6 +566,9 @@ impl Verifier {
         self: &Arc<Self>,
         check: MessageCheck,
     ) -> Option<(Vec<u8>, MessageVerdict)> {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return None;
+        };
         let this = self.clone();
         let runtime = tokio::runtime::Handle::current();
         let done = tokio::task::spawn_blocking(move || {
@@ -575,7 +618,7 @@ impl Verifier {
         });
         let dmarc = if check.dmarc == VerifyMode::Disable {
             None
-        } else if let Some(m) = message {
+        } else if let Some(m) = message.filter(|m| single_from_domain(m)) {
             let spf = match &check.spf {
                 Some(o) => o.clone(),
                 None => {
@@ -594,13 +637,29 @@ impl Verifier {
                 .await;
             Some(dmarc_verdict(&output))
         } else {
+            // Unparseable, or not exactly one From domain.
             Some(DmarcVerdict {
-                result: Dmarc::None,
+                result: Dmarc::PermError,
                 from_domain: String::new(),
                 policy: None,
+                single_from: false,
             })
         };
         MessageVerdict { dkim, dmarc }
+    }
+}
+
+/// A message's variables with no recipient: see
+/// [`Verifier::message_modes`].
+struct NoRecipient<'a>(&'a dyn Variables);
+
+impl Variables for NoRecipient<'_> {
+    fn var(&self, v: ferrymail_config::expr::Var) -> ferrymail_config::expr::Value {
+        use ferrymail_config::expr::{Value, Var};
+        match v {
+            Var::Rcpt | Var::RcptDomain => Value::Null,
+            _ => self.0.var(v),
+        }
     }
 }
 
@@ -644,6 +703,7 @@ impl MessageVerdict {
                 result: Dmarc::TempError,
                 from_domain: String::new(),
                 policy: None,
+                single_from: true,
             }),
         }
     }
@@ -813,7 +873,20 @@ mod tests {
             result,
             from_domain: "example.org".into(),
             policy,
+            single_from: true,
         }
+    }
+
+    #[test]
+    fn strict_dmarc_refuses_a_message_without_one_from_domain() {
+        let v = DmarcVerdict {
+            result: Dmarc::PermError,
+            from_domain: String::new(),
+            policy: None,
+            single_from: false,
+        };
+        let r = dmarc_refusal(&v).unwrap();
+        assert_eq!((r.code, r.status), (550, "5.7.1"));
     }
 
     #[test]

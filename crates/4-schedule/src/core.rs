@@ -945,6 +945,15 @@ impl Scheduler {
             }
         }
         self.default_queue = self.queue_index[DEFAULT_QUEUE];
+        // A destination waiting for its `destination.rate` token waits no
+        // longer than the new rate says (or at all, if it was removed).
+        for id in 0..self.rqs.len() as u32 {
+            if let Some(rq) = self.rqs[id as usize].as_mut()
+                && rq.rate_wake.take().is_some()
+            {
+                self.enqueue_rq(id);
+            }
+        }
     }
 
     fn maybe_free_queue(&mut self, id: u32) {

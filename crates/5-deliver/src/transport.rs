@@ -335,6 +335,12 @@ impl Inner {
         };
         let is_relay = matches!(route.kind, RouteKind::Relay { .. });
         let mut key = destination_key(&job.route, &job.domain, is_relay);
+        if settings.generation != 0 {
+            // After a reload, connections opened under an earlier
+            // configuration are never taken from the pool, even one put
+            // back while the reload was emptying it.
+            key = format!("{key}\u{1f}{}", settings.generation);
+        }
         let local = if settings.per_job_local() {
             let local = settings.local_for(job);
             // A pooled connection is reused only by jobs that would have

@@ -74,15 +74,27 @@ impl Reloader {
         let new = crate::load_checked(path).map_err(ReloadError::Invalid)?;
         let restart_needed = restart_needed(&self.started, &new);
 
-        // Everything that can fail, before anything changes.
-        let receiver = build_receiver(&new, &self.parts).map_err(|e| {
-            let message = format!("{}: {}", path.display(), e.message);
-            if e.code == 2 {
-                ReloadError::Invalid(vec![message])
-            } else {
-                ReloadError::Refused(message)
-            }
-        })?;
+        // Everything that can fail, before anything changes. The
+        // listeners stay as started until a restart, so whether they need
+        // a certificate is decided by the running ones (a file that drops
+        // `tls.implicit` must not leave an HTTPS listener without one).
+        let for_receiver = Config {
+            server: ferrymail_config::Server {
+                listeners: self.started.server.listeners.clone(),
+                ..new.server.clone()
+            },
+            ..new.clone()
+        };
+        let previous = self.receiver.load_full();
+        let receiver =
+            build_receiver(&for_receiver, &self.parts, Some(&previous)).map_err(|e| {
+                let message = format!("{}: {}", path.display(), e.message);
+                if e.code == 2 {
+                    ReloadError::Invalid(vec![message])
+                } else {
+                    ReloadError::Refused(message)
+                }
+            })?;
         self.transport
             .reconfigure(&new)
             .await
@@ -141,7 +153,13 @@ pub(crate) struct ReloadHandle(pub Arc<Reloader>);
 impl Reload for ReloadHandle {
     fn reload(&self) -> ControlFuture<Result<ReloadReport, ReloadError>> {
         let this = self.0.clone();
-        Box::pin(async move { this.reload().await })
+        // On a task of its own: a client that hangs up (Ctrl-C) must not
+        // cut a reload off halfway, with some stages on the new settings.
+        Box::pin(async move {
+            tokio::spawn(async move { this.reload().await })
+                .await
+                .unwrap_or_else(|e| Err(ReloadError::Refused(format!("reload failed: {e}"))))
+        })
     }
 }
 
@@ -227,6 +245,16 @@ pub fn main(config: Option<PathBuf>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ferrymail: {e}");
+            if matches!(
+                &e,
+                ClientError::Api { status: 401, .. } | ClientError::Http(_)
+            ) {
+                // The command reads the file as it is now: a changed token or
+                // certificate is not the server's until it reloads.
+                eprintln!(
+                    "ferrymail: if the management token or certificate changed in the file, reload with SIGHUP (kill -HUP <pid>)"
+                );
+            }
             ExitCode::from(1)
         }
     }

@@ -366,6 +366,12 @@ fn tls_acceptor(
 
 async fn run(config: Config) -> Result<(), StartError> {
     let process_started = std::time::SystemTime::now();
+    // At once: until a handler exists, SIGHUP's default action ends the
+    // process, and a reload hook (systemd's ExecReload, logrotate) may
+    // send one while the queue is still being recovered. One received
+    // before the server runs reloads once it does.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| StartError::env(format!("cannot handle SIGHUP: {e}")))?;
     let dir = state_dir(&config);
     std::fs::create_dir_all(&dir)
         .map_err(|e| StartError::env(format!("cannot create {}: {e}", dir.display())))?;
@@ -439,7 +445,9 @@ async fn run(config: Config) -> Result<(), StartError> {
         counters: receive_counters,
         rate_counts: Default::default(),
     };
-    let receiver = Arc::new(ArcSwap::from_pointee(build_receiver(&config, &parts)?));
+    let receiver = Arc::new(ArcSwap::from_pointee(build_receiver(
+        &config, &parts, None,
+    )?));
     let limits = ConnectionLimits::new(
         config.server.max_connections,
         config.server.max_connections_per_ip,
@@ -521,7 +529,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         .unwrap_or_else(|e| e.into_inner()) = management;
     tracing::info!(node = %node_name, tag, listeners = ?bound, "ferrymail started");
 
-    wait_for_signal(&reloader).await;
+    wait_for_signal(&reloader, hangup).await;
     tracing::info!("shutting down: no new connections; finishing sessions in progress");
     shutdown.cancel();
     listeners.close();
@@ -589,9 +597,13 @@ pub(crate) struct ReceiverParts {
 /// TLS certificate, AUTH directory and DKIM signing. Built at start and by
 /// each reload; fails (with nothing listening yet, or the old receiver
 /// still in force) on a certificate or key that cannot be used.
+///
+/// `previous` is the receiver a reload replaces: what it counted (AUTH
+/// failures per address) carries over.
 pub(crate) fn build_receiver(
     config: &Config,
     parts: &ReceiverParts,
+    previous: Option<&Receiver>,
 ) -> Result<Receiver, StartError> {
     let s = &config.session;
     let acceptor = tls_acceptor(config, &parts.dir)?;
@@ -649,7 +661,8 @@ pub(crate) fn build_receiver(
         implicit_tls: acceptor,
         shutdown: parts.shutdown.clone(),
         counters: parts.counters.clone(),
-        auth: AuthSettings::from_config(config).map(Arc::new),
+        auth: AuthSettings::from_config(config, previous.and_then(|p| p.auth.as_deref()))
+            .map(Arc::new),
         dkim: dkim_signing(config)?,
     })
 }
@@ -780,11 +793,10 @@ async fn answer_etrn(mut requests: mpsc::UnboundedReceiver<EtrnRequest>, queue: 
 /// Waits for SIGTERM or SIGINT (shut down); reloads the configuration on
 /// each SIGHUP meanwhile, logging what happened (a file that does not pass
 /// is logged line by line and changes nothing).
-async fn wait_for_signal(reloader: &Reloader) {
+async fn wait_for_signal(reloader: &Reloader, mut hup: tokio::signal::unix::Signal) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     loop {
         tokio::select! {
             _ = term.recv() => return,

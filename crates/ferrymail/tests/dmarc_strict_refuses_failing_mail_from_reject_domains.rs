@@ -10,7 +10,11 @@
 //! * the same domain's mail passes with an aligned DKIM signature or an
 //!   aligned SPF pass, and is queued with `dmarc=pass (p=reject)`;
 //! * a failing message from a `p=quarantine` domain is accepted (strict
-//!   refuses only `reject`), with `dmarc=fail (p=quarantine)`.
+//!   refuses only `reject`), with `dmarc=fail (p=quarantine)`;
+//! * a message with a second From field (an aligned, passing one beside
+//!   the forged one) is refused: DMARC needs exactly one From domain
+//!   (RFC 7489 §6.6.1), or a forger could pass under the domain readers
+//!   see.
 
 mod common;
 mod dns_support;
@@ -47,6 +51,20 @@ fn reject_policy_refuses_unaligned_mail_and_quarantine_accepts_it() {
         r.lines,
         ["550 5.7.1 Rejected per the DMARC policy of bank.test"],
         "SPF must align with From"
+    );
+    assert!(queue_ids(&s.queue_json()).is_empty(), "nothing queued");
+
+    // Two From fields: the forged bank.test one first, a passing
+    // lookalike.test one after it.
+    let two_froms = [
+        b"From: <alerts@lookalike.test>\r\n".as_slice(),
+        forged.as_slice(),
+    ]
+    .concat();
+    let r = in_session(&mut c, "bounce@lookalike.test", &two_froms).answer();
+    assert_eq!(
+        r.lines,
+        ["550 5.7.1 Rejected: DMARC needs exactly one From domain in the message"]
     );
     assert!(queue_ids(&s.queue_json()).is_empty(), "nothing queued");
 

@@ -8,7 +8,8 @@
 //! * Python's `http.client` over `ssl`, trusting only that certificate,
 //!   gets 401 without the token and the queue with it;
 //! * a plain-HTTP request gets no HTTP answer;
-//! * after the certificate is replaced and SIGHUP reloads it, the
+//! * the CLI refuses a server whose certificate is not the one the file
+//!   names; after the certificate is replaced and SIGHUP reloads it, the
 //!   listener presents the new one and the CLI follows.
 
 mod common;
@@ -131,6 +132,10 @@ fn management_api_speaks_https_with_the_servers_certificate() {
         key.display()
     ));
     std::fs::write(&server.config, text).unwrap();
+    // The CLI now pins the new certificate, which the server does not
+    // present yet: it refuses to talk.
+    let out = server.cli(&["queue", "list"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let pid = server.child.as_ref().unwrap().id().to_string();
     assert!(
         Command::new("kill")

@@ -347,6 +347,15 @@ pub mod replies {
             format!("Rejected per the DMARC policy of {domain}"),
         )
     }
+    /// DMARC in `strict` mode and the message does not have exactly one
+    /// From domain (RFC 7489 §6.6.1, RFC 5322 §3.6).
+    pub fn dmarc_no_single_from() -> Reply {
+        Reply::new(
+            550,
+            "5.7.1",
+            "Rejected: DMARC needs exactly one From domain in the message",
+        )
+    }
     /// The DMARC policy of `domain` could not be read, or says `reject`
     /// and a mechanism failed temporarily: try again later.
     pub fn dmarc_temporary(domain: &str) -> Reply {
