@@ -886,8 +886,8 @@ impl Scheduler {
     /// new limits apply from the next dispatch. A queue added to the
     /// configuration is created; a dynamic queue that is now configured
     /// takes its configured limits; a configured queue that is no longer
-    /// configured keeps its mail as a dynamic queue with the `default`
-    /// queue's limits, and goes away once empty. `node`, `seed` and
+    /// configured keeps its mail as a dynamic queue, and goes away once
+    /// empty; every dynamic queue takes the new `default` queue's limits. `node`, `seed` and
     /// `shared_rates` belong to the running node and are not changed.
     pub fn reconfigure(&mut self, settings: CoreSettings) {
         let mut queues = settings.queues;
@@ -927,13 +927,16 @@ impl Scheduler {
         let template = self.template.clone();
         let shared = self.shared_rates;
         for id in dropped {
+            // Dynamic queues (those just dropped from the file and those
+            // the strategy made) take the `default` queue's limits as they
+            // are now.
             let became_dynamic = {
                 let v = self.q_mut(id);
                 let was = v.dynamic;
                 v.dynamic = true;
-                if !was {
-                    v.concurrency = template.concurrency.clamp(1, u32::MAX as usize) as u32;
-                    v.dest = template.destination.clone();
+                v.concurrency = template.concurrency.clamp(1, u32::MAX as usize) as u32;
+                v.dest = template.destination.clone();
+                if v.bucket.as_ref().map(|b| b.rate) != template.rate {
                     v.bucket = template.rate.map(|r| Bucket::new(r, shared));
                     v.rate_wake = None;
                 }
