@@ -1838,9 +1838,27 @@ fn route(r: &mut Reader, id: String, sec: &Section) -> Option<Route> {
         out.protocol = p;
     }
     if let Some(tls) = r.sub(sec, "tls") {
-        r.check_keys(&tls, &["implicit", "mode", "allow-invalid-certs"], false);
+        r.check_keys(
+            &tls,
+            &["implicit", "mode", "allow-invalid-certs", "ca"],
+            false,
+        );
         if let Some(b) = r.bool(&tls, "implicit") {
             out.tls.implicit = b;
+        }
+        if let Some(pem) = r.string(&tls, "ca") {
+            if pem.contains("-----BEGIN CERTIFICATE-----") {
+                out.tls_ca = Some(pem);
+            } else {
+                let span = r.value_span(&tls, "ca");
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' holds no PEM certificate (write \"%{{file:/path/ca.pem}}%\")",
+                        tls.path("ca")
+                    )),
+                );
+            }
         }
         if let Some(m) = r.choice(
             &tls,

@@ -1071,6 +1071,11 @@ pub struct Route {
     pub protocol: DeliveryProtocol,
     /// `tls.*`.
     pub tls: RouteTls,
+    /// `tls.ca`: PEM certificates of the authorities this route's next
+    /// hop may chain to besides Mozilla's roots (a relay with a private
+    /// CA), usually `%{file:/etc/ssl/internal-ca.pem}%`. Used where the
+    /// route verifies (`tls.mode = "require"`, implicit TLS).
+    pub tls_ca: Option<String>,
     /// `auth.username` / `auth.secret`: SMTP AUTH at a relay.
     pub auth: Option<RouteAuth>,
 }
@@ -1084,6 +1089,7 @@ impl Route {
             port: 25,
             protocol: DeliveryProtocol::Smtp,
             tls: RouteTls::default(),
+            tls_ca: None,
             auth: None,
         }
     }

@@ -52,6 +52,9 @@ pub struct Peer {
     /// The local address to connect from (`[queue.outbound.source-ip]`);
     /// `None`: the kernel's choice.
     pub source: Option<std::net::IpAddr>,
+    /// The verifying configuration of a route with its own `tls.ca`;
+    /// `None`: the transport's.
+    pub verify_with: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Connects to `peer.addr`, from `peer.source` when one is set.
@@ -238,7 +241,11 @@ impl Session {
         // implicit TLS) verify unless allow-invalid-certs says otherwise.
         let verify = !peer.tls.allow_invalid_certs
             && (peer.tls.mode == TlsMode::Require || peer.tls.implicit);
-        let tls_config = if verify { &tls.verify } else { &tls.any };
+        let tls_config = match (verify, &peer.verify_with) {
+            (true, Some(own)) => own,
+            (true, None) => &tls.verify,
+            (false, _) => &tls.any,
+        };
         if peer.tls.implicit {
             let (s, v) = handshake(stream, peer, tls_config, timeouts.connect).await?;
             stream = s;

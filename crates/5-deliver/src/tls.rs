@@ -17,6 +17,10 @@ pub struct TlsConfigs {
     /// signatures are still checked, so the session is encrypted with
     /// whoever holds the presented key.
     pub any: Arc<ClientConfig>,
+    /// The roots `verify` trusts beyond Mozilla's (tests' private CAs), so
+    /// that a route's own authorities ([`TlsConfigs::verify_also`]) are
+    /// added to them.
+    extra: Vec<CertificateDer<'static>>,
 }
 
 /// Why the TLS configuration could not be built.
@@ -25,6 +29,9 @@ pub enum TlsSetupError {
     /// rustls refused the protocol versions or the roots.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// A route's `tls.ca` held no usable certificate.
+    #[error("tls.ca: {0}")]
+    Ca(String),
 }
 
 impl TlsConfigs {
@@ -51,7 +58,36 @@ impl TlsConfigs {
         Ok(TlsConfigs {
             verify: Arc::new(verify),
             any: Arc::new(any),
+            extra: extra.to_vec(),
         })
+    }
+
+    /// A verifying configuration that also trusts the authorities in
+    /// `pem` (a route's `tls.ca`): a relay whose certificate comes from a
+    /// private CA is then checked, not waved through with
+    /// `allow-invalid-certs`.
+    pub fn verify_also(&self, pem: &str) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(TlsSetupError::Ca("no certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in self.extra.iter().chain(&certs) {
+            roots
+                .add(cert.clone())
+                .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
+        }
+        Ok(Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        ))
     }
 }
 

@@ -29,6 +29,14 @@ pub enum BuildError {
     /// The TLS client configuration (roots, versions).
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// A route's TLS settings cannot be used (its `tls.ca`).
+    #[error("route '{route}': {reason}")]
+    Route {
+        /// The route id.
+        route: String,
+        /// Why.
+        reason: String,
+    },
     /// `[queue.outbound] delivery-log` cannot be opened for appending.
     #[error("cannot open the delivery log {path}: {source}")]
     DeliveryLog {
@@ -65,6 +73,8 @@ struct Settings {
     outbound: Outbound,
     dns: Dns,
     log: DeliveryLog,
+    /// The verifying TLS configurations of routes with a `tls.ca`.
+    route_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
     /// Which configuration this is: a pooled connection opened under an
     /// earlier one is closed instead of reused, since its route may have
     /// moved.
@@ -72,7 +82,21 @@ struct Settings {
 }
 
 impl Settings {
-    fn from_config(config: &Config, generation: u64) -> Result<Settings, BuildError> {
+    fn from_config(
+        config: &Config,
+        tls: &TlsConfigs,
+        generation: u64,
+    ) -> Result<Settings, BuildError> {
+        let mut route_tls = std::collections::HashMap::new();
+        for (id, route) in &config.queue.routes {
+            if let Some(pem) = &route.tls_ca {
+                let c = tls.verify_also(pem).map_err(|e| BuildError::Route {
+                    route: id.clone(),
+                    reason: e.to_string(),
+                })?;
+                route_tls.insert(id.clone(), c);
+            }
+        }
         let outbound = config.queue.outbound.clone();
         let log = DeliveryLog::open(outbound.delivery_log.as_deref()).map_err(|source| {
             BuildError::DeliveryLog {
@@ -90,6 +114,7 @@ impl Settings {
             outbound,
             dns: Dns::new(&config.resolver),
             log,
+            route_tls,
             generation,
         })
     }
@@ -208,10 +233,11 @@ impl SmtpTransport {
         config: &Config,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<SmtpTransport, BuildError> {
+        let tls = TlsConfigs::new(extra_roots)?;
         Ok(SmtpTransport {
             inner: Arc::new(Inner {
-                settings: ArcSwap::from_pointee(Settings::from_config(config, 0)?),
-                tls: TlsConfigs::new(extra_roots)?,
+                settings: ArcSwap::from_pointee(Settings::from_config(config, &tls, 0)?),
+                tls,
                 pool: Pool::default(),
                 reaper: AtomicBool::new(false),
             }),
@@ -225,9 +251,11 @@ impl SmtpTransport {
     /// now lead elsewhere.
     pub async fn reconfigure(&self, config: &Config) -> Result<(), BuildError> {
         let generation = self.inner.settings.load().generation + 1;
-        self.inner
-            .settings
-            .store(Arc::new(Settings::from_config(config, generation)?));
+        self.inner.settings.store(Arc::new(Settings::from_config(
+            config,
+            &self.inner.tls,
+            generation,
+        )?));
         self.close_idle().await;
         Ok(())
     }
@@ -504,6 +532,7 @@ impl Inner {
                     tls: route.tls,
                     auth: route.auth.clone(),
                     source: local.source_for(ip),
+                    verify_with: settings.route_tls.get(&route.id).cloned(),
                 };
                 match Session::open(&peer, &local.hostname, &o.timeout, &self.tls).await {
                     Ok(s) => return Ok(s),

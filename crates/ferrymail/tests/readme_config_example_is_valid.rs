@@ -12,14 +12,34 @@ fn readme_examples_check_clean() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("dkim-rsa.pem");
     rsa_key_file(&key);
+    // A CA certificate for the private-CA relay example.
+    let ca = dir.path().join("corp-ca.pem");
+    let ca_key = dir.path().join("corp-ca.key");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Corp CA",
+        "-keyout",
+        ca_key.to_str().unwrap(),
+        "-out",
+        ca.to_str().unwrap(),
+    ]);
     let mut rest = readme.as_str();
     let mut checked = 0;
     while let Some(i) = rest.find("```toml\n") {
         let start = i + "```toml\n".len();
         let end = start + rest[start..].find("```").expect("end of the toml block");
-        // The example names the key where production keeps it; point it at ours.
-        let example =
-            rest[start..end].replace("/etc/ferrymail/dkim-rsa.pem", &key.display().to_string());
+        // The examples name files where production keeps them; point
+        // them at ours.
+        let example = rest[start..end]
+            .replace("/etc/ferrymail/dkim-rsa.pem", &key.display().to_string())
+            .replace("/etc/ferrymail/corp-ca.pem", &ca.display().to_string());
         rest = &rest[end..];
         let file = dir.path().join(format!("example{checked}.toml"));
         std::fs::write(&file, &example).unwrap();
