@@ -22,6 +22,8 @@ pub struct NodeMetrics {
     pub report: Arc<ReportCounters>,
     /// When the process started (`process_start_time_seconds`).
     pub started: SystemTime,
+    /// How configuration reloads went.
+    pub reloads: Arc<crate::reload::ReloadCounters>,
 }
 
 fn n(c: &AtomicU64) -> f64 {
@@ -33,6 +35,30 @@ impl MetricsSource for NodeMetrics {
         use Kind::{Counter, Gauge};
         let r = &self.receive;
         let mut out = vec![
+            Family::single(
+                "ferrymail_config_last_reload_successful",
+                "Whether the last configuration reload (SIGHUP, ferrymail reload) put the file in force: 1, or 0 when the file on disk is not what runs.",
+                Gauge,
+                n(&self.reloads.last_ok),
+            ),
+            Family::single(
+                "ferrymail_config_last_reload_success_timestamp_seconds",
+                "When the configuration in force was loaded (start or reload).",
+                Gauge,
+                n(&self.reloads.loaded_at),
+            ),
+            Family {
+                name: "ferrymail_config_reloads_total",
+                help: "Configuration reloads, by result.",
+                kind: Counter,
+                samples: vec![
+                    (
+                        vec![("result", "success".into())],
+                        n(&self.reloads.succeeded),
+                    ),
+                    (vec![("result", "failure".into())], n(&self.reloads.failed)),
+                ],
+            },
             Family {
                 name: "ferrymail_build_info",
                 help: "The running release (always 1).",

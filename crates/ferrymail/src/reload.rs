@@ -40,6 +40,51 @@ use ferrymail_schedule::QueueHandle;
 
 use crate::serve::{ReceiverParts, build_receiver};
 
+/// How reloads went, for `GET /metrics`: operators alert on a reload
+/// that did not take (the file on disk is then not what runs).
+#[derive(Debug, Default)]
+pub(crate) struct ReloadCounters {
+    /// Reloads that put a file in force.
+    pub succeeded: std::sync::atomic::AtomicU64,
+    /// Reloads that changed nothing (a file that does not pass, or a
+    /// server that could not take it).
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Whether the last reload (if any) succeeded: 1 or 0.
+    pub last_ok: std::sync::atomic::AtomicU64,
+    /// When the configuration in force was loaded (start or reload),
+    /// seconds since the epoch.
+    pub loaded_at: std::sync::atomic::AtomicU64,
+}
+
+impl ReloadCounters {
+    /// Counters for a process that just loaded its configuration.
+    pub fn started() -> Arc<ReloadCounters> {
+        let c = ReloadCounters::default();
+        c.last_ok.store(1, std::sync::atomic::Ordering::Relaxed);
+        c.loaded_at
+            .store(now_secs(), std::sync::atomic::Ordering::Relaxed);
+        Arc::new(c)
+    }
+
+    fn record(&self, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ok {
+            self.succeeded.fetch_add(1, Relaxed);
+            self.loaded_at.store(now_secs(), Relaxed);
+        } else {
+            self.failed.fetch_add(1, Relaxed);
+        }
+        self.last_ok.store(u64::from(ok), Relaxed);
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// What a reload replaces, and what it compares the new file with.
 pub(crate) struct Reloader {
     /// The file the server was started with; `None`: built-in defaults.
@@ -59,12 +104,20 @@ pub(crate) struct Reloader {
     /// The management listeners by id, for their tokens; filled in once
     /// they are set up.
     pub management: Mutex<Vec<(String, Arc<Management>)>>,
+    /// Successes and failures, for the metrics.
+    pub counters: Arc<ReloadCounters>,
 }
 
 impl Reloader {
     /// Reads, checks and applies the configuration file; see the module
-    /// documentation.
+    /// documentation. Counted in [`ReloadCounters`].
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let result = self.reload_once().await;
+        self.counters.record(result.is_ok());
+        result
+    }
+
+    async fn reload_once(&self) -> Result<ReloadReport, ReloadError> {
         let Some(path) = &self.path else {
             return Err(ReloadError::Refused(
                 "the server runs on its built-in defaults (started without -c): there is no file to reload".into(),

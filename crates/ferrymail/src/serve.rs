@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::NodeMetrics;
-use crate::reload::{ReloadHandle, Reloader};
+use crate::reload::{ReloadCounters, ReloadHandle, Reloader};
 
 /// Why the server could not start. Each is reported as one line and exit 2
 /// (configuration) or 1 (environment).
@@ -428,11 +428,13 @@ async fn run(config: Config) -> Result<(), StartError> {
     );
     let control: Arc<dyn QueueControl> = Arc::new(Control(queue.handle.clone()));
     let receive_counters = Arc::new(ReceiveCounters::default());
+    let reload_counters = ReloadCounters::started();
     let metrics: Arc<dyn MetricsSource> = Arc::new(NodeMetrics {
         receive: receive_counters.clone(),
         queue: queue.handle.clone(),
         report: report_counters,
         started: process_started,
+        reloads: reload_counters.clone(),
     });
 
     let parts = ReceiverParts {
@@ -463,6 +465,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         transport: smtp.clone(),
         report: report_reconfigure,
         management: Default::default(),
+        counters: reload_counters,
     });
     let reload_api: Arc<dyn Reload> = Arc::new(ReloadHandle(reloader.clone()));
     let mut management = Vec::new();

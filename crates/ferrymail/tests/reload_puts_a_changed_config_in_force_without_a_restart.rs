@@ -14,7 +14,8 @@
 //!   `file:line`, and the server keeps the configuration in force;
 //! * SIGHUP reloads too;
 //! * a changed listener is reported as taking effect at the next restart,
-//!   and is not opened.
+//!   and is not opened;
+//! * `GET /metrics` says whether the last reload took, and counts them.
 
 mod common;
 
@@ -52,6 +53,18 @@ fn rewrite(server: &Server, from: &str, to: &str) {
     let mut out = text[..i].to_string();
     out.push_str(to);
     std::fs::write(&server.config, out).unwrap();
+}
+
+/// The value of a metric line that starts with `name` (labels included).
+fn metric(server: &Server, name: &str) -> f64 {
+    let (status, body) = server.api_get("/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 fn send(c: &mut Smtp, subject: &str, pad: usize) -> Reply {
@@ -140,11 +153,47 @@ fn reload_moves_routes_and_limits_for_new_work_only() {
     let ehlo = c.ehlo();
     assert!(ehlo.lines.iter().any(|l| l == "250-SIZE 2000"), "{ehlo:?}");
     c.cmd("QUIT");
+    // The command checked the file itself and never asked the server;
+    // SIGHUP makes the server read it, refuse it and say so.
+    let pid = server.child.as_ref().unwrap().id();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for(
+        WAIT,
+        "the refused SIGHUP reload",
+        || server.log_text(),
+        || {
+            server
+                .log_text()
+                .contains("SIGHUP: configuration not reloaded")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        metric(&server, "ferrymail_config_last_reload_successful"),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "ferrymail_config_reloads_total{result=\"failure\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "ferrymail_config_reloads_total{result=\"success\"}"
+        ),
+        1.0
+    );
 
     // SIGHUP: back to A.
     std::fs::write(&server.config, &good).unwrap();
     rewrite(&server, "[session.rcpt]", &config(a.port, 100_000));
-    let pid = server.child.as_ref().unwrap().id();
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
@@ -163,6 +212,10 @@ fn reload_moves_routes_and_limits_for_new_work_only() {
     c.cmd("QUIT");
     a.wait_dumped(2, WAIT);
     assert_eq!(subjects(&a), ["one", "three"]);
+    assert_eq!(
+        metric(&server, "ferrymail_config_last_reload_successful"),
+        1.0
+    );
 
     // A new listener needs a restart: reported, and not opened.
     let extra = free_port();
