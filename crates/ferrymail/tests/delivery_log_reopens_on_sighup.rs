@@ -1,0 +1,86 @@
+//! logrotate moves `[queue.outbound] delivery-log` away and sends SIGHUP
+//! (`postrotate`); the reload reopens the log at its configured path, so
+//! the lines that follow go to the new file, not to the moved one. Through
+//! the real `ferrymail serve` and Postfix's smtp-sink.
+
+mod common;
+
+use std::time::Duration;
+
+use common::peers::*;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn send(server: &Server, subject: &str) {
+    let mut c = server.client();
+    c.ehlo();
+    let r = c.send_message(
+        "app@example.org",
+        &["r@far.example"],
+        format!("Subject: {subject}\r\n\r\nbody\r\n").as_bytes(),
+    );
+    assert!(r.is(250, "2.0.0"), "{r:?}");
+    c.cmd("QUIT");
+}
+
+fn lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sighup_reopens_the_delivery_log() {
+    let sink = SmtpSink::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivery.log");
+    let rotated = dir.path().join("delivery.log.1");
+    let server = Server::start_in(
+        dir,
+        &format!(
+            "{}\n[queue.outbound]\ndelivery-log = \"{}\"\n",
+            relay_all_to(sink.port),
+            log.display()
+        ),
+    );
+    send(&server, "before");
+    sink.wait_dumped(1, WAIT);
+    wait_for(
+        WAIT,
+        "the first log line",
+        || String::new(),
+        || (lines(&log) == 1).then_some(()),
+    );
+
+    std::fs::rename(&log, &rotated).unwrap();
+    let pid = server.child.as_ref().unwrap().id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(
+        WAIT,
+        "the reload",
+        || server.log_text(),
+        || {
+            server
+                .log_text()
+                .contains("configuration reloaded")
+                .then_some(())
+        },
+    );
+
+    send(&server, "after");
+    sink.wait_dumped(2, WAIT);
+    wait_for(
+        WAIT,
+        "a line in the new log",
+        || String::new(),
+        || (lines(&log) == 1).then_some(()),
+    );
+    assert_eq!(lines(&rotated), 1, "the moved file got nothing more");
+}
