@@ -73,7 +73,7 @@ mod tls;
 mod transport;
 
 pub use dns::resolver_setup;
-pub use transport::{BuildError, SmtpTransport};
+pub use transport::{BuildError, SmtpTransport, unusable_route_cas};
 
 /// One delivery attempt: a message and the recipients of it that share one
 /// destination.

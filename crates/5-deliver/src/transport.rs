@@ -214,6 +214,27 @@ impl Settings {
     }
 }
 
+/// The routes whose `tls.ca` cannot be used, with why: what `ferrymail
+/// check` reports (the server would refuse to start, or a reload refuse
+/// the file).
+pub fn unusable_route_cas(config: &Config) -> Vec<(String, String)> {
+    let tls = match TlsConfigs::new(&[]) {
+        Ok(t) => t,
+        Err(e) => return vec![(String::new(), e.to_string())],
+    };
+    config
+        .queue
+        .routes
+        .iter()
+        .filter_map(|(id, r)| {
+            let pem = r.tls_ca.as_ref()?;
+            tls.verify_also(pem)
+                .err()
+                .map(|e| (id.clone(), e.to_string()))
+        })
+        .collect()
+}
+
 /// A job that got no session: what every recipient gets.
 struct Failure {
     outcome: Outcome,

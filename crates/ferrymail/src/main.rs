@@ -104,18 +104,61 @@ pub(crate) fn load_checked(
         let line = signature_line(path, &e.id);
         return Err(vec![format!("{}:{line}: {e}", path.display())]);
     }
+    // A route's CA certificates, likewise (a PEM block that rustls refuses).
+    let bad: Vec<String> = ferrymail_deliver::unusable_route_cas(&cfg)
+        .into_iter()
+        .map(|(id, why)| {
+            let line = route_ca_line(path, &id);
+            format!("{}:{line}: route '{id}': {why}", path.display())
+        })
+        .collect();
+    if !bad.is_empty() {
+        return Err(bad);
+    }
     Ok(cfg)
 }
 
 /// The line of the `[signature.<id>]` table (or of its `private-key`
 /// dotted key) in `path`, for `FILE:LINE:` messages; 1 when not found.
 fn signature_line(path: &std::path::Path, id: &str) -> usize {
+    table_line(
+        path,
+        &[
+            format!("[signature.{id}]"),
+            format!("[signature.\"{id}\"]"),
+            format!("signature.{id}.private-key"),
+        ],
+    )
+}
+
+/// The line of route `id`'s `tls.ca` in `path`: `ca =` under
+/// `[queue.route.<id>.tls]` or `tls.ca =` under `[queue.route.<id>]`, else
+/// that table's header; 1 when not found.
+fn route_ca_line(path: &std::path::Path, id: &str) -> usize {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let headers = [
-        format!("[signature.{id}]"),
-        format!("[signature.\"{id}\"]"),
-        format!("signature.{id}.private-key"),
-    ];
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.chars().filter(|c| !c.is_whitespace()).collect())
+        .collect();
+    for (header, key) in [
+        (format!("[queue.route.{id}.tls]"), "ca="),
+        (format!("[queue.route.{id}]"), "tls.ca="),
+    ] {
+        if let Some(start) = lines.iter().position(|l| l.starts_with(&header)) {
+            let found = lines[start + 1..]
+                .iter()
+                .take_while(|l| !l.starts_with('['))
+                .position(|l| l.starts_with(key));
+            return start + 1 + found.map_or(0, |i| i + 1);
+        }
+    }
+    1
+}
+
+/// The first line of `path` that starts (white space aside) with one of
+/// `headers`; 1 when none does.
+fn table_line(path: &std::path::Path, headers: &[String]) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .position(|l| {
             let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();

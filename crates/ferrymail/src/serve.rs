@@ -60,12 +60,16 @@ impl StartError {
 
 /// Entry point of `ferrymail serve`.
 pub fn main(config_path: Option<PathBuf>) -> ExitCode {
+    // Checked as `ferrymail check` and a reload check it, so that the
+    // three accept and refuse the same files with the same messages.
     let config = match &config_path {
         None => Config::default(),
-        Some(p) => match ferrymail_config::load(p) {
+        Some(p) => match crate::load_checked(p) {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("{e}");
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
                 return ExitCode::from(2);
             }
         },

@@ -9,8 +9,8 @@
 //! * the route that names the CA delivers over verified TLS;
 //! * the same route without it defers the mail with a certificate error
 //!   (nothing is sent in the clear);
-//! * a `tls.ca` that holds no certificate is a config error with file and
-//!   line.
+//! * a `tls.ca` that holds no certificate, or a PEM block rustls cannot
+//!   read, is a config error with file and line.
 
 mod common;
 
@@ -165,6 +165,28 @@ fn a_ca_that_is_not_a_certificate_is_a_config_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("{}:5:", file.display())) && err.contains("holds no PEM certificate"),
+        "{err}"
+    );
+
+    // A PEM block that is not a certificate: found by `check` too, at the
+    // line of the key, as the server would refuse to start with it.
+    std::fs::write(
+        &file,
+        "[queue.route.other]\ntype = \"relay\"\naddress = \"10.0.0.2\"\n\n\
+         [queue.route.internal]\ntype = \"relay\"\naddress = \"10.0.0.1\"\n\
+         tls.mode = \"require\"\n\
+         tls.ca = \"-----BEGIN CERTIFICATE-----\\nnot base64!\\n-----END CERTIFICATE-----\\n\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:9: route 'internal': tls.ca", file.display())),
         "{err}"
     );
 }
