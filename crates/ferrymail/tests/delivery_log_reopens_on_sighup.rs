@@ -46,12 +46,9 @@ fn sighup_reopens_the_delivery_log() {
     );
     send(&server, "before");
     sink.wait_dumped(1, WAIT);
-    wait_for(
-        WAIT,
-        "the first log line",
-        || String::new(),
-        || (lines(&log) == 1).then_some(()),
-    );
+    wait_for(WAIT, "the first log line", String::new, || {
+        (lines(&log) == 1).then_some(())
+    });
 
     std::fs::rename(&log, &rotated).unwrap();
     let pid = server.child.as_ref().unwrap().id().to_string();
@@ -76,11 +73,8 @@ fn sighup_reopens_the_delivery_log() {
 
     send(&server, "after");
     sink.wait_dumped(2, WAIT);
-    wait_for(
-        WAIT,
-        "a line in the new log",
-        || String::new(),
-        || (lines(&log) == 1).then_some(()),
-    );
+    wait_for(WAIT, "a line in the new log", String::new, || {
+        (lines(&log) == 1).then_some(())
+    });
     assert_eq!(lines(&rotated), 1, "the moved file got nothing more");
 }
