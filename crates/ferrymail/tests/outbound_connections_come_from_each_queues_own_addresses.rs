@@ -108,23 +108,12 @@ fn each_queue_connects_from_its_own_addresses_and_name() {
 
 #[test]
 fn a_source_address_of_the_wrong_family_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.toml");
-    std::fs::write(
-        &file,
-        "[queue.outbound.source-ip]\nv4 = \"['2001:db8::1']\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let c = check_text("[queue.outbound.source-ip]\nv4 = \"['2001:db8::1']\"\n");
+    assert_eq!(c.code, Some(2), "{}", c.stderr);
     assert!(
-        err.contains(&format!("{}:2:", file.display()))
-            && err.contains("must give a list of IPv4 addresses"),
-        "{err}"
+        c.stderr.contains(&format!("{}:2:", c.file.display()))
+            && c.stderr.contains("must give a list of IPv4 addresses"),
+        "{}",
+        c.stderr
     );
 }

@@ -148,45 +148,31 @@ route = [ {{ if = "rcpt_domain == 'trusted.test'", then = "'internal'" }}, {{ el
 
 #[test]
 fn a_ca_that_is_not_a_certificate_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.toml");
-    std::fs::write(
-        &file,
+    let c = check_text(
         "[queue.route.internal]\ntype = \"relay\"\naddress = \"10.0.0.1\"\n\
          tls.mode = \"require\"\ntls.ca = \"/etc/ssl/internal-ca.pem\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(c.code, Some(2), "{}", c.stderr);
     assert!(
-        err.contains(&format!("{}:5:", file.display())) && err.contains("holds no PEM certificate"),
-        "{err}"
+        c.stderr.contains(&format!("{}:5:", c.file.display()))
+            && c.stderr.contains("holds no PEM certificate"),
+        "{}",
+        c.stderr
     );
 
     // A PEM block that is not a certificate: found by `check` too, at the
     // line of the key, as the server would refuse to start with it.
-    std::fs::write(
-        &file,
+    let c = check_text(
         "[queue.route.other]\ntype = \"relay\"\naddress = \"10.0.0.2\"\n\n\
          [queue.route.internal]\ntype = \"relay\"\naddress = \"10.0.0.1\"\n\
          tls.mode = \"require\"\n\
          tls.ca = \"-----BEGIN CERTIFICATE-----\\nnot base64!\\n-----END CERTIFICATE-----\\n\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(c.code, Some(2), "{}", c.stderr);
     assert!(
-        err.contains(&format!("{}:9: route 'internal': tls.ca", file.display())),
-        "{err}"
+        c.stderr
+            .contains(&format!("{}:9: route 'internal': tls.ca", c.file.display())),
+        "{}",
+        c.stderr
     );
 }

@@ -36,6 +36,35 @@ pub fn rsa_key_file(path: &Path) {
     ]);
 }
 
+/// What `ferrymail check` said of a configuration text.
+pub struct Checked {
+    /// The exit code.
+    pub code: Option<i32>,
+    /// Standard error: the `FILE:LINE: problem` lines.
+    pub stderr: String,
+    /// The file checked, for the `FILE:` part.
+    pub file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes `text` to a file of its own and runs `ferrymail check` on it.
+pub fn check_text(text: &str) -> Checked {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checked.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    Checked {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        file,
+        _dir: dir,
+    }
+}
+
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferrymail")
