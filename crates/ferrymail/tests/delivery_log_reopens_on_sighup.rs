@@ -51,25 +51,7 @@ fn sighup_reopens_the_delivery_log() {
     });
 
     std::fs::rename(&log, &rotated).unwrap();
-    let pid = server.child.as_ref().unwrap().id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    wait_for(
-        WAIT,
-        "the reload",
-        || server.log_text(),
-        || {
-            server
-                .log_text()
-                .contains("configuration reloaded")
-                .then_some(())
-        },
-    );
+    server.hangup("configuration reloaded", 1);
 
     send(&server, "after");
     sink.wait_dumped(2, WAIT);

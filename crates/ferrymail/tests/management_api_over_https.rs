@@ -18,7 +18,6 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use common::peers::wait_for;
 use common::*;
 
 const TOKEN: &str = "s3cret-token";
@@ -105,26 +104,7 @@ fn management_api_speaks_https_with_the_servers_certificate() {
     // A certificate of its own, put in force with SIGHUP.
     let dir = server.dir.path();
     let (cert, key) = (dir.join("new-cert.pem"), dir.join("new-key.pem"));
-    let out = run_bounded(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=mx.ferry.test",
-                "-keyout",
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "{out:?}");
+    self_signed_cert("mx.ferry.test", &key, &cert);
     let mut text = std::fs::read_to_string(&server.config).unwrap();
     text.push_str(&format!(
         "\n[certificate.main]\ncert = \"%{{file:{}}}%\"\nprivate-key = \"%{{file:{}}}%\"\n",
@@ -136,25 +116,7 @@ fn management_api_speaks_https_with_the_servers_certificate() {
     // present yet: it refuses to talk.
     let out = server.cli(&["queue", "list"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let pid = server.child.as_ref().unwrap().id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    wait_for(
-        Duration::from_secs(30),
-        "the SIGHUP reload",
-        || server.log_text(),
-        || {
-            server
-                .log_text()
-                .contains("configuration reloaded")
-                .then_some(())
-        },
-    );
+    server.hangup("configuration reloaded", 1);
     assert!(python_get(&server, &cert, Some(TOKEN)).starts_with("200 "));
     assert_eq!(queue_ids(&server.queue_json()), vec![id]);
 

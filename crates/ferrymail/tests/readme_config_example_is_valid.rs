@@ -15,21 +15,7 @@ fn readme_examples_check_clean() {
     // A CA certificate for the private-CA relay example.
     let ca = dir.path().join("corp-ca.pem");
     let ca_key = dir.path().join("corp-ca.key");
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Corp CA",
-        "-keyout",
-        ca_key.to_str().unwrap(),
-        "-out",
-        ca.to_str().unwrap(),
-    ]);
+    self_signed_cert("Corp CA", &ca_key, &ca);
     let mut rest = readme.as_str();
     let mut checked = 0;
     while let Some(i) = rest.find("```toml\n") {

@@ -25,21 +25,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A test CA and a next-hop certificate it signed, for 127.0.0.1.
 fn pki(dir: &Path) {
     let p = |name: &str| dir.join(name).display().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Ferry Test CA",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-    ]);
+    self_signed_cert("Ferry Test CA", &dir.join("ca.key"), &dir.join("ca.pem"));
     openssl(&[
         "req",
         "-newkey",

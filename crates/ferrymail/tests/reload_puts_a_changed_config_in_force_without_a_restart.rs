@@ -155,23 +155,7 @@ fn reload_moves_routes_and_limits_for_new_work_only() {
     c.cmd("QUIT");
     // The command checked the file itself and never asked the server;
     // SIGHUP makes the server read it, refuse it and say so.
-    let pid = server.child.as_ref().unwrap().id();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    wait_for(
-        WAIT,
-        "the refused SIGHUP reload",
-        || server.log_text(),
-        || {
-            server
-                .log_text()
-                .contains("SIGHUP: configuration not reloaded")
-                .then_some(())
-        },
-    );
+    server.hangup("SIGHUP: configuration not reloaded", 1);
     assert_eq!(
         metric(&server, "ferrymail_config_last_reload_successful"),
         0.0
@@ -194,17 +178,7 @@ fn reload_moves_routes_and_limits_for_new_work_only() {
     // SIGHUP: back to A.
     std::fs::write(&server.config, &good).unwrap();
     rewrite(&server, "[session.rcpt]", &config(a.port, 100_000));
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    wait_for(
-        WAIT,
-        "the SIGHUP reload",
-        || server.log_text(),
-        || (server.log_text().matches("configuration reloaded").count() >= 2).then_some(()),
-    );
+    server.hangup("configuration reloaded", 2);
     let mut c = server.client();
     c.ehlo();
     let r = send(&mut c, "three", 5_000);

@@ -36,6 +36,27 @@ pub fn rsa_key_file(path: &Path) {
     ]);
 }
 
+/// Writes a fresh self-signed certificate for `cn` (good for two days)
+/// and its key: a server certificate, or a test CA's.
+pub fn self_signed_cert(cn: &str, key: &Path, cert: &Path) {
+    let subject = format!("/CN={cn}");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &subject,
+        "-keyout",
+        key.to_str().expect("a UTF-8 path"),
+        "-out",
+        cert.to_str().expect("a UTF-8 path"),
+    ]);
+}
+
 /// What `ferrymail check` said of a configuration text.
 pub struct Checked {
     /// The exit code.
@@ -226,6 +247,26 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP (a reload) and waits, at most 30 s, until the log
+    /// holds `marker` `times` times in all.
+    pub fn hangup(&self, marker: &str, times: usize) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let st = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -HUP {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log_text().matches(marker).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {marker:?} (x{times}) in the log after SIGHUP:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL: no chance to flush anything.
