@@ -11,35 +11,8 @@
 mod common;
 mod dsn_support;
 
-use std::process::Command;
-use std::time::Duration;
-
 use common::*;
 use dsn_support::Keys;
-
-fn dkim_verify(message: &[u8], keys: &Keys) -> (bool, String) {
-    require("python3");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.eml");
-    std::fs::write(&file, message).unwrap();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/dkim_verify.py");
-    let out = run_bounded(
-        Command::new("python3")
-            .arg(script)
-            .arg(&file)
-            .arg(keys.records.to_string()),
-        Duration::from_secs(60),
-    );
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 const BODY: &str = "From: App <app@ferry.test>\r\nTo: someone@far.example\r\n\
 Subject: your invoice\r\nDate: Wed, 2 Dec 2026 00:00:00 +0000\r\n\
@@ -76,7 +49,7 @@ sign = [ {{ if = "sender_domain == 'ferry.test'", then = "['rsa', 'ed']" }},
         text.starts_with("DKIM-Signature: "),
         "the signatures come first: {text}"
     );
-    let (ok, report) = dkim_verify(&stored, &keys);
+    let (ok, report) = dkimpy_verifies(&stored, &keys.records);
     assert!(ok, "dkimpy: {report}\n{text}");
     assert!(report.contains("signatures: 2"), "{report}");
     assert!(

@@ -24,20 +24,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A server relaying everything to `port` with the default grace period.
 fn server(port: u16) -> Server {
-    Server::start(&format!(
-        r#"[session.rcpt]
-local-domains = ["local.test"]
-relay = "remote_ip == '127.0.0.1'"
-
-[queue.schedule]
-retry = "[1h]"
-
-{route}
-[queue.strategy]
-route = "'hop'"
-"#,
-        route = relay_route("hop", port, "smtp"),
-    ))
+    Server::start(&relay_all_to(port))
 }
 
 /// `text` without the terminal's colour codes around log fields.

@@ -57,6 +57,32 @@ pub fn self_signed_cert(cn: &str, key: &Path, cert: &Path) {
     ]);
 }
 
+/// dkimpy's verdict on every DKIM signature of `message`, with the key
+/// records given as `{"selector._domainkey.domain": "v=DKIM1; ..."}` (no
+/// real DNS asked): whether all verify, and its report (stdout, stderr).
+pub fn dkimpy_verifies(message: &[u8], records: &serde_json::Value) -> (bool, String) {
+    require("python3");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, message).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/dkim_verify.py");
+    let out = run_bounded(
+        Command::new("python3")
+            .arg(script)
+            .arg(&file)
+            .arg(records.to_string()),
+        Duration::from_secs(60),
+    );
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// What `ferrymail check` said of a configuration text.
 pub struct Checked {
     /// The exit code.
