@@ -336,6 +336,18 @@ struct VQueue {
 }
 
 impl VQueue {
+    /// Takes `q`'s limits (a reload): concurrency, destination limits, and
+    /// a new rate bucket only if the rate changed (so a reload that keeps
+    /// it does not hand out a fresh burst).
+    fn set_limits(&mut self, q: &VirtualQueue, shared: bool) {
+        self.concurrency = q.concurrency.clamp(1, u32::MAX as usize) as u32;
+        self.dest = q.destination.clone();
+        if self.bucket.as_ref().map(|b| b.rate) != q.rate {
+            self.bucket = q.rate.map(|r| Bucket::new(r, shared));
+            self.rate_wake = None;
+        }
+    }
+
     /// **Destination round robin with headroom.** A destination holds at most
     /// `destination.concurrency` of its queue's slots and never all of them:
     /// when that setting is not below the queue's `concurrency`, it is
@@ -899,17 +911,9 @@ impl Scheduler {
             match self.queue_index.get(name).copied() {
                 Some(id) => {
                     let shared = self.shared_rates;
-                    let was_dynamic = {
-                        let v = self.q_mut(id);
-                        v.concurrency = q.concurrency.clamp(1, u32::MAX as usize) as u32;
-                        v.dest = q.destination.clone();
-                        if v.bucket.as_ref().map(|b| b.rate) != q.rate {
-                            v.bucket = q.rate.map(|r| Bucket::new(r, shared));
-                            v.rate_wake = None;
-                        }
-                        std::mem::replace(&mut v.dynamic, false)
-                    };
-                    if was_dynamic {
+                    let v = self.q_mut(id);
+                    v.set_limits(q, shared);
+                    if std::mem::replace(&mut v.dynamic, false) {
                         self.dynamic -= 1;
                     }
                 }
@@ -930,19 +934,9 @@ impl Scheduler {
             // Dynamic queues (those just dropped from the file and those
             // the strategy made) take the `default` queue's limits as they
             // are now.
-            let became_dynamic = {
-                let v = self.q_mut(id);
-                let was = v.dynamic;
-                v.dynamic = true;
-                v.concurrency = template.concurrency.clamp(1, u32::MAX as usize) as u32;
-                v.dest = template.destination.clone();
-                if v.bucket.as_ref().map(|b| b.rate) != template.rate {
-                    v.bucket = template.rate.map(|r| Bucket::new(r, shared));
-                    v.rate_wake = None;
-                }
-                !was
-            };
-            if became_dynamic {
+            let v = self.q_mut(id);
+            v.set_limits(&template, shared);
+            if !std::mem::replace(&mut v.dynamic, true) {
                 self.dynamic += 1;
                 self.maybe_free_queue(id);
             }
