@@ -75,6 +75,10 @@ struct Settings {
     log: DeliveryLog,
     /// The verifying TLS configurations of routes with a `tls.ca`.
     route_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
+    /// How connections are made when no `[queue.outbound]` hostname or
+    /// source-ip setting depends on the job: `server.hostname`, the
+    /// kernel's choice of address (built once, not per delivery).
+    default_local: Local,
     /// Which configuration this is: a pooled connection opened under an
     /// earlier one is closed instead of reused, since its route may have
     /// moved.
@@ -109,6 +113,11 @@ impl Settings {
             }
         })?;
         Ok(Settings {
+            default_local: Local {
+                hostname: config.server.hostname.clone(),
+                v4: Vec::new(),
+                v6: Vec::new(),
+            },
             hostname: config.server.hostname.clone(),
             routes: config.queue.routes.clone(),
             outbound,
@@ -390,29 +399,26 @@ impl Inner {
             // back while the reload was emptying it.
             key = format!("{key}\u{1f}{}", settings.generation);
         }
+        let per_job;
         let local = if settings.per_job_local() {
-            let local = settings.local_for(job);
+            per_job = settings.local_for(job);
             // A pooled connection is reused only by jobs that would have
             // opened it the same way (same EHLO name, same address pool).
             key = format!(
                 "{key}\u{1f}{}\u{1f}{:?}\u{1f}{:?}",
-                local.hostname, local.v4, local.v6
+                per_job.hostname, per_job.v4, per_job.v6
             );
-            local
+            &per_job
         } else {
-            Local {
-                hostname: settings.hostname.clone(),
-                v4: Vec::new(),
-                v6: Vec::new(),
-            }
+            &settings.default_local
         };
 
         let mut fresh_only = false;
         loop {
             let session = if fresh_only {
-                self.connect(&settings, &local, route, &job.domain).await
+                self.connect(&settings, local, route, &job.domain).await
             } else {
-                self.session(&settings, &local, &key, route, &job.domain)
+                self.session(&settings, local, &key, route, &job.domain)
                     .await
             };
             let mut session = match session {
