@@ -1432,9 +1432,32 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
             "hostname",
             "ehlo-hostname",
             "source-ip",
+            "tls",
         ],
         false,
     );
+    if let Some(t) = r.sub(sec, "tls") {
+        r.check_keys(&t, &["mta-sts", "dane"], false);
+        if let Some(e) = r.expr_words(&t, "mta-sts", &["optional", "require", "disable"]) {
+            warn_unavailable(r, &t, "mta-sts", &e, Stage::Connection);
+            check_outcomes(r, &t, "mta-sts", &e, |v| match v {
+                Value::Str(s) if matches!(s.as_str(), "optional" | "require" | "disable") => Ok(()),
+                _ => Err("one of 'optional', 'require', 'disable'".to_string()),
+            });
+            out.mta_sts = Some(e);
+        }
+        if t.get("dane").is_some() {
+            let span = r.value_span(&t, "dane");
+            r.warn(
+                &span,
+                format!(
+                    "'{}' is ignored: Ferrymail does not do DANE (RFC 7672); MTA-STS is '{}'",
+                    t.path("dane"),
+                    t.path("mta-sts")
+                ),
+            );
+        }
+    }
     both_spellings(r, sec, "hostname", "ehlo-hostname");
     for key in ["hostname", "ehlo-hostname"] {
         if let Some(e) = r.expr(sec, key) {
@@ -1480,7 +1503,7 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
         }
     }
     // (table, key in it, Ferrymail's name for the setting)
-    const TIMEOUTS: [(&str, &str, &str); 14] = [
+    const TIMEOUTS: [(&str, &str, &str); 16] = [
         ("timeout", "connect", "connect"),
         ("timeout", "greeting", "greeting"),
         ("timeout", "tls", "tls"),
@@ -1488,6 +1511,7 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
         ("timeout", "mail", "mail"),
         ("timeout", "rcpt", "rcpt"),
         ("timeout", "data", "data"),
+        ("timeout", "mta-sts", "mta-sts"),
         ("timeouts", "connect", "connect"),
         ("timeouts", "greeting", "greeting"),
         ("timeouts", "tls", "tls"),
@@ -1495,31 +1519,18 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
         ("timeouts", "mail-from", "mail"),
         ("timeouts", "rcpt-to", "rcpt"),
         ("timeouts", "data", "data"),
+        ("timeouts", "mta-sts", "mta-sts"),
     ];
     both_spellings(r, sec, "timeout", "timeouts");
     for table in ["timeout", "timeouts"] {
         let Some(t) = r.sub(sec, table) else {
             continue;
         };
-        let mut keys: Vec<&str> = TIMEOUTS
+        let keys: Vec<&str> = TIMEOUTS
             .iter()
             .filter(|(tab, ..)| *tab == table)
             .map(|(_, key, _)| *key)
             .collect();
-        if table == "timeouts" {
-            // Stalwart's MTA-STS policy fetch: Ferrymail does not do MTA-STS.
-            keys.push("mta-sts");
-            if t.get("mta-sts").is_some() {
-                let span = r.value_span(&t, "mta-sts");
-                r.warn(
-                    &span,
-                    format!(
-                        "'{}' is ignored: Ferrymail does not fetch MTA-STS policies",
-                        t.path("mta-sts")
-                    ),
-                );
-            }
-        }
         r.check_keys(&t, &keys, false);
         let timeouts = &mut out.timeout;
         for (_, key, name) in TIMEOUTS.iter().filter(|(tab, ..)| *tab == table) {
@@ -1530,6 +1541,7 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
                 "ehlo" => &mut timeouts.ehlo,
                 "mail" => &mut timeouts.mail,
                 "rcpt" => &mut timeouts.rcpt,
+                "mta-sts" => &mut timeouts.mta_sts,
                 _ => &mut timeouts.data,
             };
             if let Some(d) = r.duration(&t, key) {

@@ -848,6 +848,11 @@ pub struct Outbound {
     pub source_ip_v4: Option<Expr>,
     /// `[queue.outbound.source-ip] v6`: the same for IPv6.
     pub source_ip_v6: Option<Expr>,
+    /// `[queue.outbound.tls] mta-sts` (Stalwart's key): whether MX
+    /// deliveries follow the recipient domain's MTA-STS policy (RFC 8461),
+    /// an expression giving `optional` (when the domain publishes one),
+    /// `require` (no delivery without one) or `disable`. `None`: optional.
+    pub mta_sts: Option<Expr>,
 }
 
 impl Default for Outbound {
@@ -863,6 +868,7 @@ impl Default for Outbound {
             hostname: None,
             source_ip_v4: None,
             source_ip_v6: None,
+            mta_sts: None,
         }
     }
 }
@@ -887,6 +893,9 @@ pub struct OutboundTimeouts {
     /// `data`: DATA/BDAT, sending the contents and the final reply
     /// (4.5.3.2.4-6; the end-of-data wait is 10 minutes). Default 10m.
     pub data: Duration,
+    /// `mta-sts`: fetching an MTA-STS policy over HTTPS (RFC 8461 §3.3),
+    /// from the connection to the last byte. Default 1m.
+    pub mta_sts: Duration,
 }
 
 impl Default for OutboundTimeouts {
@@ -899,6 +908,7 @@ impl Default for OutboundTimeouts {
             mail: Duration::from_secs(5 * 60),
             rcpt: Duration::from_secs(5 * 60),
             data: Duration::from_secs(10 * 60),
+            mta_sts: Duration::from_secs(60),
         }
     }
 }

@@ -1873,18 +1873,12 @@ mta-sts = "2m"
     assert_eq!(o.ip_strategy, IpStrategy::Ipv6ThenIpv4);
     let t = &o.timeout;
     assert_eq!(
-        [t.connect, t.greeting, t.tls, t.ehlo, t.mail, t.rcpt, t.data],
-        [60, 120, 90, 180, 240, 300, 360].map(Duration::from_secs)
-    );
-    assert_eq!(
-        c.warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
         [
-            "/etc/ferrymail.toml:16: 'queue.outbound.timeouts.mta-sts' is ignored: Ferrymail does not fetch MTA-STS policies"
-        ]
+            t.connect, t.greeting, t.tls, t.ehlo, t.mail, t.rcpt, t.data, t.mta_sts
+        ],
+        [60, 120, 90, 180, 240, 300, 360, 120].map(Duration::from_secs)
     );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     // Both spellings of one setting: which wins would be a guess.
     assert_eq!(
         err("[queue.outbound]\nmax-mx = 2\n[queue.outbound.limits]\nmx = 4\n"),
@@ -2097,4 +2091,43 @@ fn inbound_limiter_mistakes_name_file_and_line() {
         err("[queue.limiter.outbound.mx]\nrate = \"5/1s\"\n")
             .contains("'queue.limiter.outbound' is not supported"),
     );
+}
+
+#[test]
+fn mta_sts_setting() {
+    // Stalwart's key, an expression per delivery.
+    let c = ok(r#"[queue.outbound.tls]
+mta-sts = [ { if = "rcpt_domain == 'bank.test'", then = "require" },
+            { else = "'optional'" } ]
+"#);
+    assert!(c.queue.outbound.mta_sts.is_some());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(
+        Config::default().queue.outbound.timeout.mta_sts,
+        Duration::from_secs(60)
+    );
+    assert!(Config::default().queue.outbound.mta_sts.is_none());
+    // A constant that is not one of the three names the line.
+    assert!(
+        ok("[queue.outbound.tls]\nmta-sts = \"disable\"\n")
+            .queue
+            .outbound
+            .mta_sts
+            .is_some()
+    );
+    let e = err("[queue.outbound.tls]\nmta-sts = \"'enforce'\"\n");
+    assert!(e.starts_with("/etc/ferrymail.toml:2:"), "{e}");
+    assert!(e.contains("'optional', 'require', 'disable'"), "{e}");
+    // DANE is Stalwart's too, but not done: said, not silently dropped.
+    let c = ok("[queue.outbound.tls]\ndane = \"optional\"\n");
+    assert_eq!(
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "/etc/ferrymail.toml:2: 'queue.outbound.tls.dane' is ignored: Ferrymail does not do DANE (RFC 7672); MTA-STS is 'queue.outbound.tls.mta-sts'"
+        ]
+    );
+    assert!(err("[queue.outbound.tls]\nstarttls = \"require\"\n").contains("starttls"));
 }

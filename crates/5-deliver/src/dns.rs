@@ -211,6 +211,27 @@ impl Dns {
         }
     }
 
+    /// The TXT records at `name`, each record's character-strings joined
+    /// (RFC 8461 §3.1, as RFC 7208 §3.3 does for SPF); empty when the name
+    /// or the records do not exist. `Err` for a failed lookup.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        match self.query(name, RecordType::TXT).await? {
+            Answer::Records(records) => Ok(records
+                .into_iter()
+                .filter_map(|r| match r {
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|chunk| String::from_utf8_lossy(chunk))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Answer::NoData | Answer::NxDomain => Ok(Vec::new()),
+        }
+    }
+
     /// The hosts to try for mail to `domain`, in order: its MX hosts, or the
     /// domain itself when it has no MX but has addresses (the implicit MX
     /// of RFC 5321 §5.1).

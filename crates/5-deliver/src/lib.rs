@@ -35,6 +35,14 @@
 //!   certificate (Mozilla's roots and the host name) unless
 //!   `tls.allow-invalid-certs`, and `require` fails a host that does not
 //!   offer STARTTLS (4.7.4).
+//! * **MTA-STS** (RFC 8461, [`mta_sts`]). On MX delivery the recipient
+//!   domain's policy is honoured unless `[queue.outbound.tls] mta-sts =
+//!   "disable"`: under `enforce`, only the MX hosts it lists, each with
+//!   STARTTLS required and its certificate verified for the MX name, as if
+//!   the route said `require` (the policy outranks the route's `tls.mode`);
+//!   a host that fails is skipped with 4.7.4/4.7.5, and when none is left
+//!   the mail waits. `testing` and `none` change nothing. With `require`
+//!   a domain without a usable policy waits (4.7.5).
 //! * **AUTH** (relay routes): PLAIN, else LOGIN, and only over TLS or to a
 //!   loopback address. A failure is transient.
 //! * **Extensions.** PIPELINING when offered (always for LMTP); BDAT
@@ -66,6 +74,7 @@ use ferrymail_spool::Envelope;
 
 mod dns;
 pub mod log;
+pub mod mta_sts;
 mod pool;
 pub mod protocol;
 mod session;

@@ -53,6 +53,9 @@ pub struct Entry<'a> {
     pub outcome: &'a Outcome,
     /// Attempt duration.
     pub duration_ms: u64,
+    /// The mode of the recipient domain's MTA-STS policy that applied
+    /// (`enforce` or `testing`), if any.
+    pub mta_sts: Option<&'static str>,
 }
 
 impl DeliveryLog {
@@ -99,6 +102,7 @@ impl DeliveryLog {
                         port = e.remote.map(|r| r.port),
                         tls = e.remote.and_then(|r| r.tls.as_deref()),
                         source_ip = e.remote.and_then(|r| r.source).map(|ip| ip.to_string()),
+                        mta_sts = e.mta_sts,
                         outcome = kind,
                         status = %status,
                         reply = reply,
@@ -146,6 +150,7 @@ pub fn json_line(e: &Entry<'_>) -> String {
         "port": e.remote.map(|r| r.port),
         "tls": e.remote.and_then(|r| r.tls.as_deref()),
         "source_ip": e.remote.and_then(|r| r.source).map(|ip| ip.to_string()),
+        "mta_sts": e.mta_sts,
         "outcome": kind,
         "status": status,
         "reply": reply,

@@ -17,9 +17,9 @@ pub struct TlsConfigs {
     /// signatures are still checked, so the session is encrypted with
     /// whoever holds the presented key.
     pub any: Arc<ClientConfig>,
-    /// The roots `verify` trusts beyond Mozilla's (tests' private CAs), so
-    /// that a route's own authorities ([`TlsConfigs::verify_also`]) are
-    /// added to them.
+    /// The roots `verify` trusts beyond Mozilla's (the operating system's,
+    /// tests' private CAs), so that a route's own authorities
+    /// ([`TlsConfigs::verify_also`]) are added to them.
     extra: Vec<CertificateDer<'static>>,
 }
 
@@ -35,15 +35,20 @@ pub enum TlsSetupError {
 }
 
 impl TlsConfigs {
-    /// Mozilla's root programme (webpki-roots) plus `extra` roots, e.g. a
-    /// private CA of a relay or a test.
+    /// Mozilla's root programme (webpki-roots), the operating system's
+    /// trust store ([`os_roots`]), and `extra` roots, e.g. a private CA of
+    /// a relay or a test.
     pub fn new(extra: &[CertificateDer<'static>]) -> Result<TlsConfigs, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let os = os_roots();
+        roots.add_parsable_certificates(os.iter().cloned());
         for cert in extra {
             roots.add(cert.clone())?;
         }
+        let extra: Vec<CertificateDer<'static>> =
+            os.into_iter().chain(extra.iter().cloned()).collect();
         let verify = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -58,7 +63,7 @@ impl TlsConfigs {
         Ok(TlsConfigs {
             verify: Arc::new(verify),
             any: Arc::new(any),
-            extra: extra.to_vec(),
+            extra,
         })
     }
 
@@ -77,7 +82,8 @@ impl TlsConfigs {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for cert in self.extra.iter().chain(&certs) {
+        roots.add_parsable_certificates(self.extra.iter().cloned());
+        for cert in &certs {
             roots
                 .add(cert.clone())
                 .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
@@ -89,6 +95,19 @@ impl TlsConfigs {
                 .with_no_client_auth(),
         ))
     }
+}
+
+/// The operating system's trust anchors (`/etc/ssl/certs` and the like,
+/// or the files `SSL_CERT_FILE`/`SSL_CERT_DIR` name), read once per
+/// configuration: a site's own CA installed the usual way is then trusted
+/// for `require` routes and MTA-STS as it is by the system's other
+/// programs. None readable is not an error: Mozilla's roots remain.
+pub fn os_roots() -> Vec<CertificateDer<'static>> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!(error = %e, "operating system trust store");
+    }
+    found.certs
 }
 
 /// The name to verify and send as SNI: the host name tried, or its address

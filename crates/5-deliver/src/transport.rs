@@ -18,7 +18,9 @@ use rustls::pki_types::CertificateDer;
 
 use crate::dns::{Dns, DnsError, address_literal};
 use crate::log::{DeliveryLog, Entry};
+use crate::mta_sts::StsCache;
 use crate::pool::Pool;
+use crate::protocol::mta_sts::{Mode, Policy};
 use crate::session::{Peer, Session, SessionError};
 use crate::tls::{TlsConfigs, TlsSetupError};
 use crate::{Job, Outcome, RecipientOutcome, Remote, Transport, destination_key};
@@ -61,6 +63,19 @@ struct Inner {
     pool: Pool,
     /// The idle reaper runs (started with the first pooled connection).
     reaper: AtomicBool,
+    /// MTA-STS policies (RFC 8461), kept across reloads.
+    sts: StsCache,
+}
+
+/// `[queue.outbound.tls] mta-sts` for one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StsSetting {
+    /// Follow the domain's policy when it publishes one.
+    Optional,
+    /// No delivery to a domain without a policy.
+    Require,
+    /// Ignore policies.
+    Disable,
 }
 
 /// The part of the transport a configuration reload replaces.
@@ -216,6 +231,22 @@ impl Settings {
         }
     }
 
+    /// The MTA-STS setting for `job` (optional unless configured).
+    fn sts_setting(&self, job: &Job) -> StsSetting {
+        let Some(e) = &self.outbound.mta_sts else {
+            return StsSetting::Optional;
+        };
+        match e.eval_string(&JobVars(job)).as_deref() {
+            Some("require") => StsSetting::Require,
+            Some("disable") => StsSetting::Disable,
+            Some("optional") | None => StsSetting::Optional,
+            Some(other) => {
+                tracing::warn!(value = %other, "queue.outbound.tls.mta-sts: not optional, require or disable; taken as optional");
+                StsSetting::Optional
+            }
+        }
+    }
+
     /// Whether any connection setting depends on the job.
     fn per_job_local(&self) -> bool {
         let o = &self.outbound;
@@ -270,6 +301,7 @@ impl SmtpTransport {
                 tls,
                 pool: Pool::default(),
                 reaper: AtomicBool::new(false),
+                sts: StsCache::default(),
             }),
         })
     }
@@ -288,6 +320,11 @@ impl SmtpTransport {
         )?));
         self.close_idle().await;
         Ok(())
+    }
+
+    /// MTA-STS policy files fetched so far.
+    pub fn mta_sts_fetches(&self) -> u64 {
+        self.inner.sts.fetches()
     }
 
     /// Connections idle in the pool now.
@@ -318,7 +355,7 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
 impl Transport for SmtpTransport {
     async fn deliver(&self, job: Job) -> Vec<RecipientOutcome> {
         let started = Instant::now();
-        let outcomes = self.inner.attempt(&job).await;
+        let (outcomes, sts) = self.inner.attempt(&job).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let entries: Vec<Entry<'_>> = outcomes
             .iter()
@@ -336,6 +373,7 @@ impl Transport for SmtpTransport {
                 remote: o.remote.as_ref(),
                 outcome: &o.outcome,
                 duration_ms,
+                mta_sts: sts.map(Mode::as_str),
             })
             .collect();
         self.inner.settings.load().log.record(&entries);
@@ -344,7 +382,9 @@ impl Transport for SmtpTransport {
 }
 
 impl Inner {
-    async fn attempt(self: &Arc<Self>, job: &Job) -> Vec<RecipientOutcome> {
+    /// One attempt for `job`: the outcomes, and the mode of the MTA-STS
+    /// policy that applied.
+    async fn attempt(self: &Arc<Self>, job: &Job) -> (Vec<RecipientOutcome>, Option<Mode>) {
         let settings = self.settings.load_full();
         let env = &job.envelope;
         let (valid, invalid): (Vec<u32>, Vec<u32>) = job
@@ -363,7 +403,7 @@ impl Inner {
             })
             .collect();
         if valid.is_empty() {
-            return out;
+            return (out, None);
         }
         let recipients: Vec<&Recipient> =
             valid.iter().map(|&i| &env.recipients[i as usize]).collect();
@@ -389,7 +429,7 @@ impl Inner {
                 },
                 None,
             ));
-            return out;
+            return (out, None);
         };
         let is_relay = matches!(route.kind, RouteKind::Relay { .. });
         let mut key = destination_key(&job.route, &job.domain, is_relay);
@@ -413,12 +453,55 @@ impl Inner {
             &settings.default_local
         };
 
+        // MTA-STS (RFC 8461) applies to MX delivery to a domain name.
+        let mut sts: Option<Arc<Policy>> = None;
+        if matches!(route.kind, RouteKind::Mx) && address_literal(&job.domain).is_none() {
+            let setting = settings.sts_setting(job);
+            if setting != StsSetting::Disable {
+                let found = self
+                    .sts
+                    .discover(
+                        &settings.dns,
+                        &self.tls.verify,
+                        settings.outbound.ip_strategy,
+                        &job.domain,
+                        settings.outbound.timeout.mta_sts,
+                    )
+                    .await;
+                sts = found.policy.filter(|p| p.mode != Mode::None);
+                if setting == StsSetting::Require && sts.is_none() {
+                    let why = found
+                        .note
+                        .unwrap_or_else(|| "its policy's mode is none".into());
+                    out.extend(all(
+                        Outcome::Transient {
+                            reason: format!(
+                                "4.7.5 MTA-STS is required for {} but no policy is available ({why})",
+                                job.domain
+                            ),
+                            reply: None,
+                        },
+                        None,
+                    ));
+                    return (out, None);
+                }
+            }
+        }
+        let enforce = sts.as_deref().filter(|p| p.mode == Mode::Enforce);
+        if enforce.is_some() {
+            // A connection opened without the policy (say, in plain text)
+            // is never reused under it.
+            key.push_str("\u{1f}mta-sts");
+        }
+        let sts_mode = sts.as_ref().map(|p| p.mode);
+
         let mut fresh_only = false;
         loop {
             let session = if fresh_only {
-                self.connect(&settings, local, route, &job.domain).await
+                self.connect(&settings, local, route, &job.domain, sts.as_deref())
+                    .await
             } else {
-                self.session(&settings, local, &key, route, &job.domain)
+                self.session(&settings, local, &key, route, &job.domain, sts.as_deref())
                     .await
             };
             let mut session = match session {
@@ -450,7 +533,7 @@ impl Inner {
             self.release(&settings, &key, session, tx.usable);
             break;
         }
-        out
+        (out, sts_mode)
     }
 
     /// A pooled session, or a new one. One reused at once is not probed: if
@@ -463,6 +546,7 @@ impl Inner {
         key: &str,
         route: &Route,
         domain: &str,
+        sts: Option<&Policy>,
     ) -> Result<Session, Failure> {
         loop {
             let (found, stale) = self.pool.take(key, settings.outbound.idle_timeout);
@@ -485,7 +569,7 @@ impl Inner {
                 }
             }
         }
-        self.connect(settings, local, route, domain).await
+        self.connect(settings, local, route, domain, sts).await
     }
 
     /// Opens a session to the first next hop that works: for `mx`, the MX
@@ -493,12 +577,19 @@ impl Inner {
     /// relay, its address. Every failure of a host is transient for the
     /// mail (the next host, or the next attempt, may do better); only DNS
     /// can make the whole attempt permanent.
+    ///
+    /// Under an `enforce` MTA-STS policy (RFC 8461 §4.2, §5) only the MX
+    /// hosts the policy lists are tried, each with STARTTLS required and a
+    /// certificate that verifies for the MX host's name; a host that fails
+    /// that fails with 4.7.x and the next is tried. A `testing` policy
+    /// changes nothing but a warning for each host it would skip.
     async fn connect(
         &self,
         settings: &Settings,
         local: &Local,
         route: &Route,
         domain: &str,
+        sts: Option<&Policy>,
     ) -> Result<Session, Failure> {
         let o = &settings.outbound;
         let hosts: Vec<(String, Option<IpAddr>)> = match &route.kind {
@@ -535,7 +626,21 @@ impl Inner {
         let mut status = "4.4.1";
         let mut last_reply = None;
         let mut last_remote = None;
+        let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
         for (host, literal) in hosts {
+            if let Some(policy) = sts
+                && !policy.matches(&host)
+            {
+                if enforce {
+                    status = "4.7.5";
+                    errors.push(format!(
+                        "{host}: not an MX host of the MTA-STS policy of {domain} (mx: {})",
+                        policy.mx.join(", ")
+                    ));
+                    continue;
+                }
+                tracing::warn!(domain, host = %host, mx = ?policy.mx, "MTA-STS (testing): MX host not in the policy; delivering anyway");
+            }
             let addrs = match literal {
                 Some(ip) => vec![ip],
                 None => match settings
@@ -556,7 +661,17 @@ impl Inner {
                     host: host.clone(),
                     addr: SocketAddr::new(ip, route.port),
                     lmtp: route.protocol == DeliveryProtocol::Lmtp,
-                    tls: route.tls,
+                    tls: if enforce {
+                        // STARTTLS, verified against the trusted roots for
+                        // the MX host's name, whatever the route says.
+                        ferrymail_config::RouteTls {
+                            implicit: route.tls.implicit,
+                            mode: ferrymail_config::TlsMode::Require,
+                            allow_invalid_certs: false,
+                        }
+                    } else {
+                        route.tls
+                    },
                     auth: route.auth.clone(),
                     source: local.source_for(ip),
                     verify_with: settings.route_tls.get(&route.id).cloned(),

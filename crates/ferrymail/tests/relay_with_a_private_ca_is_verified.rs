@@ -24,43 +24,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A test CA and a next-hop certificate it signed, for 127.0.0.1.
 fn pki(dir: &Path) {
-    let p = |name: &str| dir.join(name).display().to_string();
     self_signed_cert("Ferry Test CA", &dir.join("ca.key"), &dir.join("ca.pem"));
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=relay.ferry.test",
-        "-keyout",
-        &p("hop.key"),
-        "-out",
-        &p("hop.csr"),
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:relay.ferry.test,IP:127.0.0.1\n\
-         basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("hop.csr"),
-        "-CA",
-        &p("ca.pem"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        &p("hop.pem"),
-        "-extfile",
-        &p("ext.cnf"),
-    ]);
+    ca_signed_cert(
+        dir,
+        "hop",
+        "relay.ferry.test",
+        "DNS:relay.ferry.test,IP:127.0.0.1",
+    );
 }
 
 #[test]

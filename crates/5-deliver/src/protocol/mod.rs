@@ -8,4 +8,5 @@ pub mod command;
 pub mod data;
 pub mod downgrade;
 pub mod ehlo;
+pub mod mta_sts;
 pub mod reply;

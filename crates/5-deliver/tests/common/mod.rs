@@ -238,8 +238,13 @@ pub struct PyPeer {
 
 impl PyPeer {
     /// Starts the peer with `options` (see the script) plus port and record.
-    pub fn start(mut options: serde_json::Value) -> PyPeer {
-        let port = free_port();
+    pub fn start(options: serde_json::Value) -> PyPeer {
+        Self::start_at("127.0.0.1", free_port(), options)
+    }
+
+    /// Starts the peer on `ip:port` (any 127.0.0.0/8 address).
+    pub fn start_at(ip: &str, port: u16, mut options: serde_json::Value) -> PyPeer {
+        options["host"] = ip.into();
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("record.jsonl");
         options["port"] = port.into();
@@ -335,6 +340,12 @@ pub fn self_signed(names: &[&str]) -> Cert {
 
 /// A CA certificate, and a leaf for `names` signed by it: (ca, leaf).
 pub fn ca_and_leaf(names: &[&str]) -> (Cert, Cert) {
+    let (ca, mut leaves) = ca_and_leaves(&[names]);
+    (ca, leaves.remove(0))
+}
+
+/// A CA certificate, and one leaf signed by it for each list of names.
+pub fn ca_and_leaves(leaves: &[&[&str]]) -> (Cert, Vec<Cert>) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -344,13 +355,19 @@ pub fn ca_and_leaf(names: &[&str]) -> (Cert, Cert) {
         .push(rcgen::DnType::CommonName, "Ferrymail Test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let leaves = leaves
+        .iter()
+        .map(|names| {
+            let leaf_key = KeyPair::generate().unwrap();
+            let leaf_params =
+                CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .unwrap();
+            let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+            write_pair(leaf.pem(), leaf_key.serialize_pem(), leaf.der().to_vec())
+        })
+        .collect();
     let ca = write_pair(ca_cert.pem(), String::new(), ca_cert.der().to_vec());
-    let leaf = write_pair(leaf.pem(), leaf_key.serialize_pem(), leaf.der().to_vec());
-    (ca, leaf)
+    (ca, leaves)
 }
 
 // ---------------------------------------------------------------- proxy

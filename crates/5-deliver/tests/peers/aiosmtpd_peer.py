@@ -4,7 +4,8 @@
 Usage: aiosmtpd_peer.py JSON-OPTIONS
 
 Options (all optional but "port" and "record"):
-  port            TCP port on 127.0.0.1
+  port            TCP port
+  host            address to listen on (default 127.0.0.1)
   record          file receiving one JSON line per completed transaction
   lmtp            speak LMTP (LHLO, one reply per recipient after DATA)
   smtputf8        advertise SMTPUTF8
@@ -98,7 +99,7 @@ class PeerController(Controller):
 
 def main():
     kwargs = {
-        "hostname": "127.0.0.1",
+        "hostname": opts.get("host", "127.0.0.1"),
         "port": opts["port"],
         "server_hostname": "peer.ferry.test",
         "enable_SMTPUTF8": bool(opts.get("smtputf8")),

@@ -57,6 +57,49 @@ pub fn self_signed_cert(cn: &str, key: &Path, cert: &Path) {
     ]);
 }
 
+/// Writes `<stem>.pem` and `<stem>.key` in `dir`: a server certificate for
+/// `cn` with the subject alternative names `san` (openssl's syntax, e.g.
+/// `DNS:relay.test,IP:127.0.0.1`), signed by the test CA `ca.pem`/`ca.key`
+/// in the same directory (made with [`self_signed_cert`]).
+pub fn ca_signed_cert(dir: &Path, stem: &str, cn: &str, san: &str) {
+    let p = |name: String| dir.join(name).display().to_string();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-keyout",
+        &p(format!("{stem}.key")),
+        "-out",
+        &p(format!("{stem}.csr")),
+    ]);
+    let ext = p(format!("{stem}.ext"));
+    std::fs::write(
+        &ext,
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(format!("{stem}.csr")),
+        "-CA",
+        &p("ca.pem".into()),
+        "-CAkey",
+        &p("ca.key".into()),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &p(format!("{stem}.pem")),
+        "-extfile",
+        &ext,
+    ]);
+}
+
 /// dkimpy's verdict on every DKIM signature of `message`, with the key
 /// records given as `{"selector._domainkey.domain": "v=DKIM1; ..."}` (no
 /// real DNS asked): whether all verify, and its report (stdout, stderr).

@@ -298,6 +298,35 @@ pub fn as_dumped(contents: &[u8]) -> Vec<u8> {
 
 // ---------------------------------------------------------------- aiosmtpd
 
+/// Starts `tests/python/<script>` with `options` as its JSON argument and
+/// waits for it to print READY; it stops when its stdin closes (on drop).
+pub fn python_peer(script: &str, options: &Value) -> Proc {
+    require("python3");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let mut child = Command::new("python3")
+        .arg(path)
+        .arg(options.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 with aiosmtpd (run scripts/test-deps)");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(line) if line.starts_with("READY") => proc,
+        other => panic!("{script} did not start: {other:?}"),
+    }
+}
+
 /// `tests/python/recording_sink.py`: aiosmtpd recording each transaction's
 /// raw bytes, optionally with CHUNKING or as an LMTP server.
 pub struct RecordingSink {
@@ -314,33 +343,18 @@ impl RecordingSink {
     }
 
     /// Starts the sink on `port`.
-    pub fn start_on(port: u16, mut options: Value) -> RecordingSink {
-        require("python3");
+    pub fn start_on(port: u16, options: Value) -> RecordingSink {
+        Self::start_at("127.0.0.1", port, options)
+    }
+
+    /// Starts the sink on `ip:port` (any 127.0.0.0/8 address).
+    pub fn start_at(ip: &str, port: u16, mut options: Value) -> RecordingSink {
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("record.jsonl");
+        options["host"] = ip.into();
         options["port"] = port.into();
         options["record"] = record.display().to_string().into();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/recording_sink.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(options.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with aiosmtpd (run scripts/test-deps)");
-        let stdout = child.stdout.take().unwrap();
-        let proc = Proc(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) if line.starts_with("READY") => {}
-            other => panic!("recording_sink.py did not start: {other:?}"),
-        }
+        let proc = python_peer("recording_sink.py", &options);
         RecordingSink {
             port,
             record,

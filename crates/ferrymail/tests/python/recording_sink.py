@@ -6,7 +6,10 @@ the project wrote); adapted from crates/5-deliver/tests/peers/aiosmtpd_peer.py.
 Usage: recording_sink.py JSON-OPTIONS
 
 Options ("port" and "record" are required):
-  port          TCP port on 127.0.0.1
+  port          TCP port
+  host          address to listen on (default 127.0.0.1)
+  tls_cert, tls_key   PEM files: STARTTLS is offered with them, and each
+                record says whether the transaction came over TLS ("tls")
   record        file receiving one JSON line per completed transaction:
                 {"mail_from", "mail_options", "rcpt_tos", "data_hex", "bdat",
                  "helo"}; data_hex is the message exactly as received (after
@@ -27,6 +30,7 @@ listening; stops when stdin closes.
 """
 
 import json
+import ssl
 import sys
 
 from aiosmtpd.controller import Controller
@@ -45,6 +49,7 @@ def record(envelope, session, bdat):
         "data_hex": content.hex(),
         "bdat": bdat,
         "helo": session.host_name,
+        "tls": session.ssl is not None,
     }) + "\n"
     # One write per transaction, flushed before the reply goes out: when the
     # client has seen 250 the record is on disk.
@@ -123,13 +128,19 @@ class SinkController(Controller):
 
 
 def main():
+    kwargs = {}
+    if opts.get("tls_cert"):
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(opts["tls_cert"], opts["tls_key"])
+        kwargs = {"tls_context": ctx, "require_starttls": False}
     controller = SinkController(
         Handler(),
-        hostname="127.0.0.1",
+        hostname=opts.get("host", "127.0.0.1"),
         port=opts["port"],
         server_hostname="sink.ferry.test",
         enable_SMTPUTF8=True,
         data_size_limit=0,
+        **kwargs,
     )
     controller.start()
     print("READY", flush=True)

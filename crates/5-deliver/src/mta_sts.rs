@@ -1,0 +1,248 @@
+//! MTA-STS (RFC 8461) for MX delivery: policy discovery and its cache.
+//!
+//! Before an MX delivery the transport asks [`StsCache::discover`] what
+//! the recipient domain publishes: the TXT record at `_mta-sts.<domain>`
+//! (§3.1) names a policy id, and a policy the cache does not hold under
+//! that id is fetched from `https://mta-sts.<domain>/.well-known/mta-sts.txt`
+//! (§3.3: HTTPS whose certificate verifies for that name, no redirects,
+//! 200 only, `text/plain`, at most [`MAX_POLICY_BYTES`]). A policy is kept
+//! for its `max_age`; while it is, a missing or unreadable TXT record, or a
+//! failed fetch, leaves it in force (§5.1), so an attacker who can block
+//! DNS or HTTPS cannot switch it off. What an `enforce` policy then means
+//! for the connection (listed MX hosts only, STARTTLS with a certificate
+//! that verifies for the MX name) is applied in [`crate::transport`].
+//!
+//! The cache lives in memory: a restart forgets the policies, and the
+//! first delivery after it discovers them again (trust on first use, as
+//! for any sender that has not seen the domain before).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferrymail_config::IpStrategy;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+
+use crate::dns::Dns;
+use crate::protocol::mta_sts::{
+    MAX_POLICY_BYTES, Policy, Step, next_step, parse_policy, record_id,
+};
+
+/// How long a failed fetch is not tried again for the same policy id, so
+/// that a domain whose policy host is down does not hold every delivery to
+/// it for the fetch timeout.
+const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Domains' policies, and fetches that failed recently.
+#[derive(Default)]
+pub struct StsCache {
+    /// Never held across an await.
+    entries: std::sync::Mutex<HashMap<String, Entry>>,
+    fetches: AtomicU64,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// The policy in force and its id, until its `max_age` runs out.
+    policy: Option<(String, Arc<Policy>, Instant)>,
+    /// A fetch of this id failed; not tried again before then.
+    failed: Option<(String, Instant)>,
+}
+
+/// What discovery found for a domain.
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    /// The policy in force, if any (its mode may be `none`).
+    pub policy: Option<Arc<Policy>>,
+    /// Why there is none, or what went wrong on the way (a fetch that
+    /// failed while a cached policy stayed in force): for the logs and the
+    /// failure reason when a policy is required.
+    pub note: Option<String>,
+}
+
+impl StsCache {
+    /// Policy files fetched so far (tests and metrics).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// The policy of `domain` (§5.1): the TXT record is read on every
+    /// call (the resolver caches it), and the policy fetched only when the
+    /// record names an id not cached. `verify` checks the policy host's
+    /// certificate; `timeout` bounds the fetch.
+    pub async fn discover(
+        &self,
+        dns: &Dns,
+        verify: &Arc<rustls::ClientConfig>,
+        strategy: IpStrategy,
+        domain: &str,
+        timeout: Duration,
+    ) -> Discovery {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let record = match dns.txt(&format!("_mta-sts.{domain}")).await {
+            Ok(records) if records.is_empty() => Err("no _mta-sts record".to_string()),
+            Ok(records) => record_id(&records).map_err(|e| format!("_mta-sts record: {e}")),
+            Err(e) => Err(format!("_mta-sts lookup failed: {e}")),
+        };
+        let now = Instant::now();
+        let (cached, failed_recently) = {
+            let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = map.entry(domain.clone()).or_default();
+            if entry
+                .policy
+                .as_ref()
+                .is_some_and(|(_, _, until)| *until <= now)
+            {
+                entry.policy = None;
+            }
+            if entry
+                .failed
+                .as_ref()
+                .is_some_and(|(_, until)| *until <= now)
+            {
+                entry.failed = None;
+            }
+            let cached = entry
+                .policy
+                .as_ref()
+                .map(|(id, p, _)| (id.clone(), p.clone()));
+            let failed = entry.failed.as_ref().map(|(id, _)| id.clone());
+            if entry.policy.is_none() && entry.failed.is_none() {
+                map.remove(&domain);
+            }
+            (cached, failed)
+        };
+        let id = record.as_ref().ok().map(String::as_str);
+        let use_cached = |note: Option<String>| Discovery {
+            policy: cached.as_ref().map(|(_, p)| p.clone()),
+            note,
+        };
+        match next_step(id, cached.as_ref().map(|(id, _)| id.as_str())) {
+            Step::UseCached => use_cached(record.err()),
+            Step::NoPolicy => Discovery {
+                policy: None,
+                note: record.err(),
+            },
+            Step::Fetch => {
+                let id = id.unwrap_or_default().to_string();
+                if failed_recently.as_deref() == Some(id.as_str()) {
+                    return use_cached(Some(format!(
+                        "the policy fetch for id {id} failed recently"
+                    )));
+                }
+                self.fetches.fetch_add(1, Ordering::Relaxed);
+                let fetched = tokio::time::timeout(timeout, fetch(dns, verify, strategy, &domain))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
+                let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                match fetched {
+                    Ok(policy) => {
+                        let policy = Arc::new(policy);
+                        let until = Instant::now() + policy.max_age;
+                        let entry = map.entry(domain.clone()).or_default();
+                        entry.policy = Some((id, policy.clone(), until));
+                        entry.failed = None;
+                        tracing::info!(domain = %domain, mode = policy.mode.as_str(), max_age = policy.max_age.as_secs(), mx = ?policy.mx, "MTA-STS policy fetched");
+                        Discovery {
+                            policy: Some(policy),
+                            note: None,
+                        }
+                    }
+                    Err(e) => {
+                        let note = format!("MTA-STS policy of {domain} not fetched: {e}");
+                        tracing::warn!(domain = %domain, error = %e, cached = cached.is_some(), "MTA-STS policy not fetched");
+                        map.entry(domain.clone()).or_default().failed =
+                            Some((id, Instant::now() + FAILED_FETCH_BACKOFF));
+                        drop(map);
+                        use_cached(Some(note))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fetches and parses the policy of `domain` (§3.3), trying the policy
+/// host's addresses in order.
+async fn fetch(
+    dns: &Dns,
+    verify: &Arc<rustls::ClientConfig>,
+    strategy: IpStrategy,
+    domain: &str,
+) -> Result<Policy, String> {
+    let host = format!("mta-sts.{domain}");
+    let addrs = dns
+        .addresses(&host, strategy, 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    for ip in addrs {
+        match fetch_from(&host, ip, verify).await {
+            Ok(text) => return parse_policy(&text).map_err(|e| e.to_string()),
+            Err(e) => errors.push(format!("{host}[{ip}]: {e}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// One HTTPS GET of the policy file from `ip`.
+async fn fetch_from(
+    host: &str,
+    ip: IpAddr,
+    verify: &Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
+    let tcp = tokio::net::TcpStream::connect((ip, 443))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(verify.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let result = async {
+        let request = hyper::Request::get("/.well-known/mta-sts.txt")
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::USER_AGENT, "ferrymail")
+            .header(hyper::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+        // §3.3: redirects are not followed; only 200 is a policy.
+        if response.status() != hyper::StatusCode::OK {
+            return Err(format!("HTTP status {}", response.status()));
+        }
+        let media_type = response
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        if media_type.as_deref() != Some("text/plain") {
+            return Err(format!(
+                "Content-Type is {}, not text/plain",
+                media_type.as_deref().unwrap_or("missing")
+            ));
+        }
+        let body = Limited::new(response.into_body(), MAX_POLICY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|_| "the policy is not UTF-8".to_string())
+    }
+    .await;
+    driver.abort();
+    result
+}
