@@ -43,6 +43,9 @@ const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(300);
 pub struct StsCache {
     /// Never held across an await.
     entries: std::sync::Mutex<HashMap<String, Entry>>,
+    /// One fetch per domain at a time: deliveries that find the same new
+    /// id wait for the first one's fetch instead of each fetching.
+    fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     fetches: AtomicU64,
 }
 
@@ -53,6 +56,10 @@ struct Entry {
     /// A fetch of this id failed; not tried again before then.
     failed: Option<(String, Instant)>,
 }
+
+/// What the cache holds for a domain now: the unexpired policy with its
+/// id, and the id whose fetch failed recently.
+type Held = (Option<(String, Arc<Policy>)>, Option<String>);
 
 /// What discovery found for a domain.
 #[derive(Clone, Debug)]
@@ -89,78 +96,134 @@ impl StsCache {
             Ok(records) => record_id(&records).map_err(|e| format!("_mta-sts record: {e}")),
             Err(e) => Err(format!("_mta-sts lookup failed: {e}")),
         };
-        let now = Instant::now();
-        let (cached, failed_recently) = {
-            let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = map.entry(domain.clone()).or_default();
-            if entry
-                .policy
-                .as_ref()
-                .is_some_and(|(_, _, until)| *until <= now)
-            {
-                entry.policy = None;
+        let id = match record {
+            Ok(id) => id,
+            // No usable record: a policy still within its max_age holds.
+            Err(note) => {
+                return Discovery {
+                    policy: self.held(&domain).0.map(|(_, p)| p),
+                    note: Some(note),
+                };
             }
-            if entry
-                .failed
-                .as_ref()
-                .is_some_and(|(_, until)| *until <= now)
-            {
-                entry.failed = None;
-            }
-            let cached = entry
-                .policy
-                .as_ref()
-                .map(|(id, p, _)| (id.clone(), p.clone()));
-            let failed = entry.failed.as_ref().map(|(id, _)| id.clone());
-            if entry.policy.is_none() && entry.failed.is_none() {
-                map.remove(&domain);
-            }
-            (cached, failed)
         };
-        let id = record.as_ref().ok().map(String::as_str);
-        let use_cached = |note: Option<String>| Discovery {
-            policy: cached.as_ref().map(|(_, p)| p.clone()),
-            note,
+        if let Some(found) = self.settled(&domain, &id) {
+            return found;
+        }
+        // A new id: fetch, once per domain at a time; whoever waited for
+        // another delivery's fetch finds its result in the cache.
+        let gate = {
+            let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(domain.clone()).or_default().clone()
         };
-        match next_step(id, cached.as_ref().map(|(id, _)| id.as_str())) {
-            Step::UseCached => use_cached(record.err()),
-            Step::NoPolicy => Discovery {
-                policy: None,
-                note: record.err(),
-            },
-            Step::Fetch => {
-                let id = id.unwrap_or_default().to_string();
-                if failed_recently.as_deref() == Some(id.as_str()) {
-                    return use_cached(Some(format!(
-                        "the policy fetch for id {id} failed recently"
-                    )));
-                }
-                self.fetches.fetch_add(1, Ordering::Relaxed);
-                let fetched = tokio::time::timeout(timeout, fetch(dns, verify, strategy, &domain))
+        let held = gate.lock().await;
+        let found = match self.settled(&domain, &id) {
+            Some(found) => found,
+            None => {
+                self.fetch_and_keep(dns, verify, strategy, &domain, id, timeout)
                     .await
-                    .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
-                let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-                match fetched {
-                    Ok(policy) => {
-                        let policy = Arc::new(policy);
-                        let until = Instant::now() + policy.max_age;
-                        let entry = map.entry(domain.clone()).or_default();
-                        entry.policy = Some((id, policy.clone(), until));
-                        entry.failed = None;
-                        tracing::info!(domain = %domain, mode = policy.mode.as_str(), max_age = policy.max_age.as_secs(), mx = ?policy.mx, "MTA-STS policy fetched");
-                        Discovery {
-                            policy: Some(policy),
-                            note: None,
-                        }
-                    }
-                    Err(e) => {
-                        let note = format!("MTA-STS policy of {domain} not fetched: {e}");
-                        tracing::warn!(domain = %domain, error = %e, cached = cached.is_some(), "MTA-STS policy not fetched");
-                        map.entry(domain.clone()).or_default().failed =
-                            Some((id, Instant::now() + FAILED_FETCH_BACKOFF));
-                        drop(map);
-                        use_cached(Some(note))
-                    }
+            }
+        };
+        drop(held);
+        let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the map's reference and ours left: nobody waits for it.
+        if Arc::strong_count(&gate) <= 2 {
+            map.remove(&domain);
+        }
+        found
+    }
+
+    /// What the cache already says for record id `id`: the cached policy
+    /// when its id is `id` (§5.1: no new fetch), or, when the fetch of `id`
+    /// failed recently, the cached policy if any; `None` when `id` is to
+    /// be fetched.
+    fn settled(&self, domain: &str, id: &str) -> Option<Discovery> {
+        let (cached, failed) = self.held(domain);
+        match next_step(Some(id), cached.as_ref().map(|(c, _)| c.as_str())) {
+            Step::UseCached => Some(Discovery {
+                policy: cached.map(|(_, p)| p),
+                note: None,
+            }),
+            _ if failed.as_deref() == Some(id) => Some(Discovery {
+                policy: cached.map(|(_, p)| p),
+                note: Some(format!(
+                    "the MTA-STS policy fetch for {domain} (id {id}) failed recently"
+                )),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The domain's unexpired policy and recently failed id, forgetting
+    /// what has expired.
+    fn held(&self, domain: &str) -> Held {
+        let now = Instant::now();
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = map.get_mut(domain) else {
+            return (None, None);
+        };
+        if entry
+            .policy
+            .as_ref()
+            .is_some_and(|(_, _, until)| *until <= now)
+        {
+            entry.policy = None;
+        }
+        if entry
+            .failed
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= now)
+        {
+            entry.failed = None;
+        }
+        let held = (
+            entry
+                .policy
+                .as_ref()
+                .map(|(id, p, _)| (id.clone(), p.clone())),
+            entry.failed.as_ref().map(|(id, _)| id.clone()),
+        );
+        if held.0.is_none() && held.1.is_none() {
+            map.remove(domain);
+        }
+        held
+    }
+
+    /// Fetches the policy for record id `id` and keeps it; on failure the
+    /// cached policy (if any) stays in force (§5.1) and `id` is not tried
+    /// again for [`FAILED_FETCH_BACKOFF`].
+    async fn fetch_and_keep(
+        &self,
+        dns: &Dns,
+        verify: &Arc<rustls::ClientConfig>,
+        strategy: IpStrategy,
+        domain: &str,
+        id: String,
+        timeout: Duration,
+    ) -> Discovery {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let fetched = tokio::time::timeout(timeout, fetch(dns, verify, strategy, domain))
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(domain.to_string()).or_default();
+        match fetched {
+            Ok(policy) => {
+                let policy = Arc::new(policy);
+                entry.policy = Some((id, policy.clone(), Instant::now() + policy.max_age));
+                entry.failed = None;
+                tracing::info!(domain, mode = policy.mode.as_str(), max_age = policy.max_age.as_secs(), mx = ?policy.mx, "MTA-STS policy fetched");
+                Discovery {
+                    policy: Some(policy),
+                    note: None,
+                }
+            }
+            Err(e) => {
+                let cached = entry.policy.as_ref().map(|(_, p, _)| p.clone());
+                tracing::warn!(domain, error = %e, cached = cached.is_some(), "MTA-STS policy not fetched");
+                entry.failed = Some((id, Instant::now() + FAILED_FETCH_BACKOFF));
+                Discovery {
+                    policy: cached,
+                    note: Some(format!("MTA-STS policy of {domain} not fetched: {e}")),
                 }
             }
         }

@@ -391,3 +391,50 @@ async fn no_usable_policy_means_none_unless_required() {
         assert!(reason(&o).contains(why), "{why}: {}", reason(&o));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_fetch_the_policy_once() {
+    let scene = Scene::start(
+        10,
+        Setup {
+            id: Some("1"),
+            response: Some(policy(ENFORCE)),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let t = scene.transport("");
+    let subjects: Vec<String> = (0..8).map(|i| format!("at once {i}")).collect();
+    let outcomes = futures_join(subjects.iter().map(|s| send(&t, s))).await;
+    for o in &outcomes {
+        assert_eq!(kind(o), "delivered", "{o:?}");
+        assert_eq!(o.remote.as_ref().unwrap().host, "mx.sts.test");
+    }
+    assert_eq!(t.mta_sts_fetches(), 1);
+    assert_eq!(scene.requests().len(), 1);
+    assert_eq!(scene.rogue.received(), 0);
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
