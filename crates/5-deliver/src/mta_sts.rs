@@ -12,15 +12,18 @@
 //! for the connection (listed MX hosts only, STARTTLS with a certificate
 //! that verifies for the MX name) is applied in [`crate::transport`].
 //!
-//! The cache lives in memory: a restart forgets the policies, and the
-//! first delivery after it discovers them again (trust on first use, as
-//! for any sender that has not seen the domain before).
+//! The cache lives in memory and, when the server gives it a file
+//! ([`StsCache::keep_in`]), is written there after every new policy and read
+//! back at start, so a restart does not open a window in which an attacker
+//! who blocks the TXT lookup or the policy host gets plain-text delivery
+//! again (§5.1 asks senders to keep a policy for its whole `max_age`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use ferrymail_config::IpStrategy;
@@ -30,7 +33,7 @@ use rustls::pki_types::ServerName;
 
 use crate::dns::Dns;
 use crate::protocol::mta_sts::{
-    MAX_POLICY_BYTES, Policy, Step, next_step, parse_policy, record_id,
+    MAX_POLICY_BYTES, Mode, Policy, Step, next_step, parse_policy, record_id,
 };
 
 /// How long a failed fetch is not tried again for the same policy id, so
@@ -47,12 +50,16 @@ pub struct StsCache {
     /// id wait for the first one's fetch instead of each fetching.
     fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     fetches: AtomicU64,
+    /// Where the policies are kept across restarts; `None`: memory only.
+    /// The mutex orders the writes.
+    file: std::sync::Mutex<Option<PathBuf>>,
 }
 
 #[derive(Default)]
 struct Entry {
-    /// The policy in force and its id, until its `max_age` runs out.
-    policy: Option<(String, Arc<Policy>, Instant)>,
+    /// The policy in force and its id, until its `max_age` runs out (wall
+    /// clock, so that it means the same after a restart).
+    policy: Option<(String, Arc<Policy>, SystemTime)>,
     /// A fetch of this id failed; not tried again before then.
     failed: Option<(String, Instant)>,
 }
@@ -73,6 +80,64 @@ pub struct Discovery {
 }
 
 impl StsCache {
+    /// Keeps the policies in `path` from now on, after reading the ones a
+    /// previous run left there (expired ones are dropped). Returns how
+    /// many were read. A file that cannot be read is reported and
+    /// replaced at the next new policy; nothing else depends on it.
+    pub fn keep_in(&self, path: &Path) -> usize {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "MTA-STS policy cache not read");
+                None
+            }
+        };
+        let loaded = text
+            .map(|t| decode_policies(&t))
+            .unwrap_or_else(|| Ok(Vec::new()));
+        let loaded = loaded.unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "MTA-STS policy cache not read");
+            Vec::new()
+        });
+        let now = SystemTime::now();
+        let mut n = 0;
+        {
+            let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            for (domain, id, policy, until) in loaded {
+                if until > now {
+                    map.entry(domain).or_default().policy = Some((id, Arc::new(policy), until));
+                    n += 1;
+                }
+            }
+        }
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.to_path_buf());
+        n
+    }
+
+    /// Writes every unexpired policy to the file, if there is one: to a
+    /// temporary name, then renamed over it, so a crash leaves the old
+    /// file or the new one.
+    fn save(&self) {
+        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = file.as_ref() else {
+            return;
+        };
+        let text = {
+            let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            encode_policies(map.iter().filter_map(|(d, e)| {
+                e.policy
+                    .as_ref()
+                    .map(|(id, p, until)| (d.as_str(), id.as_str(), &**p, *until))
+            }))
+        };
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "MTA-STS policy cache not written");
+        }
+    }
+
     /// Policy files fetched so far (tests and metrics).
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
@@ -157,6 +222,7 @@ impl StsCache {
     /// what has expired.
     fn held(&self, domain: &str) -> Held {
         let now = Instant::now();
+        let wall = SystemTime::now();
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = map.get_mut(domain) else {
             return (None, None);
@@ -164,7 +230,7 @@ impl StsCache {
         if entry
             .policy
             .as_ref()
-            .is_some_and(|(_, _, until)| *until <= now)
+            .is_some_and(|(_, _, until)| *until <= wall)
         {
             entry.policy = None;
         }
@@ -209,8 +275,10 @@ impl StsCache {
         match fetched {
             Ok(policy) => {
                 let policy = Arc::new(policy);
-                entry.policy = Some((id, policy.clone(), Instant::now() + policy.max_age));
+                entry.policy = Some((id, policy.clone(), SystemTime::now() + policy.max_age));
                 entry.failed = None;
+                drop(map);
+                self.save();
                 tracing::info!(domain, mode = policy.mode.as_str(), max_age = policy.max_age.as_secs(), mx = ?policy.mx, "MTA-STS policy fetched");
                 Discovery {
                     policy: Some(policy),
@@ -228,6 +296,69 @@ impl StsCache {
             }
         }
     }
+}
+
+/// The cache file's text: one JSON object with the version and every
+/// policy, its domain, id and expiry (Unix seconds).
+fn encode_policies<'a>(
+    policies: impl Iterator<Item = (&'a str, &'a str, &'a Policy, SystemTime)>,
+) -> String {
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let list: Vec<serde_json::Value> = policies
+        .map(|(domain, id, p, until)| {
+            serde_json::json!({
+                "domain": domain,
+                "id": id,
+                "mode": p.mode.as_str(),
+                "max_age": p.max_age.as_secs(),
+                "mx": p.mx,
+                "until": unix(until),
+            })
+        })
+        .collect();
+    let mut text = serde_json::json!({ "version": 1, "policies": list }).to_string();
+    text.push('\n');
+    text
+}
+
+/// Reads [`encode_policies`]' text back.
+fn decode_policies(text: &str) -> Result<Vec<(String, String, Policy, SystemTime)>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if v["version"] != 1 {
+        return Err(format!("unknown version {}", v["version"]));
+    }
+    let list = v["policies"].as_array().ok_or("no policy list")?;
+    let mut out = Vec::with_capacity(list.len());
+    for p in list {
+        let s = |k: &str| p[k].as_str().map(str::to_string).ok_or(format!("no {k}"));
+        let n = |k: &str| p[k].as_u64().ok_or(format!("no {k}"));
+        let mode = match p["mode"].as_str() {
+            Some("enforce") => Mode::Enforce,
+            Some("testing") => Mode::Testing,
+            Some("none") => Mode::None,
+            other => return Err(format!("bad mode {other:?}")),
+        };
+        let mx = p["mx"]
+            .as_array()
+            .ok_or("no mx")?
+            .iter()
+            .map(|m| m.as_str().map(str::to_string).ok_or("bad mx"))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push((
+            s("domain")?,
+            s("id")?,
+            Policy {
+                mode,
+                max_age: Duration::from_secs(n("max_age")?),
+                mx,
+            },
+            SystemTime::UNIX_EPOCH + Duration::from_secs(n("until")?),
+        ));
+    }
+    Ok(out)
 }
 
 /// Fetches and parses the policy of `domain` (§3.3), trying the policy
@@ -308,4 +439,62 @@ async fn fetch_from(
     .await;
     driver.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_file_round_trips() {
+        let p = parse_policy(
+            "version: STSv1\nmode: enforce\nmx: mx.a.test\nmx: *.b.test\nmax_age: 600\n",
+        )
+        .unwrap();
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let text = encode_policies([("a.test", "id1", &p, until)].into_iter());
+        let back = decode_policies(&text).unwrap();
+        assert_eq!(back, vec![("a.test".into(), "id1".into(), p, until)]);
+        assert!(decode_policies("{\"version\": 2, \"policies\": []}").is_err());
+        assert!(decode_policies("not json").is_err());
+    }
+
+    #[test]
+    fn kept_policies_survive_a_new_cache_and_expired_ones_do_not() {
+        let dir = std::env::temp_dir().join(format!("ferrymail-sts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mta-sts.json");
+        let p =
+            parse_policy("version: STSv1\nmode: enforce\nmx: mx.a.test\nmax_age: 600\n").unwrap();
+        let soon = SystemTime::now() + Duration::from_secs(600);
+        let past = SystemTime::now() - Duration::from_secs(1);
+        std::fs::write(
+            &file,
+            encode_policies([("a.test", "1", &p, soon), ("gone.test", "1", &p, past)].into_iter()),
+        )
+        .unwrap();
+        let cache = StsCache::default();
+        assert_eq!(cache.keep_in(&file), 1);
+        let (held, _) = cache.held("a.test");
+        assert_eq!(
+            held.map(|(id, p)| (id, p.mx.clone())),
+            Some(("1".into(), vec!["mx.a.test".into()]))
+        );
+        assert!(cache.held("gone.test").0.is_none());
+        // A new policy is written through, with the kept one.
+        cache
+            .entries
+            .lock()
+            .unwrap()
+            .entry("b.test".into())
+            .or_default()
+            .policy = Some(("2".into(), Arc::new(p.clone()), soon));
+        cache.save();
+        let again = StsCache::default();
+        assert_eq!(again.keep_in(&file), 2);
+        // A file that is not ours is reported, not fatal.
+        std::fs::write(&file, "garbage").unwrap();
+        assert_eq!(StsCache::default().keep_in(&file), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

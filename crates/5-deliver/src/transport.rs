@@ -322,6 +322,13 @@ impl SmtpTransport {
         Ok(())
     }
 
+    /// Keeps MTA-STS policies in `path` across restarts (see
+    /// [`crate::mta_sts::StsCache::keep_in`]); returns how many a previous
+    /// run left that are still in force.
+    pub fn keep_mta_sts_policies(&self, path: &std::path::Path) -> usize {
+        self.inner.sts.keep_in(path)
+    }
+
     /// MTA-STS policy files fetched so far.
     pub fn mta_sts_fetches(&self) -> u64 {
         self.inner.sts.fetches()

@@ -406,6 +406,12 @@ async fn run(config: Config) -> Result<(), StartError> {
         SmtpTransport::new(&config)
             .map_err(|e| StartError::env(format!("cannot set up delivery: {e}")))?,
     );
+    // MTA-STS policies outlive a restart (RFC 8461 §5.1: kept for their
+    // max_age), per node, beside its other state.
+    let policies = smtp.keep_mta_sts_policies(&dir.join("mta-sts-policies.json"));
+    if policies > 0 {
+        tracing::info!(policies, "MTA-STS policies kept from the last run");
+    }
     let transport: Arc<dyn Transport> = smtp.clone();
     let queue = QueueManager::start(
         &config,

@@ -11,7 +11,9 @@
 //! `enforce` mode the mail goes to the listed MX, over verified TLS, and
 //! the delivery log says a policy applied; `[queue.outbound.tls] mta-sts =
 //! "disable"` for another domain with the same records sends it to the
-//! preferred host, which shows the records alone would.
+//! preferred host, which shows the records alone would. After a restart
+//! with the policy host gone, the policy kept from the last run still
+//! holds.
 
 mod common;
 mod dns_support;
@@ -53,7 +55,7 @@ fn enforced_policy_sends_mail_only_to_the_listed_mx_over_verified_tls() {
     let rogue = RecordingSink::start_at("127.0.17.1", port, tls("rogue"));
     let listed = RecordingSink::start_at("127.0.17.2", port, tls("mx"));
     let requests = dir.join("policy-requests.log");
-    let _policy = python_peer(
+    let policy_host = python_peer(
         "mta_sts_policy_server.py",
         &json!({
             "host": "127.0.17.3",
@@ -79,7 +81,9 @@ fn enforced_policy_sends_mail_only_to_the_listed_mx_over_verified_tls() {
     let dns = DnsServer::start(zone);
 
     let delivery_log = dir.join("delivery.jsonl");
-    let server = Server::start_with_env(
+    let ca = file("ca.pem");
+    let env = [("SSL_CERT_FILE", ca.as_str())];
+    let mut server = Server::start_with_env(
         &format!(
             r#"[session.rcpt]
 relay = "remote_ip == '127.0.0.1'"
@@ -107,7 +111,7 @@ mta-sts = [ {{ if = "rcpt_domain == 'off.test'", then = "disable" }}, {{ else = 
             dns = dns.addr,
             log = delivery_log.display(),
         ),
-        &[("SSL_CERT_FILE", &file("ca.pem"))],
+        &env,
     );
 
     let mut c = server.client();
@@ -179,4 +183,30 @@ mta-sts = [ {{ if = "rcpt_domain == 'off.test'", then = "disable" }}, {{ else = 
     assert_eq!(off["mta_sts"], serde_json::Value::Null, "{log}");
     let text = server.log_text();
     assert!(text.contains("MTA-STS policy fetched"), "{text}");
+
+    // A restart with the policy host gone (as an attacker who blocks it
+    // would have it): the policy kept from the last run still holds, so
+    // the mail still goes to the listed MX only, with no fetch.
+    drop(policy_host);
+    assert!(server.terminate().success());
+    server.spawn_with_env(&env);
+    let mut c = server.client();
+    c.ehlo();
+    queued_id(&c.send_message(
+        "app@example.org",
+        &["again@sts.test"],
+        b"Subject: after a restart\r\n\r\nbody\r\n",
+    ));
+    c.cmd("QUIT");
+    let got = listed.wait_transactions(2, WAIT);
+    assert_eq!(got[1]["rcpt_tos"], json!(["again@sts.test"]));
+    assert_eq!(got[1]["tls"], true);
+    assert_eq!(rogue.transactions().len(), 1);
+    let text = server.log_text();
+    assert!(text.contains("MTA-STS policies kept from the last run"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&requests).unwrap().lines().count(),
+        1,
+        "no second fetch"
+    );
 }
