@@ -168,7 +168,9 @@ enum Answer {
 }
 
 /// The resolver: the system's (`/etc/resolv.conf`) or `[resolver] custom`
-/// servers. Built once; hickory caches answers within their TTLs.
+/// servers. Built once; hickory caches answers within their TTLs. Clones
+/// share the resolver and its cache.
+#[derive(Clone)]
 pub struct Dns {
     resolver: Result<TokioResolver, String>,
 }

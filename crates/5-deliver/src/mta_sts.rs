@@ -41,6 +41,15 @@ use crate::protocol::mta_sts::{
 /// it for the fetch timeout.
 const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(300);
 
+/// A kept policy is fetched again, in the background, once it is this old
+/// or half its `max_age` old, whichever comes first (RFC 8461 §10: a sender
+/// that refreshes only at expiry gives an attacker who blocks discovery
+/// then a window every `max_age`). Its expiry then starts again.
+const REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// The most domains kept; beyond it expired entries go first, then any.
+const MAX_DOMAINS: usize = 100_000;
+
 /// Domains' policies, and fetches that failed recently.
 #[derive(Default)]
 pub struct StsCache {
@@ -60,6 +69,8 @@ struct Entry {
     /// The policy in force and its id, until its `max_age` runs out (wall
     /// clock, so that it means the same after a restart).
     policy: Option<(String, Arc<Policy>, SystemTime)>,
+    /// When a refresh of the policy is due.
+    refresh: Option<SystemTime>,
     /// A fetch of this id failed; not tried again before then.
     failed: Option<(String, Instant)>,
 }
@@ -104,9 +115,11 @@ impl StsCache {
         let mut n = 0;
         {
             let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            for (domain, id, policy, until) in loaded {
+            for (domain, id, policy, until, refresh) in loaded {
                 if until > now {
-                    map.entry(domain).or_default().policy = Some((id, Arc::new(policy), until));
+                    let entry = map.entry(domain).or_default();
+                    entry.refresh = Some(refresh.unwrap_or(now));
+                    entry.policy = Some((id, Arc::new(policy), until));
                     n += 1;
                 }
             }
@@ -128,7 +141,7 @@ impl StsCache {
             encode_policies(map.iter().filter_map(|(d, e)| {
                 e.policy
                     .as_ref()
-                    .map(|(id, p, until)| (d.as_str(), id.as_str(), &**p, *until))
+                    .map(|(id, p, until)| (d.as_str(), id.as_str(), &**p, *until, e.refresh))
             }))
         };
         let tmp = path.with_extension("tmp");
@@ -148,14 +161,21 @@ impl StsCache {
     /// record names an id not cached. `verify` checks the policy host's
     /// certificate; `timeout` bounds the fetch.
     pub async fn discover(
-        &self,
+        self: &Arc<Self>,
         dns: &Dns,
         verify: &Arc<rustls::ClientConfig>,
         strategy: IpStrategy,
         domain: &str,
         timeout: Duration,
     ) -> Discovery {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // The policy host's name and the cache key are A-labels: an
+        // SMTPUTF8 domain's U-labels would not pass as a TLS server name.
+        let Some(domain) = ascii_domain(domain) else {
+            return Discovery {
+                policy: None,
+                note: Some(format!("{domain} is not a domain name")),
+            };
+        };
         let record = match dns.txt(&format!("_mta-sts.{domain}")).await {
             Ok(records) if records.is_empty() => Err("no _mta-sts record".to_string()),
             Ok(records) => record_id(&records).map_err(|e| format!("_mta-sts record: {e}")),
@@ -172,14 +192,14 @@ impl StsCache {
             }
         };
         if let Some(found) = self.settled(&domain, &id) {
+            if self.refresh_due(&domain, &id) {
+                self.refresh_in_background(dns, verify, strategy, &domain, &id, timeout);
+            }
             return found;
         }
         // A new id: fetch, once per domain at a time; whoever waited for
         // another delivery's fetch finds its result in the cache.
-        let gate = {
-            let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(domain.clone()).or_default().clone()
-        };
+        let gate = self.gate(&domain);
         let held = gate.lock().await;
         let found = match self.settled(&domain, &id) {
             Some(found) => found,
@@ -195,6 +215,45 @@ impl StsCache {
             map.remove(&domain);
         }
         found
+    }
+
+    /// The domain's fetch gate (one fetch at a time per domain).
+    fn gate(&self, domain: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(domain.to_string()).or_default().clone()
+    }
+
+    /// Whether the kept policy of `domain`, under record id `id`, is due
+    /// for a refresh (and its last refresh did not just fail).
+    fn refresh_due(&self, domain: &str, id: &str) -> bool {
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(domain).is_some_and(|e| {
+            e.refresh.is_some_and(|at| at <= SystemTime::now())
+                && e.failed.as_ref().is_none_or(|(failed, _)| failed != id)
+        })
+    }
+
+    /// Fetches the policy again without holding up the delivery, unless a
+    /// fetch for the domain is under way.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        dns: &Dns,
+        verify: &Arc<rustls::ClientConfig>,
+        strategy: IpStrategy,
+        domain: &str,
+        id: &str,
+        timeout: Duration,
+    ) {
+        let Ok(held) = self.gate(domain).try_lock_owned() else {
+            return;
+        };
+        let (me, dns, verify) = (self.clone(), dns.clone(), verify.clone());
+        let (domain, id) = (domain.to_string(), id.to_string());
+        tokio::spawn(async move {
+            me.fetch_and_keep(&dns, &verify, strategy, &domain, id, timeout)
+                .await;
+            drop(held);
+        });
     }
 
     /// What the cache already says for record id `id`: the cached policy
@@ -275,8 +334,13 @@ impl StsCache {
         match fetched {
             Ok(policy) => {
                 let policy = Arc::new(policy);
-                entry.policy = Some((id, policy.clone(), SystemTime::now() + policy.max_age));
+                let now = SystemTime::now();
+                entry.policy = Some((id, policy.clone(), now + policy.max_age));
+                entry.refresh = Some(now + (policy.max_age / 2).min(REFRESH_AFTER));
                 entry.failed = None;
+                if map.len() > MAX_DOMAINS {
+                    bound(&mut map, domain);
+                }
                 drop(map);
                 self.save();
                 tracing::info!(domain, mode = policy.mode.as_str(), max_age = policy.max_age.as_secs(), mx = ?policy.mx, "MTA-STS policy fetched");
@@ -298,17 +362,42 @@ impl StsCache {
     }
 }
 
+/// Shrinks the cache to [`MAX_DOMAINS`]: entries with nothing in force
+/// first, then any but `keep`'s.
+fn bound(map: &mut HashMap<String, Entry>, keep: &str) {
+    let now = SystemTime::now();
+    map.retain(|d, e| d == keep || e.policy.as_ref().is_some_and(|(_, _, until)| *until > now));
+    let excess = map.len().saturating_sub(MAX_DOMAINS);
+    let drop: Vec<String> = map
+        .keys()
+        .filter(|d| *d != keep)
+        .take(excess)
+        .cloned()
+        .collect();
+    for d in drop {
+        map.remove(&d);
+    }
+}
+
+/// `domain` in A-labels, lower case, without a trailing dot; `None` when
+/// it is not a domain name.
+fn ascii_domain(domain: &str) -> Option<String> {
+    let name = hickory_resolver::proto::rr::Name::from_utf8(domain.trim_end_matches('.')).ok()?;
+    let ascii = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    (!ascii.is_empty()).then_some(ascii)
+}
+
 /// The cache file's text: one JSON object with the version and every
 /// policy, its domain, id and expiry (Unix seconds).
 fn encode_policies<'a>(
-    policies: impl Iterator<Item = (&'a str, &'a str, &'a Policy, SystemTime)>,
+    policies: impl Iterator<Item = (&'a str, &'a str, &'a Policy, SystemTime, Option<SystemTime>)>,
 ) -> String {
     let unix = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     };
     let list: Vec<serde_json::Value> = policies
-        .map(|(domain, id, p, until)| {
+        .map(|(domain, id, p, until, refresh)| {
             serde_json::json!({
                 "domain": domain,
                 "id": id,
@@ -316,6 +405,7 @@ fn encode_policies<'a>(
                 "max_age": p.max_age.as_secs(),
                 "mx": p.mx,
                 "until": unix(until),
+                "refresh": refresh.map(unix),
             })
         })
         .collect();
@@ -324,8 +414,11 @@ fn encode_policies<'a>(
     text
 }
 
+/// One kept policy: domain, id, policy, expiry, refresh due.
+type Kept = (String, String, Policy, SystemTime, Option<SystemTime>);
+
 /// Reads [`encode_policies`]' text back.
-fn decode_policies(text: &str) -> Result<Vec<(String, String, Policy, SystemTime)>, String> {
+fn decode_policies(text: &str) -> Result<Vec<Kept>, String> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if v["version"] != 1 {
         return Err(format!("unknown version {}", v["version"]));
@@ -356,6 +449,9 @@ fn decode_policies(text: &str) -> Result<Vec<(String, String, Policy, SystemTime
                 mx,
             },
             SystemTime::UNIX_EPOCH + Duration::from_secs(n("until")?),
+            p["refresh"]
+                .as_u64()
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
         ));
     }
     Ok(out)
@@ -452,11 +548,99 @@ mod tests {
         )
         .unwrap();
         let until = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
-        let text = encode_policies([("a.test", "id1", &p, until)].into_iter());
+        let refresh = Some(until - Duration::from_secs(300));
+        let text = encode_policies([("a.test", "id1", &p, until, refresh)].into_iter());
         let back = decode_policies(&text).unwrap();
-        assert_eq!(back, vec![("a.test".into(), "id1".into(), p, until)]);
+        assert_eq!(
+            back,
+            vec![("a.test".into(), "id1".into(), p, until, refresh)]
+        );
         assert!(decode_policies("{\"version\": 2, \"policies\": []}").is_err());
         assert!(decode_policies("not json").is_err());
+    }
+
+    /// A cache holding `domain`'s policy under `id`, expiring in `ttl`,
+    /// refresh due in `refresh_in` (negative: overdue).
+    fn holding(domain: &str, id: &str, ttl: u64, refresh_overdue: bool) -> Arc<StsCache> {
+        let cache = Arc::new(StsCache::default());
+        let p =
+            parse_policy("version: STSv1\nmode: enforce\nmx: mx.a.test\nmax_age: 600\n").unwrap();
+        let now = SystemTime::now();
+        let mut map = cache.entries.lock().unwrap();
+        let e = map.entry(domain.into()).or_default();
+        e.policy = Some((id.into(), Arc::new(p), now + Duration::from_secs(ttl)));
+        e.refresh = Some(if refresh_overdue {
+            now - Duration::from_secs(1)
+        } else {
+            now + Duration::from_secs(ttl / 2)
+        });
+        drop(map);
+        cache
+    }
+
+    #[test]
+    fn what_the_cache_settles_without_a_fetch() {
+        let cache = holding("a.test", "1", 600, false);
+        // Same id: the kept policy, no fetch (§5.1).
+        let found = cache.settled("a.test", "1").unwrap();
+        assert_eq!(found.policy.unwrap().mx, ["mx.a.test"]);
+        // A new id: to be fetched.
+        assert!(cache.settled("a.test", "2").is_none());
+        // ... unless its fetch failed recently: then the kept policy holds,
+        // with a note, and nothing is fetched until the backoff ends.
+        cache
+            .entries
+            .lock()
+            .unwrap()
+            .get_mut("a.test")
+            .unwrap()
+            .failed = Some(("2".into(), Instant::now() + FAILED_FETCH_BACKOFF));
+        let found = cache.settled("a.test", "2").unwrap();
+        assert!(found.policy.is_some());
+        assert!(found.note.unwrap().contains("failed recently"));
+        // A domain never seen: to be fetched.
+        assert!(cache.settled("b.test", "1").is_none());
+        // An expired policy is gone: the new fetch decides.
+        let cache = holding("a.test", "1", 0, false);
+        assert!(cache.settled("a.test", "1").is_none());
+        assert!(cache.held("a.test").0.is_none());
+    }
+
+    #[test]
+    fn refreshes_are_due_before_expiry_and_not_after_a_failure() {
+        assert!(!holding("a.test", "1", 600, false).refresh_due("a.test", "1"));
+        let cache = holding("a.test", "1", 600, true);
+        assert!(cache.refresh_due("a.test", "1"));
+        cache
+            .entries
+            .lock()
+            .unwrap()
+            .get_mut("a.test")
+            .unwrap()
+            .failed = Some(("1".into(), Instant::now() + FAILED_FETCH_BACKOFF));
+        assert!(!cache.refresh_due("a.test", "1"));
+    }
+
+    #[test]
+    fn domains_in_a_labels() {
+        assert_eq!(ascii_domain("Example.COM.").as_deref(), Some("example.com"));
+        assert_eq!(
+            ascii_domain("bücher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = holding("keep.test", "1", 600, false);
+        let mut map = cache.entries.lock().unwrap();
+        for i in 0..MAX_DOMAINS + 10 {
+            map.entry(format!("d{i}.test")).or_default().failed =
+                Some(("1".into(), Instant::now()));
+        }
+        bound(&mut map, "keep.test");
+        assert!(map.len() <= MAX_DOMAINS);
+        assert!(map["keep.test"].policy.is_some());
     }
 
     #[test]
@@ -470,7 +654,13 @@ mod tests {
         let past = SystemTime::now() - Duration::from_secs(1);
         std::fs::write(
             &file,
-            encode_policies([("a.test", "1", &p, soon), ("gone.test", "1", &p, past)].into_iter()),
+            encode_policies(
+                [
+                    ("a.test", "1", &p, soon, None),
+                    ("gone.test", "1", &p, past, None),
+                ]
+                .into_iter(),
+            ),
         )
         .unwrap();
         let cache = StsCache::default();

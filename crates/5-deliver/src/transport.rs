@@ -64,7 +64,7 @@ struct Inner {
     /// The idle reaper runs (started with the first pooled connection).
     reaper: AtomicBool,
     /// MTA-STS policies (RFC 8461), kept across reloads.
-    sts: StsCache,
+    sts: Arc<StsCache>,
 }
 
 /// `[queue.outbound.tls] mta-sts` for one job.
@@ -301,7 +301,7 @@ impl SmtpTransport {
                 tls,
                 pool: Pool::default(),
                 reaper: AtomicBool::new(false),
-                sts: StsCache::default(),
+                sts: Arc::new(StsCache::default()),
             }),
         })
     }
@@ -460,11 +460,26 @@ impl Inner {
             &settings.default_local
         };
 
-        // MTA-STS (RFC 8461) applies to MX delivery to a domain name.
+        // MTA-STS (RFC 8461) applies to MX delivery to a domain name. (A
+        // relay route's next hop is the operator's choice, not the
+        // domain's, so no policy of the recipient domain can apply.)
         let mut sts: Option<Arc<Policy>> = None;
-        if matches!(route.kind, RouteKind::Mx) && address_literal(&job.domain).is_none() {
+        if matches!(route.kind, RouteKind::Mx) {
             let setting = settings.sts_setting(job);
-            if setting != StsSetting::Disable {
+            if setting == StsSetting::Require && address_literal(&job.domain).is_some() {
+                out.extend(all(
+                    Outcome::Transient {
+                        reason: format!(
+                            "4.7.5 MTA-STS is required but {} is an address literal, which has no policy",
+                            job.domain
+                        ),
+                        reply: None,
+                    },
+                    None,
+                ));
+                return (out, None);
+            }
+            if setting != StsSetting::Disable && address_literal(&job.domain).is_none() {
                 let found = self
                     .sts
                     .discover(
@@ -495,10 +510,14 @@ impl Inner {
             }
         }
         let enforce = sts.as_deref().filter(|p| p.mode == Mode::Enforce);
-        if enforce.is_some() {
-            // A connection opened without the policy (say, in plain text)
-            // is never reused under it.
-            key.push_str("\u{1f}mta-sts");
+        if let Some(policy) = enforce {
+            // A connection opened without this policy (say, in plain text,
+            // or to a host an earlier policy listed) is never reused under
+            // it.
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            policy.mx.hash(&mut h);
+            key.push_str(&format!("\u{1f}mta-sts:{:x}", h.finish()));
         }
         let sts_mode = sts.as_ref().map(|p| p.mode);
 
@@ -599,13 +618,21 @@ impl Inner {
         sts: Option<&Policy>,
     ) -> Result<Session, Failure> {
         let o = &settings.outbound;
+        let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
         let hosts: Vec<(String, Option<IpAddr>)> = match &route.kind {
             RouteKind::Relay { address } => {
                 vec![(address.clone(), address_literal(address))]
             }
             RouteKind::Mx => match address_literal(domain) {
                 Some(ip) => vec![(domain.to_string(), Some(ip))],
-                None => match settings.dns.mx_hosts(domain, o.max_mx).await {
+                // Under an enforced policy the unlisted hosts are dropped
+                // before `max-mx` counts, so that unlisted hosts in front
+                // (an attacker's among them) cannot crowd the listed out.
+                None => match settings
+                    .dns
+                    .mx_hosts(domain, if enforce { usize::MAX } else { o.max_mx })
+                    .await
+                {
                     Ok(hosts) => hosts.into_iter().map(|h| (h, None)).collect(),
                     Err(DnsError::Permanent { status, reason }) => {
                         return Err(Failure {
@@ -633,21 +660,32 @@ impl Inner {
         let mut status = "4.4.1";
         let mut last_reply = None;
         let mut last_remote = None;
-        let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
-        for (host, literal) in hosts {
-            if let Some(policy) = sts
-                && !policy.matches(&host)
-            {
-                if enforce {
+        let mut hosts = hosts;
+        match sts {
+            Some(policy) if enforce => {
+                let (listed, unlisted): (Vec<_>, Vec<_>) = hosts.into_iter().partition(|(h, _)| {
+                    // §4.2: the certificate is checked for the MX name,
+                    // so a name that cannot be one is not used.
+                    policy.matches(h) && is_dns_name(h)
+                });
+                for (host, _) in unlisted {
                     status = "4.7.5";
                     errors.push(format!(
                         "{host}: not an MX host of the MTA-STS policy of {domain} (mx: {})",
-                        policy.mx.join(", ")
+                        shortened(&policy.mx)
                     ));
-                    continue;
                 }
-                tracing::warn!(domain, host = %host, mx = ?policy.mx, "MTA-STS (testing): MX host not in the policy; delivering anyway");
+                hosts = listed;
+                hosts.truncate(o.max_mx);
             }
+            Some(policy) => {
+                for (host, _) in hosts.iter().filter(|(h, _)| !policy.matches(h)) {
+                    tracing::warn!(domain, host = %host, mx = ?policy.mx, "MTA-STS (testing): MX host not in the policy; delivering anyway");
+                }
+            }
+            None => {}
+        }
+        for (host, literal) in hosts {
             let addrs = match literal {
                 Some(ip) => vec![ip],
                 None => match settings
@@ -737,6 +775,31 @@ impl Inner {
             tokio::spawn(reap(Arc::downgrade(self)));
         }
     }
+}
+
+/// Whether `host` is a DNS name a certificate can be checked for (not an
+/// address, and acceptable to rustls as a name).
+fn is_dns_name(host: &str) -> bool {
+    matches!(
+        rustls::pki_types::ServerName::try_from(host.trim_end_matches('.')),
+        Ok(rustls::pki_types::ServerName::DnsName(_))
+    )
+}
+
+/// A policy's MX patterns for a failure reason: the first few, so that a
+/// long list does not fill every recipient's record and notice.
+fn shortened(mx: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut text = mx
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if mx.len() > SHOWN {
+        text.push_str(&format!(", and {} more", mx.len() - SHOWN));
+    }
+    text
 }
 
 /// A pooled connection idle for longer than this is probed with RSET before

@@ -210,8 +210,12 @@ impl Scene {
 }
 
 async fn send(t: &SmtpTransport, subject: &str) -> RecipientOutcome {
+    send_from(t, "s@c.test", subject).await
+}
+
+async fn send_from(t: &SmtpTransport, sender: &str, subject: &str) -> RecipientOutcome {
     let j = job(
-        envelope("s@c.test", &["user@sts.test"]),
+        envelope(sender, &["user@sts.test"]),
         &message(subject),
         "viamx",
         "sts.test",
@@ -355,6 +359,16 @@ async fn no_usable_policy_means_none_unless_required() {
     );
     assert!(r.contains("no _mta-sts record"), "{r}");
     assert_eq!(scene.rogue.received(), 1);
+    // An address literal has no policy: require defers it too.
+    let literal = job(
+        envelope("s@c.test", &["u@[127.0.5.1]"]),
+        &message("literal"),
+        "viamx",
+        "[127.0.5.1]",
+    );
+    let o = scene.transport(require).deliver(literal).await.remove(0);
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert!(reason(&o).contains("is an address literal"), "{}", reason(&o));
 
     // A record, but the policy host redirects (§3.3: not followed),
     // answers with HTML or 404, or serves a broken policy: no policy, so
@@ -437,4 +451,91 @@ async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) 
     })
     .await;
     out.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_outranks_route_settings_max_mx_and_pooled_connections() {
+    let scene = Scene::start(
+        11,
+        Setup {
+            id: Some("1"),
+            response: Some(policy(ENFORCE)),
+            rogue_tls: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+
+    // The route says no TLS and one MX host: the policy still gets TLS,
+    // and its listed host, though an unlisted one is preferred.
+    let t = scene.transport("tls.mode = \"disable\"\n\n[queue.outbound]\nmax-mx = 1\n");
+    let o = send(&t, "route says plain").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "mx.sts.test");
+    assert_eq!(scene.mx.transactions()[0]["tls"], true);
+
+    // A connection pooled for a delivery the policy did not apply to is
+    // not reused for one it applies to.
+    let t = scene.transport(
+        "[queue.outbound.tls]\nmta-sts = [ { if = \"sender == 'plain@c.test'\", then = \"disable\" }, { else = \"optional\" } ]\n",
+    );
+    let o = send_from(&t, "plain@c.test", "no policy").await;
+    assert_eq!(o.remote.as_ref().unwrap().host, "rogue.sts.test", "{o:?}");
+    let o = send(&t, "policy").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "mx.sts.test");
+    assert_eq!(scene.rogue.received(), 1);
+    assert_eq!(scene.mx.transactions().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_with_no_listed_mx_defers_with_4_7_5() {
+    let scene = Scene::start(
+        12,
+        Setup {
+            id: Some("1"),
+            response: Some(policy(
+                &ENFORCE.replace("mx: mx.sts.test", "mx: elsewhere.test"),
+            )),
+            rogue_tls: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let o = send(&scene.transport(""), "nowhere").await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    let r = reason(&o);
+    assert!(r.starts_with("4.7.5 rogue.sts.test: not an MX host of the MTA-STS policy of sts.test (mx: elsewhere.test); mx.sts.test: not an MX host"), "{r}");
+    assert_eq!(scene.rogue.received(), 0);
+    assert!(scene.mx.transactions().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_policy_is_refreshed_before_it_expires() {
+    // max_age 2 s: a refresh is due after 1 s (half of it), in the
+    // background, while deliveries go on under the kept policy.
+    let scene = Scene::start(
+        13,
+        Setup {
+            id: Some("1"),
+            response: Some(policy(&ENFORCE.replace("86400", "2"))),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let t = scene.transport("");
+    assert_eq!(kind(&send(&t, "first").await), "delivered");
+    assert_eq!(scene.requests().len(), 1);
+    assert_eq!(kind(&send(&t, "within").await), "delivered");
+    assert_eq!(scene.requests().len(), 1, "not due yet");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let o = send(&t, "refresh due").await;
+    assert_eq!(o.remote.as_ref().unwrap().host, "mx.sts.test", "{o:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while scene.requests().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(scene.requests().len(), 2, "refreshed once");
+    assert_eq!(t.mta_sts_fetches(), 2);
+    assert_eq!(scene.rogue.received(), 0);
 }

@@ -203,7 +203,10 @@ mta-sts = [ {{ if = "rcpt_domain == 'off.test'", then = "disable" }}, {{ else = 
     assert_eq!(got[1]["tls"], true);
     assert_eq!(rogue.transactions().len(), 1);
     let text = server.log_text();
-    assert!(text.contains("MTA-STS policies kept from the last run"), "{text}");
+    assert!(
+        text.contains("MTA-STS policies kept from the last run"),
+        "{text}"
+    );
     assert_eq!(
         std::fs::read_to_string(&requests).unwrap().lines().count(),
         1,

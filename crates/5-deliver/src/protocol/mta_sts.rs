@@ -106,16 +106,22 @@ pub fn record_id(records: &[String]) -> Result<String, StsError> {
     }
 }
 
+/// The most `mx` patterns a policy may list; real policies list a handful,
+/// and each is copied into failure reasons and kept in the cache.
+pub const MAX_MX_PATTERNS: usize = 64;
+
 /// Parses a policy file (§3.2): `key: value` lines ending in CRLF (LF
 /// accepted), `version: STSv1`, `mode`, `max_age`, and at least one `mx`
 /// unless the mode is `none`. Unknown keys are ignored, as the grammar's
-/// extension fields allow.
+/// extension fields allow; of a field other than `mx` given twice, the
+/// first counts (§3.2). At most [`MAX_MX_PATTERNS`] patterns.
 pub fn parse_policy(text: &str) -> Result<Policy, StsError> {
     let bad = |m: String| StsError::Policy(m);
     let mut version = None;
     let mut mode = None;
     let mut max_age = None;
     let mut mx = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() {
@@ -125,6 +131,11 @@ pub fn parse_policy(text: &str) -> Result<Policy, StsError> {
             return Err(bad(format!("line without ':': '{}'", clip(line))));
         };
         let (key, value) = (key.trim(), value.trim());
+        match key {
+            "version" | "mode" | "max_age" if seen.contains(&key) => continue,
+            _ => {}
+        }
+        seen.push(key);
         match key {
             "version" => version = Some(value.to_string()),
             "mode" => {
@@ -149,6 +160,9 @@ pub fn parse_policy(text: &str) -> Result<Policy, StsError> {
                 let p = value.trim_end_matches('.').to_ascii_lowercase();
                 if !valid_pattern(&p) {
                     return Err(bad(format!("invalid mx pattern '{}'", clip(value))));
+                }
+                if mx.len() == MAX_MX_PATTERNS {
+                    return Err(bad(format!("more than {MAX_MX_PATTERNS} mx patterns")));
                 }
                 mx.push(p);
             }
@@ -312,6 +326,21 @@ mod tests {
             let e = parse_policy(text).unwrap_err().to_string();
             assert!(e.contains(why), "{text:?}: {e}");
         }
+        // Of a field given twice, the first counts (§3.2); mx adds up.
+        let p = parse_policy("version: STSv1\nmode: enforce\nmode: testing\nmax_age: 5\nmax_age: x\nmx: a.b\nmx: c.d\n")
+            .unwrap();
+        assert_eq!(
+            (p.mode, p.max_age.as_secs(), p.mx.len()),
+            (Mode::Enforce, 5, 2)
+        );
+        let many: String = (0..=MAX_MX_PATTERNS)
+            .map(|i| format!("mx: m{i}.test\n"))
+            .collect();
+        let e = parse_policy(&format!(
+            "version: STSv1\nmode: enforce\nmax_age: 1\n{many}"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("more than 64"), "{e}");
         // mode none needs no mx: it is how a domain withdraws its policy.
         let p = parse_policy("version: STSv1\nmode: none\nmax_age: 86400\n").unwrap();
         assert_eq!(p.mode, Mode::None);
