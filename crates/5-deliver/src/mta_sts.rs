@@ -59,6 +59,8 @@ pub struct StsCache {
     /// id wait for the first one's fetch instead of each fetching.
     fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     fetches: AtomicU64,
+    /// Fetches that failed (no policy, or the kept one stayed in force).
+    failed_fetches: AtomicU64,
     /// Where the policies are kept across restarts; `None`: memory only.
     /// The mutex orders the writes.
     file: std::sync::Mutex<Option<PathBuf>>,
@@ -78,6 +80,21 @@ struct Entry {
 /// What the cache holds for a domain now: the unexpired policy with its
 /// id, and the id whose fetch failed recently.
 type Held = (Option<(String, Arc<Policy>)>, Option<String>);
+
+/// MTA-STS figures for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StsStats {
+    /// Policy fetches started.
+    pub fetches: u64,
+    /// Of those, the ones that failed.
+    pub failed_fetches: u64,
+    /// Unexpired policies kept in `enforce` mode.
+    pub enforce: u64,
+    /// ... in `testing` mode.
+    pub testing: u64,
+    /// ... in `none` mode.
+    pub none: u64,
+}
 
 /// What discovery found for a domain.
 #[derive(Clone, Debug)]
@@ -154,6 +171,26 @@ impl StsCache {
     /// Policy files fetched so far (tests and metrics).
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// For `/metrics`: fetches that failed, and the unexpired policies
+    /// kept, by mode (enforce, testing, none).
+    pub fn stats(&self) -> StsStats {
+        let now = SystemTime::now();
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_mode = [0u64; 3];
+        for (_, p, until) in map.values().filter_map(|e| e.policy.as_ref()) {
+            if *until > now {
+                by_mode[p.mode as usize] += 1;
+            }
+        }
+        StsStats {
+            fetches: self.fetches(),
+            failed_fetches: self.failed_fetches.load(Ordering::Relaxed),
+            enforce: by_mode[Mode::Enforce as usize],
+            testing: by_mode[Mode::Testing as usize],
+            none: by_mode[Mode::None as usize],
+        }
     }
 
     /// The policy of `domain` (§5.1): the TXT record is read on every
@@ -350,6 +387,7 @@ impl StsCache {
                 }
             }
             Err(e) => {
+                self.failed_fetches.fetch_add(1, Ordering::Relaxed);
                 let cached = entry.policy.as_ref().map(|(_, p, _)| p.clone());
                 tracing::warn!(domain, error = %e, cached = cached.is_some(), "MTA-STS policy not fetched");
                 entry.failed = Some((id, Instant::now() + FAILED_FETCH_BACKOFF));

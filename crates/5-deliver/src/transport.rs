@@ -334,6 +334,11 @@ impl SmtpTransport {
         self.inner.sts.fetches()
     }
 
+    /// MTA-STS figures for `/metrics`.
+    pub fn mta_sts_stats(&self) -> crate::mta_sts::StsStats {
+        self.inner.sts.stats()
+    }
+
     /// Connections idle in the pool now.
     pub fn idle_connections(&self) -> usize {
         self.inner.pool.len()

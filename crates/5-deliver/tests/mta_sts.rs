@@ -368,7 +368,11 @@ async fn no_usable_policy_means_none_unless_required() {
     );
     let o = scene.transport(require).deliver(literal).await.remove(0);
     assert_eq!(kind(&o), "transient", "{o:?}");
-    assert!(reason(&o).contains("is an address literal"), "{}", reason(&o));
+    assert!(
+        reason(&o).contains("is an address literal"),
+        "{}",
+        reason(&o)
+    );
 
     // A record, but the policy host redirects (§3.3: not followed),
     // answers with HTML or 404, or serves a broken policy: no policy, so

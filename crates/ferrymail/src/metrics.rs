@@ -24,6 +24,8 @@ pub struct NodeMetrics {
     pub started: SystemTime,
     /// How configuration reloads went.
     pub reloads: Arc<crate::reload::ReloadCounters>,
+    /// The SMTP/LMTP client (its MTA-STS policies).
+    pub transport: Arc<ferrymail_deliver::SmtpTransport>,
 }
 
 fn n(c: &AtomicU64) -> f64 {
@@ -58,6 +60,40 @@ impl MetricsSource for NodeMetrics {
                     ),
                     (vec![("result", "failure".into())], n(&self.reloads.failed)),
                 ],
+            },
+            {
+                let sts = self.transport.mta_sts_stats();
+                Family {
+                    name: "ferrymail_mta_sts_policy_fetches_total",
+                    help: "MTA-STS policy fetches (RFC 8461), by result; a failed one leaves a kept policy in force.",
+                    kind: Counter,
+                    samples: vec![
+                        (
+                            vec![("result", "success".into())],
+                            sts.fetches.saturating_sub(sts.failed_fetches) as f64,
+                        ),
+                        (
+                            vec![("result", "failure".into())],
+                            sts.failed_fetches as f64,
+                        ),
+                    ],
+                }
+            },
+            {
+                let sts = self.transport.mta_sts_stats();
+                Family {
+                    name: "ferrymail_mta_sts_policies",
+                    help: "Recipient domains' MTA-STS policies kept (unexpired), by mode.",
+                    kind: Gauge,
+                    samples: [
+                        ("enforce", sts.enforce),
+                        ("testing", sts.testing),
+                        ("none", sts.none),
+                    ]
+                    .into_iter()
+                    .map(|(m, v)| (vec![("mode", m.into())], v as f64))
+                    .collect(),
+                }
             },
             Family {
                 name: "ferrymail_build_info",

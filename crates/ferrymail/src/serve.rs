@@ -445,6 +445,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         report: report_counters,
         started: process_started,
         reloads: reload_counters.clone(),
+        transport: smtp.clone(),
     });
 
     let parts = ReceiverParts {

@@ -183,6 +183,14 @@ mta-sts = [ {{ if = "rcpt_domain == 'off.test'", then = "disable" }}, {{ else = 
     assert_eq!(off["mta_sts"], serde_json::Value::Null, "{log}");
     let text = server.log_text();
     assert!(text.contains("MTA-STS policy fetched"), "{text}");
+    let metrics = String::from_utf8(server.api_get("/metrics").1).unwrap();
+    for line in [
+        "ferrymail_mta_sts_policies{mode=\"enforce\"} 1\n",
+        "ferrymail_mta_sts_policy_fetches_total{result=\"success\"} 1\n",
+        "ferrymail_mta_sts_policy_fetches_total{result=\"failure\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line}{metrics}");
+    }
 
     // A restart with the policy host gone (as an attacker who blocks it
     // would have it): the policy kept from the last run still holds, so
@@ -206,6 +214,11 @@ mta-sts = [ {{ if = "rcpt_domain == 'off.test'", then = "disable" }}, {{ else = 
     assert!(
         text.contains("MTA-STS policies kept from the last run"),
         "{text}"
+    );
+    let metrics = String::from_utf8(server.api_get("/metrics").1).unwrap();
+    assert!(
+        metrics.contains("ferrymail_mta_sts_policies{mode=\"enforce\"} 1\n"),
+        "{metrics}"
     );
     assert_eq!(
         std::fs::read_to_string(&requests).unwrap().lines().count(),

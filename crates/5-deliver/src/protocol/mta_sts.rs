@@ -17,11 +17,11 @@ pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Deliver only to listed MX hosts over TLS that verifies.
-    Enforce,
+    Enforce = 0,
     /// Deliver as usual; failures would be reported (TLSRPT, not done).
-    Testing,
+    Testing = 1,
     /// The domain has withdrawn its policy.
-    None,
+    None = 2,
 }
 
 impl Mode {
