@@ -288,6 +288,10 @@ impl Session {
                 if reply.code == 220 {
                     session = session.starttls(peer, tls_config).await?;
                     session.hello(hostname).await?;
+                } else if reply.closes_connection() {
+                    // 421: the host is going away (RFC 5321 §3.8); there is
+                    // no session to go on with in plain text. The next host.
+                    return Err(SessionError::Rejected("STARTTLS", reply));
                 } else if !may_fall_back(peer) {
                     return Err(SessionError::Tls(format!("STARTTLS refused: {reply}")));
                 } else {
@@ -542,6 +546,28 @@ impl Session {
         }
     }
 
+    /// What a reply to DATA other than 354 means for the accepted
+    /// recipients, and whether the connection stays usable. Only 354, 4xx
+    /// or 5xx may answer DATA (RFC 5321 §4.3.2); a 2xx or another 3xx
+    /// means the replies are out of step with the commands (or a broken
+    /// next hop), so nothing is known to be delivered: transient, and the
+    /// connection is not used again.
+    fn data_refused(&self, reply: &Reply) -> (Outcome, bool) {
+        if reply.code >= 400 {
+            return (self.outcome(reply, "DATA"), !reply.closes_connection());
+        }
+        (
+            Outcome::Transient {
+                reason: format!(
+                    "4.5.0 {}: unexpected reply to DATA, the message was not sent: {reply}",
+                    self.who()
+                ),
+                reply: Some(reply.to_remote()),
+            },
+            false,
+        )
+    }
+
     /// Sends one message to the job's recipients. Never fails as a whole:
     /// every recipient gets an outcome, and `usable` says whether the
     /// connection may carry another transaction.
@@ -578,6 +604,18 @@ impl Session {
             {
                 // Closed while it sat in the pool: no reply means no MAIL
                 // was accepted, so no message can have gone anywhere.
+                return Transaction {
+                    outcomes: Vec::new(),
+                    usable: false,
+                    stale: true,
+                };
+            }
+            Err(SessionError::Rejected(_, reply))
+                if reused && reply.closes_connection() && self.replies == replies_before + 1 =>
+            {
+                // A 421 as the first reply of a reused connection's
+                // transaction (the next hop shut it down while it sat in
+                // the pool): nothing was accepted, so try a new one.
                 return Transaction {
                     outcomes: Vec::new(),
                     usable: false,
@@ -665,6 +703,11 @@ impl Session {
             self.write(mail.as_bytes(), "MAIL", t.mail).await?;
         }
         let mail_reply = self.read_reply("MAIL", t.mail).await?;
+        if mail_reply.closes_connection() && !reset && self.transactions > 1 {
+            // The first reply of a reused connection's transaction: the
+            // caller retries on a new connection (nothing was accepted).
+            return Err(SessionError::Rejected("MAIL", mail_reply));
+        }
         let mail_ok = mail_reply.is_positive();
         if !mail_ok {
             let o = self.outcome(&mail_reply, "MAIL FROM");
@@ -684,9 +727,10 @@ impl Session {
                 // 421: the server is going away (RFC 5321 §3.8); nobody
                 // got the message.
                 let o = self.outcome(&reply, "RCPT TO");
+                // Recipients refused before it keep their own replies.
                 outcomes
                     .iter_mut()
-                    .filter(|s| s.is_none() || mail_ok)
+                    .filter(|s| s.is_none())
                     .for_each(|s| *s = Some(o.clone()));
                 return Ok(false);
             }
@@ -711,18 +755,18 @@ impl Session {
                 return Ok(!reply.closes_connection());
             }
             if reply.code != 354 {
-                let o = self.outcome(&reply, "DATA");
+                let (o, usable) = self.data_refused(&reply);
                 accepted.iter().for_each(|&i| outcomes[i] = Some(o.clone()));
-                return Ok(!reply.closes_connection());
+                return Ok(usable);
             }
         } else if accepted.is_empty() {
             return Ok(true);
         } else if !plan.chunking {
             let reply = self.command(b"DATA\r\n", "DATA", t.data).await?;
             if reply.code != 354 {
-                let o = self.outcome(&reply, "DATA");
+                let (o, usable) = self.data_refused(&reply);
                 accepted.iter().for_each(|&i| outcomes[i] = Some(o.clone()));
-                return Ok(!reply.closes_connection());
+                return Ok(usable);
             }
         }
 

@@ -445,6 +445,12 @@ impl Inner {
         };
         let is_relay = matches!(route.kind, RouteKind::Relay { .. });
         let mut key = destination_key(&job.route, &job.domain, is_relay);
+        if !is_relay {
+            // Two mx routes (say, one that requires TLS) to one domain
+            // never share a connection: each opens its own under its own
+            // port, protocol and TLS settings.
+            key = format!("{key}\u{1f}{}", job.route);
+        }
         if settings.generation != 0 {
             // After a reload, connections opened under an earlier
             // configuration are never taken from the pool, even one put

@@ -11,16 +11,23 @@ pub const BDAT_CHUNK: usize = 1 << 20;
 /// The offsets at which a `.` must be inserted before sending `contents`
 /// after DATA: the start of every line that begins with a dot.
 ///
-/// A line starts at offset 0 and after every LF, also a bare LF: a next hop
-/// that ends lines at a bare LF would otherwise read `LF . CR LF` in the
-/// contents as the end of data (SMTP smuggling). A next hop that does not
-/// treat bare LF as a line end keeps the extra dot, which is the safe side.
+/// A line starts at offset 0 and after every LF, also a bare LF, and after
+/// a bare CR: a next hop that ends lines at a bare LF or a bare CR would
+/// otherwise read `LF . CR LF` or `CR . CR` in the contents as the end of
+/// data (SMTP smuggling; some gateways end data at `CR . CR`). A next hop
+/// that does not treat them as line ends keeps the extra dot, which is the
+/// safe side.
 pub fn stuffing_points(contents: &[u8]) -> Vec<usize> {
     let mut points = Vec::new();
     if contents.first() == Some(&b'.') {
         points.push(0);
     }
     points.extend(memchr::memmem::find_iter(contents, b"\n.").map(|i| i + 1));
+    let before = points.len();
+    points.extend(memchr::memmem::find_iter(contents, b"\r.").map(|i| i + 1));
+    if points.len() > before {
+        points.sort_unstable();
+    }
     points
 }
 
@@ -81,6 +88,9 @@ mod tests {
                 b"a\n..\r\nMAIL FROM:<x>\r\n.\r\n",
             ),
             (b"a\r\n.", b"a\r\n..\r\n.\r\n"),
+            // ... and so is a bare CR (gateways that end data at CR . CR)
+            (b"a\r.\rMAIL FROM:<x>\r\n", b"a\r..\rMAIL FROM:<x>\r\n.\r\n"),
+            (b"\r\n.x\r.y\n.z", b"\r\n..x\r..y\n..z\r\n.\r\n"),
         ];
         for (input, want) in table {
             assert_eq!(
@@ -111,6 +121,16 @@ mod tests {
                             end
                         };
                         assert_eq!(first, Some(out.len()), "{input:?} -> {out:?}");
+                        // Nor does a lax next hop, ending lines at a bare
+                        // CR or LF, find a lone dot line before the end.
+                        let body = &out[..out.len() - terminator(&input).len()];
+                        let eol = |b: u8| b == b'\r' || b == b'\n';
+                        assert!(
+                            !body
+                                .windows(3)
+                                .any(|w| eol(w[0]) && w[1] == b'.' && eol(w[2])),
+                            "{input:?} -> {out:?}"
+                        );
                         n += 1;
                     }
                 }

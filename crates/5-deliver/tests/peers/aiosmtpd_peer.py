@@ -21,6 +21,11 @@ Options (all optional but "port" and "record"):
   auth_require_tls  aiosmtpd's auth_require_tls (default true)
   auth_exclude    mechanisms not to offer, e.g. ["PLAIN"]
   reject_rcpt     {address: reply}: RCPT TO of address gets that reply
+  data_cmd_reply  the DATA command gets this reply instead of 354 (a broken
+                  next hop, e.g. "250 2.0.0 OK")
+  mail_close_after  after this many transactions on one connection, MAIL
+                  gets "421 4.3.2 Service shutting down" and the connection
+                  closes (a next hop that shuts a pooled connection down)
   data_reply      {address: reply}: LMTP reply after DATA for that
                   recipient (default "250 2.0.0 <address> delivered")
 
@@ -79,7 +84,27 @@ def authenticator(server, session, envelope, mechanism, auth_data):
     return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
-class RefusingStarttls(SMTP):
+class QuirkySMTP(SMTP):
+    """aiosmtpd's SMTP with the misbehaviours the options ask for."""
+
+    async def smtp_MAIL(self, arg):
+        limit = opts.get("mail_close_after")
+        if limit is not None:
+            self.mails_seen = getattr(self, "mails_seen", 0) + 1
+            if self.mails_seen > limit:
+                await self.push("421 4.3.2 Service shutting down")
+                self.transport.close()
+                return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg):
+        if opts.get("data_cmd_reply"):
+            await self.push(opts["data_cmd_reply"])
+            return
+        await super().smtp_DATA(arg)
+
+
+class RefusingStarttls(QuirkySMTP):
     """Offers STARTTLS and then refuses it (RFC 3207 §4's 454)."""
 
     async def smtp_STARTTLS(self, arg):
@@ -93,7 +118,7 @@ class PeerController(Controller):
         elif opts.get("starttls_reply"):
             cls = RefusingStarttls
         else:
-            cls = SMTP
+            cls = QuirkySMTP
         return cls(self.handler, **self.SMTP_kwargs)
 
 
