@@ -68,8 +68,12 @@ impl ConnectionLimits {
         self.max_per_ip.store(per_ip, Ordering::Relaxed);
     }
 
-    /// Takes a slot for a connection from `ip`, or `None` if a limit is reached.
+    /// Takes a slot for a connection from `ip`, or `None` if a limit is
+    /// reached. IPv6 clients count per /64, as AUTH failures and rate
+    /// limits do: one host holds a whole /64 and could otherwise open
+    /// `max-per-ip` connections from each of its addresses.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = crate::auth::FailureLedger::key(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.total >= self.max.load(Ordering::Relaxed) {
             return None;
@@ -183,6 +187,21 @@ mod tests {
         assert!(l.acquire(b).is_none(), "global limit");
         drop(s1);
         assert!(l.acquire(a).is_some());
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let l = ConnectionLimits::new(10, 2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let s1 = l.acquire(a).unwrap();
+        let _s2 = l.acquire(b).unwrap();
+        assert!(l.acquire(a).is_none(), "one /64, one count");
+        assert!(l.acquire("2001:db8:1:2::9".parse().unwrap()).is_none());
+        let _s3 = l.acquire(other).unwrap();
+        drop(s1);
+        assert!(l.acquire(b).is_some(), "released under the same key");
     }
 
     #[test]

@@ -221,11 +221,23 @@ impl Session {
         }
     }
 
+    /// Sends the queued replies. A client that stops reading (pipelining
+    /// commands and never taking the replies) gets as long as it would to
+    /// send a command, then the session ends; without the limit it would
+    /// hold its connection slot for ever.
     async fn flush(&mut self) -> Result<(), Stop> {
         if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out).await;
+            let limit = self.rx.params.command_timeout;
+            let r = tokio::time::timeout(limit, self.stream.write_all(&self.out)).await;
             self.out.clear();
-            r.map_err(|_| Stop::Gone)?;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Stop::Gone),
+                Err(_) => {
+                    tracing::info!(remote = %self.remote.ip(), "client stopped reading replies; closing");
+                    return Err(Stop::Gone);
+                }
+            }
         }
         Ok(())
     }
@@ -234,7 +246,12 @@ impl Session {
     /// reached (the 421 is queued too).
     fn reply(&mut self, r: Reply) -> Flow {
         r.write_to(&mut self.out);
-        if r.is_error() && r.code != 421 {
+        // 452 4.5.3 "too many recipients" is the limit working as RFC 5321
+        // §4.5.3.1.10 intends (the client sends the rest in another
+        // transaction), not a client error: a pipelined transaction of more
+        // recipients than the limit plus `max_errors` must not be cut off.
+        let overshoot = r.code == 452 && r.status == "4.5.3";
+        if r.is_error() && r.code != 421 && !overshoot {
             self.errors += 1;
             if self.errors >= self.rx.params.max_errors {
                 replies::too_many_errors().write_to(&mut self.out);
@@ -555,6 +572,16 @@ impl Session {
         if !(-9..=9).contains(&from.mt_priority) {
             return self.reply(replies::syntax("MT-PRIORITY must be between -9 and 9"));
         }
+        // RFC 6710 §5, §11: the priority is a claim of the client's, honoured
+        // only from clients trusted with it (authenticated, or trusted to
+        // relay); anyone else's mail would otherwise jump the queue ahead
+        // of all other mail, beyond what `queue.priority` can correct.
+        let mt_priority = if from.mt_priority != 0 && !self.verification_exempt() {
+            tracing::debug!(remote = %self.remote.ip(), priority = from.mt_priority, "MT-PRIORITY from an untrusted client ignored");
+            0
+        } else {
+            from.mt_priority
+        };
         let smtputf8 = f & smtp_proto::MAIL_SMTPUTF8 != 0;
         if !smtputf8 && address::is_non_ascii(&from.address) {
             return self.reply(replies::needs_smtputf8());
@@ -583,7 +610,7 @@ impl Session {
             smtputf8,
             ret,
             envid: from.env_id,
-            mt_priority: from.mt_priority as i8,
+            mt_priority: mt_priority as i8,
             recipients: Vec::new(),
             contents: None,
             bdat_overflow: false,

@@ -1,6 +1,6 @@
 //! Ferrymail is never an open relay: the default refuses every non-local
 //! recipient, and relaying tricks that hide a second destination in the local
-//! part are refused too.
+//! part (percent hack, bang path, source route, a quoted `@`) are refused too.
 
 mod common;
 use common::*;
@@ -27,6 +27,12 @@ fn default_is_closed() {
     assert!(rcpt(&s, "user%elsewhere.example@local.test").is(554, "5.7.1"));
     assert!(rcpt(&s, "elsewhere.example!user@local.test").is(554, "5.7.1"));
     assert!(rcpt(&s, "@local.test:user@elsewhere.example").is(554, "5.7.1"));
+    // A quoted local part holding an address: smtp-proto hands it over
+    // unquoted, `user@elsewhere.example@local.test`, which a backend
+    // trusting this server would route on to elsewhere.example.
+    assert!(rcpt(&s, "\"user@elsewhere.example\"@local.test").is(554, "5.7.1"));
+    // A quoted local part without a route is just a local mailbox.
+    assert!(rcpt(&s, "\"first last\"@local.test").is(250, "2.1.5"));
     // A source route that ends in a local domain is just that local domain
     // (RFC 5321 §3.6.1: the route is ignored).
     assert!(rcpt(&s, "@elsewhere.example:user@local.test").is(250, "2.1.5"));

@@ -5,12 +5,14 @@
 pub use ferrymail_spool::domain_of;
 
 /// True when the local part carries another routing layer that a downstream
-/// system might act on: `user%other.example@here` (percent hack) or
-/// `other!user@here` (UUCP bang path). Ferrymail treats such recipients as
-/// relaying, so an open relay cannot be built out of a local domain.
+/// system might act on: `user%other.example@here` (percent hack),
+/// `other!user@here` (UUCP bang path), or `"user@other.example"@here` (a
+/// quoted local part holding an `@`, which smtp-proto returns unquoted).
+/// Ferrymail treats such recipients as relaying, so an open relay cannot be
+/// built out of a local domain (as Postfix's `allow_untrusted_routing = no`).
 pub fn has_hidden_route(address: &str) -> bool {
     let local = address.rsplit_once('@').map(|(l, _)| l).unwrap_or(address);
-    local.contains('%') || local.contains('!')
+    local.contains('%') || local.contains('!') || local.contains('@')
 }
 
 /// True if any byte is outside US-ASCII (RFC 6531 needs SMTPUTF8 for those).
@@ -61,6 +63,8 @@ mod tests {
         assert!(has_hidden_route("u%evil.example@local.example"));
         assert!(has_hidden_route("evil.example!u@local.example"));
         assert!(!has_hidden_route("u.v+tag@local.example"));
+        // `"victim@evil.example"@local.example`, as smtp-proto returns it.
+        assert!(has_hidden_route("victim@evil.example@local.example"));
     }
 
     #[test]

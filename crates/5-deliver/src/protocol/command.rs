@@ -150,10 +150,43 @@ fn has_control(s: &str) -> bool {
     s.chars().any(|c| c.is_control() || c == '<' || c == '>')
 }
 
+/// `address` as a path in a command (RFC 5321 §4.1.2): as it is when its
+/// local part is a Dot-string, else with the local part as a
+/// Quoted-string. Addresses are stored as smtp-proto parses them, with a
+/// quoted local part unquoted (`"a b"@x` becomes `a b@x`); sent that way
+/// they would be refused (501) or, worse, read as another address
+/// (`"u@evil.example"@here` as `u@evil.example@here`).
+pub fn path(address: &str) -> std::borrow::Cow<'_, str> {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return address.into();
+    };
+    // atext (RFC 5322 §3.2.3), and UTF-8 for SMTPUTF8 (RFC 6531 §3.3).
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    let dot_string = !local.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext));
+    if dot_string {
+        return address.into();
+    }
+    let mut quoted = String::with_capacity(address.len() + 4);
+    quoted.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push_str("\"@");
+    quoted.push_str(domain);
+    quoted.into()
+}
+
 /// `MAIL FROM:<sender> [SIZE=n] [BODY=..] [SMTPUTF8] [RET=..] [ENVID=..]`
 /// with CRLF (RFC 5321 §4.1.1.2 and the extensions' RFCs).
 pub fn mail_from(env: &Envelope, plan: &Plan, size: usize) -> String {
-    let mut line = format!("MAIL FROM:<{}>", env.sender);
+    let mut line = format!("MAIL FROM:<{}>", path(&env.sender));
     if plan.declare_size {
         line.push_str(&format!(" SIZE={size}"));
     }
@@ -182,7 +215,7 @@ pub fn mail_from(env: &Envelope, plan: &Plan, size: usize) -> String {
 /// `RCPT TO:<address> [NOTIFY=..] [ORCPT=type;xtext]` with CRLF
 /// (RFC 5321 §4.1.1.3, RFC 3461 §4.1-4.2).
 pub fn rcpt_to(rcpt: &Recipient, plan: &Plan) -> String {
-    let mut line = format!("RCPT TO:<{}>", rcpt.address);
+    let mut line = format!("RCPT TO:<{}>", path(&rcpt.address));
     if plan.dsn {
         match rcpt.notify {
             Notify::Default => {}
@@ -410,5 +443,25 @@ mod tests {
             plan(&e, &[&evil], b"x", &all()).unwrap_err().status,
             "5.1.3"
         );
+    }
+
+    #[test]
+    fn paths_quote_local_parts_that_are_not_dot_strings() {
+        for (stored, sent) in [
+            ("a.b+tag@x.test", "a.b+tag@x.test"),
+            ("", ""),
+            ("postmaster", "postmaster"),
+            ("a b@x.test", "\"a b\"@x.test"),
+            (
+                "victim@evil.example@local.test",
+                "\"victim@evil.example\"@local.test",
+            ),
+            (".a@x.test", "\".a\"@x.test"),
+            ("a..b@x.test", "\"a..b\"@x.test"),
+            ("a\"b\\c@x.test", "\"a\\\"b\\\\c\"@x.test"),
+            ("ünïcödé@x.test", "ünïcödé@x.test"),
+        ] {
+            assert_eq!(path(stored), sent, "{stored}");
+        }
     }
 }
