@@ -104,6 +104,10 @@ const RECOVERY_PAGES_AHEAD: usize = 2;
 const RELOAD_TRIES: u32 = 6;
 const RELOAD_BACKOFF: Duration = Duration::from_secs(5);
 
+/// The longest wait between tries to read entries the store kept refusing
+/// ([`strand`]), and between tries of a start-up scan page.
+const STRANDED_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
 /// Tunables of the driver. [`ManagerSettings::new`] gives production values.
 #[derive(Clone, Debug)]
 pub struct ManagerSettings {
@@ -653,10 +657,11 @@ impl QueueManager {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "queue: recovered the queue from the store"
                 ),
-                Some(e) => tracing::error!(
+                Some(e) => tracing::warn!(
                     entries,
-                    error = %e,
-                    "queue: recovery scan failed; entries not read yet are scheduled at the next start"
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    last_error = %e,
+                    "queue: recovered the queue from the store after store errors"
                 ),
             },
             Command::Reread {
@@ -876,6 +881,64 @@ async fn with_domains(
         .collect())
 }
 
+/// Entries of message `id` whose reads the store kept refusing: read again
+/// in the background, the wait doubling up to [`STRANDED_BACKOFF_MAX`],
+/// until they read (then indexed as a re-read is, or dropped from the
+/// index if the store no longer has them) or the queue engine stops.
+/// Without it they would sit in the store unscheduled, never tried, never
+/// expired, until the next start.
+fn strand(sh: Arc<Shared>, id: MessageId, mut keys: Vec<EntryKey>) {
+    keys.sort();
+    keys.dedup();
+    tokio::spawn(async move {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(wait).await;
+            if sh.commands.is_closed() {
+                return;
+            }
+            match read_entries(&sh, id, &keys).await {
+                Ok(found) => {
+                    tracing::info!(id = %id, entries = found.len(), "queue: entries read after store errors; scheduled again");
+                    let _ = sh.commands.send(Command::Reloaded {
+                        keys,
+                        found,
+                        retry: false,
+                        applied: None,
+                    });
+                    return;
+                }
+                Err(e) => {
+                    wait = (wait * 2).min(STRANDED_BACKOFF_MAX);
+                    tracing::error!(id = %id, error = %e, retry_in = ?wait, "queue: still cannot read entries; trying again");
+                }
+            }
+        }
+    });
+}
+
+/// Message `id`'s entries among the sorted `keys`, with their domains; a
+/// finished entry waiting for its notice counts as gone (the index must
+/// never schedule it again).
+async fn read_entries(
+    sh: &Shared,
+    id: MessageId,
+    keys: &[EntryKey],
+) -> Result<Vec<(QueueEntry, String)>, StoreError> {
+    let wanted: Vec<QueueEntry> = sh
+        .spool
+        .data
+        .entries(id)
+        .await?
+        .into_iter()
+        .filter(|e| keys.binary_search(&e.key).is_ok() && !e.is_notice_owed())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    with_domains(sh, id, wanted).await
+}
+
 /// Splits entries into runs of one message each (they arrive in key order).
 fn by_message(entries: Vec<QueueEntry>) -> Vec<(MessageId, Vec<QueueEntry>)> {
     let mut out: Vec<(MessageId, Vec<QueueEntry>)> = Vec::new();
@@ -1013,13 +1076,25 @@ async fn recover(sh: &Arc<Shared>, shutdown: &CancellationToken) {
         let Ok(permit) = pages.clone().acquire_owned().await else {
             break;
         };
-        let page = match sh.spool.data.scan(after, sh.settings.scan_page).await {
-            Ok(p) => p,
-            Err(e) => {
-                error = Some(e.to_string());
-                break;
+        // A page the store does not give is asked for again, for as long
+        // as it takes: the entries after it would otherwise wait for the
+        // next start, never tried, never expired, never reported.
+        let mut wait = Duration::from_secs(1);
+        let page = loop {
+            match sh.spool.data.scan(after, sh.settings.scan_page).await {
+                Ok(p) => break Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "queue: cannot read the queue at start-up; trying again");
+                    error = Some(e.to_string());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(STRANDED_BACKOFF_MAX);
+                }
             }
         };
+        let Some(page) = page else { break };
         let Some(last) = page.last() else { break };
         after = Some(last.key);
         let mut batch = Vec::with_capacity(page.len());
@@ -1036,10 +1111,12 @@ async fn recover(sh: &Arc<Shared>, shutdown: &CancellationToken) {
                     continue;
                 }
             }
+            let keys: Vec<EntryKey> = entries.iter().map(|e| e.key).collect();
             match with_domains(sh, id, entries).await {
                 Ok(v) => batch.extend(v),
                 Err(e) => {
-                    tracing::warn!(id = %id, error = %e, "queue: cannot read an envelope during recovery; skipping its entries until the next start")
+                    tracing::warn!(id = %id, error = %e, "queue: cannot read an envelope during recovery; trying again in the background");
+                    strand(sh.clone(), id, keys);
                 }
             }
         }
@@ -1202,7 +1279,8 @@ async fn ingest(
                         tokio::time::sleep(RELOAD_BACKOFF).await;
                     }
                     Err(e) => {
-                        tracing::error!(id = %id, error = %e, "queue: cannot read a new message's envelope; it is scheduled at the next start");
+                        tracing::error!(id = %id, error = %e, "queue: cannot read a new message's envelope; trying again in the background");
+                        strand(sh.clone(), id, entries.iter().map(|e| e.key).collect());
                         break;
                     }
                 }
@@ -1370,20 +1448,7 @@ async fn reload_entries(
     for id in messages {
         let mut tries = 0;
         loop {
-            let read = async {
-                let entries = sh.spool.data.entries(id).await?;
-                // A finished entry waiting for its notice counts as gone:
-                // the index must never schedule it again.
-                let wanted: Vec<QueueEntry> = entries
-                    .into_iter()
-                    .filter(|e| keys.binary_search(&e.key).is_ok() && !e.is_notice_owed())
-                    .collect();
-                if wanted.is_empty() {
-                    return Ok(Vec::new());
-                }
-                with_domains(&sh, id, wanted).await
-            };
-            match read.await {
+            match read_entries(&sh, id, &keys).await {
                 Ok(v) => {
                     found.extend(v);
                     break;
@@ -1394,10 +1459,13 @@ async fn reload_entries(
                     tokio::time::sleep(RELOAD_BACKOFF).await;
                 }
                 Err(e) => {
-                    tracing::error!(id = %id, error = %e, "queue: cannot re-read changed entries; they are rescheduled at the next start");
-                    // Leave them out of both lists: the index keeps nothing
-                    // stale, and the store still has them.
+                    tracing::error!(id = %id, error = %e, "queue: cannot re-read changed entries; trying again in the background");
+                    // Leave them out of both lists here (the index keeps
+                    // nothing stale) and index them once they read.
+                    let stranded: Vec<EntryKey> =
+                        keys.iter().filter(|k| k.message == id).copied().collect();
                     keys.retain(|k| k.message != id);
+                    strand(sh.clone(), id, stranded);
                     break;
                 }
             }

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ use ferrymail_deliver::{Job, Outcome, RecipientOutcome, Remote, RemoteReply, Tra
 use ferrymail_schedule::{Event, EventKind, ManagerSettings, QueueManager, Running};
 use ferrymail_spool::embedded::EmbeddedStore;
 use ferrymail_spool::{
-    AdminAction, DataStore, EntryKey, Envelope, Lane, MessageId, NodeId, QueueEntry, Queued,
-    Routing, Spool, conformance::sample_envelope, now_millis,
+    AdminAction, Claim, ClaimedJob, DataStore, Deferral, Discharge, EntryKey, Envelope, FeedBatch,
+    FeedCursor, Lane, MessageId, NodeId, OwedNotice, QueueEntry, Queued, Removal, Routing, Spool,
+    StoreError, UnixMillis, conformance::sample_envelope, now_millis,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -808,5 +810,208 @@ async fn owed_notices_are_handed_over_at_restart() {
         r.store.discharge(&[ev.discharge()]).await.unwrap(),
         vec![env.id]
     );
+    m.stop().await;
+}
+
+/// The embedded store whose reads fail on cue: the first `scans` scans and
+/// the first `envelopes` envelope reads, as in a store outage at start-up.
+/// A wrapper because no real store fails exactly these calls on demand;
+/// every other call goes to the real embedded store.
+struct Flaky {
+    inner: Arc<EmbeddedStore>,
+    scans: AtomicUsize,
+    envelopes: AtomicUsize,
+}
+
+impl Flaky {
+    fn fails(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+fn outage() -> StoreError {
+    StoreError::Engine("injected outage".into())
+}
+
+#[async_trait]
+impl DataStore for Flaky {
+    async fn insert(&self, envelope: &Envelope, entries: &[QueueEntry]) -> Result<(), StoreError> {
+        self.inner.insert(envelope, entries).await
+    }
+    async fn insert_with_contents(
+        &self,
+        envelope: &Envelope,
+        entries: &[QueueEntry],
+        contents: Bytes,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .insert_with_contents(envelope, entries, contents)
+            .await
+    }
+    async fn claim(&self, claim: &Claim) -> Result<Vec<QueueEntry>, StoreError> {
+        self.inner.claim(claim).await
+    }
+    async fn claim_keys(
+        &self,
+        owner: NodeId,
+        keys: &[EntryKey],
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        self.inner.claim_keys(owner, keys, now, lease_until).await
+    }
+    async fn claim_job(
+        &self,
+        owner: NodeId,
+        message: MessageId,
+        keys: &[EntryKey],
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        contents: bool,
+    ) -> Result<ClaimedJob, StoreError> {
+        self.inner
+            .claim_job(owner, message, keys, now, lease_until, contents)
+            .await
+    }
+    async fn renew(
+        &self,
+        owner: NodeId,
+        keys: &[EntryKey],
+        until: UnixMillis,
+    ) -> Result<usize, StoreError> {
+        self.inner.renew(owner, keys, until).await
+    }
+    async fn complete(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        notice: Option<&OwedNotice>,
+    ) -> Result<Removal, StoreError> {
+        self.inner.complete(owner, key, notice).await
+    }
+    async fn defer(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        deferral: &Deferral,
+    ) -> Result<(), StoreError> {
+        self.inner.defer(owner, key, deferral).await
+    }
+    async fn reroute(
+        &self,
+        owner: NodeId,
+        key: EntryKey,
+        routing: &Routing,
+        due: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.inner.reroute(owner, key, routing, due).await
+    }
+    async fn discharge(&self, notices: &[Discharge]) -> Result<Vec<MessageId>, StoreError> {
+        self.inner.discharge(notices).await
+    }
+    async fn envelope(&self, id: MessageId) -> Result<Option<Envelope>, StoreError> {
+        if Self::fails(&self.envelopes) {
+            return Err(outage());
+        }
+        self.inner.envelope(id).await
+    }
+    async fn entries(&self, id: MessageId) -> Result<Vec<QueueEntry>, StoreError> {
+        self.inner.entries(id).await
+    }
+    async fn scan(
+        &self,
+        after: Option<EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        if Self::fails(&self.scans) {
+            return Err(outage());
+        }
+        self.inner.scan(after, limit).await
+    }
+    async fn admin(&self, keys: &[EntryKey], action: AdminAction) -> Result<usize, StoreError> {
+        self.inner.admin(keys, action).await
+    }
+    async fn cancel(&self, keys: &[EntryKey]) -> Result<Vec<MessageId>, StoreError> {
+        self.inner.cancel(keys).await
+    }
+    async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError> {
+        self.inner.register_node(name, node).await
+    }
+    async fn feed_start(&self) -> Result<Option<FeedCursor>, StoreError> {
+        self.inner.feed_start().await
+    }
+    async fn feed_read(
+        &self,
+        cursor: &mut FeedCursor,
+        limit: usize,
+    ) -> Result<FeedBatch, StoreError> {
+        self.inner.feed_read(cursor, limit).await
+    }
+    async fn announce_expedite(&self, argument: &str) -> Result<(), StoreError> {
+        self.inner.announce_expedite(argument).await
+    }
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+    async fn take_tokens(
+        &self,
+        queue: &str,
+        capacity: u64,
+        period: Duration,
+        want: u32,
+    ) -> Result<u32, StoreError> {
+        self.inner.take_tokens(queue, capacity, period, want).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_at_start_up_delay_recovery_but_strand_nothing() {
+    // Three queued messages; at start-up the store refuses the first two
+    // scans and the first two envelope reads. Before, the scan gave up (no
+    // message scheduled until the next start) and an envelope that did not
+    // read left its message out the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let msgs: Vec<_> = (20..23).map(|seq| message(seq, 1)).collect();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let spool = Spool {
+            data: store.clone(),
+            blob: store.clone(),
+            unified: true,
+        };
+        for (env, entries) in &msgs {
+            accept(&spool, env, entries).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the writer thread ends
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let flaky = Arc::new(Flaky {
+        inner: store.clone(),
+        scans: AtomicUsize::new(2),
+        envelopes: AtomicUsize::new(2),
+    });
+    let spool = Spool {
+        data: flaky.clone(),
+        blob: store.clone(),
+        unified: true,
+    };
+    let t = Script::with_delay(Duration::ZERO);
+    let mut m = start(CONFIG, &spool, t.clone(), settings(1));
+    let mut delivered = Vec::new();
+    for _ in 0..3 {
+        delivered.push(next_event(&mut m.running.events).await.key());
+    }
+    delivered.sort();
+    let mut want: Vec<EntryKey> = msgs.iter().map(|(_, e)| e[0].key).collect();
+    want.sort();
+    assert_eq!(delivered, want);
+    assert_eq!(
+        flaky.scans.load(Ordering::SeqCst),
+        0,
+        "both failures were met"
+    );
+    assert_eq!(flaky.envelopes.load(Ordering::SeqCst), 0);
     m.stop().await;
 }
