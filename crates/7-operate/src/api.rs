@@ -524,6 +524,71 @@ async fn all_entries(spool: &Spool) -> Result<BTreeMap<MessageId, Vec<QueueEntry
 /// in id order (messages whose envelope is gone meanwhile are skipped).
 /// Entries are filtered before any envelope is read: with a large backlog,
 /// `--queue q` reads the envelopes of q's messages only.
+/// Which of `keys` are held now.
+async fn held_among(mgmt: &Management, keys: &[EntryKey]) -> Result<Vec<EntryKey>, String> {
+    let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
+    messages.sort();
+    messages.dedup();
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    let mut held = Vec::new();
+    for id in messages {
+        let entries = mgmt
+            .spool
+            .data
+            .entries(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        held.extend(
+            entries
+                .iter()
+                .filter(|e| e.held && sorted.binary_search(&e.key).is_ok())
+                .map(|e| e.key),
+        );
+    }
+    Ok(held)
+}
+
+/// Holds again those of `held` (entries held before a bounce released
+/// them) that are still queued and were not bounced.
+async fn rehold_untaken(mgmt: &Management, mut held: Vec<EntryKey>) -> Result<(), String> {
+    held.sort();
+    let mut messages: Vec<MessageId> = held.iter().map(|k| k.message).collect();
+    messages.dedup();
+    let mut again = Vec::new();
+    for id in messages {
+        let entries = mgmt
+            .spool
+            .data
+            .entries(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        again.extend(
+            entries
+                .iter()
+                .filter(|e| !e.held && !e.is_notice_owed() && held.binary_search(&e.key).is_ok())
+                .map(|e| e.key),
+        );
+    }
+    if again.is_empty() {
+        return Ok(());
+    }
+    let n = mgmt
+        .spool
+        .data
+        .admin(&again, AdminAction::Hold)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        recipients = n,
+        "queue bounce: held mail not bounced (in flight) is held again"
+    );
+    if let Some(c) = mgmt.control.as_ref() {
+        c.reread(again, false).await;
+    }
+    Ok(())
+}
+
 async fn all_messages(
     spool: &Spool,
     keep: impl Fn(&QueueEntry) -> bool,
@@ -725,6 +790,11 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
         None if bounce || requeue => {
             // Held mail is taken too, as Postfix's postsuper -r and -f
             // release it: released here, so that the engine's claim gets it.
+            let held = if bounce {
+                held_among(mgmt, &keys).await?
+            } else {
+                Vec::new()
+            };
             mgmt.spool
                 .data
                 .admin(&keys, AdminAction::Release)
@@ -742,6 +812,13 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
                 control.bounce(keys.clone(), reason).await
             };
             let recipients = done.map_err(|e| e.to_string())?;
+            if bounce {
+                // Held mail the engine did not take (in flight at that
+                // moment, or another node's) was released above for
+                // nothing: it goes back on hold, or it would be delivered
+                // at its next retry, the opposite of what was asked.
+                rehold_untaken(mgmt, held).await?;
+            }
             let mut removed_messages = 0;
             if bounce {
                 let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
