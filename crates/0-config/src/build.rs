@@ -385,12 +385,32 @@ fn session(
         }
     }
     if let Some(d) = r.sub(&sec, "data") {
-        r.check_keys(&d, &["max-message-size", "max-received-headers"], false);
+        r.check_keys(
+            &d,
+            &["max-message-size", "max-received-headers", "max-memory"],
+            false,
+        );
         if let Some(n) = r.size(&d, "max-message-size") {
             out.data.max_message_size = n;
         }
         if let Some(n) = r.usize(&d, "max-received-headers", 1) {
             out.data.max_received_headers = n;
+        }
+        if let Some(n) = r.size(&d, "max-memory") {
+            if n < out.data.max_message_size {
+                let span = r.value_span(&d, "max-memory");
+                r.error(
+                    &span,
+                    Problem::Invalid(format!(
+                        "'{}' ({n} bytes) is smaller than '{}' ({} bytes): a message of the largest size could never be received",
+                        d.path("max-memory"),
+                        d.path("max-message-size"),
+                        out.data.max_message_size
+                    )),
+                );
+            } else {
+                out.data.max_memory = Some(n);
+            }
         }
     }
     if let Some(rc) = r.sub(&sec, "rcpt") {

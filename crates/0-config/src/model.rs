@@ -586,6 +586,20 @@ pub struct DataLimits {
     /// `max-received-headers`: more `Received:` headers than this means a mail
     /// loop; the message is rejected. Default 50.
     pub max_received_headers: usize,
+    /// `max-memory`: bytes of message contents all sessions together may
+    /// hold in memory while they receive; a message that would go beyond
+    /// gets 452 4.3.1 and is tried again later. Without it, clients sending
+    /// slowly to many sessions could make the server run out of memory.
+    /// `None`: 1 GiB, or twice `max-message-size` if that is more.
+    pub max_memory: Option<u64>,
+}
+
+impl DataLimits {
+    /// `max-memory` as configured, or its default.
+    pub fn max_memory(&self) -> u64 {
+        self.max_memory
+            .unwrap_or_else(|| (1u64 << 30).max(self.max_message_size.saturating_mul(2)))
+    }
 }
 
 impl Default for DataLimits {
@@ -593,6 +607,7 @@ impl Default for DataLimits {
         DataLimits {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_received_headers: DEFAULT_MAX_RECEIVED_HEADERS,
+            max_memory: None,
         }
     }
 }

@@ -2131,3 +2131,18 @@ mta-sts = [ { if = "rcpt_domain == 'bank.test'", then = "require" },
     );
     assert!(err("[queue.outbound.tls]\nstarttls = \"require\"\n").contains("starttls"));
 }
+
+#[test]
+fn message_memory_limit() {
+    assert_eq!(Config::default().session.data.max_memory(), 1 << 30);
+    let c = ok("[session.data]\nmax-message-size = \"1G\"\n");
+    assert_eq!(c.session.data.max_memory(), 2 << 30, "twice a large size");
+    let c = ok("[session.data]\nmax-memory = \"256M\"\nmax-message-size = \"10M\"\n");
+    assert_eq!(c.session.data.max_memory(), 256 << 20);
+    let e = err("[session.data]\nmax-message-size = \"10M\"\nmax-memory = \"5M\"\n");
+    assert!(e.starts_with("/etc/ferrymail.toml:3:"), "{e}");
+    assert!(
+        e.contains("smaller than 'session.data.max-message-size'"),
+        "{e}"
+    );
+}

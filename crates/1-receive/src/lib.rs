@@ -13,6 +13,7 @@ pub mod auth;
 pub mod defences;
 pub mod limiter;
 pub mod local;
+pub mod memory;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -89,6 +90,9 @@ pub struct Receiver {
     /// Their counts; shared by every receiver a reload builds, so a reload
     /// does not reset them.
     pub rate_counts: Arc<limiter::RateLimiter>,
+    /// Message contents held in memory by all sessions (bounded by
+    /// `params.max_memory`); shared across reloads like `rate_counts`.
+    pub memory: Arc<memory::MessageMemory>,
     /// Where accepted messages go.
     pub spool: Spool,
     /// Mints message ids.
@@ -183,6 +187,9 @@ pub struct ReceiveCounters {
     pub relay_denied: AtomicU64,
     /// Recipients refused by an inbound rate limit (451 4.4.5).
     pub refused_by_rate: AtomicU64,
+    /// Messages refused because `session.data.max-memory` was reached
+    /// (452 4.3.1).
+    pub refused_no_memory: AtomicU64,
     /// Recipients refused by the connection checks: a DNSBL listing or a
     /// strict iprev failure.
     pub refused_by_checks: AtomicU64,

@@ -70,6 +70,12 @@ struct Transaction {
     contents: Option<(MessageId, Vec<u8>)>,
     /// BDAT chunks so far exceeded the size limit.
     bdat_overflow: bool,
+    /// This message's share of the contents memory; `None` until it holds
+    /// any, and when the share could not grow (the message is refused
+    /// with 452 4.3.1 at its end).
+    memory: Option<crate::memory::Hold>,
+    /// The memory share could not grow: refuse at the end.
+    no_memory: bool,
     /// Total BDAT octets received, including discarded ones.
     bdat_size: u64,
     /// Our Authentication-Results field heads the contents (after the
@@ -614,6 +620,8 @@ impl Session {
             recipients: Vec::new(),
             contents: None,
             bdat_overflow: false,
+            memory: Some(crate::memory::MessageMemory::hold(&self.rx.memory)),
+            no_memory: false,
             bdat_size: 0,
             vouched_from: None,
             deferred_results: None,
@@ -1146,13 +1154,34 @@ impl Session {
         let accepted = self.accepted();
         let header_len = buf.len();
         let mut decoder = DataDecoder::new(max);
+        let limit = self.rx.params.max_memory;
+        let mut no_memory = false;
         loop {
             let fed = decoder.feed(&self.input, &mut buf);
             self.input.advance(fed.consumed);
+            // What the buffer holds counts against `max-memory`; once it
+            // cannot grow, the rest is read but not kept.
+            if !no_memory
+                && let Some(hold) = self.tx.as_mut().and_then(|t| t.memory.as_mut())
+                && !hold.grow_to(buf.capacity() as u64, limit)
+            {
+                no_memory = true;
+                decoder.stop_keeping();
+                buf = Vec::new();
+                if let Some(t) = self.tx.as_mut() {
+                    t.memory = None;
+                }
+            }
             if fed.done {
                 break;
             }
             self.read_more(false).await?;
+        }
+        if no_memory {
+            self.tx = None;
+            tracing::warn!(remote = %self.remote.ip(), limit, "message refused: session.data.max-memory reached");
+            ReceiveCounters::bump(&self.rx.counters.refused_no_memory);
+            return Ok(self.answer_message(replies::no_memory(), &accepted));
         }
         debug_assert!(buf.len() >= header_len);
         if decoder.overflowed() {
@@ -1216,8 +1245,20 @@ impl Session {
                     tx.bdat_size += take as u64;
                     if tx.bdat_size > max {
                         tx.bdat_overflow = true;
+                    } else if tx.no_memory {
                     } else if let Some((_, buf)) = tx.contents.as_mut() {
-                        buf.extend_from_slice(&chunk);
+                        let want = (buf.len() + take).max(buf.capacity()) as u64;
+                        let grown = tx
+                            .memory
+                            .as_mut()
+                            .is_some_and(|h| h.grow_to(want, self.rx.params.max_memory));
+                        if grown {
+                            buf.extend_from_slice(&chunk);
+                        } else {
+                            tx.no_memory = true;
+                            tx.memory = None;
+                            tx.contents = tx.contents.take().map(|(id, _)| (id, Vec::new()));
+                        }
                     }
                 }
             }
@@ -1252,6 +1293,12 @@ impl Session {
         if overflow {
             self.tx = None;
             return Ok(self.answer_message(replies::too_big(max), &accepted));
+        }
+        if self.tx.as_ref().is_some_and(|t| t.no_memory) {
+            self.tx = None;
+            tracing::warn!(remote = %self.remote.ip(), "message refused: session.data.max-memory reached");
+            ReceiveCounters::bump(&self.rx.counters.refused_no_memory);
+            return Ok(self.answer_message(replies::no_memory(), &accepted));
         }
         let Some((id, buf)) = self.tx.as_mut().and_then(|t| t.contents.take()) else {
             return Ok(self.reply(replies::bad_sequence("no transaction")));
@@ -1609,6 +1656,8 @@ pub struct SessionParams {
     pub hostname: String,
     /// RFC 1870 SIZE limit.
     pub max_message_size: u64,
+    /// `session.data.max-memory`: message contents all sessions may hold.
+    pub max_memory: u64,
     /// Recipients per transaction.
     pub max_recipients: usize,
     /// Error replies before the session is closed with 421.

@@ -26,6 +26,8 @@ pub struct NodeMetrics {
     pub reloads: Arc<crate::reload::ReloadCounters>,
     /// The SMTP/LMTP client (its MTA-STS policies).
     pub transport: Arc<ferrymail_deliver::SmtpTransport>,
+    /// Message contents held by the SMTP sessions.
+    pub message_memory: Arc<ferrymail_receive::memory::MessageMemory>,
 }
 
 fn n(c: &AtomicU64) -> f64 {
@@ -104,6 +106,18 @@ impl MetricsSource for NodeMetrics {
                     1.0,
                 )],
             },
+            Family::single(
+                "ferrymail_smtp_message_memory_bytes",
+                "Message contents the SMTP sessions hold in memory while receiving (bounded by session.data.max-memory).",
+                Gauge,
+                self.message_memory.held() as f64,
+            ),
+            Family::single(
+                "ferrymail_smtp_refused_no_memory_total",
+                "Messages refused with 452 4.3.1 because session.data.max-memory was reached.",
+                Counter,
+                n(&r.refused_no_memory),
+            ),
             Family::single(
                 "ferrymail_smtp_connections_total",
                 "SMTP connections accepted, including those a limit refused.",

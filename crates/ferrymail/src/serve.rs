@@ -439,6 +439,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     let control: Arc<dyn QueueControl> = Arc::new(Control(queue.handle.clone()));
     let receive_counters = Arc::new(ReceiveCounters::default());
     let reload_counters = ReloadCounters::started();
+    let message_memory = Arc::new(ferrymail_receive::memory::MessageMemory::default());
     let metrics: Arc<dyn MetricsSource> = Arc::new(NodeMetrics {
         receive: receive_counters.clone(),
         queue: queue.handle.clone(),
@@ -446,6 +447,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         started: process_started,
         reloads: reload_counters.clone(),
         transport: smtp.clone(),
+        message_memory: message_memory.clone(),
     });
 
     let parts = ReceiverParts {
@@ -457,6 +459,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         shutdown: shutdown.clone(),
         counters: receive_counters,
         rate_counts: Default::default(),
+        memory: message_memory.clone(),
     };
     let receiver = Arc::new(ArcSwap::from_pointee(build_receiver(
         &config, &parts, None,
@@ -605,6 +608,8 @@ pub(crate) struct ReceiverParts {
     pub counters: Arc<ReceiveCounters>,
     /// The inbound rate limits' counts, which a reload keeps.
     pub rate_counts: Arc<ferrymail_receive::limiter::RateLimiter>,
+    /// Message contents held by sessions, across reloads.
+    pub memory: Arc<ferrymail_receive::memory::MessageMemory>,
 }
 
 /// The receiver of `config`: session limits and policy, defences, routing,
@@ -625,6 +630,7 @@ pub(crate) fn build_receiver(
         params: SessionParams {
             hostname: config.server.hostname.clone(),
             max_message_size: s.data.max_message_size,
+            max_memory: s.data.max_memory(),
             max_recipients: s.rcpt.max_recipients,
             max_errors: s.max_errors,
             max_line_length: s.max_line_length,
@@ -665,6 +671,7 @@ pub(crate) fn build_receiver(
         router: Arc::new(Router::from_config(&config.queue)),
         limiters: config.queue.inbound_limiters.clone(),
         rate_counts: parts.rate_counts.clone(),
+        memory: parts.memory.clone(),
         spool: parts.spool.clone(),
         ids: parts.ids.clone(),
         etrn: parts.etrn.clone(),

@@ -58,6 +58,13 @@ impl DataDecoder {
         self.size
     }
 
+    /// Lowers the limit to what was decoded so far: the rest of the
+    /// message is read (to find its end) but not kept, and the message
+    /// counts as [`DataDecoder::overflowed`].
+    pub fn stop_keeping(&mut self) {
+        self.limit = self.size.saturating_sub(1);
+    }
+
     /// True once the body exceeded the limit: the message must be refused
     /// (552 5.3.4) after the end marker.
     pub fn overflowed(&self) -> bool {

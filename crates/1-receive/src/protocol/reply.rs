@@ -174,6 +174,12 @@ pub mod replies {
     pub fn rate_limited() -> Reply {
         Reply::new(451, "4.4.5", "Rate limit exceeded, try again later")
     }
+    /// The message would take more memory than `session.data.max-memory`
+    /// leaves now (RFC 5321 §4.2.2 452, RFC 3463 X.3.1): try later.
+    pub fn no_memory() -> Reply {
+        Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+    }
+
     /// More recipients than allowed in one transaction (RFC 5321 §4.5.3.1.10).
     pub fn too_many_recipients() -> Reply {
         Reply::new(452, "4.5.3", "Too many recipients")
