@@ -207,6 +207,21 @@ async fn attempted_once(r: &Rig, id: MessageId) -> bool {
         .all(|e| e.attempts == 1)
 }
 
+/// A spool of one embedded store, data and contents together.
+fn spool_of(store: &Arc<EmbeddedStore>) -> Spool {
+    Spool {
+        data: store.clone(),
+        blob: store.clone(),
+        unified: true,
+    }
+}
+
+/// Opens the store in `dir` again, once the one that wrote it is gone.
+async fn reopen(dir: &Path) -> Arc<EmbeddedStore> {
+    tokio::time::sleep(Duration::from_millis(200)).await; // the writer thread ends
+    EmbeddedStore::open(dir).unwrap()
+}
+
 async fn accept(spool: &Spool, env: &Envelope, entries: &[QueueEntry]) {
     spool
         .accept(
@@ -421,11 +436,7 @@ async fn recovery_after_reopening_the_store() {
     let (mine, mine_e) = message(13, 1);
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let spool = Spool {
-            data: store.clone(),
-            blob: store.clone(),
-            unified: true,
-        };
+        let spool = spool_of(&store);
         accept(&spool, &fresh, &fresh_e).await;
         deferred_e[0].lane = Lane::Deferred;
         deferred_e[0].attempts = 3;
@@ -443,13 +454,8 @@ async fn recovery_after_reopening_the_store() {
             .unwrap();
         assert_eq!(got.len(), 1);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await; // the writer thread ends
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let spool = Spool {
-        data: store.clone(),
-        blob: store.clone(),
-        unified: true,
-    };
+    let store = reopen(dir.path()).await;
+    let spool = spool_of(&store);
     let t = Script::with_delay(Duration::ZERO);
     let mut m = start(CONFIG, &spool, t.clone(), settings(1));
     // The fresh message and the one leased by this node are delivered; the
@@ -975,18 +981,12 @@ async fn store_errors_at_start_up_delay_recovery_but_strand_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let msgs: Vec<_> = (20..23).map(|seq| message(seq, 1)).collect();
     {
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let spool = Spool {
-            data: store.clone(),
-            blob: store.clone(),
-            unified: true,
-        };
+        let spool = spool_of(&EmbeddedStore::open(dir.path()).unwrap());
         for (env, entries) in &msgs {
             accept(&spool, env, entries).await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await; // the writer thread ends
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).await;
     let flaky = Arc::new(Flaky {
         inner: store.clone(),
         scans: AtomicUsize::new(2),

@@ -616,6 +616,17 @@ mod tests {
         cache
     }
 
+    /// Records that fetching `domain`'s policy `id` just failed.
+    fn failed_recently(cache: &StsCache, domain: &str, id: &str) {
+        cache
+            .entries
+            .lock()
+            .unwrap()
+            .get_mut(domain)
+            .unwrap()
+            .failed = Some((id.into(), Instant::now() + FAILED_FETCH_BACKOFF));
+    }
+
     #[test]
     fn what_the_cache_settles_without_a_fetch() {
         let cache = holding("a.test", "1", 600, false);
@@ -626,13 +637,7 @@ mod tests {
         assert!(cache.settled("a.test", "2").is_none());
         // ... unless its fetch failed recently: then the kept policy holds,
         // with a note, and nothing is fetched until the backoff ends.
-        cache
-            .entries
-            .lock()
-            .unwrap()
-            .get_mut("a.test")
-            .unwrap()
-            .failed = Some(("2".into(), Instant::now() + FAILED_FETCH_BACKOFF));
+        failed_recently(&cache, "a.test", "2");
         let found = cache.settled("a.test", "2").unwrap();
         assert!(found.policy.is_some());
         assert!(found.note.unwrap().contains("failed recently"));
@@ -649,13 +654,7 @@ mod tests {
         assert!(!holding("a.test", "1", 600, false).refresh_due("a.test", "1"));
         let cache = holding("a.test", "1", 600, true);
         assert!(cache.refresh_due("a.test", "1"));
-        cache
-            .entries
-            .lock()
-            .unwrap()
-            .get_mut("a.test")
-            .unwrap()
-            .failed = Some(("1".into(), Instant::now() + FAILED_FETCH_BACKOFF));
+        failed_recently(&cache, "a.test", "1");
         assert!(!cache.refresh_due("a.test", "1"));
     }
 

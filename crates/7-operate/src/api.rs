@@ -524,14 +524,16 @@ async fn all_entries(spool: &Spool) -> Result<BTreeMap<MessageId, Vec<QueueEntry
 /// in id order (messages whose envelope is gone meanwhile are skipped).
 /// Entries are filtered before any envelope is read: with a large backlog,
 /// `--queue q` reads the envelopes of q's messages only.
-/// Which of `keys` are held now.
-async fn held_among(mgmt: &Management, keys: &[EntryKey]) -> Result<Vec<EntryKey>, String> {
+/// Those of `keys` (sorted) whose entries `pick` selects, as the store
+/// has them now.
+async fn keys_where(
+    mgmt: &Management,
+    keys: &[EntryKey],
+    pick: impl Fn(&QueueEntry) -> bool,
+) -> Result<Vec<EntryKey>, String> {
     let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
-    messages.sort();
     messages.dedup();
-    let mut sorted = keys.to_vec();
-    sorted.sort();
-    let mut held = Vec::new();
+    let mut out = Vec::new();
     for id in messages {
         let entries = mgmt
             .spool
@@ -539,37 +541,28 @@ async fn held_among(mgmt: &Management, keys: &[EntryKey]) -> Result<Vec<EntryKey
             .entries(id)
             .await
             .map_err(|e| e.to_string())?;
-        held.extend(
+        out.extend(
             entries
                 .iter()
-                .filter(|e| e.held && sorted.binary_search(&e.key).is_ok())
+                .filter(|e| keys.binary_search(&e.key).is_ok() && pick(e))
                 .map(|e| e.key),
         );
     }
-    Ok(held)
+    Ok(out)
+}
+
+/// Which of `keys` are held now.
+async fn held_among(mgmt: &Management, keys: &[EntryKey]) -> Result<Vec<EntryKey>, String> {
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    keys_where(mgmt, &sorted, |e| e.held).await
 }
 
 /// Holds again those of `held` (entries held before a bounce released
 /// them) that are still queued and were not bounced.
 async fn rehold_untaken(mgmt: &Management, mut held: Vec<EntryKey>) -> Result<(), String> {
     held.sort();
-    let mut messages: Vec<MessageId> = held.iter().map(|k| k.message).collect();
-    messages.dedup();
-    let mut again = Vec::new();
-    for id in messages {
-        let entries = mgmt
-            .spool
-            .data
-            .entries(id)
-            .await
-            .map_err(|e| e.to_string())?;
-        again.extend(
-            entries
-                .iter()
-                .filter(|e| !e.held && !e.is_notice_owed() && held.binary_search(&e.key).is_ok())
-                .map(|e| e.key),
-        );
-    }
+    let again = keys_where(mgmt, &held, |e| !e.held && !e.is_notice_owed()).await?;
     if again.is_empty() {
         return Ok(());
     }

@@ -39,6 +39,19 @@ fn metric(s: &Server, name: &str) -> f64 {
         .unwrap()
 }
 
+/// Waits until the sessions hold at least `bytes` (a client's bytes have
+/// all arrived).
+fn wait_held(s: &Server, bytes: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(s, "ferrymail_smtp_message_memory_bytes") < bytes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bytes never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_message_beyond_the_memory_bound_gets_452_and_is_taken_later() {
     let s = Server::start(
@@ -49,14 +62,7 @@ fn a_message_beyond_the_memory_bound_gets_452_and_is_taken_later() {
     let mut a = start_data(&s);
     a.send_raw(&body());
     // Wait until the server has it all (the gauge says so).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while metric(&s, "ferrymail_smtp_message_memory_bytes") < 900_000.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A's bytes never arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_held(&s, 900_000.0);
     // B's message of the same size does not fit beside it.
     let mut b = start_data(&s);
     b.send_raw(&body());
@@ -84,14 +90,7 @@ fn a_message_beyond_the_memory_bound_gets_452_and_is_taken_later() {
     assert_eq!(c.cmd("RCPT TO:<u@local.test>").code, 250);
     let mut a = start_data(&s);
     a.send_raw(&body());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while metric(&s, "ferrymail_smtp_message_memory_bytes") < 900_000.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A's bytes never arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_held(&s, 900_000.0);
     let chunk = body();
     c.send_raw(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes());
     c.send_raw(&chunk);
