@@ -524,16 +524,13 @@ async fn all_entries(spool: &Spool) -> Result<BTreeMap<MessageId, Vec<QueueEntry
 /// in id order (messages whose envelope is gone meanwhile are skipped).
 /// Entries are filtered before any envelope is read: with a large backlog,
 /// `--queue q` reads the envelopes of q's messages only.
-/// Those of `keys` (sorted) whose entries `pick` selects, as the store
-/// has them now.
-async fn keys_where(
-    mgmt: &Management,
-    keys: &[EntryKey],
-    pick: impl Fn(&QueueEntry) -> bool,
-) -> Result<Vec<EntryKey>, String> {
-    let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
+/// Which of `keys` are held now.
+async fn held_among(mgmt: &Management, keys: &[EntryKey]) -> Result<Vec<EntryKey>, String> {
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    let mut messages: Vec<MessageId> = sorted.iter().map(|k| k.message).collect();
     messages.dedup();
-    let mut out = Vec::new();
+    let mut held = Vec::new();
     for id in messages {
         let entries = mgmt
             .spool
@@ -541,45 +538,64 @@ async fn keys_where(
             .entries(id)
             .await
             .map_err(|e| e.to_string())?;
-        out.extend(
+        held.extend(
             entries
                 .iter()
-                .filter(|e| keys.binary_search(&e.key).is_ok() && pick(e))
+                .filter(|e| e.held && sorted.binary_search(&e.key).is_ok())
                 .map(|e| e.key),
         );
     }
-    Ok(out)
+    Ok(held)
 }
 
-/// Which of `keys` are held now.
-async fn held_among(mgmt: &Management, keys: &[EntryKey]) -> Result<Vec<EntryKey>, String> {
-    let mut sorted = keys.to_vec();
-    sorted.sort();
-    keys_where(mgmt, &sorted, |e| e.held).await
-}
-
-/// Holds again those of `held` (entries held before a bounce released
-/// them) that are still queued and were not bounced.
-async fn rehold_untaken(mgmt: &Management, mut held: Vec<EntryKey>) -> Result<(), String> {
+/// After a bounce of `keys`, in one read of each message: how many
+/// messages it emptied (nothing left but owed notices), and holds again
+/// those of `held` (held before the bounce released them) that it did not
+/// take (in flight at that moment, or another node's), which would
+/// otherwise go out at their next retry, the opposite of what was asked.
+async fn after_bounce(
+    mgmt: &Management,
+    keys: &[EntryKey],
+    mut held: Vec<EntryKey>,
+) -> Result<usize, String> {
     held.sort();
-    let again = keys_where(mgmt, &held, |e| !e.held && !e.is_notice_owed()).await?;
-    if again.is_empty() {
-        return Ok(());
+    let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
+    messages.sort();
+    messages.dedup();
+    let mut removed = 0;
+    let mut again = Vec::new();
+    for id in messages {
+        let left = mgmt
+            .spool
+            .data
+            .entries(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if left.iter().all(|e| e.is_notice_owed()) {
+            removed += 1;
+        }
+        again.extend(
+            left.iter()
+                .filter(|e| !e.held && !e.is_notice_owed() && held.binary_search(&e.key).is_ok())
+                .map(|e| e.key),
+        );
     }
-    let n = mgmt
-        .spool
-        .data
-        .admin(&again, AdminAction::Hold)
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(
-        recipients = n,
-        "queue bounce: held mail not bounced (in flight) is held again"
-    );
-    if let Some(c) = mgmt.control.as_ref() {
-        c.reread(again, false).await;
+    if !again.is_empty() {
+        let n = mgmt
+            .spool
+            .data
+            .admin(&again, AdminAction::Hold)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            recipients = n,
+            "queue bounce: held mail not bounced (in flight) is held again"
+        );
+        if let Some(c) = mgmt.control.as_ref() {
+            c.reread(again, false).await;
+        }
     }
-    Ok(())
+    Ok(removed)
 }
 
 async fn all_messages(
@@ -805,30 +821,11 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
                 control.bounce(keys.clone(), reason).await
             };
             let recipients = done.map_err(|e| e.to_string())?;
-            if bounce {
-                // Held mail the engine did not take (in flight at that
-                // moment, or another node's) was released above for
-                // nothing: it goes back on hold, or it would be delivered
-                // at its next retry, the opposite of what was asked.
-                rehold_untaken(mgmt, held).await?;
-            }
-            let mut removed_messages = 0;
-            if bounce {
-                let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
-                messages.sort();
-                messages.dedup();
-                for id in messages {
-                    let left = mgmt
-                        .spool
-                        .data
-                        .entries(id)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if left.iter().all(|e| e.is_notice_owed()) {
-                        removed_messages += 1;
-                    }
-                }
-            }
+            let removed_messages = if bounce {
+                after_bounce(mgmt, &keys, held).await?
+            } else {
+                0
+            };
             // The engine re-reads the entries itself: no `changed` below.
             tracing::info!(action = %a.action, recipients, "queue action");
             return Ok(json(
