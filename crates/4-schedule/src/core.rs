@@ -40,7 +40,8 @@
 //! * **Age-weighted priority** ([`AGE_STEP_MS`]): order within a lane.
 //! * **2:1 fresh-first alternation** ([`FRESH_PER_RETRY`]): lane selection.
 //! * **Per-destination slow start** ([`SLOW_START_INITIAL`]) and
-//!   **dead-destination suspension with a single probe**.
+//!   **dead-destination suspension with a single probe**, its backlog
+//!   deferred in batches ([`SUSPENDED_DRAIN_MAX`]).
 //! * **Destination round robin with headroom**: isolation between
 //!   destinations inside one virtual queue.
 //! * **Token-bucket queue rate**: `rate = "500/1s"`, per node or, with a
@@ -101,6 +102,15 @@ pub const FRESH_PER_RETRY: u8 = 2;
 /// probe job is let through; an answer resumes the destination at this
 /// window, a failure suspends it again.
 pub const SLOW_START_INITIAL: u32 = 2;
+
+/// **Suspension deferrals in small batches.** A suspended destination's
+/// ready entries are deferred without a connection, but each deferral is
+/// still a job: a claim and a write to the store. At most this many are in
+/// flight per destination; the rest follow as they finish. Without the
+/// bound a dead destination with a large backlog (after a restart, say)
+/// would start tens of thousands of jobs at once, and their store writes
+/// would hold up every other destination's.
+pub const SUSPENDED_DRAIN_MAX: u32 = 32;
 
 /// **Restart spreading.** Entries recovered at start-up that are overdue
 /// retries are not all made due at once: each gets a uniform random due time
@@ -205,6 +215,9 @@ struct ReadyQueue {
     retry: BTreeSet<(i64, u32)>,
     /// Delivery jobs in flight (connections).
     in_flight: u32,
+    /// Suspension deferrals in flight (no connection; see
+    /// [`SUSPENDED_DRAIN_MAX`]).
+    draining: u32,
     /// Slow-start window.
     window: u32,
     /// Consecutive connection-level failures.
@@ -1011,6 +1024,7 @@ impl Scheduler {
             failures: 0,
             suspended_until: None,
             probing: false,
+            draining: 0,
             fresh_run: 0,
             in_ring: false,
             last_error: None,
@@ -1451,13 +1465,16 @@ impl Scheduler {
                 .as_deref()
                 .unwrap_or("destination not responding")
         );
-        while self.rq(rqid).has_ready() {
+        while self.rq(rqid).has_ready() && self.rq(rqid).draining < SUSPENDED_DRAIN_MAX {
             let mode = Mode::Suspended {
                 reason: reason.clone(),
                 until,
             };
             match self.build_job(rqid, mode, false) {
-                Some(d) => out.push(d),
+                Some(d) => {
+                    self.rq_mut(rqid).draining += 1;
+                    out.push(d);
+                }
                 None => break,
             }
         }
@@ -1542,6 +1559,9 @@ impl Scheduler {
             self.rq_mut(rqid).in_flight -= 1;
             self.q_mut(qid).in_flight -= 1;
             self.apply_health(rqid, report.health, now);
+        } else {
+            let rq = self.rq_mut(rqid);
+            rq.draining = rq.draining.saturating_sub(1);
         }
         let next: HashMap<EntryKey, Next> = report.next.into_iter().collect();
         let mut reload = Vec::new();

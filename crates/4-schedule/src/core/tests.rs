@@ -1078,6 +1078,71 @@ fn dead_destination(n: u64) -> (Scheduler, Vec<MessageId>) {
     (s, ids)
 }
 
+/// A suspended destination's backlog is deferred in batches of at most
+/// [`SUSPENDED_DRAIN_MAX`] jobs in flight, the next ones as those finish,
+/// and another destination's mail goes out meanwhile.
+#[test]
+fn a_suspended_backlog_is_deferred_in_small_batches() {
+    let mut s = sched("[queue.virtual.default]\ndestination.failure-limit = 1\n");
+    fill(&mut s, "dead.example", 500, 0);
+    // The first delivery fails at the connection: suspended.
+    let first = s.poll(T0);
+    let (probe, rest): (Vec<_>, Vec<_>) = first.into_iter().partition(|d| d.mode == Mode::Deliver);
+    finish(
+        &mut s,
+        &probe[0],
+        Health::ConnectionFailed {
+            reason: "refused".into(),
+        },
+        Next::Retry { due: T0 + HOUR_MS },
+        T0,
+    );
+    for d in probe.iter().skip(1).chain(&rest) {
+        finish(
+            &mut s,
+            d,
+            Health::NotAttempted,
+            Next::Retry { due: T0 + HOUR_MS },
+            T0,
+        );
+    }
+    fill(&mut s, "alive.example", 1, 10_000);
+    let mut deferred = 0;
+    let mut rounds = 0;
+    let mut alive_sent = false;
+    loop {
+        let jobs = s.poll(T0);
+        if jobs.is_empty() {
+            break;
+        }
+        rounds += 1;
+        let draining = jobs
+            .iter()
+            .filter(|d| matches!(d.mode, Mode::Suspended { .. }))
+            .count();
+        assert!(draining as u32 <= SUSPENDED_DRAIN_MAX, "{draining} at once");
+        for d in &jobs {
+            if d.domain == "alive.example" {
+                alive_sent = true;
+                finish(&mut s, d, Health::Answered, Next::Gone, T0);
+            } else {
+                deferred += d.rcpts.len();
+                finish(
+                    &mut s,
+                    d,
+                    Health::NotAttempted,
+                    Next::Retry { due: T0 + HOUR_MS },
+                    T0,
+                );
+            }
+        }
+    }
+    assert!(alive_sent, "the other destination was served");
+    assert!(rounds > 1, "in batches");
+    // Everything not in the first round was deferred without a connection.
+    assert!(deferred >= 400, "{deferred}");
+}
+
 /// `queue retry` of entries whose destination is suspended probes that
 /// destination now (as ETRN does), instead of the retried entries being
 /// deferred again without a connection.
