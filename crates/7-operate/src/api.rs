@@ -520,26 +520,28 @@ async fn all_entries(spool: &Spool) -> Result<BTreeMap<MessageId, Vec<QueueEntry
     Ok(by_msg)
 }
 
-/// Every queued message with its envelope and the entries `keep` keeps,
-/// in id order (messages whose envelope is gone meanwhile are skipped).
-/// Entries are filtered before any envelope is read: with a large backlog,
-/// `--queue q` reads the envelopes of q's messages only.
+/// The messages `keys` belong to, each once, in order.
+fn messages_of(keys: &[EntryKey]) -> Vec<MessageId> {
+    let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
+    messages.sort();
+    messages.dedup();
+    messages
+}
+
+/// Message `id`'s entries as the store has them now.
+async fn entries_now(mgmt: &Management, id: MessageId) -> Result<Vec<QueueEntry>, String> {
+    mgmt.spool.data.entries(id).await.map_err(|e| e.to_string())
+}
+
 /// Which of `keys` are held now.
 async fn held_among(mgmt: &Management, keys: &[EntryKey]) -> Result<Vec<EntryKey>, String> {
     let mut sorted = keys.to_vec();
     sorted.sort();
-    let mut messages: Vec<MessageId> = sorted.iter().map(|k| k.message).collect();
-    messages.dedup();
     let mut held = Vec::new();
-    for id in messages {
-        let entries = mgmt
-            .spool
-            .data
-            .entries(id)
-            .await
-            .map_err(|e| e.to_string())?;
+    for id in messages_of(&sorted) {
         held.extend(
-            entries
+            entries_now(mgmt, id)
+                .await?
                 .iter()
                 .filter(|e| e.held && sorted.binary_search(&e.key).is_ok())
                 .map(|e| e.key),
@@ -559,18 +561,10 @@ async fn after_bounce(
     mut held: Vec<EntryKey>,
 ) -> Result<usize, String> {
     held.sort();
-    let mut messages: Vec<MessageId> = keys.iter().map(|k| k.message).collect();
-    messages.sort();
-    messages.dedup();
     let mut removed = 0;
     let mut again = Vec::new();
-    for id in messages {
-        let left = mgmt
-            .spool
-            .data
-            .entries(id)
-            .await
-            .map_err(|e| e.to_string())?;
+    for id in messages_of(keys) {
+        let left = entries_now(mgmt, id).await?;
         if left.iter().all(|e| e.is_notice_owed()) {
             removed += 1;
         }
@@ -598,6 +592,10 @@ async fn after_bounce(
     Ok(removed)
 }
 
+/// Every queued message with its envelope and the entries `keep` keeps,
+/// in id order (messages whose envelope is gone meanwhile are skipped).
+/// Entries are filtered before any envelope is read: with a large backlog,
+/// `--queue q` reads the envelopes of q's messages only.
 async fn all_messages(
     spool: &Spool,
     keep: impl Fn(&QueueEntry) -> bool,
@@ -704,12 +702,7 @@ async fn show(mgmt: &Management, id: MessageId) -> Result<Option<MessageView>, S
     else {
         return Ok(None);
     };
-    let entries = mgmt
-        .spool
-        .data
-        .entries(id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let entries = entries_now(mgmt, id).await?;
     Ok(Some(MessageView::new(&env, &entries)))
 }
 
