@@ -100,13 +100,13 @@ fn check_outcomes(
 ) {
     for value in expr.constant_outcomes() {
         if let Err(expected) = check(value) {
-            let span = r.value_span(sec, key);
-            r.error(
-                &span,
-                Problem::Invalid(format!(
+            r.invalid(
+                sec,
+                key,
+                format!(
                     "'{}' must give {expected}, but gives {value}",
                     sec.path(key)
-                )),
+                ),
             );
             return;
         }
@@ -159,12 +159,10 @@ fn server(r: &mut Reader, root: &Section) -> Server {
     );
     if let Some(h) = r.nonempty_string(&sec, "hostname") {
         if h.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            let span = r.value_span(&sec, "hostname");
-            r.error(
-                &span,
-                Problem::Invalid(format!(
-                    "'server.hostname' must be a host name without spaces, found '{h}'"
-                )),
+            r.invalid(
+                &sec,
+                "hostname",
+                format!("'server.hostname' must be a host name without spaces, found '{h}'"),
             );
         } else {
             out.hostname = h;
@@ -199,14 +197,10 @@ fn server(r: &mut Reader, root: &Section) -> Server {
                 let l = listener(r, id, &s)?;
                 for addr in &l.bind {
                     if let Some(other) = bound.insert(*addr, l.id.clone()) {
-                        let span = r.value_span(&s, "bind");
-                        r.error(
-                            &span,
-                            Problem::Invalid(format!(
+                        r.invalid(&s, "bind", format!(
                                 "address {addr} of listener '{}' is already bound by listener '{other}'",
                                 l.id
-                            )),
-                        );
+                            ));
                     }
                 }
                 Some(l)
@@ -233,13 +227,10 @@ fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
     if r.require(sec, "bind") {
         let items = r.strings(sec, "bind")?;
         if items.is_empty() {
-            let span = r.value_span(sec, "bind");
-            r.error(
-                &span,
-                Problem::Invalid(format!(
-                    "'{}' must list at least one address",
-                    sec.path("bind")
-                )),
+            r.invalid(
+                sec,
+                "bind",
+                format!("'{}' must list at least one address", sec.path("bind")),
             );
         }
         for (text, span) in items {
@@ -311,13 +302,13 @@ fn certificates(r: &mut Reader, root: &Section) -> BTreeMap<String, Certificate>
             if let Some(v) = value
                 && !looks_like_pem(v)
             {
-                let span = r.value_span(&c, key);
-                r.error(
-                    &span,
-                    Problem::Invalid(format!(
+                r.invalid(
+                    &c,
+                    key,
+                    format!(
                         "'{}' is not PEM (no '-----BEGIN' line); use %{{file:/path/to/file.pem}}%",
                         c.path(key)
-                    )),
+                    ),
                 );
             }
         }
@@ -373,11 +364,7 @@ fn session(
         ] {
             if let Some(d) = r.duration(&t, key) {
                 if d.is_zero() {
-                    let span = r.value_span(&t, key);
-                    r.error(
-                        &span,
-                        Problem::Invalid(format!("'{}' must be longer than 0s", t.path(key))),
-                    );
+                    r.invalid(&t, key, format!("'{}' must be longer than 0s", t.path(key)));
                 } else {
                     *slot = d;
                 }
@@ -398,16 +385,12 @@ fn session(
         }
         if let Some(n) = r.size(&d, "max-memory") {
             if n < out.data.max_message_size {
-                let span = r.value_span(&d, "max-memory");
-                r.error(
-                    &span,
-                    Problem::Invalid(format!(
+                r.invalid(&d, "max-memory", format!(
                         "'{}' ({n} bytes) is smaller than '{}' ({} bytes): a message of the largest size could never be received",
                         d.path("max-memory"),
                         d.path("max-message-size"),
                         out.data.max_message_size
-                    )),
-                );
+                    ));
             } else {
                 out.data.max_memory = Some(n);
             }
@@ -585,13 +568,13 @@ fn directories(r: &mut Reader, root: &Section) -> BTreeMap<String, Directory> {
         if let Some(t) = r.required_string(&d, "type")
             && t != "memory"
         {
-            let span = r.value_span(&d, "type");
-            r.error(
-                &span,
-                Problem::Invalid(format!(
+            r.invalid(
+                &d,
+                "type",
+                format!(
                     "'{}' is \"{t}\"; the directory type this release has is \"memory\"",
                     d.path("type")
-                )),
+                ),
             );
         }
         let mut principals: Vec<Principal> = Vec::new();
@@ -611,22 +594,18 @@ fn directories(r: &mut Reader, root: &Section) -> BTreeMap<String, Directory> {
             if let Some(s) = &secret
                 && let Some(problem) = secret_problem(s)
             {
-                let span = r.value_span(&p, "secret");
-                r.error(
-                    &span,
-                    Problem::Invalid(format!("'{}': {problem}", p.path("secret"))),
-                );
+                r.invalid(&p, "secret", format!("'{}': {problem}", p.path("secret")));
             }
             if let Some(n) = &name
                 && principals.iter().any(|q| &q.name == n)
             {
-                let span = r.value_span(&p, "name");
-                r.error(
-                    &span,
-                    Problem::Invalid(format!(
+                r.invalid(
+                    &p,
+                    "name",
+                    format!(
                         "'{}': principal '{n}' is listed twice in [directory.{id}]",
                         p.path("name")
-                    )),
+                    ),
                 );
             }
             if let (Some(name), Some(secret)) = (name, secret) {
@@ -959,13 +938,13 @@ fn store(r: &mut Reader, sec: &Section) -> Option<StoreKind> {
                 if u.starts_with("postgresql://") || u.starts_with("postgres://") {
                     *url = u;
                 } else {
-                    let span = r.value_span(sec, "url");
-                    r.error(
-                        &span,
-                        Problem::Invalid(format!(
+                    r.invalid(
+                        sec,
+                        "url",
+                        format!(
                             "'{}' must be a postgresql:// URL, e.g. postgresql://user@host:5432/db",
                             sec.path("url")
-                        )),
+                        ),
                     );
                 }
             }
@@ -1013,14 +992,10 @@ fn signature(r: &mut Reader, id: String, sec: &Section) -> Option<Signature> {
     if let Some(k) = &private_key
         && !looks_like_pem(k)
     {
-        let span = r.value_span(sec, "private-key");
-        r.error(
-            &span,
-            Problem::Invalid(format!(
+        r.invalid(sec, "private-key", format!(
                 "'{}' is not a PEM private key (no '-----BEGIN' line); use %{{file:/path/to/key.pem}}%",
                 sec.path("private-key")
-            )),
-        );
+            ));
     }
     let domain = r.required_string(sec, "domain");
     let selector = r.required_string(sec, "selector");
@@ -1051,14 +1026,10 @@ fn signature(r: &mut Reader, id: String, sec: &Section) -> Option<Signature> {
         match parsed {
             Some((header, body)) => canonicalization = Canonicalization { header, body },
             None => {
-                let span = r.value_span(sec, "canonicalization");
-                r.error(
-                    &span,
-                    Problem::Invalid(format!(
+                r.invalid(sec, "canonicalization", format!(
                         "'{}' must be HEADER/BODY with each simple or relaxed, e.g. relaxed/relaxed; found '{c}'",
                         sec.path("canonicalization")
-                    )),
-                );
+                    ));
             }
         }
     }
@@ -1072,13 +1043,10 @@ fn signature(r: &mut Reader, id: String, sec: &Section) -> Option<Signature> {
             .map(|(h, _)| h.trim().to_string())
             .collect();
         if !headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
-            let span = r.value_span(sec, "headers");
-            r.error(
-                &span,
-                Problem::Invalid(format!(
-                    "'{}' must include From (RFC 6376 5.4)",
-                    sec.path("headers")
-                )),
+            r.invalid(
+                sec,
+                "headers",
+                format!("'{}' must include From (RFC 6376 5.4)", sec.path("headers")),
             );
         }
     }
@@ -1243,14 +1211,14 @@ fn queue(r: &mut Reader, root: &Section) -> Queue {
 /// the same table): which one wins would be a guess.
 fn both_spellings(r: &mut Reader, sec: &Section, ours: &str, theirs: &str) {
     if sec.get(ours).is_some() && sec.get(theirs).is_some() {
-        let span = r.value_span(sec, theirs);
-        r.error(
-            &span,
-            Problem::Invalid(format!(
+        r.invalid(
+            sec,
+            theirs,
+            format!(
                 "'{}' and '{}' are the same settings; keep one",
                 sec.path(theirs),
                 sec.path(ours)
-            )),
+            ),
         );
     }
 }
@@ -1342,9 +1310,9 @@ impl Stage {
 fn warn_unavailable(r: &mut Reader, sec: &Section, key: &str, e: &Expr, stage: Stage) {
     for v in e.variables() {
         if !stage.has(v) {
-            let span = r.value_span(sec, key);
-            r.warn(
-                &span,
+            r.warn_value(
+                sec,
+                key,
                 format!(
                     "'{}' reads '{v}', which has no value there ({}), so it is always Null",
                     sec.path(key),
@@ -1362,14 +1330,10 @@ fn warn_unavailable(r: &mut Reader, sec: &Section, key: &str, e: &Expr, stage: S
 fn inbound_limiters(r: &mut Reader, sec: &Section) -> Vec<InboundLimiter> {
     r.check_keys(sec, &["inbound", "outbound"], false);
     if sec.get("outbound").is_some() {
-        let span = r.value_span(sec, "outbound");
-        r.error(
-            &span,
-            Problem::Invalid(format!(
+        r.invalid(sec, "outbound", format!(
                 "'{}' is not supported: limit deliveries with [queue.virtual.<name>] rate and destination.concurrency",
                 sec.path("outbound")
-            )),
-        );
+            ));
     }
     let Some(inbound) = r.sub(sec, "inbound") else {
         return Vec::new();
@@ -1467,9 +1431,9 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
             out.mta_sts = Some(e);
         }
         if t.get("dane").is_some() {
-            let span = r.value_span(&t, "dane");
-            r.warn(
-                &span,
+            r.warn_value(
+                &t,
+                "dane",
                 format!(
                     "'{}' is ignored: Ferrymail does not do DANE (RFC 7672); MTA-STS is '{}'",
                     t.path("dane"),
@@ -1566,11 +1530,7 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
             };
             if let Some(d) = r.duration(&t, key) {
                 if d.is_zero() {
-                    let span = r.value_span(&t, key);
-                    r.error(
-                        &span,
-                        Problem::Invalid(format!("'{}' must be longer than 0s", t.path(key))),
-                    );
+                    r.invalid(&t, key, format!("'{}' must be longer than 0s", t.path(key)));
                 } else {
                     *slot = d;
                 }
@@ -1587,14 +1547,14 @@ fn outbound(r: &mut Reader, sec: &Section) -> Outbound {
         r.check_keys(&l, &["mx", "multihomed"], false);
         for (key, ours) in [("mx", "max-mx"), ("multihomed", "max-multihomed")] {
             if sec.get(ours).is_some() && l.get(key).is_some() {
-                let span = r.value_span(&l, key);
-                r.error(
-                    &span,
-                    Problem::Invalid(format!(
+                r.invalid(
+                    &l,
+                    key,
+                    format!(
                         "'{}' and '{}' are the same setting; keep one",
                         l.path(key),
                         sec.path(ours)
-                    )),
+                    ),
                 );
             }
         }
@@ -1734,10 +1694,10 @@ fn virtual_queue(
         }
         if let Some(t) = r.duration(&d, "suspend") {
             if t.is_zero() {
-                let span = r.value_span(&d, "suspend");
-                r.error(
-                    &span,
-                    Problem::Invalid(format!("'{}' must be longer than 0s", d.path("suspend"))),
+                r.invalid(
+                    &d,
+                    "suspend",
+                    format!("'{}' must be longer than 0s", d.path("suspend")),
                 );
             } else {
                 out.destination.suspend = t;
@@ -1773,13 +1733,10 @@ fn rate_key(r: &mut Reader, sec: &Section, key: &str) -> Option<Rate> {
     match parse_rate(&text) {
         Ok(rate) => Some(rate),
         Err(why) => {
-            let span = r.value_span(sec, key);
-            r.error(
-                &span,
-                Problem::Invalid(format!(
-                    "invalid rate '{text}' for '{}': {why}",
-                    sec.path(key)
-                )),
+            r.invalid(
+                sec,
+                key,
+                format!("invalid rate '{text}' for '{}': {why}", sec.path(key)),
             );
             None
         }
@@ -1882,13 +1839,13 @@ fn route(r: &mut Reader, id: String, sec: &Section) -> Option<Route> {
             if pem.contains("-----BEGIN CERTIFICATE-----") {
                 out.tls_ca = Some(pem);
             } else {
-                let span = r.value_span(&tls, "ca");
-                r.error(
-                    &span,
-                    Problem::Invalid(format!(
+                r.invalid(
+                    &tls,
+                    "ca",
+                    format!(
                         "'{}' holds no PEM certificate (write \"%{{file:/path/ca.pem}}%\")",
                         tls.path("ca")
-                    )),
+                    ),
                 );
             }
         }
@@ -1907,14 +1864,14 @@ fn route(r: &mut Reader, id: String, sec: &Section) -> Option<Route> {
             out.tls.allow_invalid_certs = b;
         }
         if out.tls.implicit && out.tls.mode == TlsMode::Disable {
-            let span = r.value_span(&tls, "mode");
-            r.error(
-                &span,
-                Problem::Invalid(format!(
+            r.invalid(
+                &tls,
+                "mode",
+                format!(
                     "'{}' = \"disable\" contradicts '{}' = true",
                     tls.path("mode"),
                     tls.path("implicit")
-                )),
+                ),
             );
         }
     }
@@ -1984,13 +1941,13 @@ fn report(
             if a.contains('@') && !a.contains(char::is_whitespace) {
                 dsn.double_bounce = Some(a);
             } else {
-                let span = r.value_span(&d, "double-bounce");
-                r.error(
-                    &span,
-                    Problem::Invalid(format!(
+                r.invalid(
+                    &d,
+                    "double-bounce",
+                    format!(
                         "'{}' must be an address such as 'postmaster@example.org', found '{a}'",
                         d.path("double-bounce")
-                    )),
+                    ),
                 );
             }
         }
@@ -2029,13 +1986,9 @@ fn report(
             }
             missing.dedup();
             for id in missing {
-                let span = r.value_span(&d, "sign");
-                r.warn(
-                    &span,
-                    format!(
+                r.warn_value(&d, "sign", format!(
                         "'report.dsn.sign' names signature '{id}', which is not defined under [signature.{id}]; DSNs will not be signed with it"
-                    ),
-                );
+                    ));
             }
             dsn.sign = e;
         }
@@ -2053,13 +2006,13 @@ fn cluster(r: &mut Reader, root: &Section) -> Cluster {
     r.check_keys(&sec, &["lease", "poll-interval"], false);
     if let Some(d) = r.duration(&sec, "lease") {
         if d < MIN_LEASE || d > std::time::Duration::from_secs(86_400) {
-            let span = r.value_span(&sec, "lease");
-            r.error(
-                &span,
-                Problem::Invalid(format!(
+            r.invalid(
+                &sec,
+                "lease",
+                format!(
                     "'cluster.lease' must be between {}s and 1d, found {d:?}",
                     MIN_LEASE.as_secs()
-                )),
+                ),
             );
         } else {
             out.lease = d;
@@ -2067,26 +2020,20 @@ fn cluster(r: &mut Reader, root: &Section) -> Cluster {
     }
     if let Some(d) = r.duration(&sec, "poll-interval") {
         if d < std::time::Duration::from_millis(50) || d > std::time::Duration::from_secs(60) {
-            let span = r.value_span(&sec, "poll-interval");
-            r.error(
-                &span,
-                Problem::Invalid(format!(
-                    "'cluster.poll-interval' must be between 50ms and 1m, found {d:?}"
-                )),
+            r.invalid(
+                &sec,
+                "poll-interval",
+                format!("'cluster.poll-interval' must be between 50ms and 1m, found {d:?}"),
             );
         } else {
             out.poll_interval = d;
         }
     }
     if out.poll_interval >= out.lease {
-        let span = r.value_span(&sec, "poll-interval");
-        r.error(
-            &span,
-            Problem::Invalid(format!(
+        r.invalid(&sec, "poll-interval", format!(
                 "'cluster.poll-interval' ({:?}) must be shorter than 'cluster.lease' ({:?}): a node must hear of other nodes' changes before their leases run out",
                 out.poll_interval, out.lease
-            )),
-        );
+            ));
     }
     out
 }
@@ -2126,13 +2073,11 @@ fn resolver(r: &mut Reader, root: &Section) -> Resolver {
         }
     }
     if out.kind == ResolverKind::Custom && out.custom.is_empty() && !sec.has("custom") {
-        let span = r.value_span(&sec, "type");
-        r.error(
-            &span,
-            Problem::Invalid(
-                "'resolver.type' = \"custom\" needs 'resolver.custom', a list of name servers"
-                    .to_string(),
-            ),
+        r.invalid(
+            &sec,
+            "type",
+            "'resolver.type' = \"custom\" needs 'resolver.custom', a list of name servers"
+                .to_string(),
         );
     }
     out

@@ -142,6 +142,19 @@ impl Reader {
         self.errors.push(e);
     }
 
+    /// Records that `sec`'s `key` has a value that is not allowed, `why`
+    /// saying what is wrong, at the value's line.
+    pub fn invalid(&mut self, sec: &Section, key: &str, why: String) {
+        let span = self.value_span(sec, key);
+        self.error(&span, Problem::Invalid(why));
+    }
+
+    /// Records a warning about `sec`'s `key`, at the value's line.
+    pub fn warn_value(&mut self, sec: &Section, key: &str, text: String) {
+        let span = self.value_span(sec, key);
+        self.warn(&span, text);
+    }
+
     /// Records a warning at `span`.
     pub fn warn(&mut self, span: &Range<usize>, text: String) {
         let e = self.located(span, Problem::Invalid(text));
