@@ -16,6 +16,11 @@ fn ok(text: &str) -> Config {
 }
 
 /// The first error, as `ferrymail check` prints it.
+/// A configuration's warnings as the server prints them.
+fn warnings(c: &Config) -> Vec<String> {
+    c.warnings.iter().map(ToString::to_string).collect()
+}
+
 fn err(text: &str) -> String {
     match parse(text, Path::new(FILE)) {
         Ok(_) => panic!("expected an error for:\n{text}"),
@@ -195,10 +200,7 @@ fn seed_dsn_block_verbatim() {
     assert_eq!(dsn.sign.eval_strings(&()), vec!["rsa"]);
     // No [signature.rsa] here: allowed, but worth a warning at the sign line.
     assert_eq!(
-        c.warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
+        warnings(&c),
         vec![
             "/etc/ferrymail.toml:4: 'report.dsn.sign' names signature 'rsa', which is not defined under [signature.rsa]; DSNs will not be signed with it"
         ]
@@ -487,10 +489,7 @@ fn lmtp_on_port_25_is_warned_about() {
     let c = ok("[server.listener.lmtp]\nbind = [\"0.0.0.0:25\"]\nprotocol = \"lmtp\"\n");
     assert_eq!(c.server.listeners[0].protocol, Protocol::Lmtp);
     assert_eq!(
-        c.warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
+        warnings(&c),
         [
             "/etc/ferrymail.toml:2: 'server.listener.lmtp.bind': LMTP must not be used on port 25 (RFC 2033 §5), which SMTP clients expect to speak SMTP"
         ]
@@ -1836,10 +1835,7 @@ route = [ { if = "retry_num > 3", then = "'backup'" },
 relay = "size < 1000"
 "#);
     assert_eq!(
-        c.warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
+        warnings(&c),
         vec![
             "/etc/ferrymail.toml:6: 'queue.strategy.queue' reads 'queue', which has no value there (each recipient is routed once, when the message is accepted), so it is always Null",
             "/etc/ferrymail.toml:7: 'queue.strategy.route' reads 'retry_num', which has no value there (each recipient is routed once, when the message is accepted), so it is always Null",
@@ -2032,10 +2028,7 @@ mail-from = [ { if = "is_empty(authenticated_as) && rcpt_domain == 'x'", then = 
 verify = [ { if = "size > 1000 && helo_domain != ''", then = "relaxed" }, { else = "strict" } ]
 "#);
     assert_eq!(
-        c.warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
+        warnings(&c),
         vec![
             "/etc/ferrymail.toml:2: 'auth.spf.verify.ehlo' reads 'sender_domain', which has no value there (the HELO name is checked at EHLO, before any transaction), so it is always Null",
             "/etc/ferrymail.toml:3: 'auth.spf.verify.mail-from' reads 'authenticated_as', which has no value there (mail from authenticated sessions is never verified), so it is always Null",
@@ -2121,10 +2114,7 @@ mta-sts = [ { if = "rcpt_domain == 'bank.test'", then = "require" },
     // DANE is Stalwart's too, but not done: said, not silently dropped.
     let c = ok("[queue.outbound.tls]\ndane = \"optional\"\n");
     assert_eq!(
-        c.warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
+        warnings(&c),
         [
             "/etc/ferrymail.toml:2: 'queue.outbound.tls.dane' is ignored: Ferrymail does not do DANE (RFC 7672); MTA-STS is 'queue.outbound.tls.mta-sts'"
         ]
