@@ -72,22 +72,12 @@ impl TlsConfigs {
     /// private CA is then checked, not waved through with
     /// `allow-invalid-certs`.
     pub fn verify_also(&self, pem: &str) -> Result<Arc<ClientConfig>, TlsSetupError> {
-        use rustls::pki_types::pem::PemObject;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(TlsSetupError::Ca("no certificate".into()));
-        }
+        let certs = route_ca(pem)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         roots.add_parsable_certificates(self.extra.iter().cloned());
-        for cert in &certs {
-            roots
-                .add(cert.clone())
-                .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
-        }
+        roots.add_parsable_certificates(certs);
         Ok(Arc::new(
             ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()?
@@ -97,9 +87,30 @@ impl TlsConfigs {
     }
 }
 
+/// The certificates of a route's `tls.ca` (PEM), each one rustls takes as a
+/// trust anchor; an error when there is none or one is not usable. What
+/// `ferrymail check` (and a reload) checks, without building a whole
+/// verifying configuration.
+pub fn route_ca(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::Ca("no certificate".into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| TlsSetupError::Ca(e.to_string()))?;
+    }
+    Ok(certs)
+}
+
 /// The operating system's trust anchors (`/etc/ssl/certs` and the like,
-/// or the files `SSL_CERT_FILE`/`SSL_CERT_DIR` name), read once per
-/// configuration: a site's own CA installed the usual way is then trusted
+/// or the files `SSL_CERT_FILE`/`SSL_CERT_DIR` name), read once, when the
+/// transport is built: a site's own CA installed the usual way is then trusted
 /// for `require` routes and MTA-STS as it is by the system's other
 /// programs. None readable is not an error: Mozilla's roots remain.
 pub fn os_roots() -> Vec<CertificateDer<'static>> {

@@ -258,17 +258,13 @@ impl Settings {
 /// check` reports (the server would refuse to start, or a reload refuse
 /// the file).
 pub fn unusable_route_cas(config: &Config) -> Vec<(String, String)> {
-    let tls = match TlsConfigs::new(&[]) {
-        Ok(t) => t,
-        Err(e) => return vec![(String::new(), e.to_string())],
-    };
     config
         .queue
         .routes
         .iter()
         .filter_map(|(id, r)| {
             let pem = r.tls_ca.as_ref()?;
-            tls.verify_also(pem)
+            crate::tls::route_ca(pem)
                 .err()
                 .map(|e| (id.clone(), e.to_string()))
         })
