@@ -4,7 +4,7 @@
 //! Every process is killed on drop; every wait is bounded.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -250,26 +250,7 @@ impl PyPeer {
         options["port"] = port.into();
         options["record"] = record.display().to_string().into();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/aiosmtpd_peer.py");
-        let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-            .arg(script)
-            .arg(options.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with aiosmtpd (run scripts/test-deps)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let proc = Proc(child);
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) if line.starts_with("READY") => {}
-            other => panic!("aiosmtpd peer did not start: {other:?}"),
-        }
+        let proc = Proc(ready::spawn_python_ready(&script, &options));
         PyPeer {
             port,
             record,
@@ -527,6 +508,8 @@ impl Proxy {
 
 #[allow(unused_imports)]
 pub use dns::Zone;
+
+mod ready;
 
 mod dns;
 

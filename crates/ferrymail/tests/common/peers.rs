@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use super::{Server, free_port, require};
 
+#[path = "../../../5-deliver/tests/common/ready.rs"]
+mod ready;
+
 /// A child process killed (and reaped) on drop.
 pub struct Proc(pub Child);
 
@@ -305,26 +308,7 @@ pub fn python_peer(script: &str, options: &Value) -> Proc {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
-    let mut child = Command::new("python3")
-        .arg(path)
-        .arg(options.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 with aiosmtpd (run scripts/test-deps)");
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(line) if line.starts_with("READY") => proc,
-        other => panic!("{script} did not start: {other:?}"),
-    }
+    Proc(ready::spawn_python_ready(&path, options))
 }
 
 /// `tests/python/recording_sink.py`: aiosmtpd recording each transaction's
