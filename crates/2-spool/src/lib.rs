@@ -45,25 +45,49 @@ impl Spool {
     /// which a start-up sweep may delete (the `fs` store's,
     /// [`fs::FsBlobStore::sweep_orphans`]); it never leaves an entry pointing
     /// at nothing.
+    ///
+    /// An insert that fails may still have committed: a PostgreSQL connection
+    /// can die after the server applied the statement and before its answer
+    /// arrived. So a failed insert is followed by a read of the envelope. If
+    /// it is there the message is durable, and this returns `Ok`: the client
+    /// gets its 250 and does not send the message a second time. Contents are
+    /// deleted only when the read says the envelope is not there; when the
+    /// read fails too, they are kept for the orphan sweep, since deleting
+    /// them could leave a committed entry pointing at nothing.
     pub async fn accept(
         &self,
         envelope: &Envelope,
         entries: &[QueueEntry],
         contents: Bytes,
     ) -> Result<(), StoreError> {
-        if self.unified {
-            return self
-                .data
+        let inserted = if self.unified {
+            self.data
                 .insert_with_contents(envelope, entries, contents)
-                .await;
+                .await
+        } else {
+            self.blob.put(envelope.id, contents).await?;
+            self.data.insert(envelope, entries).await
+        };
+        let Err(e) = inserted else { return Ok(()) };
+        match self.data.envelope(envelope.id).await {
+            Ok(Some(_)) => {
+                tracing::warn!(
+                    message = %envelope.id,
+                    error = %e,
+                    "spool insert reported an error but committed; the message is kept"
+                );
+                Ok(())
+            }
+            Ok(None) => {
+                if !self.unified {
+                    // The client will get a 4xx and retry, so do not keep the
+                    // orphaned contents around. Best effort: the sweep takes
+                    // what this misses.
+                    let _ = self.blob.delete(envelope.id).await;
+                }
+                Err(e)
+            }
+            Err(_) => Err(e),
         }
-        self.blob.put(envelope.id, contents).await?;
-        if let Err(e) = self.data.insert(envelope, entries).await {
-            // Best effort: the client will get a 4xx and retry, so do not keep
-            // the orphaned contents around.
-            let _ = self.blob.delete(envelope.id).await;
-            return Err(e);
-        }
-        Ok(())
     }
 }
