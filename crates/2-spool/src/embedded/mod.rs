@@ -222,7 +222,16 @@ struct Batch<'a> {
     /// Leases pinned by this batch's `complete`s and `defer`s, with their
     /// deadlines: dropped once the batch is committed, restored if it fails.
     pinned: Vec<(EntryKey, UnixMillis)>,
+    /// What the request being applied overwrote in `writes`, oldest first:
+    /// the key and its previous slot (`None`: the batch had not touched
+    /// it). A request that fails halfway is taken back out of the batch
+    /// with it ([`Batch::roll_back`]), so a request is all or nothing, as
+    /// its caller hears, whatever the others in its batch do.
+    undo: Vec<(Slot, Option<Option<Vec<u8>>>)>,
 }
+
+/// One key of one table, as [`engine::Writes`] is keyed.
+type Slot = (Table, Vec<u8>);
 
 impl<'a> Batch<'a> {
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -233,11 +242,46 @@ impl<'a> Batch<'a> {
     }
 
     fn put(&mut self, t: Table, key: &[u8], value: Vec<u8>) {
-        self.writes.insert((t, key.to_vec()), Some(value));
+        self.write(t, key, Some(value));
     }
 
     fn delete(&mut self, t: Table, key: &[u8]) {
-        self.writes.insert((t, key.to_vec()), None);
+        self.write(t, key, None);
+    }
+
+    fn write(&mut self, t: Table, key: &[u8], value: Option<Vec<u8>>) {
+        let slot = (t, key.to_vec());
+        let before = self.writes.insert(slot.clone(), value);
+        self.undo.push((slot, before));
+    }
+
+    /// Applies one request: all of its writes, or (when it fails) none of
+    /// them, and its pinned leases back as they were.
+    fn apply_whole(&mut self, op: Op) -> Result<Outcome, StoreError> {
+        self.undo.clear();
+        let pinned = self.pinned.len();
+        let result = self.apply(op);
+        if result.is_err() {
+            self.roll_back(pinned);
+        }
+        result
+    }
+
+    /// Undoes the writes of the request being applied, newest first, and
+    /// restores the deadlines of the leases it pinned (from `pinned` on).
+    fn roll_back(&mut self, pinned: usize) {
+        while let Some((slot, before)) = self.undo.pop() {
+            match before {
+                Some(value) => self.writes.insert(slot, value),
+                None => self.writes.remove(&slot),
+            };
+        }
+        let mut leases = self.leases.lock();
+        for (key, until) in self.pinned.drain(pinned..) {
+            if let Some(l) = leases.get_mut(&key) {
+                l.until = until;
+            }
+        }
     }
 
     fn entry(&self, key: EntryKey) -> Result<Option<QueueEntry>, StoreError> {
@@ -367,17 +411,27 @@ impl<'a> Batch<'a> {
                         rcpt: 0,
                     },
                 );
-                let mut out = Vec::new();
+                let mut out: Vec<QueueEntry> = Vec::new();
+                // All or nothing: a claim that fails halfway gives back the
+                // leases it took, since its caller hears of none of them.
+                let give_back = |out: &[QueueEntry], e: StoreError| {
+                    let mut leases = self.leases.lock();
+                    for taken in out {
+                        leases.remove(&taken.key);
+                    }
+                    e
+                };
                 // The engine's view may be stale for entries this batch already
                 // changed; each candidate is re-read through the batch.
-                for k in self.engine.range_keys(Table::Ready, &from, &to)? {
+                let keys = self.engine.range_keys(Table::Ready, &from, &to)?;
+                for k in keys {
                     if out.len() >= c.limit {
                         break;
                     }
                     let Some(key) = EntryKey::from_bytes(&k[9..]) else {
                         continue;
                     };
-                    let Some(mut e) = self.entry(key)? else {
+                    let Some(mut e) = self.entry(key).map_err(|e| give_back(&out, e))? else {
                         continue;
                     };
                     let mut leases = self.leases.lock();
@@ -463,13 +517,19 @@ impl<'a> Batch<'a> {
             }
             Op::Cancel(keys) => {
                 let mut gone = Vec::new();
+                let mut removed = Vec::new();
                 for key in keys {
                     let Some(e) = self.entry(key)? else { continue };
-                    // The delivery holding it finds it gone (NotLeased).
-                    self.leases.lock().remove(&key);
                     if self.remove_entry(&e, false)?.remaining == 0 {
                         gone.push(key.message);
                     }
+                    removed.push(key);
+                }
+                // Once the whole request applies: the delivery holding an
+                // entry finds it gone (NotLeased).
+                let mut leases = self.leases.lock();
+                for key in removed {
+                    leases.remove(&key);
                 }
                 Ok(Outcome::Gone(gone))
             }
@@ -549,13 +609,14 @@ fn writer(engine: Arc<Engine>, leases: Arc<Leases>, rx: std_mpsc::Receiver<Reque
             leases: &leases,
             writes: BTreeMap::new(),
             pinned: Vec::new(),
+            undo: Vec::new(),
         };
         let mut results = Vec::with_capacity(requests.len());
         let mut replies = Vec::with_capacity(requests.len());
         let sync = requests.iter().any(|r| r.op.needs_sync())
             || unsynced_since.is_some_and(|t| t.elapsed() >= MAX_UNSYNCED);
         for r in requests {
-            results.push(batch.apply(r.op));
+            results.push(batch.apply_whole(r.op));
             replies.push(r.reply);
         }
         let writes = std::mem::take(&mut batch.writes);
@@ -910,6 +971,53 @@ mod tests {
         }
 
         crate::conformance_suite!(make);
+    }
+
+    /// A request that fails halfway writes nothing: an admin action or a
+    /// cancel over several entries, one of which will not decode, leaves
+    /// the others as they were, as its caller (told of the error) expects.
+    /// The record that will not decode is written into the engine directly,
+    /// as on-disk corruption would leave it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_request_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let env = crate::conformance::sample_envelope(5, 2);
+        s.insert(&env, &crate::conformance::sample_entries(&env, "q", 1))
+            .await
+            .unwrap();
+        let good = EntryKey {
+            message: env.id,
+            rcpt: 0,
+        };
+        let bad = EntryKey {
+            message: MessageId(6),
+            rcpt: 0,
+        };
+        let mut garbage = engine::Writes::new();
+        garbage.insert(
+            (Table::Entry, bad.to_bytes().to_vec()),
+            Some(b"garbage".to_vec()),
+        );
+        s.engine.commit(garbage, true).unwrap();
+
+        let held = s.admin(&[good, bad], AdminAction::Hold).await;
+        assert!(matches!(held, Err(StoreError::Corrupt { .. })), "{held:?}");
+        let entries = s.entries(env.id).await.unwrap();
+        assert!(entries.iter().all(|e| !e.held), "{entries:?}");
+
+        let cancelled = s.cancel(&[good, bad]).await;
+        assert!(
+            matches!(cancelled, Err(StoreError::Corrupt { .. })),
+            "{cancelled:?}"
+        );
+        assert_eq!(s.entries(env.id).await.unwrap().len(), 2);
+        assert!(s.envelope(env.id).await.unwrap().is_some());
+
+        // The same requests without the bad key apply whole.
+        assert_eq!(s.admin(&[good], AdminAction::Hold).await.unwrap(), 1);
+        assert_eq!(s.cancel(&[good]).await.unwrap(), Vec::<MessageId>::new());
+        assert_eq!(s.entries(env.id).await.unwrap().len(), 1);
     }
 
     /// What was acknowledged survives closing and reopening the store.
