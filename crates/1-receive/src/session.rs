@@ -392,7 +392,14 @@ impl Session {
         if memchr::memchr(0, line).is_some() {
             return self.reply(replies::nul_in_command());
         }
-        let request = match Request::parse(&mut line.iter()) {
+        // ORCPT is taken out first and decoded by `rcpt` (see
+        // `rcpt_params` for why smtp-proto does not parse it).
+        let taken = crate::protocol::rcpt_params::take_orcpt(line);
+        let (parsed, orcpt) = match &taken {
+            Some((rest, value)) => (rest.as_slice(), Some(value.as_str())),
+            None => (line, None),
+        };
+        let request = match Request::parse(&mut parsed.iter()) {
             Ok(r) => r,
             Err(e) => return self.parse_error(e, line),
         };
@@ -403,7 +410,7 @@ impl Session {
             Request::Mail { from } => self.mail(from.into_owned(), line).await,
             Request::Rcpt { to } => {
                 self.checks.verdict().await;
-                self.rcpt(to.into_owned(), line)
+                self.rcpt(to.into_owned(), orcpt, line)
             }
             Request::Data => self.data_command(),
             Request::Bdat {
@@ -717,7 +724,9 @@ impl Session {
         None
     }
 
-    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>, line: &[u8]) -> Flow {
+    /// RCPT TO. `orcpt`: the raw value of the line's ORCPT parameter, taken
+    /// out before smtp-proto parsed the rest.
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>, orcpt: Option<&str>, line: &[u8]) -> Flow {
         let Some(tx) = self.tx.as_ref() else {
             return self.reply(replies::bad_sequence("send MAIL first"));
         };
@@ -759,9 +768,21 @@ impl Session {
         {
             return self.reply(replies::unknown_parameter("(extension not offered)"));
         }
-        if !self.esmtp && (f != 0 || to.orcpt.is_some()) {
+        if !self.esmtp && (f != 0 || to.orcpt.is_some() || orcpt.is_some()) {
             return self.reply(replies::unknown_parameter("(parameters need EHLO)"));
         }
+        // Stored decoded, as `addr-type;address` (RFC 3461 §4.2, RFC 6533 §3).
+        let orcpt = match (orcpt, to.orcpt) {
+            (Some(_), Some(_)) => return self.reply(replies::syntax("ORCPT given twice")),
+            (Some(raw), None) => match ferrymail_spool::orcpt::decode(raw, smtputf8) {
+                Ok(o) => Some(o),
+                Err(e) => return self.reply(replies::syntax(&e.to_string())),
+            },
+            // Taken out before parsing unless the parameters were not
+            // UTF-8; smtp-proto's decoding is all there is then.
+            (None, Some(o)) => Some(format!("rfc822;{o}")),
+            (None, None) => None,
+        };
         if !smtputf8 && address::is_non_ascii(&address) {
             return self.reply(replies::needs_smtputf8());
         }
@@ -831,8 +852,7 @@ impl Session {
         };
         let recipient = Recipient {
             address,
-            // smtp-proto accepts only the rfc822 address type and decodes xtext.
-            orcpt: to.orcpt.map(|o| format!("rfc822;{o}")),
+            orcpt,
             notify,
         };
         if let Some(tx) = self.tx.as_mut() {

@@ -14,6 +14,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod fs;
 pub mod model;
+pub mod orcpt;
 pub mod postgres;
 pub mod store;
 

@@ -192,7 +192,8 @@ pub enum Notify {
 pub struct Recipient {
     /// The forward-path as given, without angle brackets.
     pub address: String,
-    /// ORCPT (RFC 3461 §4.2), kept as `addr-type;xtext-decoded-address`.
+    /// ORCPT (RFC 3461 §4.2), kept decoded as `addr-type;address` (see
+    /// [`crate::orcpt`] for its encodings).
     pub orcpt: Option<String>,
     /// NOTIFY (RFC 3461 §4.1).
     pub notify: Notify,

@@ -418,6 +418,18 @@ fn typed_address(address: &str, utf8: bool) -> String {
 /// the form the parameter arrived in.
 fn original_recipient(orcpt: &str, utf8: bool) -> String {
     let value = clean(orcpt, true);
+    // RFC 6533 §3: a utf-8 address outside message/global-delivery-status
+    // is written as utf-8-addr-xtext, `\x{HEX}` for each non-ASCII
+    // character and for `+`, `=` and `\`.
+    if !utf8
+        && let Some((kind, address)) = value.split_once(';')
+        && ferrymail_spool::orcpt::is_utf8_type(kind.trim())
+    {
+        return format!(
+            "{kind};{}",
+            ferrymail_spool::orcpt::encode_utf8_addr(address.trim_start(), false)
+        );
+    }
     if utf8 || value.is_ascii() {
         return value;
     }

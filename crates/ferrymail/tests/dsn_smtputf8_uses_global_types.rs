@@ -11,7 +11,8 @@
 //!   and finds the recipient with its heuristic detector (SimpleMatch, on
 //!   the text part); Sisimai 4.25 falls back to the text part too and reads
 //!   the recipient and the status there.
-//! * a UTF-8 sender and a UTF-8 recipient (full EAI): the notification
+//! * a UTF-8 sender and a UTF-8 recipient (full EAI), the recipient with
+//!   an ORCPT of RFC 6533's utf-8 type: the notification
 //!   travels with SMTPUTF8 and the email package and dkimpy pass in full.
 //!   flufl.bounce skips non-ASCII addresses by design (its GL#3) and still
 //!   finds the ASCII recipient; Sisimai 4.25 reads nothing at all once the
@@ -114,7 +115,11 @@ fn utf8_sender_and_recipient_full_eai() {
         &run.server,
         "jöran@sender.test",
         "SMTPUTF8 BODY=8BITMIME RET=FULL",
-        &[("müller@dest.test", ""), ("plain@dest.test", "")],
+        // RFC 6533 §3: an ORCPT of type utf-8, as utf-8-addr-unitext.
+        &[
+            ("müller@dest.test", "ORCPT=utf-8;Müller@dest.test"),
+            ("plain@dest.test", ""),
+        ],
         body,
     );
     let got = run.sink.wait(1, Duration::from_secs(30), &run.server);
@@ -127,6 +132,8 @@ fn utf8_sender_and_recipient_full_eai() {
         "sent with SMTPUTF8: {:?}",
         dsn.mail_options
     );
+    let mut mueller = rcpt("müller@dest.test");
+    mueller["original"] = json!("utf-8;Müller@dest.test");
     let sisimai = judge(
         &dsn.data,
         json!({
@@ -134,7 +141,7 @@ fn utf8_sender_and_recipient_full_eai() {
             "from": "MAILER-DAEMON@ferry.test", "to": "jöran@sender.test",
             "envid": null, "returned": "full", "returned_subject": "Grüße aus Köln",
             "body_marker": "BODY-MARKER-7f3a",
-            "recipients": [rcpt("müller@dest.test"), rcpt("plain@dest.test")],
+            "recipients": [mueller, rcpt("plain@dest.test")],
             "flufl": {"permanent": ["plain@dest.test"], "temporary": []},
         }),
         &run.keys,
@@ -142,6 +149,10 @@ fn utf8_sender_and_recipient_full_eai() {
     let text = String::from_utf8_lossy(&dsn.data);
     assert!(
         text.contains("Final-Recipient: utf-8; müller@dest.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Original-Recipient: utf-8;Müller@dest.test"),
         "{text}"
     );
     assert!(text.contains("Content-Type: message/global\r\n"), "{text}");

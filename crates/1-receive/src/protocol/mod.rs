@@ -6,5 +6,6 @@ pub mod address;
 pub mod auth_results;
 pub mod data;
 pub mod dialect;
+pub mod rcpt_params;
 pub mod received;
 pub mod reply;

@@ -243,7 +243,16 @@ pub fn rcpt_to(rcpt: &Recipient, plan: &Plan) -> String {
             line.push_str(" ORCPT=");
             line.push_str(kind);
             line.push(';');
-            line.push_str(&xtext(addr));
+            if ferrymail_spool::orcpt::is_utf8_type(kind) {
+                // RFC 6533 §3: utf-8-addr-unitext within SMTPUTF8,
+                // utf-8-addr-xtext (all ASCII) otherwise.
+                line.push_str(&ferrymail_spool::orcpt::encode_utf8_addr(
+                    addr,
+                    plan.smtputf8,
+                ));
+            } else {
+                line.push_str(&xtext(addr));
+            }
         }
     }
     line.push_str("\r\n");
@@ -349,6 +358,30 @@ mod tests {
             ..rcpt("c@x")
         };
         assert_eq!(rcpt_to(&never, &p), "RCPT TO:<c@x> NOTIFY=NEVER\r\n");
+    }
+
+    /// RFC 6533 §3: a `utf-8` ORCPT goes as utf-8-addr-unitext within
+    /// SMTPUTF8 and as utf-8-addr-xtext (ASCII only) without it.
+    #[test]
+    fn utf8_orcpt_takes_the_form_the_transaction_allows() {
+        let r = Recipient {
+            orcpt: Some("utf-8;\u{e9}+1@x".into()),
+            ..rcpt("b@x")
+        };
+        let mut e = env();
+        e.smtputf8 = true;
+        let p = plan(&e, &[&r], b"x", &all()).unwrap();
+        assert!(p.smtputf8);
+        assert_eq!(
+            rcpt_to(&r, &p),
+            "RCPT TO:<b@x> ORCPT=utf-8;\u{e9}\\x{2B}1@x\r\n"
+        );
+        let p = plan(&env(), &[&r], b"x", &all()).unwrap();
+        assert!(!p.smtputf8);
+        assert_eq!(
+            rcpt_to(&r, &p),
+            "RCPT TO:<b@x> ORCPT=utf-8;\\x{E9}\\x{2B}1@x\r\n"
+        );
     }
 
     #[test]

@@ -554,6 +554,17 @@ fn field_values_are_safe_and_folded() {
         "rfc822;+C3+A9@x"
     );
     assert_eq!(original_recipient("rfc822;a@x", false), "rfc822;a@x");
+    // RFC 6533 §3: a utf-8 one as utf-8-addr-xtext, or as it is in a
+    // global report.
+    assert_eq!(
+        original_recipient("utf-8;\u{e9}@x", false),
+        "utf-8;\\x{E9}@x"
+    );
+    assert_eq!(original_recipient("utf-8;\u{e9}@x", true), "utf-8;\u{e9}@x");
+    assert_eq!(
+        original_recipient("utf-8;a+b@x", false),
+        "utf-8;a\\x{2B}b@x"
+    );
 }
 
 /// The header section ends at the first empty line (CRLF or LF), or is the
