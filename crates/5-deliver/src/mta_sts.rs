@@ -59,6 +59,10 @@ pub struct StsCache {
     /// id wait for the first one's fetch instead of each fetching.
     fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     fetches: AtomicU64,
+    /// Fetches that gave a policy. Counted apart, not as started minus
+    /// failed: that difference counts a fetch in flight as a success and
+    /// then goes down when it fails, and a Prometheus counter must not.
+    fetched: AtomicU64,
     /// Fetches that failed (no policy, or the kept one stayed in force).
     failed_fetches: AtomicU64,
     /// Where the policies are kept across restarts; `None`: memory only.
@@ -86,6 +90,8 @@ type Held = (Option<(String, Arc<Policy>)>, Option<String>);
 pub struct StsStats {
     /// Policy fetches started.
     pub fetches: u64,
+    /// Of those, the ones that gave a policy.
+    pub succeeded_fetches: u64,
     /// Of those, the ones that failed.
     pub failed_fetches: u64,
     /// Unexpired policies kept in `enforce` mode.
@@ -186,6 +192,7 @@ impl StsCache {
         }
         StsStats {
             fetches: self.fetches(),
+            succeeded_fetches: self.fetched.load(Ordering::Relaxed),
             failed_fetches: self.failed_fetches.load(Ordering::Relaxed),
             enforce: by_mode[Mode::Enforce as usize],
             testing: by_mode[Mode::Testing as usize],
@@ -370,6 +377,7 @@ impl StsCache {
         let entry = map.entry(domain.to_string()).or_default();
         match fetched {
             Ok(policy) => {
+                self.fetched.fetch_add(1, Ordering::Relaxed);
                 let policy = Arc::new(policy);
                 let now = SystemTime::now();
                 entry.policy = Some((id, policy.clone(), now + policy.max_age));

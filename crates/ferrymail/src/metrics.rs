@@ -72,7 +72,7 @@ impl MetricsSource for NodeMetrics {
                     samples: vec![
                         (
                             vec![("result", "success".into())],
-                            sts.fetches.saturating_sub(sts.failed_fetches) as f64,
+                            sts.succeeded_fetches as f64,
                         ),
                         (
                             vec![("result", "failure".into())],
