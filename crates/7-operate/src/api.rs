@@ -174,7 +174,16 @@ pub enum ControlError {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
+///
+/// Bounded, since the listener may face the network (a token and TLS): at
+/// most [`MAX_CONNECTIONS`] at once, each closed when a request's header
+/// section takes longer than [`HEADER_READ`] (also between requests: an
+/// idle connection), a JSON body longer than [`BODY_READ`]; and without a
+/// token a client that is not on loopback is closed at once, before it
+/// sends anything. Connections are file descriptors the SMTP listeners
+/// share; a client that opens them and sends nothing must not use them up.
 pub async fn serve(listener: TcpListener, mgmt: Arc<Management>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -187,8 +196,17 @@ pub async fn serve(listener: TcpListener, mgmt: Arc<Management>, shutdown: Cance
             },
             _ = shutdown.cancelled() => return,
         };
+        if mgmt.token.load().is_none() && !is_loopback(peer.ip()) {
+            tracing::info!(remote = %peer.ip(), "management: closed a connection from off loopback (no token is configured)");
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %peer.ip(), limit = MAX_CONNECTIONS, "management: too many connections; closed a new one");
+            continue;
+        };
         let mgmt = mgmt.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match mgmt.tls.load_full() {
                 None => serve_connection(stream, mgmt, peer).await,
                 Some(acceptor) => {
@@ -211,6 +229,26 @@ pub async fn serve(listener: TcpListener, mgmt: Arc<Management>, shutdown: Cance
 /// TLS handshake.
 const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Most management connections open at once; a new one beyond is closed.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long a client has to send a request's header section, counted from
+/// when the connection is ready for one (so also how long it may sit idle).
+pub const HEADER_READ: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a client has to send a JSON request body.
+pub const BODY_READ: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Largest JSON request body taken (a bulk action names at most a few
+/// thousand ids per request).
+pub const MAX_JSON_BODY: usize = 4 << 20;
+
+/// Loopback, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, how
+/// a client of 127.0.0.1 looks to a listener on `[::]`).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 /// Answers the requests of one connection, plain or over TLS.
 async fn serve_connection<S>(stream: S, mgmt: Arc<Management>, peer: SocketAddr)
 where
@@ -221,8 +259,20 @@ where
         async move { Ok::<_, Infallible>(handle(&mgmt, peer, req).await) }
     });
     let _ = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ)
         .serve_connection(TokioIo::new(stream), svc)
         .await;
+}
+
+/// A 400 for a filter given with an empty value (see [`Filter::blank`]).
+fn blank_filter(filter: &Filter) -> Option<Response<Full<Bytes>>> {
+    filter.blank().map(|name| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("filter {name} is empty: it would match everything"),
+        )
+    })
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
@@ -262,7 +312,7 @@ async fn handle(
                 return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             }
         }
-        None if !peer.ip().is_loopback() => {
+        None if !is_loopback(peer.ip()) => {
             return error(
                 StatusCode::FORBIDDEN,
                 "management API answers loopback clients only unless a token is configured",
@@ -308,6 +358,9 @@ async fn handle(
             if let Some(e) = bad_lane(filter.lane.as_deref()) {
                 return e;
             }
+            if let Some(e) = blank_filter(&filter) {
+                return e;
+            }
             list(mgmt, &filter).await.map(|l| json(StatusCode::OK, &l))
         }
         (Method::GET, "/api/queue/shape") => {
@@ -326,8 +379,11 @@ async fn handle(
                 .await
                 .map(|v| json(StatusCode::OK, &v))
         }
-        (Method::GET, p) if p.starts_with("/api/queue/messages/") && p.ends_with("/contents") => {
-            let id = &p["/api/queue/messages/".len()..p.len() - "/contents".len()];
+        (Method::GET, p)
+            if let Some(id) = p
+                .strip_prefix("/api/queue/messages/")
+                .and_then(|rest| rest.strip_suffix("/contents")) =>
+        {
             match id.parse::<MessageId>() {
                 Err(_) => Ok(error(
                     StatusCode::BAD_REQUEST,
@@ -455,11 +511,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, String> {
-    let body = req
-        .into_body()
-        .collect()
+    let body = http_body_util::Limited::new(req.into_body(), MAX_JSON_BODY).collect();
+    let body = tokio::time::timeout(BODY_READ, body)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|_| format!("request body not sent within {} s", BODY_READ.as_secs()))?
+        .map_err(|e| format!("request body: {e}"))?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|e| format!("bad JSON body: {e}"))
 }
@@ -773,6 +829,9 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
             keys.extend(entries.iter().map(|e| e.key));
         }
     } else {
+        if let Some(e) = blank_filter(&a.filter) {
+            return Ok(e);
+        }
         if a.filter == Filter::default() && !a.all {
             return Ok(error(
                 StatusCode::BAD_REQUEST,
@@ -872,7 +931,21 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
 
 #[cfg(test)]
 mod tests {
-    use super::parse_query;
+    use super::{is_loopback, parse_query};
+
+    /// A client of 127.0.0.1 seen by a listener on `[::]` is on loopback.
+    #[test]
+    fn loopback_includes_ipv4_mapped() {
+        for (ip, want) in [
+            ("127.0.0.1", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("::ffff:192.0.2.1", false),
+            ("192.0.2.1", false),
+        ] {
+            assert_eq!(is_loopback(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
 
     #[test]
     fn query_decoding() {

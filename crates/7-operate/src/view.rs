@@ -198,6 +198,23 @@ pub fn in_lane(entry: &QueueEntry, lane: &str) -> bool {
 }
 
 impl Filter {
+    /// The first filter given with an empty or all-space value, by name. An
+    /// empty substring matches every address, so `--sender "$UNSET"` would
+    /// turn a bulk action on some senders into one on the whole queue; such
+    /// a filter is refused instead.
+    pub fn blank(&self) -> Option<&'static str> {
+        [
+            ("queue", &self.queue),
+            ("sender", &self.sender),
+            ("rcpt", &self.rcpt),
+            ("rcpt_domain", &self.rcpt_domain),
+            ("lane", &self.lane),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.as_deref().is_some_and(|v| v.trim().is_empty()))
+        .map(|(name, _)| name)
+    }
+
     /// The part of the filter an entry alone decides (queue and lane), so
     /// that envelopes are read only for entries that pass it.
     pub fn matches_entry(&self, entry: &QueueEntry) -> bool {

@@ -19,13 +19,13 @@ pub enum QueueCmd {
     /// List queued messages and their recipients.
     List {
         /// Only this virtual queue.
-        #[arg(long)]
+        #[arg(long, value_parser = not_blank)]
         queue: Option<String>,
         /// Only senders containing this text.
-        #[arg(long)]
+        #[arg(long, value_parser = not_blank)]
         sender: Option<String>,
         /// Only recipients containing this text.
-        #[arg(long)]
+        #[arg(long, value_parser = not_blank)]
         rcpt: Option<String>,
         /// Only this lane: pending (first attempt not made), deferred
         /// (waiting for a retry) or held.
@@ -108,13 +108,13 @@ pub struct Selection {
     /// Queue ids.
     ids: Vec<String>,
     /// Every message in this virtual queue.
-    #[arg(long)]
+    #[arg(long, value_parser = not_blank)]
     queue: Option<String>,
     /// Every recipient in this domain.
-    #[arg(long = "rcpt-domain")]
+    #[arg(long = "rcpt-domain", value_parser = not_blank)]
     rcpt_domain: Option<String>,
     /// Every message whose sender contains this text.
-    #[arg(long)]
+    #[arg(long, value_parser = not_blank)]
     sender: Option<String>,
     /// Every recipient in this lane: pending, deferred or held (with the
     /// other options: only those in it), as Postfix's `postsuper -d ALL
@@ -127,6 +127,17 @@ pub struct Selection {
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// A filter value must say something: an empty one (`--sender "$UNSET"`)
+/// would match every address and turn a bulk action on some mail into one
+/// on the whole queue. A usage error (exit 2).
+fn not_blank(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(value.to_string())
+    }
 }
 
 /// Entry point of `ferrymail queue`.
@@ -514,7 +525,7 @@ fn print_shape(out: &mut impl Write, view: &ShapeView, top: usize) {
     let width = view
         .rows
         .iter()
-        .take(top + 1)
+        .take(top.saturating_add(1))
         .map(|r| r.name.len())
         .max()
         .unwrap_or(5)
@@ -524,14 +535,14 @@ fn print_shape(out: &mut impl Write, view: &ShapeView, top: usize) {
         header.push_str(&format!(" {b:>6}"));
     }
     let _ = writeln!(out, "{}", header.trim_end());
-    for r in view.rows.iter().take(top + 1) {
+    for r in view.rows.iter().take(top.saturating_add(1)) {
         let mut line = format!("{:>width$} {:>6}", r.name, r.total);
         for c in &r.counts {
             line.push_str(&format!(" {c:>6}"));
         }
         let _ = writeln!(out, "{line}");
     }
-    if view.rows.len() > top + 1 {
+    if view.rows.len() > top.saturating_add(1) {
         let _ = writeln!(
             out,
             "({} more rows; --top N or --json shows them)",
