@@ -300,7 +300,7 @@ impl Reporter {
             };
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(e) => self.take(&mut batcher, e),
+                    Some(e) => self.take(&mut batcher, &mut refused, e),
                     None => break,
                 },
                 _ = sleep => {
@@ -310,7 +310,9 @@ impl Reporter {
                     refused = later;
                     let fresh = batcher.take_due(now).into_iter().map(|b| (b, Duration::ZERO));
                     let retried = again.into_iter().map(|r| (r.batch, r.wait));
-                    for (batch, waited) in fresh.chain(retried).collect::<Vec<_>>() {
+                    // The older ones first: a delay notification that
+                    // waited goes before a fresh failure notification.
+                    for (batch, waited) in retried.chain(fresh).collect::<Vec<_>>() {
                         if let Err(batch) = self.report(batch).await {
                             let wait = if waited.is_zero() {
                                 settings.retry_first
@@ -327,7 +329,7 @@ impl Reporter {
                 }
                 _ = &mut stop => {
                     while let Ok(e) = events.try_recv() {
-                        self.take(&mut batcher, e);
+                        self.take(&mut batcher, &mut refused, e);
                     }
                     break;
                 }
@@ -352,7 +354,18 @@ impl Reporter {
 
     /// Files an event under its group, or drops it when it calls for no
     /// notification.
-    fn take(&self, batcher: &mut Batcher, e: Event) {
+    ///
+    /// An event for a group the spool refused and that waits to be tried
+    /// again joins that group instead of opening a new one: the same owed
+    /// notice comes back when the store hands it over again (a shared
+    /// store's takeover sweep, once its hold lapsed while the notification
+    /// waited), and it must give one notification, not one per hand-over.
+    ///
+    /// A final outcome (failure or success) also takes its recipient out of
+    /// a waiting delay notification of the same message: sent after it,
+    /// "still being retried" would contradict what the sender was told.
+    /// (The store replaced that delay notice by the final one already.)
+    fn take(&self, batcher: &mut Batcher, refused: &mut Vec<Refused>, e: Event) {
         let notify = e
             .envelope
             .recipients
@@ -360,7 +373,31 @@ impl Reporter {
             .map(|r| r.notify)
             .unwrap_or_default();
         match wanted(notify, &e.kind) {
-            Some(kind) => batcher.add(kind, e, std::time::Instant::now()),
+            Some(kind) => {
+                let key = batch::BatchKey {
+                    message: e.envelope.id,
+                    kind,
+                };
+                if kind != Kind::Delay {
+                    let delay = batch::BatchKey {
+                        kind: Kind::Delay,
+                        ..key
+                    };
+                    for r in refused.iter_mut().filter(|r| r.batch.key == delay) {
+                        r.batch.events.retain(|old| old.rcpt != e.rcpt);
+                    }
+                    refused.retain(|r| !r.batch.events.is_empty());
+                }
+                match refused.iter_mut().find(|r| r.batch.key == key) {
+                    Some(waiting) => {
+                        let events = &mut waiting.batch.events;
+                        events.retain(|old| old.rcpt != e.rcpt);
+                        events.push(e);
+                        events.sort_by_key(|ev| ev.rcpt);
+                    }
+                    None => batcher.add(kind, e, std::time::Instant::now()),
+                }
+            }
             None => tracing::debug!(
                 id = %e.envelope.id,
                 rcpt = e.rcpt,

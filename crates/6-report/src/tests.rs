@@ -552,3 +552,123 @@ async fn a_refused_notification_is_tried_again_until_queued() {
     running.finish().await;
     assert!(queued.try_recv().is_err(), "queued once");
 }
+
+/// A reporter whose spool refuses its first `fails` contents writes,
+/// retrying every 100 ms, with its groups closing after 10 ms.
+struct OutageRun {
+    spool: Spool,
+    outage: Arc<Outage>,
+    events: mpsc::UnboundedSender<Event>,
+    queued: mpsc::UnboundedReceiver<Queued>,
+    running: crate::Running,
+}
+
+fn with_outage(fails: u32) -> (OutageRun, tempfile_dir::Dir) {
+    let dir = tempfile_dir::Dir::new();
+    let data = EmbeddedStore::open(&dir.0.join("data")).unwrap();
+    let blobs = EmbeddedStore::open(&dir.0.join("blob")).unwrap();
+    let outage = Arc::new(Outage {
+        inner: blobs.clone(),
+        fails: std::sync::atomic::AtomicU32::new(fails),
+    });
+    let spool = Spool {
+        data: data.clone(),
+        blob: outage.clone(),
+        unified: false,
+    };
+    let (tx, queued) = mpsc::unbounded_channel();
+    let reporter = Reporter::new(
+        &config(""),
+        spool.clone(),
+        Arc::new(IdGenerator::new(1)),
+        tx,
+    )
+    .unwrap();
+    let (events, rx) = mpsc::unbounded_channel();
+    let running = reporter.start(
+        rx,
+        ReportSettings {
+            quiet: Duration::from_millis(10),
+            retry_first: Duration::from_millis(100),
+            retry_max: Duration::from_millis(100),
+            ..ReportSettings::default()
+        },
+    );
+    let run = OutageRun {
+        spool,
+        outage,
+        events,
+        queued,
+        running,
+    };
+    (run, dir)
+}
+
+impl OutageRun {
+    fn refusals_left(&self) -> u32 {
+        self.outage.fails.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits for the one notification the run queues, stops the reporter,
+    /// checks that it queued no other, and returns its text.
+    async fn only_notification(mut self) -> String {
+        let entries = tokio::time::timeout(Duration::from_secs(10), self.queued.recv())
+            .await
+            .expect("the notification is queued once the outage ends")
+            .unwrap();
+        self.running.finish().await;
+        assert!(self.queued.try_recv().is_err(), "one notification");
+        let id = entries.entries[0].key.message;
+        let contents = self.spool.blob.get(id).await.unwrap().unwrap();
+        String::from_utf8_lossy(&contents).into_owned()
+    }
+}
+
+/// An owed notice handed over again while its notification waits for the
+/// spool (a shared store's takeover sweep does this once the notice's hold
+/// lapses) joins the waiting notification: one notification, not two.
+#[tokio::test]
+async fn a_notice_handed_over_again_while_refused_gives_one_notification() {
+    let (run, _dir) = with_outage(4);
+    let env = original("sender@origin.test", [Notify::Default; 3]);
+    run.events.send(event(&env, 0, failed())).unwrap();
+    // Refused once (the group closes after 10 ms), waiting 100 ms for its
+    // next try: the same notice comes again, and another recipient's.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(run.refusals_left(), 3);
+    run.events.send(event(&env, 0, failed())).unwrap();
+    run.events.send(event(&env, 1, failed())).unwrap();
+    let text = run.only_notification().await;
+    assert_eq!(
+        text.matches("Final-Recipient:").count(),
+        2,
+        "both recipients, each once: {text}"
+    );
+}
+
+/// A delay notification still waiting for the spool when its recipient
+/// fails for good is not sent after the failure notification: the sender
+/// hears "failed", never "still trying" afterwards.
+#[tokio::test]
+async fn a_final_outcome_supersedes_a_waiting_delay_notification() {
+    let (run, _dir) = with_outage(3);
+    let all = Notify::On {
+        success: true,
+        failure: true,
+        delay: true,
+    };
+    let env = original("sender@origin.test", [all; 3]);
+    let delayed = EventKind::Delayed {
+        notify_num: 1,
+        will_retry_until: Some(env.arrived + 86_400_000),
+        reason: "busy".into(),
+        reply: Some(reply(450, "4.2.0")),
+    };
+    run.events.send(event(&env, 0, delayed)).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(run.refusals_left(), 2, "the delay notification waits");
+    run.events.send(event(&env, 0, failed())).unwrap();
+    let text = run.only_notification().await;
+    assert!(text.contains("Action: failed"), "{text}");
+    assert!(!text.contains("Action: delayed"), "{text}");
+}
