@@ -115,6 +115,31 @@ pub(crate) fn load_checked(
     if !bad.is_empty() {
         return Err(bad);
     }
+    // TLS certificates and keys, as `serve` loads them: text that merely
+    // looks like PEM (a certificate where the key belongs, a key that does
+    // not match) passes the config crate.
+    let bad: Vec<String> = cfg
+        .certificates
+        .iter()
+        .filter_map(|(id, c)| {
+            let e = ferrymail_receive::tls::acceptor_from_pem(&c.cert, &c.private_key).err()?;
+            let line = table_line(
+                path,
+                &[
+                    format!("[certificate.{id}]"),
+                    format!("[certificate.\"{id}\"]"),
+                    format!("certificate.{id}."),
+                ],
+            );
+            Some(format!(
+                "{}:{line}: certificate '{id}': {e}",
+                path.display()
+            ))
+        })
+        .collect();
+    if !bad.is_empty() {
+        return Err(bad);
+    }
     Ok(cfg)
 }
 

@@ -418,3 +418,35 @@ fn serve_refuses_a_bad_config_with_the_same_message() {
         );
     }
 }
+
+#[test]
+fn unusable_certificate_is_refused_on_its_line() {
+    // A private-key that is PEM but no key (the certificate again, an easy
+    // slip with %{file:}%): `serve` would refuse it at start, so `check`
+    // does, naming the certificate's table.
+    let f = fixture();
+    let (key, cert) = (f.dir.path().join("tls.key"), f.dir.path().join("tls.crt"));
+    self_signed_cert("mx.example.org", &key, &cert);
+    let table = |private_key: &Path| {
+        format!(
+            "[certificate.main]\ncert = \"%{{file:{}}}%\"\nprivate-key = \"%{{file:{}}}%\"\n",
+            cert.display(),
+            private_key.display()
+        )
+    };
+    let good = f.write("good.toml", &format!("{}\n{}", f.valid, table(&key)));
+    let out = check(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = f.write("bad.toml", &format!("{}\n{}", f.valid, table(&cert)));
+    let line = f.valid.lines().count() + 2;
+    assert_config_error(
+        &check(&bad),
+        &bad,
+        line,
+        &["certificate 'main'", "private key"],
+    );
+}
