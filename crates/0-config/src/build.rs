@@ -18,7 +18,18 @@ use crate::suggest;
 
 /// Parses and checks a whole document. On failure, every error found, sorted by line.
 pub(crate) fn build(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+    build_with(Reader::new(text, path), text, path)
+}
+
+/// [`build`] for a client command: values whose secrets cannot be read are
+/// left out (see [`Reader::skip_unreadable`]).
+pub(crate) fn build_for_client(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut r = Reader::new(text, path);
+    r.skip_unreadable = true;
+    build_with(r, text, path)
+}
+
+fn build_with(mut r: Reader, text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -259,7 +270,11 @@ fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
             }
         }
     }
+    // The one secret a client needs: unreadable, it is an error for a
+    // client command too (a request without it would only get 401).
+    let skip = std::mem::replace(&mut r.skip_unreadable, false);
     let token = r.nonempty_string(sec, "token");
+    r.skip_unreadable = skip;
     if token.is_some() && protocol != Protocol::Http {
         let span = sec.get("token").map(|(k, _)| k.span()).unwrap_or_default();
         r.error(
@@ -312,8 +327,16 @@ fn certificates(r: &mut Reader, root: &Section) -> BTreeMap<String, Certificate>
                 );
             }
         }
-        if let (Some(cert), Some(private_key)) = (cert, private_key) {
-            out.insert(id, Certificate { cert, private_key });
+        match (cert, private_key) {
+            (Some(cert), Some(private_key)) => {
+                out.insert(id, Certificate { cert, private_key });
+            }
+            // A client pins the certificate; the key is the server's.
+            (Some(cert), None) if r.skip_unreadable => {
+                let private_key = String::new();
+                out.insert(id, Certificate { cert, private_key });
+            }
+            _ => {}
         }
     }
     out

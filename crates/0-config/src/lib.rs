@@ -90,6 +90,19 @@ pub fn check(text: &str, path_for_errors: &Path) -> Result<Config, Vec<ConfigErr
     build::build(text, path_for_errors)
 }
 
+/// The configuration as a client command (`queue`, `sendmail`) needs it:
+/// like [`load`], except that a `%{file:}%` the user cannot read or an
+/// `%{env:}%` that is not set leaves its value out rather than failing.
+/// Why: `sendmail` is run by any local user and program, who may read the
+/// configuration but not the server's DKIM keys, TLS key or database
+/// password; all a client needs is where the management listener is, its
+/// certificate and its token. The token is the exception: one that cannot
+/// be read is an error here too.
+pub fn load_for_client(path: &Path) -> Result<Config, ConfigError> {
+    let text = read(path)?;
+    build::build_for_client(&text, path).map_err(|mut errors| errors.swap_remove(0))
+}
+
 /// Like [`load`], returning every problem found (see [`check`]).
 pub fn check_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
     let text = read(path).map_err(|e| vec![e])?;

@@ -103,6 +103,11 @@ pub(crate) struct Reader {
     pub errors: Vec<ConfigError>,
     /// Warnings found so far.
     pub warnings: Vec<ConfigError>,
+    /// A `%{file:}%` that cannot be read or an `%{env:}%` that is not set
+    /// leaves its value out instead of being an error: what a client command
+    /// needs, run by a user who may not read the server's secrets (see
+    /// [`crate::load_for_client`]).
+    pub skip_unreadable: bool,
 }
 
 impl Reader {
@@ -119,6 +124,7 @@ impl Reader {
             line_starts,
             errors: Vec::new(),
             warnings: Vec::new(),
+            skip_unreadable: false,
         }
     }
 
@@ -282,6 +288,9 @@ impl Reader {
     pub fn expand(&mut self, s: &str, span: &Range<usize>) -> Option<String> {
         match macros::expand(s, &self.base_dir) {
             Ok(v) => Some(v.into_owned()),
+            Err(Problem::MacroFile { .. } | Problem::EnvMissing { .. }) if self.skip_unreadable => {
+                None
+            }
             Err(problem) => {
                 self.error(span, problem);
                 None

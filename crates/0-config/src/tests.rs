@@ -2136,3 +2136,55 @@ fn message_memory_limit() {
         "{e}"
     );
 }
+
+/// A client command's load leaves out the secrets it cannot read (a file
+/// that is not there, an unset variable): the listener, its token where
+/// readable and the certificate to pin remain; the server's load refuses
+/// the same file. Other problems are still errors, on their line.
+#[test]
+fn client_load_leaves_unreadable_secrets_out() {
+    let dir = TempDir::new();
+    let cert = dir.write(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+    );
+    let text = format!(
+        r#"[server.listener.api]
+bind = ["127.0.0.1:8443"]
+protocol = "http"
+tls.implicit = true
+token = "%{{env:FERRY_TEST_TOKEN_OF_CLIENT_LOAD}}%"
+
+[certificate.main]
+cert = "%{{file:{cert}}}%"
+private-key = "%{{file:{missing}}}%"
+
+[signature.rsa]
+private-key = "%{{file:{missing}}}%"
+domain = "example.org"
+selector = "s"
+"#,
+        cert = cert.display(),
+        missing = dir.0.join("missing.pem").display(),
+    );
+    let path = dir.write("f.toml", &text);
+    // The token is the one secret a client needs: unset, it is an error on
+    // its line for the client too.
+    let e = load_for_client(&path).unwrap_err();
+    assert_eq!(e.line, 5, "{e}");
+    // SAFETY: no other test reads or writes this variable.
+    unsafe { std::env::set_var("FERRY_TEST_TOKEN_OF_CLIENT_LOAD", "t0k") };
+    assert!(load(&path).is_err(), "the server's load refuses it");
+    let c = load_for_client(&path).unwrap();
+    let l = c.listener(Protocol::Http).expect("the management listener");
+    assert!(l.tls_implicit);
+    assert_eq!(l.token.as_deref(), Some("t0k"));
+    assert!(c.certificates["main"].cert.contains("BEGIN CERTIFICATE"));
+
+    let broken = dir.write(
+        "g.toml",
+        &text.replace("protocol = \"http\"", "protocol = 7"),
+    );
+    let e = load_for_client(&broken).unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+}

@@ -199,7 +199,7 @@ pub fn block_on<F: std::future::Future>(who: &str, fut: F) -> Result<F::Output, 
 pub fn client_for(config: Option<&std::path::Path>) -> Result<(Config, Client), ExitCode> {
     let config = match config {
         None => Config::default(),
-        Some(p) => match ferrymail_config::load(p) {
+        Some(p) => match ferrymail_config::load_for_client(p) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("{e}");
