@@ -14,14 +14,23 @@ use ferrymail_operate::client::encode_query_value;
 use mail_parser::HeaderName;
 
 /// The sendmail options that matter to a mail queue; the others that
-/// programs pass by habit (`-o...`, `-F`, `-B`, `-N`, `-v`) are accepted
-/// and ignored, as Postfix's sendmail ignores most of them.
+/// programs pass by habit (`-o...`, `-F`, `-B`, `-N`, `-v`, `-bm`) are
+/// accepted and ignored, as Postfix's sendmail ignores most of them.
 #[derive(Args)]
 pub struct SendmailArgs {
     /// The envelope sender; without a domain, the server's hostname is
     /// added. Default: the user running the command.
     #[arg(short = 'f')]
     from: Option<String>,
+    /// The envelope sender, as `-f` (the older name mailx and others use).
+    #[arg(short = 'r', value_name = "FROM", conflicts_with = "from")]
+    from_r: Option<String>,
+    /// Verbose (ignored: the queue id is printed anyway).
+    #[arg(short = 'v')]
+    _verbose: bool,
+    /// The mode: `-bm` (read a message and queue it) is the only one.
+    #[arg(short = 'b', value_name = "MODE", value_parser = ["m"])]
+    _mode: Option<String>,
     /// Take the recipients from the message's To, Cc and Bcc fields (and
     /// remove Bcc), in addition to any given as arguments.
     #[arg(short = 't')]
@@ -65,6 +74,10 @@ pub fn main(args: SendmailArgs) -> ExitCode {
         input = message;
         recipients.extend(listed);
     }
+    // Once each (an argument also in To, or an address in To and Cc):
+    // a recipient named twice must not get the message twice.
+    let mut seen = std::collections::HashSet::new();
+    recipients.retain(|r| seen.insert(r.to_lowercase()));
     if recipients.is_empty() {
         eprintln!("ferrymail sendmail: no recipients (name them, or use -t)");
         return ExitCode::from(2);
@@ -73,11 +86,15 @@ pub fn main(args: SendmailArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let from = args.from.clone().unwrap_or_else(|| {
-        std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "root".into())
-    });
+    let from = args
+        .from
+        .clone()
+        .or(args.from_r.clone())
+        .unwrap_or_else(|| {
+            std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "root".into())
+        });
     let path = format!(
         "/api/submit?from={}&to={}",
         encode_query_value(&from),

@@ -8,6 +8,8 @@
 //! * `-t` takes the recipients from To, Cc and Bcc and removes Bcc;
 //!   `-f` without a domain gets the server's hostname;
 //! * without `-i` a line with a single dot ends the message;
+//! * `-v` and `-bm` are accepted, `-r` is `-f`, and a recipient named
+//!   twice (as an argument and in To, or in To and Cc) gets one copy;
 //! * no recipients is a usage error (exit 2), and nothing is queued.
 
 mod common;
@@ -105,5 +107,23 @@ Backup finished.\n";
         .expect("the second message");
     assert!(second.contains("before\n"), "{second}");
     assert!(!second.contains("after"), "{second}");
+
+    // The options mailx and others pass: -v and -bm ignored, -r as -f; a
+    // recipient named as an argument and in To and Cc gets one copy.
+    let out = sendmail(
+        &server,
+        &["-v", "-bm", "-r", "mailx", "-t", "ops@far.example"],
+        b"To: ops@far.example\nCc: OPS@far.example\nSubject: once\n\nx\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got = sink.wait_dumped(3, WAIT);
+    let third = got
+        .iter()
+        .find(|d| String::from_utf8_lossy(&d.body).contains("Subject: once"))
+        .expect("the third message");
+    assert_eq!(third.mail_args, "<mailx@mx.ferry.test>");
+    assert_eq!(third.rcpt_args, ["<ops@far.example>"]);
+    let out = sendmail(&server, &["-bs"], b"");
+    assert_eq!(out.status.code(), Some(2), "-bs is not offered: {out:?}");
     server.wait_queue_empty(WAIT);
 }
