@@ -29,8 +29,9 @@ use crate::{Outcome, Remote};
 
 /// Where delivery log lines go.
 pub enum DeliveryLog {
-    /// Appended to a file, one line per record, one write per attempt.
-    File(Mutex<std::fs::File>),
+    /// Appended to a file, one line per record, one write per attempt; the
+    /// path, to open it again ([`DeliveryLog::reopen`]).
+    File(Mutex<std::fs::File>, std::path::PathBuf),
     /// `tracing` events with target `delivery`.
     Tracing,
 }
@@ -68,15 +69,30 @@ impl DeliveryLog {
                     .create(true)
                     .append(true)
                     .open(p)?;
-                Ok(DeliveryLog::File(Mutex::new(file)))
+                Ok(DeliveryLog::File(Mutex::new(file), p.to_path_buf()))
             }
         }
+    }
+
+    /// Opens the file again at its path, for the lines that follow: what
+    /// logrotate's SIGHUP asks for, also when the reload it triggers is
+    /// refused (a configuration file mid-edit must not leave the log
+    /// writing into the rotated file).
+    pub fn reopen(&self) -> std::io::Result<()> {
+        if let DeliveryLog::File(file, path) = self {
+            let new = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            *file.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        }
+        Ok(())
     }
 
     /// Records the entries of one attempt.
     pub fn record(&self, entries: &[Entry<'_>]) {
         match self {
-            DeliveryLog::File(file) => {
+            DeliveryLog::File(file, _) => {
                 let mut text = String::new();
                 for e in entries {
                     text.push_str(&json_line(e));

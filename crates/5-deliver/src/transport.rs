@@ -325,6 +325,12 @@ impl SmtpTransport {
         self.inner.sts.keep_in(path)
     }
 
+    /// Opens the delivery log file again at its path (see
+    /// [`DeliveryLog::reopen`]).
+    pub fn reopen_delivery_log(&self) -> std::io::Result<()> {
+        self.inner.settings.load().log.reopen()
+    }
+
     /// MTA-STS policy files fetched so far.
     pub fn mta_sts_fetches(&self) -> u64 {
         self.inner.sts.fetches()

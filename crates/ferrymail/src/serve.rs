@@ -822,16 +822,25 @@ async fn wait_for_signal(reloader: &Reloader, mut hup: tokio::signal::unix::Sign
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => match reloader.reload().await {
-                Ok(_) => {}
-                Err(ReloadError::Invalid(errors)) => {
-                    for e in &errors {
-                        tracing::error!("{e}");
+            _ = hup.recv() => {
+                match reloader.reload().await {
+                    Ok(_) => continue,
+                    Err(ReloadError::Invalid(errors)) => {
+                        for e in &errors {
+                            tracing::error!("{e}");
+                        }
+                        tracing::error!("SIGHUP: configuration not reloaded; the one in force stays");
                     }
-                    tracing::error!("SIGHUP: configuration not reloaded; the one in force stays");
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
                 }
-                Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
-            },
+                // SIGHUP is also logrotate's: the delivery log is opened
+                // again even when the file did not reload (a successful
+                // reload opens it with the new settings).
+                match reloader.transport.reopen_delivery_log() {
+                    Ok(()) => tracing::info!("SIGHUP: delivery log opened again"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: cannot open the delivery log again"),
+                }
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! logrotate moves `[queue.outbound] delivery-log` away and sends SIGHUP
 //! (`postrotate`); the reload reopens the log at its configured path, so
-//! the lines that follow go to the new file, not to the moved one. Through
-//! the real `ferrymail serve` and Postfix's smtp-sink.
+//! the lines that follow go to the new file, not to the moved one; also
+//! when the reload itself is refused (the file mid-edit). Through the real
+//! `ferrymail serve` and Postfix's smtp-sink.
 
 mod common;
 
@@ -59,4 +60,26 @@ fn sighup_reopens_the_delivery_log() {
         (lines(&log) == 1).then_some(())
     });
     assert_eq!(lines(&rotated), 1, "the moved file got nothing more");
+
+    // logrotate again, while the configuration file is mid-edit: the
+    // reload is refused, the log is opened again all the same.
+    let rotated2 = server.dir.path().join("delivery.log.2");
+    std::fs::rename(&log, &rotated2).unwrap();
+    let good = std::fs::read_to_string(&server.config).unwrap();
+    std::fs::write(
+        &server.config,
+        format!(
+            "{good}
+[queue.outbound
+"
+        ),
+    )
+    .unwrap();
+    server.hangup("delivery log opened again", 1);
+    send(&server, "while broken");
+    sink.wait_dumped(3, WAIT);
+    wait_for(WAIT, "a line in the log reopened", String::new, || {
+        (lines(&log) == 1).then_some(())
+    });
+    assert_eq!(lines(&rotated2), 1, "the moved file got nothing more");
 }
