@@ -38,6 +38,7 @@ pub enum QueueCmd {
     /// Show one message: envelope, recipients, attempts, next retry.
     Show {
         /// Queue id.
+        #[arg(value_parser = queue_id)]
         id: String,
         /// One JSON document on stdout.
         #[arg(long)]
@@ -70,6 +71,7 @@ pub enum QueueCmd {
     /// Print a message's stored contents (like Postfix's postcat -q).
     Cat {
         /// Queue id.
+        #[arg(value_parser = queue_id)]
         id: String,
     },
     /// Make messages due now (a destination suspended as dead is probed at once).
@@ -106,6 +108,7 @@ pub enum QueueCmd {
 #[derive(Args)]
 pub struct Selection {
     /// Queue ids.
+    #[arg(value_parser = queue_id)]
     ids: Vec<String>,
     /// Every message in this virtual queue.
     #[arg(long, value_parser = not_blank)]
@@ -127,6 +130,15 @@ pub struct Selection {
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// A queue id as `queue list` prints them (hex digits): anything else is
+/// a usage error (exit 2), found before the server is asked.
+fn queue_id(value: &str) -> Result<String, String> {
+    value
+        .parse::<ferrymail_spool::MessageId>()
+        .map(|_| value.to_string())
+        .map_err(|_| format!("'{value}' is not a queue id (hex digits, as queue list prints them)"))
 }
 
 /// A filter value must say something: an empty one (`--sender "$UNSET"`)
@@ -439,8 +451,24 @@ async fn action(
                 reason: reason.clone(),
             };
             let body = serde_json::to_vec(&req).unwrap_or_default();
-            let r: ActionResult =
-                parse(&client.call("POST", "/api/queue/action", Some(body)).await?)?;
+            let answer = match client.call("POST", "/api/queue/action", Some(body)).await {
+                Ok(b) => parse::<ActionResult>(&b),
+                Err(e) => Err(e),
+            };
+            let r = match answer {
+                Ok(r) => r,
+                Err(e) => {
+                    // What the earlier chunks did stays done: say so.
+                    progress.finish();
+                    if total.recipients > 0 {
+                        eprintln!(
+                            "{name}: {} recipient(s) done before this error",
+                            total.recipients
+                        );
+                    }
+                    return Err(e);
+                }
+            };
             total.recipients += r.recipients;
             total.removed_messages += r.removed_messages;
             progress.advance(chunk.len());

@@ -268,9 +268,9 @@ fn show_and_cat() {
     let out = server.cli(&["queue", "cat", "0000000000000001"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(!out.stderr.is_empty());
-    // A malformed id is refused too, with a message.
+    // A malformed id is a usage error (exit 2), with a message.
     let out = server.cli(&["queue", "show", "not-an-id"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("not-an-id"),
         "{}",
