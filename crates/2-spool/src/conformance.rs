@@ -37,7 +37,8 @@ macro_rules! conformance_suite {
             complete_owing_a_notice_keeps_until_discharged, delay_notice_owed_until_discharged,
             final_notice_supersedes_a_delay_notice, cancel_drops_a_notice_owed,
             claim_job_conditions, claim_job_reads_what_a_job_needs, claim_job_is_exclusive,
-            reroute_moves_only_a_leased_entry);
+            reroute_moves_only_a_leased_entry, an_existing_id_is_refused,
+            newest_message_of_a_tag);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
@@ -543,6 +544,61 @@ pub async fn accept_through_spool(s: &TestStores) {
     assert_eq!(s.blob.get(env.id).await.unwrap(), Some(contents));
     assert_eq!(s.data.envelope(env.id).await.unwrap(), Some(env.clone()));
     assert_eq!(s.data.entries(env.id).await.unwrap().len(), 2);
+}
+
+/// An insert with an id that exists is refused and changes nothing: not
+/// the stored envelope, not its entries; through the spool too, whose
+/// read-back after the failure must not take the other message's envelope
+/// for this one (that would answer 250 for mail stored nowhere).
+pub async fn an_existing_id_is_refused(s: &TestStores) {
+    let first = put(s, 5, 2, "default", T0).await;
+    let mut second = sample_envelope(5, 1);
+    second.sender = "someone-else@example.org".into();
+    let entries = sample_entries(&second, "other", T0);
+    assert!(s.data.insert(&second, &entries).await.is_err());
+    let spool = crate::Spool {
+        data: s.data.clone(),
+        blob: s.blob.clone(),
+        unified: s.unified,
+    };
+    let refused = spool
+        .accept(
+            &second,
+            &entries,
+            Bytes::from_static(b"Subject: b\r\n\r\nb\r\n"),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        s.data.envelope(first.id).await.unwrap(),
+        Some(first.clone())
+    );
+    let kept = s.data.entries(first.id).await.unwrap();
+    assert_eq!(kept, sample_entries(&first, "default", T0));
+}
+
+/// The newest id of a node tag (bits 12..22) is found among ids of other
+/// tags, newer ones included; none for a tag without messages.
+pub async fn newest_message_of_a_tag(s: &TestStores) {
+    let id = |ms: u64, tag: u64, seq: u64| (ms << 22) | (tag << 12) | seq;
+    for i in [
+        id(T0, 7, 0),
+        id(T0, 7, 1),
+        id(T0 + 5, 7, 0),
+        id(T0 + 9, 8, 0),
+        id(T0 + 1, 8, 3),
+    ] {
+        put(s, i, 1, "default", T0).await;
+    }
+    assert_eq!(
+        s.data.newest_message(7).await.unwrap(),
+        Some(MessageId(id(T0 + 5, 7, 0)))
+    );
+    assert_eq!(
+        s.data.newest_message(8).await.unwrap(),
+        Some(MessageId(id(T0 + 9, 8, 0)))
+    );
+    assert_eq!(s.data.newest_message(9).await.unwrap(), None);
 }
 
 /// `claim_keys` takes exactly the named entries, whatever their due time or

@@ -50,11 +50,12 @@ impl Spool {
     /// An insert that fails may still have committed: a PostgreSQL connection
     /// can die after the server applied the statement and before its answer
     /// arrived. So a failed insert is followed by a read of the envelope. If
-    /// it is there the message is durable, and this returns `Ok`: the client
-    /// gets its 250 and does not send the message a second time. Contents are
-    /// deleted only when the read says the envelope is not there; when the
-    /// read fails too, they are kept for the orphan sweep, since deleting
-    /// them could leave a committed entry pointing at nothing.
+    /// it is there, equal to this one, the message is durable, and this
+    /// returns `Ok`: the client
+    /// gets its 250 and does not send the message a second time. Contents of
+    /// a failed insert are never deleted here: an insert abandoned on a
+    /// timeout may still commit, and must not point at nothing; the orphan
+    /// sweep takes them (see [`fs::FsBlobStore::sweep_orphans`]).
     pub async fn accept(
         &self,
         envelope: &Envelope,
@@ -71,7 +72,10 @@ impl Spool {
         };
         let Err(e) = inserted else { return Ok(()) };
         match self.data.envelope(envelope.id).await {
-            Ok(Some(_)) => {
+            // Ours, whole: the same id could be another message's (ids
+            // minted again after the clock stepped back), which must not
+            // pass for this one.
+            Ok(Some(stored)) if stored == *envelope => {
                 tracing::warn!(
                     message = %envelope.id,
                     error = %e,
@@ -79,16 +83,10 @@ impl Spool {
                 );
                 Ok(())
             }
-            Ok(None) => {
-                if !self.unified {
-                    // The client will get a 4xx and retry, so do not keep the
-                    // orphaned contents around. Best effort: the sweep takes
-                    // what this misses.
-                    let _ = self.blob.delete(envelope.id).await;
-                }
-                Err(e)
-            }
-            Err(_) => Err(e),
+            // Not there (yet), another message's, or unknown. The contents
+            // stay either way, for the orphan sweep: an insert abandoned on
+            // a timeout may still commit, and must find them.
+            _ => Err(e),
         }
     }
 }

@@ -93,6 +93,19 @@ impl IdGenerator {
         }
     }
 
+    /// Starts after `newest`, an id this node minted in an earlier run (the
+    /// newest its store holds): a clock that stepped back across a restart
+    /// then cannot mint an id a queued message already has.
+    pub fn seed(&self, newest: MessageId) {
+        self.last
+            .fetch_max(newest.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The node tag ids are minted with.
+    pub fn node_tag(&self) -> u16 {
+        self.node_tag as u16
+    }
+
     /// Returns an id larger than every id this generator returned before, even if
     /// the clock steps back or more than 4096 ids are needed in one millisecond.
     pub fn next(&self) -> MessageId {
@@ -102,11 +115,15 @@ impl IdGenerator {
         loop {
             let candidate = if base > prev {
                 base
-            } else {
-                // Same millisecond (or clock went back): bump the sequence; on
-                // overflow this borrows from the node-tag bits of the next
-                // millisecond, which still keeps ids unique for this node.
+            } else if prev & 0xfff != 0xfff {
+                // Same millisecond (or clock went back): bump the sequence.
                 prev + 1
+            } else {
+                // The sequence is full: the next millisecond, with this
+                // node's tag. (Carrying into the tag bits would mint ids of
+                // another node's tag, which a shared store would refuse or,
+                // worse, take for that node's message.)
+                (((prev >> 22) + 1) << 22) | (self.node_tag << 12)
             };
             match self.last.compare_exchange_weak(
                 prev,
@@ -608,4 +625,24 @@ pub struct Discharge {
     pub key: EntryKey,
     /// Which notice.
     pub slot: NoticeSlot,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full sequence goes on in the next millisecond with the same tag,
+    /// never into the tag bits; a seed is a floor.
+    #[test]
+    fn ids_keep_their_tag_and_pass_the_seed() {
+        let g = IdGenerator::new(5);
+        let far = (now_millis() + 60_000) << 22;
+        g.seed(MessageId(far | (5 << 12) | 0xffe));
+        let a = g.next();
+        let b = g.next();
+        assert_eq!(a.0, far | (5 << 12) | 0xfff);
+        assert_eq!(b.0, (far + (1 << 22)) | (5 << 12), "{b:?}");
+        assert_eq!((b.0 >> 12) & 0x3ff, 5);
+        assert_eq!(g.node_tag(), 5);
+    }
 }

@@ -388,6 +388,15 @@ pub trait DataStore: Send + Sync + 'static {
     /// node's later changes to it, so that its own feed skips them.
     async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError>;
 
+    /// The newest message id with node tag `tag` that the store holds:
+    /// where this node's [`IdGenerator`](crate::IdGenerator) starts after a
+    /// restart, so that a clock that stepped back meanwhile cannot mint an
+    /// id a queued message already has. `None` when there is none.
+    async fn newest_message(&self, tag: u16) -> Result<Option<MessageId>, StoreError> {
+        let _ = tag;
+        Ok(None)
+    }
+
     /// Starts a change feed at "now": every change committed after this
     /// call returns is read by [`DataStore::feed_read`] from the returned
     /// cursor. `None` for a store no other node writes to.

@@ -388,6 +388,15 @@ async fn run(config: Config) -> Result<(), StartError> {
     // One id generator for the node: receive and the notifications it
     // generates must never mint the same id.
     let ids = Arc::new(IdGenerator::new(tag));
+    // After the newest id this node minted before: a clock that stepped
+    // back across the restart must not mint a queued message's id again.
+    match spool.data.newest_message(ids.node_tag()).await {
+        Ok(Some(newest)) => ids.seed(newest),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the newest message id; ids start from the clock")
+        }
+    }
     // Delivery status notifications: DKIM keys are loaded (and refused)
     // here, before anything listens. Notifications are accepted into the
     // spool and reach the queue engine through receive's channel.

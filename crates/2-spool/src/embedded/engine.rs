@@ -148,6 +148,16 @@ impl Engine {
             .filter_map(|g| g.key().ok().map(|k| k.to_vec())))
     }
 
+    /// Up to `limit` keys from the end of a table, last first.
+    pub fn last_keys(&self, t: Table, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.ks(t)
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|g| g.key().map(|k| k.to_vec()).map_err(err))
+            .collect()
+    }
+
     /// Up to `limit` rows with keys ≥ `from`, in order.
     pub fn range_from(&self, t: Table, from: &[u8], limit: usize) -> Result<Vec<Row>, StoreError> {
         self.ks(t)

@@ -385,6 +385,15 @@ impl<'a> Batch<'a> {
                 Ok(Outcome::Done)
             }
             Op::Insert(env, entries, contents) => {
+                // A plain insert, as PostgreSQL's: an id that exists is
+                // refused, never overwritten (it would replace another
+                // message's envelope, entries and contents).
+                if self.get(Table::Env, &mid_key(env.id))?.is_some() {
+                    return Err(StoreError::Engine(format!(
+                        "message id {} exists already",
+                        env.id
+                    )));
+                }
                 if let Some(c) = contents {
                     self.put(Table::Blob, &mid_key(env.id), c.to_vec());
                 }
@@ -875,6 +884,18 @@ impl DataStore for EmbeddedStore {
 
     async fn register_node(&self, _name: &str, _node: NodeId) -> Result<Option<u16>, StoreError> {
         Ok(None)
+    }
+
+    async fn newest_message(&self, tag: u16) -> Result<Option<MessageId>, StoreError> {
+        // Keys are ids in big-endian order, so the newest come last; a node
+        // whose id (hence tag) changed finds its own among the last few.
+        Ok(self
+            .engine
+            .last_keys(Table::Env, 1024)?
+            .into_iter()
+            .filter_map(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
+            .map(|k| MessageId(u64::from_be_bytes(k)))
+            .find(|id| (id.0 >> 12) & 0x3ff == u64::from(tag)))
     }
 
     async fn feed_start(&self) -> Result<Option<FeedCursor>, StoreError> {

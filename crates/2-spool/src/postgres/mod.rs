@@ -880,6 +880,22 @@ impl DataStore for PgStore {
         message_ids(&rows, "cancel")
     }
 
+    async fn newest_message(&self, tag: u16) -> Result<Option<MessageId>, StoreError> {
+        // Once per start, so not prepared. The primary key's index is
+        // read backwards until the first id of this tag (bits 12..22; the
+        // stored value flips only bit 63, see `sql_id`).
+        const NEWEST: &str = "SELECT message FROM envelope \
+             WHERE ((message >> 12) & 1023) = $1::bigint ORDER BY message DESC LIMIT 1";
+        let tag = i64::from(tag);
+        let row = on_conn!(self, retry, |c| c.client.query_opt(NEWEST, &[&tag]))?;
+        row.map(|r| {
+            r.try_get::<_, i64>(0)
+                .map(id_from_sql)
+                .map_err(|e| corrupt("newest message", e))
+        })
+        .transpose()
+    }
+
     async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError> {
         let id = sql_node(node);
         let row = on_conn!(self, retry, |c| c

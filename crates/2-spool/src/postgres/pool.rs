@@ -32,6 +32,10 @@ use crate::store::StoreError;
 /// its connection is closed, as its state is unknown.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The server-side limit on one statement of the store's pooled
+/// connections, below [`OP_TIMEOUT`] by a margin for the answer's way back.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(25);
+
 /// Connect timeout when the URL does not set `connect_timeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -118,6 +122,18 @@ impl Pool {
     /// Opens a connection and prepares the store's statements on it.
     async fn open(&self) -> Result<Conn, StoreError> {
         let client = self.connect().await?;
+        // The server gives up on a statement before this side does
+        // ([`OP_TIMEOUT`]): a statement this side abandoned (an insert
+        // behind a lock, a synchronous standby that is down) is rolled
+        // back rather than committing later, unseen, after its caller was
+        // told it failed.
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                STATEMENT_TIMEOUT.as_millis()
+            ))
+            .await
+            .map_err(pg_error)?;
         let st = Statements::prepare(&client).await?;
         Ok(Conn { client, st })
     }
