@@ -388,6 +388,14 @@ pub trait DataStore: Send + Sync + 'static {
     /// node's later changes to it, so that its own feed skips them.
     async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError>;
 
+    /// Completes when this node's claim on its name (see
+    /// [`DataStore::register_node`]) was taken by another process: the
+    /// server must stop, or two processes would deliver the same mail.
+    /// Never completes for a store of one node.
+    fn node_claim_lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(std::future::pending())
+    }
+
     /// The newest message id with node tag `tag` that the store holds:
     /// where this node's [`IdGenerator`](crate::IdGenerator) starts after a
     /// restart, so that a clock that stepped back meanwhile cannot mint an

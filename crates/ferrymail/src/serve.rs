@@ -555,7 +555,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         .unwrap_or_else(|e| e.into_inner()) = management;
     tracing::info!(node = %node_name, tag, listeners = ?bound, "ferrymail started");
 
-    wait_for_signal(&reloader, hangup).await;
+    let claim_lost = wait_for_signal(&reloader, hangup, spool.data.node_claim_lost()).await;
     tracing::info!("shutting down: no new connections; finishing sessions in progress");
     shutdown.cancel();
     listeners.close();
@@ -600,6 +600,12 @@ async fn run(config: Config) -> Result<(), StartError> {
         "stores closed"
     );
     tracing::info!("stopped");
+    if claim_lost {
+        return Err(StartError::env(
+            "stopped because another process took this node's claim (see the log); \
+             every process sharing the queue needs a server.node-id of its own",
+        ));
+    }
     Ok(())
 }
 
@@ -823,14 +829,23 @@ async fn answer_etrn(mut requests: mpsc::UnboundedReceiver<EtrnRequest>, queue: 
 /// Waits for SIGTERM or SIGINT (shut down); reloads the configuration on
 /// each SIGHUP meanwhile, logging what happened (a file that does not pass
 /// is logged line by line and changes nothing).
-async fn wait_for_signal(reloader: &Reloader, mut hup: tokio::signal::unix::Signal) {
+///
+/// Also returns, with `true`, when `claim_lost` completes: another process
+/// took this node's claim on a shared store, and the server must stop.
+async fn wait_for_signal(
+    reloader: &Reloader,
+    mut hup: tokio::signal::unix::Signal,
+    claim_lost: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> bool {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut claim_lost = claim_lost;
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
+            _ = term.recv() => return false,
+            _ = int.recv() => return false,
+            _ = &mut claim_lost => return true,
             _ = hup.recv() => {
                 match reloader.reload().await {
                     Ok(_) => continue,

@@ -43,6 +43,24 @@ const WAIT: Duration = Duration::from_secs(3);
 /// stops, and the connection closes, when it is dropped).
 pub struct NodeClaim {
     task: tokio::task::JoinHandle<()>,
+    /// Turns true when another process took the claim (see [`NodeClaim::lost`]).
+    lost: tokio::sync::watch::Receiver<bool>,
+}
+
+impl NodeClaim {
+    /// Completes when another process took this node's claim: it ended
+    /// this process's session as silent (a network cut longer than
+    /// [`STALE`]) and runs as this node now. Two processes would then take
+    /// each other's leases and deliver the same mail, so the server stops.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut lost = self.lost.clone();
+        async move {
+            if lost.wait_for(|l| *l).await.is_err() {
+                // The claim was dropped (the store closed): never lost.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 impl Drop for NodeClaim {
@@ -140,13 +158,30 @@ pub async fn claim(
         )));
     }
     let name = name.to_string();
+    let (lost_tx, lost) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let mut client = client;
         let mut held = true;
         loop {
             tokio::time::sleep(HEARTBEAT).await;
-            if held && client.simple_query("SELECT 1").await.is_ok() {
-                continue;
+            // Bounded: on a connection whose packets silently vanish, a
+            // query would wait for TCP to give up, many minutes.
+            let alive = tokio::time::timeout(HEARTBEAT, client.simple_query("SELECT 1")).await;
+            match alive {
+                Ok(Ok(_)) if held => continue,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(node = %name, "node claim: the database did not answer the heartbeat; reconnecting");
+                    match pool.connect().await {
+                        Ok(c) => client = c,
+                        Err(e) => {
+                            held = false;
+                            tracing::warn!(node = %name, error = %e, "node claim: cannot reconnect to renew it; trying again");
+                            continue;
+                        }
+                    }
+                }
             }
             // The connection is gone (a database restart), or the claim
             // was lost: claim again, on a new connection if need be.
@@ -168,13 +203,12 @@ pub async fn claim(
                     held = true;
                 }
                 Ok(false) => {
-                    if held {
-                        tracing::error!(
-                            node = %name,
-                            "node claim: another process holds this node's claim; two processes are running as this node"
-                        );
-                    }
-                    held = false;
+                    tracing::error!(
+                        node = %name,
+                        "node claim: another process holds this node's claim; two processes would deliver the same mail, so this one stops"
+                    );
+                    let _ = lost_tx.send(true);
+                    return;
                 }
                 Err(e) => {
                     held = false;
@@ -183,5 +217,5 @@ pub async fn claim(
             }
         }
     });
-    Ok(NodeClaim { task })
+    Ok(NodeClaim { task, lost })
 }

@@ -928,6 +928,17 @@ impl DataStore for PgStore {
         }
     }
 
+    fn node_claim_lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        match self.claim.try_lock() {
+            Ok(held) => match held.as_ref() {
+                Some((_, c)) => Box::pin(c.lost()),
+                None => Box::pin(std::future::pending()),
+            },
+            // Being registered right now: asked again after the start.
+            Err(_) => Box::pin(std::future::pending()),
+        }
+    }
+
     async fn feed_start(&self) -> Result<Option<FeedCursor>, StoreError> {
         let row = on_conn!(self, retry, |c| c
             .client
