@@ -133,12 +133,15 @@ impl Variables for RcptVars<'_> {
         let s = self.session;
         let tx = s.tx.as_ref();
         match v {
-            Var::Sender => Value::Str(tx.map(|t| t.sender.clone()).unwrap_or_default()),
+            Var::Sender => Value::Str(
+                tx.map(|t| ferrymail_spool::address_for_expressions(&t.sender))
+                    .unwrap_or_default(),
+            ),
             Var::SenderDomain => Value::Str(
                 tx.and_then(|t| address::domain_of(&t.sender))
                     .unwrap_or_default(),
             ),
-            Var::Rcpt => Value::Str(self.rcpt.to_string()),
+            Var::Rcpt => Value::Str(ferrymail_spool::address_for_expressions(self.rcpt)),
             Var::RcptDomain => Value::Str(address::domain_of(self.rcpt).unwrap_or_default()),
             Var::RemoteIp => Value::Str(s.remote.ip().to_string()),
             Var::LocalPort => Value::Int(s.local.port() as i64),

@@ -39,6 +39,18 @@ pub fn domain_of(address: &str) -> Option<String> {
         .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
 }
 
+/// An address as expressions see it (`sender`, `rcpt`): the domain part
+/// lower-cased, the local part as given. Domains are case-insensitive
+/// (RFC 5321 §2.4) and clients write them as they like, so that
+/// `rcpt == 'abuse@example.org'` must also match `abuse@Example.ORG`; a
+/// local part may be case-sensitive, so it is left alone.
+pub fn address_for_expressions(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.to_string(),
+    }
+}
+
 /// Identifies one accepted message across the data store, the blob store, logs and
 /// the queue CLI.
 ///

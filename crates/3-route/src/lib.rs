@@ -67,9 +67,9 @@ impl Variables for RouteVars<'_> {
             .unwrap_or("");
         let domain = |a: &str| ferrymail_spool::domain_of(a).unwrap_or_default();
         match v {
-            Var::Sender => Value::Str(env.sender.clone()),
+            Var::Sender => Value::Str(ferrymail_spool::address_for_expressions(&env.sender)),
             Var::SenderDomain => Value::Str(domain(&env.sender)),
-            Var::Rcpt => Value::Str(rcpt.to_string()),
+            Var::Rcpt => Value::Str(ferrymail_spool::address_for_expressions(rcpt)),
             Var::RcptDomain => Value::Str(domain(rcpt)),
             Var::RemoteIp => env
                 .remote_ip
@@ -294,6 +294,29 @@ mod tests {
                 "{q} / {p:?}"
             );
         }
+    }
+
+    /// `rcpt` and `sender` have their domain lower-cased, their local
+    /// part as given: a rule written in lower case matches however the
+    /// client wrote the domain.
+    #[test]
+    fn addresses_match_whatever_the_case_of_their_domain() {
+        let mut env = sample_envelope(1, 1);
+        env.recipients[0].address = "Abuse@Example.ORG".into();
+        env.sender = "Ops@Sender.Example".into();
+        let route = |q: &str| {
+            router(q, None)
+                .route(&RouteVars {
+                    envelope: &env,
+                    rcpt: 0,
+                    contents: MSG,
+                    local_port: None,
+                    queue: None,
+                })
+                .queue
+        };
+        assert_eq!(route("'q-' + rcpt"), "q-Abuse@example.org");
+        assert_eq!(route("'q-' + sender"), "q-Ops@sender.example");
     }
 
     #[test]

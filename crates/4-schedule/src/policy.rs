@@ -100,9 +100,9 @@ impl Variables for ScheduleVars<'_> {
             .map(|r| r.address.as_str())
             .unwrap_or("");
         match v {
-            Var::Sender => env.sender.clone().into(),
+            Var::Sender => ferrymail_spool::address_for_expressions(&env.sender).into(),
             Var::SenderDomain => domain_of(&env.sender).into(),
-            Var::Rcpt => rcpt.into(),
+            Var::Rcpt => ferrymail_spool::address_for_expressions(rcpt).into(),
             Var::RcptDomain => domain_of(rcpt).into(),
             Var::RemoteIp => env.remote_ip.into(),
             Var::AuthenticatedAs => env.authenticated_as.clone().into(),

@@ -177,13 +177,13 @@ impl Variables for JobVars<'_> {
         let env = &job.envelope;
         let domain = |a: &str| ferrymail_spool::domain_of(a).unwrap_or_default();
         match v {
-            Var::Sender => env.sender.clone().into(),
+            Var::Sender => ferrymail_spool::address_for_expressions(&env.sender).into(),
             Var::SenderDomain => domain(&env.sender).into(),
             Var::Rcpt => job
                 .recipients
                 .first()
                 .and_then(|&i| env.recipients.get(i as usize))
-                .map(|r| r.address.clone())
+                .map(|r| ferrymail_spool::address_for_expressions(&r.address))
                 .into(),
             Var::RcptDomain => job.domain.clone().into(),
             Var::RemoteIp => env.remote_ip.into(),

@@ -652,7 +652,7 @@ impl Variables for DsnVars<'_> {
         let o = self.original;
         match v {
             Var::Sender | Var::SenderDomain => Value::Str(String::new()),
-            Var::Rcpt => Value::Str(self.to.to_string()),
+            Var::Rcpt => Value::Str(ferrymail_spool::address_for_expressions(self.to)),
             Var::RcptDomain => Value::Str(domain(self.to)),
             Var::Source => Value::Str(Source::Dsn.as_str().to_string()),
             Var::Queue => Value::Str(self.queue.to_string()),
