@@ -77,6 +77,11 @@ use pool::{Failure, Pool};
 /// (60 s) plus the default `report.dsn.batch-max-hold` (10 s).
 pub const NOTICE_HOLD: std::time::Duration = std::time::Duration::from_secs(70);
 
+/// How far a node's clock may be from the database's before it is warned
+/// of (see `PgStore::warn_of_clock_skew`): round trips and NTP's usual
+/// error are well below it.
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How to reach the database: `[store.<id>]` of type `postgresql`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PgOptions {
@@ -319,8 +324,7 @@ impl PgStore {
         let pool = Pool::new(config, tls, options.pool_size, target);
         let mut client = pool.connect().await?;
         schema::migrate(&mut client).await?;
-        let st = sql::Statements::prepare(&client).await?;
-        pool.give(pool::Conn { client, st });
+        pool.give(pool::Pool::ready(client).await?);
         tracing::info!(
             target = %pool.target,
             pool_size = options.pool_size,
@@ -360,6 +364,34 @@ impl PgStore {
     fn notice_until(&self, now: UnixMillis) -> i64 {
         let hold = self.notice_hold.load(std::sync::atomic::Ordering::Relaxed);
         sql_time(now.saturating_add(hold))
+    }
+
+    /// Leases and notice holds are deadlines one node's clock sets and
+    /// another's reads: nodes whose clocks disagree by more than what is
+    /// left of a lease take each other's live work. The database's clock
+    /// is the one all nodes see, so a node compares its own with it when
+    /// it registers and warns when they are apart by more than
+    /// [`MAX_CLOCK_SKEW`].
+    async fn warn_of_clock_skew(&self, name: &str) {
+        if let Ok(Some(skew)) = self.clock_skew().await
+            && skew.unsigned_abs() > MAX_CLOCK_SKEW.as_millis() as u64
+        {
+            tracing::warn!(
+                node = %name,
+                skew_ms = skew,
+                "this node's clock and the database's disagree; leases between nodes need clocks within a second or two (NTP)"
+            );
+        }
+    }
+
+    /// This node's clock minus the database's, in milliseconds.
+    async fn clock_skew(&self) -> Result<Option<i64>, StoreError> {
+        let row = on_conn!(self, retry, |c| c.client.query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[]
+        ))?;
+        let here = now_millis() as i64;
+        Ok(row.try_get::<_, i64>(0).ok().map(|there| here - there))
     }
 
     /// The node change-feed rows are attributed to.
@@ -921,6 +953,7 @@ impl DataStore for PgStore {
                     *held = Some((name.to_string(), c));
                 }
                 drop(held);
+                self.warn_of_clock_skew(name).await;
                 *self.node.write().expect("node lock") = Some(id);
                 *self.upkeep.lock().expect("upkeep lock") = feed::Upkeep::default();
                 Ok(Some(t as u16))

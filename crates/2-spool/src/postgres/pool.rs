@@ -121,7 +121,12 @@ impl Pool {
 
     /// Opens a connection and prepares the store's statements on it.
     async fn open(&self) -> Result<Conn, StoreError> {
-        let client = self.connect().await?;
+        Self::ready(self.connect().await?).await
+    }
+
+    /// Makes a connection one of the pool's: the statement timeout set,
+    /// the statements prepared.
+    pub async fn ready(client: Client) -> Result<Conn, StoreError> {
         // The server gives up on a statement before this side does
         // ([`OP_TIMEOUT`]): a statement this side abandoned (an insert
         // behind a lock, a synchronous standby that is down) is rolled

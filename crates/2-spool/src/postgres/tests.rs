@@ -1199,3 +1199,26 @@ async fn owed_notices_pass_to_another_node_only_when_their_holder_lapses() {
         "discharged: nothing left to take"
     );
 }
+
+/// The pool's connections roll back a statement the server runs longer
+/// than `STATEMENT_TIMEOUT`, and a node on the database's machine finds
+/// its clock within `MAX_CLOCK_SKEW` of the database's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_have_a_statement_timeout_and_clocks_agree() {
+    let schema = Schema::new().await;
+    let s = schema.open(1).await;
+    let conn = s.pool.get().await.unwrap();
+    let timeout: String = conn
+        .client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(conn);
+    assert_eq!(timeout, "25s");
+    let skew = s.clock_skew().await.unwrap().expect("a skew");
+    assert!(
+        skew.unsigned_abs() < MAX_CLOCK_SKEW.as_millis() as u64,
+        "{skew} ms"
+    );
+}
