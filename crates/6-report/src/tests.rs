@@ -507,54 +507,22 @@ impl ferrymail_spool::BlobStore for Outage {
 /// owed; then it is queued once and the notice discharged.
 #[tokio::test]
 async fn a_refused_notification_is_tried_again_until_queued() {
-    let dir = tempfile_dir::Dir::new();
-    let data = EmbeddedStore::open(&dir.0.join("data")).unwrap();
-    let blobs = EmbeddedStore::open(&dir.0.join("blob")).unwrap();
-    let outage = Arc::new(Outage {
-        inner: blobs.clone(),
-        fails: std::sync::atomic::AtomicU32::new(8),
-    });
-    let spool = Spool {
-        data: data.clone(),
-        blob: outage.clone(),
-        unified: false,
-    };
-    let (tx, mut queued) = mpsc::unbounded_channel();
-    let reporter = Reporter::new(
-        &config(""),
-        spool.clone(),
-        Arc::new(IdGenerator::new(1)),
-        tx,
-    )
-    .unwrap();
-    let (events, rx) = mpsc::unbounded_channel();
-    let running = reporter.start(
-        rx,
-        ReportSettings {
-            quiet: Duration::from_millis(20),
-            retry_first: Duration::from_millis(20),
-            retry_max: Duration::from_millis(80),
-            ..ReportSettings::default()
-        },
-    );
-    let env = original("sender@origin.test", [Notify::Default; 3]);
-    events.send(event(&env, 0, failed())).unwrap();
     // Eight refusals (waits 20, 40, then 80 ms each: more tries than the
     // reporter once made before giving up), then the ninth is taken.
-    let entries = tokio::time::timeout(Duration::from_secs(10), queued.recv())
-        .await
-        .expect("the notification is queued once the outage ends")
-        .unwrap();
+    let (run, _dir) = with_outage(8, (20, 20, 80));
+    let env = original("sender@origin.test", [Notify::Default; 3]);
+    run.events.send(event(&env, 0, failed())).unwrap();
+    let spool = run.spool.clone();
+    let outage = run.outage.clone();
+    let text = run.only_notification().await;
     assert_eq!(outage.fails.load(std::sync::atomic::Ordering::SeqCst), 0);
-    let id = entries.entries[0].key.message;
-    assert!(spool.data.envelope(id).await.unwrap().is_some());
-    assert!(spool.blob.get(id).await.unwrap().is_some());
-    running.finish().await;
-    assert!(queued.try_recv().is_err(), "queued once");
+    assert!(text.contains("Action: failed"), "{text}");
+    let stored = spool.data.scan(None, 10).await.unwrap();
+    assert!(!stored.is_empty(), "the notification is queued durably");
 }
 
-/// A reporter whose spool refuses its first `fails` contents writes,
-/// retrying every 100 ms, with its groups closing after 10 ms.
+/// A reporter whose spool refuses its first `fails` contents writes, with
+/// `(quiet, retry_first, retry_max)` in milliseconds.
 struct OutageRun {
     spool: Spool,
     outage: Arc<Outage>,
@@ -563,7 +531,7 @@ struct OutageRun {
     running: crate::Running,
 }
 
-fn with_outage(fails: u32) -> (OutageRun, tempfile_dir::Dir) {
+fn with_outage(fails: u32, (quiet, first, max): (u64, u64, u64)) -> (OutageRun, tempfile_dir::Dir) {
     let dir = tempfile_dir::Dir::new();
     let data = EmbeddedStore::open(&dir.0.join("data")).unwrap();
     let blobs = EmbeddedStore::open(&dir.0.join("blob")).unwrap();
@@ -588,9 +556,9 @@ fn with_outage(fails: u32) -> (OutageRun, tempfile_dir::Dir) {
     let running = reporter.start(
         rx,
         ReportSettings {
-            quiet: Duration::from_millis(10),
-            retry_first: Duration::from_millis(100),
-            retry_max: Duration::from_millis(100),
+            quiet: Duration::from_millis(quiet),
+            retry_first: Duration::from_millis(first),
+            retry_max: Duration::from_millis(max),
             ..ReportSettings::default()
         },
     );
@@ -629,7 +597,7 @@ impl OutageRun {
 /// lapses) joins the waiting notification: one notification, not two.
 #[tokio::test]
 async fn a_notice_handed_over_again_while_refused_gives_one_notification() {
-    let (run, _dir) = with_outage(4);
+    let (run, _dir) = with_outage(4, (10, 100, 100));
     let env = original("sender@origin.test", [Notify::Default; 3]);
     run.events.send(event(&env, 0, failed())).unwrap();
     // Refused once (the group closes after 10 ms), waiting 100 ms for its
@@ -651,7 +619,7 @@ async fn a_notice_handed_over_again_while_refused_gives_one_notification() {
 /// hears "failed", never "still trying" afterwards.
 #[tokio::test]
 async fn a_final_outcome_supersedes_a_waiting_delay_notification() {
-    let (run, _dir) = with_outage(3);
+    let (run, _dir) = with_outage(3, (10, 100, 100));
     let all = Notify::On {
         success: true,
         failure: true,

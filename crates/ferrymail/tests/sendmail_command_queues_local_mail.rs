@@ -14,8 +14,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::peers::*;
@@ -24,18 +23,14 @@ use common::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn sendmail(server: &Server, args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = Command::new(bin())
-        .arg("sendmail")
-        .arg("-c")
-        .arg(&server.config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    run_with_input(
+        Command::new(bin())
+            .arg("sendmail")
+            .arg("-c")
+            .arg(&server.config)
+            .args(args),
+        input,
+    )
 }
 
 #[test]

@@ -11,9 +11,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::peers::*;
@@ -42,22 +41,13 @@ fn unprivileged_sendmail_queues_mail_without_reading_the_dkim_key() {
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let sendmail = |args: &[&str]| {
-        let mut child = Command::new("runuser")
-            .args(["-u", "nobody", "--", bin(), "sendmail", "-c"])
-            .arg(&config)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"Subject: from nobody\n\nhello\n")
-            .unwrap();
-        child.wait_with_output().unwrap()
+        run_with_input(
+            Command::new("runuser")
+                .args(["-u", "nobody", "--", bin(), "sendmail", "-c"])
+                .arg(&config)
+                .args(args),
+            b"Subject: from nobody\n\nhello\n",
+        )
     };
     // The user really cannot read the key (root could, whatever its mode).
     let cat = Command::new("runuser")

@@ -167,25 +167,15 @@ pub async fn claim(
             // Bounded: on a connection whose packets silently vanish, a
             // query would wait for TCP to give up, many minutes.
             let alive = tokio::time::timeout(HEARTBEAT, client.simple_query("SELECT 1")).await;
-            match alive {
-                Ok(Ok(_)) if held => continue,
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => {}
-                Err(_) => {
-                    tracing::warn!(node = %name, "node claim: the database did not answer the heartbeat; reconnecting");
-                    match pool.connect().await {
-                        Ok(c) => client = c,
-                        Err(e) => {
-                            held = false;
-                            tracing::warn!(node = %name, error = %e, "node claim: cannot reconnect to renew it; trying again");
-                            continue;
-                        }
-                    }
-                }
+            if matches!(alive, Ok(Ok(_))) && held {
+                continue;
             }
-            // The connection is gone (a database restart), or the claim
-            // was lost: claim again, on a new connection if need be.
-            if client.is_closed() {
+            if alive.is_err() {
+                tracing::warn!(node = %name, "node claim: the database did not answer the heartbeat; reconnecting");
+            }
+            // The connection is gone (a database restart) or silent, or the
+            // claim was lost: claim again, on a new connection if need be.
+            if alive.is_err() || client.is_closed() {
                 match pool.connect().await {
                     Ok(c) => client = c,
                     Err(e) => {

@@ -696,6 +696,20 @@ impl Server {
 
 /// Runs a command with a time limit; kills it and panics if it overruns.
 /// Output is captured through files, so a child that hangs cannot block us.
+/// Runs `cmd` with `input` on its standard input and waits for it; what
+/// the sendmail scenarios do with `ferrymail sendmail`.
+#[allow(dead_code)]
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("stdout");
