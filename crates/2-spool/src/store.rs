@@ -388,6 +388,16 @@ pub trait DataStore: Send + Sync + 'static {
     /// node's later changes to it, so that its own feed skips them.
     async fn register_node(&self, name: &str, node: NodeId) -> Result<Option<u16>, StoreError>;
 
+    /// Extends the hold of the owed notices of `keys` that this node holds
+    /// (see [`DataStore::take_owed`]) from `now`, for as long as a fresh
+    /// one: while the node still has them (a notification waiting for the
+    /// spool), no other node takes them over and sends them too. Answers
+    /// how many were extended. A store of one node has nothing to extend.
+    async fn renew_owed(&self, keys: &[EntryKey], now: UnixMillis) -> Result<usize, StoreError> {
+        let _ = (keys, now);
+        Ok(0)
+    }
+
     /// Completes when this node's claim on its name (see
     /// [`DataStore::register_node`]) was taken by another process: the
     /// server must stop, or two processes would deliver the same mail.

@@ -96,6 +96,17 @@ impl Batcher {
         open.events.push(event);
     }
 
+    /// The recipients of every open group, by entry: the notices this
+    /// node holds and has not reported yet.
+    pub fn held(&self) -> impl Iterator<Item = ferrymail_spool::EntryKey> + '_ {
+        self.open.values().flat_map(|o| {
+            o.events.iter().map(|e| ferrymail_spool::EntryKey {
+                message: e.envelope.id,
+                rcpt: e.rcpt,
+            })
+        })
+    }
+
     /// Groups being collected.
     pub fn len(&self) -> usize {
         self.open.len()

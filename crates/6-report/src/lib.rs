@@ -96,6 +96,12 @@ pub struct ReportSettings {
     /// The longest wait between two tries of a refused notification.
     /// Default 60 s.
     pub retry_max: Duration,
+    /// How often the hold on the notices this node has and has not
+    /// reported yet is extended in a shared store
+    /// ([`DataStore::renew_owed`](ferrymail_spool::DataStore::renew_owed)),
+    /// so that no other node takes them over meanwhile. A third of the
+    /// hold; default 20 s.
+    pub renew_owed: Duration,
 }
 
 impl Default for ReportSettings {
@@ -105,6 +111,7 @@ impl Default for ReportSettings {
             max_hold: Duration::from_secs(10),
             retry_first: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            renew_owed: Duration::from_secs(20),
         }
     }
 }
@@ -286,6 +293,8 @@ impl Reporter {
     ) {
         let mut batcher = Batcher::new(settings.quiet, settings.max_hold);
         let mut refused: Vec<Refused> = Vec::new();
+        let mut renew = tokio::time::interval(settings.renew_owed.max(Duration::from_millis(10)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let due = batcher
                 .next_due()
@@ -325,6 +334,22 @@ impl Reporter {
                                 batch,
                             });
                         }
+                    }
+                }
+                _ = renew.tick() => {
+                    let held: Vec<ferrymail_spool::EntryKey> = batcher
+                        .held()
+                        .chain(refused.iter().flat_map(|r| {
+                            r.batch.events.iter().map(|e| ferrymail_spool::EntryKey {
+                                message: e.envelope.id,
+                                rcpt: e.rcpt,
+                            })
+                        }))
+                        .collect();
+                    if !held.is_empty()
+                        && let Err(e) = self.spool.data.renew_owed(&held, now_millis()).await
+                    {
+                        tracing::warn!(error = %e, notices = held.len(), "report: cannot extend the hold on notices still to be sent; another node may send them too");
                     }
                 }
                 _ = &mut stop => {

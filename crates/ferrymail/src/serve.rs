@@ -442,6 +442,9 @@ async fn run(config: Config) -> Result<(), StartError> {
         ReportSettings {
             quiet: config.report.dsn.batch_quiet,
             max_hold: config.report.dsn.batch_max_hold,
+            // A third of the hold a shared store gives a recorded notice
+            // (see `set_notice_hold` above).
+            renew_owed: (config.cluster.lease + config.report.dsn.batch_max_hold) / 3,
             ..ReportSettings::default()
         },
     );

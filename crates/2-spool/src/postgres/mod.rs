@@ -961,6 +961,25 @@ impl DataStore for PgStore {
         }
     }
 
+    async fn renew_owed(&self, keys: &[EntryKey], now: UnixMillis) -> Result<usize, StoreError> {
+        let Some(node) = self.node_sql() else {
+            return Ok(0);
+        };
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        // Now and then (every few seconds), so not prepared.
+        const RENEW_OWED: &str = "UPDATE entry SET notice_until = $4::bigint \
+             WHERE (message, rcpt) IN (SELECT * FROM unnest($1::bigint[], $2::integer[])) \
+               AND notice IS NOT NULL AND notice_holder = $3::bigint";
+        let (messages, rcpts) = key_arrays(keys);
+        let until = self.notice_until(now);
+        let params: [&(dyn ToSql + Sync); 4] = [&messages, &rcpts, &node, &until];
+        // Retried: setting the same deadline twice is the same.
+        let n = on_conn!(self, retry, |c| c.client.execute(RENEW_OWED, &params))?;
+        Ok(n as usize)
+    }
+
     fn node_claim_lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         match self.claim.try_lock() {
             Ok(held) => match held.as_ref() {

@@ -1222,3 +1222,45 @@ async fn pooled_connections_have_a_statement_timeout_and_clocks_agree() {
         "{skew} ms"
     );
 }
+
+/// `renew_owed`: the node holding an owed notice extends its hold, so
+/// that another node does not take it over at the old lapse; a node that
+/// does not hold it extends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_notice_hold_keeps_other_nodes_off() {
+    use crate::conformance::sample_notice;
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    let hold = Duration::from_secs(60);
+    a.set_notice_hold(hold);
+    b.set_notice_hold(hold);
+    let (na, nb) = (NodeId(1), NodeId(2));
+    a.register_node("a", na).await.unwrap();
+    b.register_node("b", nb).await.unwrap();
+    let env = sample_envelope(6 << 30, 1);
+    a.insert(&env, &sample_entries(&env, "q", 1)).await.unwrap();
+    let key = EntryKey {
+        message: env.id,
+        rcpt: 0,
+    };
+    let t = now_millis();
+    a.claim_keys(na, &[key], t, t + 600_000).await.unwrap();
+    a.complete(na, key, Some(&sample_notice(None, 1)))
+        .await
+        .unwrap();
+    let hold_ms = hold.as_millis() as u64;
+    // B does not hold it: renewing changes nothing.
+    assert_eq!(b.renew_owed(&[key], t + hold_ms / 2).await.unwrap(), 0);
+    // A renews half-way through its hold: at the first lapse it is still A's.
+    assert_eq!(a.renew_owed(&[key], t + hold_ms / 2).await.unwrap(), 1);
+    let first_lapse = t + hold_ms + 1_000;
+    assert!(
+        b.take_owed(nb, first_lapse, false, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let renewed_lapse = t + hold_ms / 2 + hold_ms + 1_000;
+    let taken = b.take_owed(nb, renewed_lapse, false, 10).await.unwrap();
+    assert_eq!(taken.len(), 1, "taken over once the renewed hold lapsed");
+}
