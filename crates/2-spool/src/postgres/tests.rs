@@ -1087,6 +1087,17 @@ async fn last_complete_or_cancel_removes_the_contents_too() {
     assert_eq!(s.get(env.id).await.unwrap(), None, "cancelled: gone too");
 }
 
+/// Two stores on one schema, as nodes 1 and 2 would have them, each giving
+/// a recorded notice a 60 s hold (returned).
+async fn two_nodes_holding_notices_60s() -> (Schema, Arc<PgStore>, Arc<PgStore>, Duration) {
+    let schema = Schema::new().await;
+    let (a, b) = (schema.open(2).await, schema.open(2).await);
+    let hold = Duration::from_secs(60);
+    a.set_notice_hold(hold);
+    b.set_notice_hold(hold);
+    (schema, a, b, hold)
+}
+
 /// `take_owed` (migration 4): a notice owed is its recording node's to send
 /// until its hold lapses; a node starting takes back only its own; after
 /// the lapse another node takes it over, exactly once; deferring again
@@ -1094,11 +1105,7 @@ async fn last_complete_or_cancel_removes_the_contents_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owed_notices_pass_to_another_node_only_when_their_holder_lapses() {
     use crate::conformance::sample_notice;
-    let schema = Schema::new().await;
-    let (a, b) = (schema.open(2).await, schema.open(2).await);
-    let hold = Duration::from_secs(60);
-    a.set_notice_hold(hold);
-    b.set_notice_hold(hold);
+    let (_schema, a, b, hold) = two_nodes_holding_notices_60s().await;
     let (na, nb) = (NodeId(1), NodeId(2));
     let env = sample_envelope(5 << 30, 3);
     a.insert(&env, &sample_entries(&env, "q", 1)).await.unwrap();
@@ -1229,11 +1236,7 @@ async fn pooled_connections_have_a_statement_timeout_and_clocks_agree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_notice_hold_keeps_other_nodes_off() {
     use crate::conformance::sample_notice;
-    let schema = Schema::new().await;
-    let (a, b) = (schema.open(2).await, schema.open(2).await);
-    let hold = Duration::from_secs(60);
-    a.set_notice_hold(hold);
-    b.set_notice_hold(hold);
+    let (_schema, a, b, hold) = two_nodes_holding_notices_60s().await;
     let (na, nb) = (NodeId(1), NodeId(2));
     a.register_node("a", na).await.unwrap();
     b.register_node("b", nb).await.unwrap();
