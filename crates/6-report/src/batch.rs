@@ -56,6 +56,14 @@ struct Open {
     seq: u64,
 }
 
+/// Puts `event` into a group's `events` in place of an earlier one of the
+/// same recipient: a notification reports each recipient once, with its
+/// latest outcome.
+pub(crate) fn put(events: &mut Vec<Event>, event: Event) {
+    events.retain(|e| e.rcpt != event.rcpt);
+    events.push(event);
+}
+
 /// The groups being collected.
 pub struct Batcher {
     /// How long a group waits for another event before it is closed.
@@ -92,19 +100,15 @@ impl Batcher {
             seq,
         });
         open.last = now;
-        open.events.retain(|e| e.rcpt != event.rcpt);
-        open.events.push(event);
+        put(&mut open.events, event);
     }
 
     /// The recipients of every open group, by entry: the notices this
     /// node holds and has not reported yet.
     pub fn held(&self) -> impl Iterator<Item = ferrymail_spool::EntryKey> + '_ {
-        self.open.values().flat_map(|o| {
-            o.events.iter().map(|e| ferrymail_spool::EntryKey {
-                message: e.envelope.id,
-                rcpt: e.rcpt,
-            })
-        })
+        self.open
+            .values()
+            .flat_map(|o| o.events.iter().map(Event::key))
     }
 
     /// Groups being collected.

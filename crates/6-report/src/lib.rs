@@ -340,10 +340,7 @@ impl Reporter {
                     let held: Vec<ferrymail_spool::EntryKey> = batcher
                         .held()
                         .chain(refused.iter().flat_map(|r| {
-                            r.batch.events.iter().map(|e| ferrymail_spool::EntryKey {
-                                message: e.envelope.id,
-                                rcpt: e.rcpt,
-                            })
+                            r.batch.events.iter().map(Event::key)
                         }))
                         .collect();
                     if !held.is_empty()
@@ -416,8 +413,7 @@ impl Reporter {
                 match refused.iter_mut().find(|r| r.batch.key == key) {
                     Some(waiting) => {
                         let events = &mut waiting.batch.events;
-                        events.retain(|old| old.rcpt != e.rcpt);
-                        events.push(e);
+                        batch::put(events, e);
                         events.sort_by_key(|ev| ev.rcpt);
                     }
                     None => batcher.add(kind, e, std::time::Instant::now()),
