@@ -128,6 +128,10 @@ pub async fn serve(
                 continue;
             }
         };
+        // A dual-stack listener reports IPv4 clients as `::ffff:a.b.c.d`;
+        // expressions (`remote_ip == '192.0.2.1'`), SPF's ip4 mechanisms,
+        // the Received field and the logs all want the IPv4 address.
+        let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
         let _ = stream.set_nodelay(true);
         let local: SocketAddr = stream.local_addr().ok().or(local).unwrap_or(remote);
         let slot = limits.acquire(remote.ip());

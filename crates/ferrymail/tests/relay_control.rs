@@ -58,3 +58,20 @@ fn relay_expression_with_conditions() {
     );
     assert!(rcpt(&s, "user@elsewhere.example").is(554, "5.7.1"));
 }
+
+/// A trusted network written as an IPv4-mapped IPv6 address (how a
+/// dual-stack listener's logs show IPv4 clients) is that one IPv4 host.
+/// Before, its /128 was applied to 32 bits and every IPv4 client matched:
+/// an open relay.
+#[test]
+fn trusted_network_written_as_a_mapped_address_is_one_host() {
+    let other =
+        Server::start("[session.rcpt]\nrelay = \"in_network(remote_ip, '::ffff:127.0.0.2')\"\n");
+    assert!(rcpt(&other, "user@elsewhere.example").is(554, "5.7.1"));
+    let other_net =
+        Server::start("[session.rcpt]\nrelay = \"in_network(remote_ip, '::ffff:10.0.0.0/104')\"\n");
+    assert!(rcpt(&other_net, "user@elsewhere.example").is(554, "5.7.1"));
+    let this_one =
+        Server::start("[session.rcpt]\nrelay = \"in_network(remote_ip, '::ffff:127.0.0.1')\"\n");
+    assert!(rcpt(&this_one, "user@elsewhere.example").is(250, "2.1.5"));
+}

@@ -425,6 +425,12 @@ pub(crate) struct Cidr {
 
 impl Cidr {
     /// Parses `ADDR/PREFIX`, or a bare address meaning a single host.
+    ///
+    /// An IPv4-mapped IPv6 network (`::ffff:192.0.2.0/120`, how logs of a
+    /// dual-stack listener show IPv4 clients) is the IPv4 network it maps
+    /// (`192.0.2.0/24`): its prefix counts the 96 mapping bits, which an
+    /// IPv4 mask must not (a /128 kept as a /128 against 32 bits once made
+    /// every IPv4 client match).
     pub(crate) fn parse(text: &str) -> Option<Cidr> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -436,10 +442,14 @@ impl Cidr {
             Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
             None => max,
         };
-        Some(Cidr {
-            addr: addr.to_canonical(),
-            prefix,
-        })
+        match (addr, addr.to_canonical()) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) => Some(Cidr {
+                addr: IpAddr::V4(v4),
+                // Shorter than the mapping prefix is no IPv4 network at all.
+                prefix: prefix.checked_sub(96)?,
+            }),
+            _ => Some(Cidr { addr, prefix }),
+        }
     }
 
     /// Whether `ip` is inside the network. IPv4-mapped IPv6 addresses
@@ -447,20 +457,28 @@ impl Cidr {
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = mask_bits::<32>(self.prefix) as u32;
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = mask_bits::<128>(self.prefix);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
         }
     }
+}
+
+/// The network mask of a `prefix` in a `WIDTH`-bit address, in the low bits:
+/// all ones for the full width, none for 0 or a prefix beyond the width
+/// (which [`Cidr::parse`] never makes).
+fn mask_bits<const WIDTH: u32>(prefix: u8) -> u128 {
+    let prefix = u32::from(prefix);
+    if prefix == 0 || prefix > WIDTH {
+        return 0;
+    }
+    let ones = u128::MAX >> (128 - WIDTH);
+    ones & !(ones >> prefix)
 }
 
 impl fmt::Display for Cidr {

@@ -265,6 +265,29 @@ fn functions() {
             "in_network('::ffff:10.1.2.3', '10.0.0.0/8')",
             Value::Bool(true),
         ),
+        // An IPv4-mapped network is the IPv4 network it maps: a bare
+        // mapped address is one host, not every IPv4 client.
+        (
+            "in_network('192.0.2.99', '::ffff:10.1.2.3')",
+            Value::Bool(false),
+        ),
+        (
+            "in_network(remote_ip, '::ffff:10.1.2.3')",
+            Value::Bool(true),
+        ),
+        (
+            "in_network('::ffff:10.1.2.4', '::ffff:10.1.2.3/128')",
+            Value::Bool(false),
+        ),
+        (
+            "in_network('10.200.0.1', '::ffff:10.0.0.0/104')",
+            Value::Bool(true),
+        ),
+        (
+            "in_network('11.0.0.1', '::ffff:10.0.0.0/104')",
+            Value::Bool(false),
+        ),
+        ("in_network('192.0.2.1', '::/0')", Value::Bool(false)),
         (
             "in_network(remote_ip, '10.0.0.0/' + '8')",
             Value::Bool(true),
@@ -432,6 +455,10 @@ fn parse_errors() {
         (
             "in_network(remote_ip, '10.0.0.0/33')",
             "in_network(): '10.0.0.0/33' is not a network; write e.g. '10.0.0.0/8' or '2001:db8::/32' (column 1)",
+        ),
+        (
+            "in_network(remote_ip, '::ffff:0:0/95')",
+            "in_network(): '::ffff:0:0/95' is not a network; write e.g. '10.0.0.0/8' or '2001:db8::/32' (column 1)",
         ),
         (
             "in_network(remote_ip, 5)",
