@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -101,17 +101,40 @@ pub fn login_field(data: Vec<u8>) -> Option<String> {
 /// configured) and its secret. Returns the name logged in as.
 ///
 /// Every name costs one secret check, a known one or not, so that a
-/// response's timing does not tell which names exist.
+/// response's timing does not tell which names exist: an unknown name is
+/// checked against the directory's first secret, whose kind and cost are
+/// the directory's (an empty secret would cost nothing and tell).
 pub fn verify(directory: &Directory, c: &Credentials) -> Option<String> {
     let found = directory.principals.iter().find(|p| p.name == c.name);
     let ok = match found {
         Some(p) => secret_matches(p, &c.password),
         None => {
-            let _ = secret_matches(&DUMMY, &c.password);
+            if let Some(stand_in) = directory.principals.first() {
+                let _ = secret_matches(stand_in, &c.password);
+            }
             false
         }
     };
     ok.then(|| c.name.clone())
+}
+
+/// Secret checks (argon2 is tens of MiB and milliseconds each) that run at
+/// once, node-wide: as many as there are CPUs, at least two. Without a
+/// bound, a few hundred sessions each sending AUTH at the same moment held
+/// hundreds of argon2 buffers and every blocking thread at once.
+static CHECKS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cpus.max(2))
+});
+
+/// [`verify`] off the runtime's worker threads, waiting its turn among
+/// [`CHECKS`]: a burst of logins (or guesses) neither stalls every other
+/// session nor takes all the memory.
+pub async fn verify_in_turn(settings: Arc<crate::AuthSettings>, c: Credentials) -> Option<String> {
+    let _turn = CHECKS.acquire().await.ok()?;
+    tokio::task::spawn_blocking(move || verify(&settings.directory, &c))
+        .await
+        .unwrap_or(None)
 }
 
 /// Whether `sender` (MAIL FROM, without brackets) is one `name` of
@@ -138,13 +161,24 @@ pub fn may_send_as(directory: &Directory, name: &str, sender: &str) -> bool {
 /// guesser that reconnects after every `errors.total` is still stopped.
 /// After `limit` failures within `window` of the first, the address gets
 /// 454 4.7.0 without its credentials being checked, until the window
-/// passes; a success clears its count. IPv6 addresses count per /64, the
-/// block one host usually has.
+/// passes. An attempt counts as a failure when it starts ([`Self::begin`])
+/// and is taken back if it succeeds ([`Self::refund`]): attempts made at
+/// the same moment in many sessions are counted before any of them is
+/// checked, and a success takes back only its own attempt, so logging in
+/// as oneself does not wipe the count of a guesser at the same address.
+/// IPv6 addresses count per /64, the block one host usually has.
 #[derive(Debug)]
 pub struct FailureLedger {
     limit: u32,
     window: Duration,
-    seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    seen: Mutex<Seen>,
+}
+
+/// The ledger's table, and when expired entries were last swept out.
+#[derive(Debug, Default)]
+struct Seen {
+    by_key: HashMap<IpAddr, (u32, Instant)>,
+    swept: Option<Instant>,
 }
 
 /// Entries kept before expired ones are swept out.
@@ -156,7 +190,7 @@ impl FailureLedger {
         FailureLedger {
             limit,
             window,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
@@ -176,37 +210,52 @@ impl FailureLedger {
     /// Whether `ip` is refused AUTH at `now`.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(&Self::key(ip))
+        seen.by_key
+            .get(&Self::key(ip))
             .is_some_and(|&(n, since)| n >= self.limit && now.duration_since(since) < self.window)
     }
 
-    /// Records a failure of `ip` at `now`.
-    pub fn failed(&self, ip: IpAddr, now: Instant) {
+    /// Starts an attempt of `ip` at `now`: `false` if the address is
+    /// blocked, else the attempt is counted as a failure already, in the
+    /// same step, until [`Self::refund`] takes it back.
+    pub fn begin(&self, ip: IpAddr, now: Instant) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= LEDGER_SWEEP_AT {
+        // Expired entries are swept once the table is big, at most once a
+        // window: a sweep is a pass over the whole table under the lock.
+        if seen.by_key.len() >= LEDGER_SWEEP_AT
+            && seen
+                .swept
+                .is_none_or(|t| now.duration_since(t) >= self.window)
+        {
             let window = self.window;
-            seen.retain(|_, &mut (_, since)| now.duration_since(since) < window);
+            seen.by_key
+                .retain(|_, &mut (_, since)| now.duration_since(since) < window);
+            seen.swept = Some(now);
         }
-        let e = seen.entry(Self::key(ip)).or_insert((0, now));
+        let e = seen.by_key.entry(Self::key(ip)).or_insert((0, now));
         if now.duration_since(e.1) >= self.window {
             *e = (0, now);
         }
-        e.0 = e.0.saturating_add(1);
+        if e.0 >= self.limit {
+            return false;
+        }
+        e.0 += 1;
+        true
     }
 
-    /// Forgets `ip`'s failures (it logged in).
-    pub fn succeeded(&self, ip: IpAddr) {
+    /// Takes back the attempt [`Self::begin`] counted: it succeeded.
+    /// Other failures of the address stay counted.
+    pub fn refund(&self, ip: IpAddr) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.remove(&Self::key(ip));
+        let key = Self::key(ip);
+        if let Some(e) = seen.by_key.get_mut(&key) {
+            e.0 = e.0.saturating_sub(1);
+            if e.0 == 0 {
+                seen.by_key.remove(&key);
+            }
+        }
     }
 }
-
-/// A principal no name matches, checked when the name is unknown.
-static DUMMY: Principal = Principal {
-    name: String::new(),
-    secret: String::new(),
-    emails: Vec::new(),
-};
 
 /// A secret as configured: a crypt(3)-style hash (`$argon2id$`, `$argon2i$`,
 /// `$argon2d$`, `$6$` SHA-512-crypt, `$5$` SHA-256-crypt) or, failing those
@@ -225,12 +274,21 @@ fn secret_matches(p: &Principal, password: &str) -> bool {
     } else if s.starts_with("$5$") {
         sha_crypt::sha256_check(password, s).is_ok()
     } else {
-        !s.is_empty() && constant_time_eq(s.as_bytes(), password.as_bytes())
+        !s.is_empty() && same_text(s.as_bytes(), password.as_bytes())
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether a plain-text secret and a password are equal, in a time that
+/// tells neither where they differ nor the secret's length: their SHA-256
+/// digests are compared, every byte.
+fn same_text(a: &[u8], b: &[u8]) -> bool {
+    use ring::digest::{SHA256, digest};
+    let (a, b) = (digest(&SHA256, a), digest(&SHA256, b));
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
@@ -277,37 +335,76 @@ mod tests {
         let t0 = Instant::now();
         let a: IpAddr = "192.0.2.7".parse().unwrap();
         let b: IpAddr = "192.0.2.8".parse().unwrap();
-        l.failed(a, t0);
+        assert!(l.begin(a, t0));
         assert!(!l.blocked(a, t0), "one failure of two");
-        l.failed(a, t0 + Duration::from_secs(1));
+        assert!(l.begin(a, t0 + Duration::from_secs(1)));
         assert!(l.blocked(a, t0 + Duration::from_secs(2)));
+        assert!(!l.begin(a, t0 + Duration::from_secs(2)), "no third try");
         assert!(!l.blocked(b, t0 + Duration::from_secs(2)), "per address");
         assert!(
             !l.blocked(a, t0 + Duration::from_secs(61)),
             "the window passed"
         );
-        // After the window a failure starts a new count.
-        l.failed(a, t0 + Duration::from_secs(62));
+        // After the window an attempt starts a new count.
+        assert!(l.begin(a, t0 + Duration::from_secs(62)));
         assert!(!l.blocked(a, t0 + Duration::from_secs(63)));
-        l.failed(a, t0 + Duration::from_secs(63));
+        assert!(l.begin(a, t0 + Duration::from_secs(63)));
         assert!(l.blocked(a, t0 + Duration::from_secs(64)));
-        l.succeeded(a);
-        assert!(
-            !l.blocked(a, t0 + Duration::from_secs(64)),
-            "a login clears it"
-        );
+        // A login takes back its own attempt, not the others'.
+        l.refund(a);
+        assert!(!l.blocked(a, t0 + Duration::from_secs(64)));
+        assert!(l.begin(a, t0 + Duration::from_secs(64)));
+        assert!(l.blocked(a, t0 + Duration::from_secs(64)));
         // IPv6 counts per /64; IPv4-mapped addresses as IPv4.
         let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let v6b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         let v6c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        l.failed(v6a, t0);
-        l.failed(v6b, t0);
+        assert!(l.begin(v6a, t0) && l.begin(v6b, t0));
         assert!(l.blocked(v6a, t0) && l.blocked(v6b, t0));
         assert!(!l.blocked(v6c, t0), "another /64");
         let mapped: IpAddr = "::ffff:192.0.2.8".parse().unwrap();
-        l.failed(mapped, t0);
-        l.failed(b, t0);
+        assert!(l.begin(mapped, t0) && l.begin(b, t0));
         assert!(l.blocked(b, t0));
+    }
+
+    /// Attempts that start together (many sessions, one address) are each
+    /// counted when they start: no more than the limit get checked.
+    #[test]
+    fn simultaneous_attempts_are_counted_before_any_is_checked() {
+        let l = FailureLedger::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let started = (0..256).filter(|_| l.begin(ip, t0)).count();
+        assert_eq!(started, 10);
+    }
+
+    /// An unknown name costs a check of the directory's kind too: with an
+    /// argon2 directory it takes about as long as a known name's wrong
+    /// password, never the no-time-at-all of an empty secret.
+    #[test]
+    fn an_unknown_name_costs_a_real_check() {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"saltsaltsaltsalt").unwrap();
+        let hash = argon2::Argon2::default()
+            .hash_password(b"secret", &salt)
+            .unwrap()
+            .to_string();
+        let d = dir(&[("alice", &hash)]);
+        let time = |name: &str| {
+            let t = Instant::now();
+            assert_eq!(verify(&d, &creds(name, "wrong")), None);
+            t.elapsed()
+        };
+        // Interleaved, so that a busy machine slows both alike.
+        let (mut known, mut unknown) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..6 {
+            known += time("alice");
+            unknown += time("nobody");
+        }
+        assert!(
+            unknown * 3 > known,
+            "unknown {unknown:?} against known {known:?}"
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::protocol::reply::{Reply, replies};
 
@@ -339,13 +340,17 @@ impl Defences {
     }
 
     async fn check(self: Arc<Self>, ip: IpAddr) -> Verdict {
-        let lists: Vec<JoinHandle<DnsblResult>> = self
+        // Each lookup is aborted with the check (a client that closed at
+        // once leaves no queries running behind it).
+        let lists: Vec<AbortOnDropHandle<DnsblResult>> = self
             .dnsbl
             .iter()
             .map(|zone| {
                 let this = self.clone();
                 let zone = zone.clone();
-                tokio::spawn(async move { this.dnsbl_lookup(ip, &zone).await })
+                AbortOnDropHandle::new(tokio::spawn(
+                    async move { this.dnsbl_lookup(ip, &zone).await },
+                ))
             })
             .collect();
         let iprev = if self.iprev == IprevVerify::Disable {
@@ -414,7 +419,9 @@ impl Defences {
                 let dns = self.dns.clone();
                 lookups.push((
                     name.clone(),
-                    tokio::spawn(async move { query(&dns, &name, forward_type).await }),
+                    AbortOnDropHandle::new(tokio::spawn(async move {
+                        query(&dns, &name, forward_type).await
+                    })),
                 ));
             }
         }

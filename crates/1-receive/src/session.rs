@@ -813,14 +813,13 @@ impl Session {
         // Delayed rejection (Postfix's smtpd_delay_reject): the recipient
         // that would be accepted is refused instead. Never postmaster, and
         // never a client the relay expression trusts (Postfix's
-        // permit_mynetworks before reject_rbl_client).
+        // permit_mynetworks before reject_rbl_client). The trust is the
+        // client's, evaluated with no recipient: a relay rule for a
+        // recipient domain (a backup MX's) lets nobody past the blocklists.
         if let Some(r) = self.checks.refusal()
             && !own_postmaster
             && !crate::defences::is_postmaster(&address, &self.rx.params.local_domains)
-            && !self.rx.relay.eval_bool(&RcptVars {
-                session: self,
-                rcpt: &address,
-            })
+            && !self.truthy(&self.rx.relay)
         {
             ReceiveCounters::bump(&self.rx.counters.refused_by_checks);
             tracing::info!(remote = %self.remote.ip(), rcpt = %address, reply = %r.to_line(), "recipient refused by connection checks");
@@ -917,28 +916,29 @@ impl Session {
             Ok(Err(flow_reply)) => return self.reply(flow_reply),
             Err(flow) => return flow,
         };
-        // A password hash (argon2 especially) is milliseconds of CPU: off
-        // the runtime's worker threads, so a burst of logins (or guesses)
-        // does not stall every other session.
-        let verified = {
-            let settings = settings.clone();
-            let name = credentials.name.clone();
-            let password = std::mem::take(&mut credentials.password);
-            tokio::task::spawn_blocking(move || {
-                auth::verify(&settings.directory, &Credentials { name, password })
-            })
-            .await
-            .unwrap_or(None)
-        };
+        // Counted as a failure before it is checked, in the same step as
+        // the block is looked at: sessions that send their credentials at
+        // the same moment are not all checked before any failure counts.
+        if !settings.ledger.begin(ip, std::time::Instant::now()) {
+            tracing::info!(remote = %ip, "AUTH refused: too many failures from this address");
+            return self.reply(replies::auth_address_blocked());
+        }
+        let verified = auth::verify_in_turn(
+            settings.clone(),
+            Credentials {
+                name: credentials.name.clone(),
+                password: std::mem::take(&mut credentials.password),
+            },
+        )
+        .await;
         match verified {
             Some(name) => {
                 tracing::info!(remote = %ip, user = %name, mechanism = %mechanism.name(), "authenticated");
-                settings.ledger.succeeded(ip);
+                settings.ledger.refund(ip);
                 self.auth_as = Some(name);
                 self.reply(replies::auth_ok())
             }
             None => {
-                settings.ledger.failed(ip, std::time::Instant::now());
                 self.auth_failures += 1;
                 ReceiveCounters::bump(&self.rx.counters.auth_failures);
                 tracing::info!(remote = %ip, user = %credentials.name, mechanism = %mechanism.name(), failures = self.auth_failures, "authentication failed");
@@ -1394,6 +1394,10 @@ impl Session {
         // store that hangs (a database that stopped answering) must not
         // outlast the client's own 10-minute wait (RFC 5321 §4.5.3.2.6).
         let spool = self.rx.spool.clone();
+        // The message's share of `max-memory`, given back when the write
+        // is over: if it outlasts the timeout below, the write goes on
+        // holding the message, and so must the count.
+        let hold = tx.memory.take();
         let mut work = Box::pin(async move {
             let r = spool.accept(&envelope, &entries, contents.into()).await;
             (r, envelope, entries)
@@ -1412,6 +1416,7 @@ impl Session {
                 let queued = self.rx.queued.clone();
                 tokio::spawn(async move {
                     let (r, envelope, entries) = work.await;
+                    drop(hold);
                     if r.is_ok() {
                         tracing::warn!(id = %envelope.id, "made durable after the client was told 451: it may arrive twice");
                         let _ = queued.send(Queued::with_envelope(entries, &envelope));

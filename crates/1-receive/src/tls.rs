@@ -53,6 +53,26 @@ pub fn certificates_from_pem(pem: &str) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
+/// Writes a private key readable by its owner only (0600), whatever the
+/// umask: the generated key also serves the management API over HTTPS,
+/// whose certificate the queue CLI trusts, so a local user who could read
+/// it could stand in for the server to the CLI.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` applies only when the file is created: an existing file (a
+    // pair half written before) is narrowed too.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
 /// Where [`self_signed`] keeps the generated certificate under `dir`.
 pub fn self_signed_path(dir: &Path) -> std::path::PathBuf {
     dir.join("tls").join("cert.pem")
@@ -72,8 +92,8 @@ pub fn self_signed(dir: &Path, hostname: &str) -> Result<(TlsAcceptor, bool), Tl
         std::fs::create_dir_all(&tls_dir).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
         std::fs::write(&cert_path, ck.cert.pem())
             .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
-        std::fs::write(&key_path, ck.signing_key.serialize_pem())
-            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        write_private(&key_path, ck.signing_key.serialize_pem().as_bytes())
+            .map_err(|e| TlsError::SelfSigned(format!("{}: {e}", key_path.display())))?;
         generated = true;
     }
     let read = |p: &Path| {
@@ -84,4 +104,27 @@ pub fn self_signed(dir: &Path, hostname: &str) -> Result<(TlsAcceptor, bool), Tl
         acceptor_from_pem(&read(&cert_path)?, &read(&key_path)?)?,
         generated,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The generated key is the owner's alone, whatever the umask.
+    #[test]
+    fn the_generated_key_is_readable_by_its_owner_only() {
+        let dir = std::env::temp_dir().join(format!("ferry-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (_, generated) = super::self_signed(&dir, "mx.example").unwrap();
+        assert!(generated);
+        let mode = |name: &str| {
+            std::fs::metadata(dir.join("tls").join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("key.pem"), 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

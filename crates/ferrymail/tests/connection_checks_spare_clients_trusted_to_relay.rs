@@ -36,3 +36,22 @@ fn trusted_client_is_accepted_though_listed_and_without_ptr() {
         "{log}"
     );
 }
+
+/// The trust that spares a client is the client's own: a relay rule that
+/// names a recipient domain (a backup MX relaying for a customer) must not
+/// let a listed client past the blocklist for that domain. Before, the
+/// exemption was evaluated per recipient and it did.
+#[test]
+fn a_relay_rule_for_a_recipient_domain_spares_no_listed_client() {
+    let dns = DnsServer::start(Zone::new().addr("1.0.0.127.listed.test", "127.0.0.2"));
+    let s = Server::start(&format!(
+        "{}[session.rcpt]\nrelay = \"rcpt_domain == 'customer.example'\"\n\n\
+         [session.connect]\ndnsbl = [\"listed.test\"]\n",
+        dns.resolver_toml()
+    ));
+    let mut c = s.client();
+    c.ehlo();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);
+    let r = c.cmd("RCPT TO:<someone@customer.example>");
+    assert!(r.is(554, "5.7.1"), "{r:?}\n{}", s.log_text());
+}
