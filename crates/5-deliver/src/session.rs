@@ -238,9 +238,12 @@ impl Session {
         // authenticating, as RFC 7435 describes and as Postfix's `may` does:
         // MX hosts rarely have certificates that verify, and refusing them
         // would mean sending in the clear or not at all. `require` (and
-        // implicit TLS) verify unless allow-invalid-certs says otherwise.
+        // implicit TLS) verify unless allow-invalid-certs says otherwise, and
+        // so does a route with AUTH credentials in every mode: a password
+        // must not go to whoever answered STARTTLS with any certificate (an
+        // attacker who can strip STARTTLS can as easily present one).
         let verify = !peer.tls.allow_invalid_certs
-            && (peer.tls.mode == TlsMode::Require || peer.tls.implicit);
+            && (peer.tls.mode == TlsMode::Require || peer.tls.implicit || peer.auth.is_some());
         let tls_config = match (verify, &peer.verify_with) {
             (true, Some(own)) => own,
             (true, None) => &tls.verify,
@@ -844,7 +847,8 @@ impl Session {
 
 /// Whether a failed STARTTLS may give way to plain text: only for
 /// opportunistic TLS, and not when AUTH credentials would then be sent
-/// over a connection an attacker may have downgraded.
+/// over a connection an attacker may have downgraded (for such a route the
+/// certificate is verified too, so a failed verification ends the attempt).
 fn may_fall_back(peer: &Peer) -> bool {
     peer.tls.mode == TlsMode::Optional && !peer.tls.implicit && peer.auth.is_none()
 }

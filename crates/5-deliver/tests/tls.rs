@@ -213,3 +213,26 @@ async fn auth_plain_and_login_over_starttls() {
         }
     }
 }
+
+/// A route with AUTH credentials verifies the certificate even in the
+/// default `optional` mode: the password goes to the next hop named, not
+/// to whoever answered STARTTLS with any certificate. Before, the
+/// self-signed peer below got the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_credentials_go_only_over_a_verified_certificate() {
+    let cert = self_signed(&["peer.ferry.test"]);
+    let peer = tls_peer(
+        &cert,
+        json!({"auth": {"user": "ferry", "password": "s3cret"}}),
+    );
+    let t = SmtpTransport::new(&relay_config(
+        peer.port,
+        "smtp",
+        "auth.username = \"ferry\"\nauth.secret = \"s3cret\"",
+    ))
+    .unwrap();
+    let o = one(&t).await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert!(reason(&o).contains("TLS failed"), "{}", reason(&o));
+    assert!(peer.transactions().is_empty(), "nothing was sent");
+}
