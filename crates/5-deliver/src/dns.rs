@@ -9,7 +9,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::system_conf::read_system_conf;
 
 /// Why no next hop could be found.
@@ -271,9 +271,15 @@ impl Dns {
                     self.query(domain, RecordType::AAAA)
                 );
                 match (a, aaaa) {
-                    (Ok(Answer::Records(_)), _) | (_, Ok(Answer::Records(_))) => {
-                        Ok(vec![domain.to_ascii_lowercase()])
-                    }
+                    // In A-labels, as MX names are: the host name is what
+                    // the certificate and an MTA-STS policy are checked
+                    // against (`bücher.example` is `xn--bcher-kva.example`).
+                    (Ok(Answer::Records(_)), _) | (_, Ok(Answer::Records(_))) => Ok(vec![
+                        Name::from_utf8(domain.trim_end_matches('.')).map_or_else(
+                            |_| domain.to_ascii_lowercase(),
+                            |n| n.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                        ),
+                    ]),
                     (Err(e), _) | (_, Err(e)) => Err(transient(e)),
                     _ => Err(DnsError::Permanent {
                         status: "5.1.2",

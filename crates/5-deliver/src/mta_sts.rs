@@ -253,11 +253,7 @@ impl StsCache {
             }
         };
         drop(held);
-        let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-        // Only the map's reference and ours left: nobody waits for it.
-        if Arc::strong_count(&gate) <= 2 {
-            map.remove(&domain);
-        }
+        self.release_gate(&domain, gate);
         found
     }
 
@@ -265,6 +261,16 @@ impl StsCache {
     fn gate(&self, domain: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(domain.to_string()).or_default().clone()
+    }
+
+    /// Forgets the domain's fetch gate once its fetch is over and nobody
+    /// else waits for it (only the map's reference and `gate` are left):
+    /// the map holds domains being fetched, not every domain ever fetched.
+    fn release_gate(&self, domain: &str, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&gate) <= 2 {
+            map.remove(domain);
+        }
     }
 
     /// Whether the kept policy of `domain`, under record id `id`, is due
@@ -288,7 +294,8 @@ impl StsCache {
         id: &str,
         timeout: Duration,
     ) {
-        let Ok(held) = self.gate(domain).try_lock_owned() else {
+        let gate = self.gate(domain);
+        let Ok(held) = gate.clone().try_lock_owned() else {
             return;
         };
         let (me, dns, verify) = (self.clone(), dns.clone(), verify.clone());
@@ -297,6 +304,7 @@ impl StsCache {
             me.fetch_and_keep(&dns, &verify, strategy, &domain, id, timeout)
                 .await;
             drop(held);
+            me.release_gate(&domain, gate);
         });
     }
 

@@ -681,11 +681,21 @@ impl Inner {
                     // so a name that cannot be one is not used.
                     policy.matches(h) && is_dns_name(h)
                 });
-                for (host, _) in unlisted {
+                // Named up to a few: a domain may publish hundreds of MX
+                // records, and the reason goes into the queue, the log and
+                // the DSN.
+                const NAMED: usize = 3;
+                for (host, _) in unlisted.iter().take(NAMED) {
                     status = "4.7.5";
                     errors.push(format!(
                         "{host}: not an MX host of the MTA-STS policy of {domain} (mx: {})",
                         shortened(&policy.mx)
+                    ));
+                }
+                if unlisted.len() > NAMED {
+                    errors.push(format!(
+                        "{} more MX hosts not in the policy",
+                        unlisted.len() - NAMED
                     ));
                 }
                 hosts = listed;
@@ -698,6 +708,13 @@ impl Inner {
             }
             None => {}
         }
+        // RFC 5321 §5.1: MX records of which none is usable are an error to
+        // report, not to retry until the message expires: when every host
+        // the DNS gave is one the DNS says cannot be (NXDOMAIN, no address
+        // records), and nothing else failed, the mail bounces (5.4.4).
+        let hosts_to_try = hosts.len();
+        let unlisted = errors.len();
+        let mut no_such_host = 0usize;
         for (host, literal) in hosts {
             let addrs = match literal {
                 Some(ip) => vec![ip],
@@ -709,6 +726,17 @@ impl Inner {
                     Ok(a) => a,
                     Err(e) => {
                         status = "4.4.3";
+                        // With one address family only, a host without
+                        // records of it may still have the other's.
+                        if matches!(e, DnsError::Permanent { .. })
+                            && !matches!(
+                                o.ip_strategy,
+                                ferrymail_config::IpStrategy::Ipv4Only
+                                    | ferrymail_config::IpStrategy::Ipv6Only
+                            )
+                        {
+                            no_such_host += 1;
+                        }
                         errors.push(format!("{host}: {e}"));
                         continue;
                     }
@@ -757,6 +785,22 @@ impl Inner {
                     }
                 }
             }
+        }
+        if matches!(route.kind, RouteKind::Mx)
+            && hosts_to_try > 0
+            && unlisted == 0
+            && no_such_host == hosts_to_try
+        {
+            return Err(Failure {
+                outcome: Outcome::Permanent {
+                    reason: format!(
+                        "5.4.4 no MX host of {domain} can be reached: {}",
+                        errors.join("; ")
+                    ),
+                    reply: None,
+                },
+                remote: None,
+            });
         }
         if errors.is_empty() {
             errors.push("no next-hop host to try".into());

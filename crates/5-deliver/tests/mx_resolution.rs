@@ -125,6 +125,7 @@ async fn implicit_mx_null_mx_and_dns_errors() {
     let _sink = Sink::start_at("127.0.0.1", port, &[]);
     let zone = Zone::new()
         .addr("implicit.test", "127.0.0.1")
+        .addr("xn--bcher-kva.test", "127.0.0.1")
         .mx("null.test", 0, ".")
         .addr("null.test", "127.0.0.1")
         .empty("nothing.test")
@@ -135,6 +136,14 @@ async fn implicit_mx_null_mx_and_dns_errors() {
     let o = send(&t, "implicit.test").await;
     assert_eq!(kind(&o), "delivered", "implicit MX: {o:?}");
     assert_eq!(o.remote.as_ref().unwrap().host, "implicit.test");
+
+    // An internationalised domain's implicit MX is named in A-labels, as
+    // MX names are (what a certificate or an MTA-STS policy lists; before,
+    // `bücher.test`, which no certificate names). The sink has no SMTPUTF8,
+    // which the recipient's address needs: 5.6.7 from the host reached.
+    let o = send(&t, "bücher.test").await;
+    assert_eq!(o.outcome.status(), "5.6.7", "implicit MX of an IDN: {o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "xn--bcher-kva.test");
 
     let o = send(&t, "null.test").await;
     assert_eq!(kind(&o), "permanent", "{o:?}");
@@ -165,4 +174,50 @@ async fn no_dns_server_is_transient() {
     let o = send(&t, "example.test").await;
     assert_eq!(kind(&o), "transient", "{o:?}");
     assert_eq!(o.outcome.status(), "4.4.3");
+}
+
+/// RFC 5321 §5.1: MX records none of which is usable are an error to
+/// report. A domain whose every MX host does not exist (or has no address
+/// records) bounces with 5.4.4 instead of being retried until the message
+/// expires; one host that might come back (a DNS failure, a refused
+/// connection) keeps it transient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_hosts_that_do_not_exist_are_a_permanent_failure() {
+    let port = free_port();
+    let zone = Zone::new()
+        .mx("gone.test", 10, "mx1.gone-provider.test")
+        .mx("gone.test", 20, "mx2.gone-provider.test")
+        .empty("mx2.gone-provider.test")
+        .mx("half.test", 10, "mx1.gone-provider.test")
+        .mx("half.test", 20, "broken.hosts.test")
+        .servfail("broken.hosts.test")
+        .mx("dead.test", 10, "mx1.gone-provider.test")
+        .mx("dead.test", 20, "dead.hosts.test")
+        .addr("dead.hosts.test", "127.0.0.4");
+    let dns = DnsServer::start(zone).await;
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, "")).unwrap();
+
+    let o = send(&t, "gone.test").await;
+    assert_eq!(kind(&o), "permanent", "{o:?}");
+    assert_eq!(o.outcome.status(), "5.4.4");
+    assert!(
+        reason(&o).contains("mx1.gone-provider.test"),
+        "{}",
+        reason(&o)
+    );
+    assert!(
+        reason(&o).contains("mx2.gone-provider.test"),
+        "{}",
+        reason(&o)
+    );
+
+    let o = send(&t, "half.test").await;
+    assert_eq!(kind(&o), "transient", "a DNS failure may pass: {o:?}");
+
+    let o = send(&t, "dead.test").await;
+    assert_eq!(
+        kind(&o),
+        "transient",
+        "a refused connection may pass: {o:?}"
+    );
 }

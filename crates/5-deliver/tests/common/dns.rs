@@ -127,7 +127,7 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let builder = MessageResponseBuilder::from_message_request(request);
         let query = &request.queries.queries()[0];
-        let name = query.name().to_string().to_ascii_lowercase();
+        let name = query.name().to_ascii().to_ascii_lowercase();
         let rtype = query.query_type();
         let zone = &self.0;
         zone.asked
