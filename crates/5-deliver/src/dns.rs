@@ -234,10 +234,14 @@ impl Dns {
         }
     }
 
-    /// The hosts to try for mail to `domain`, in order: its MX hosts, or the
-    /// domain itself when it has no MX but has addresses (the implicit MX
-    /// of RFC 5321 §5.1).
-    pub async fn mx_hosts(&self, domain: &str, max_mx: usize) -> Result<Vec<String>, DnsError> {
+    /// The hosts to try for mail to `domain`, in order, each with its MX
+    /// preference: its MX hosts, or the domain itself (preference 0) when
+    /// it has no MX but has addresses (the implicit MX of RFC 5321 §5.1).
+    pub async fn mx_hosts(
+        &self,
+        domain: &str,
+        max_mx: usize,
+    ) -> Result<Vec<(u16, String)>, DnsError> {
         let transient = |reason| DnsError::Transient { reason };
         match self
             .query(domain, RecordType::MX)
@@ -249,19 +253,31 @@ impl Dns {
                 reason: format!("domain {domain} does not exist (NXDOMAIN)"),
             }),
             Answer::Records(records) => {
-                let records = records
+                let records: Vec<(u16, String)> = records
                     .into_iter()
                     .filter_map(|r| match r {
                         RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
                         _ => None,
                     })
                     .collect();
-                match order_mx(records, max_mx, &mut random_u64) {
+                // A host named twice counts at its best preference, where
+                // `order_mx` keeps it.
+                let preference = |host: &str| {
+                    records
+                        .iter()
+                        .filter(|(_, h)| h.trim_end_matches('.').eq_ignore_ascii_case(host))
+                        .map(|(p, _)| *p)
+                        .min()
+                        .unwrap_or(0)
+                };
+                match order_mx(records.clone(), max_mx, &mut random_u64) {
                     MxAnswer::Null => Err(DnsError::Permanent {
                         status: "5.1.10",
                         reason: format!("domain {domain} does not accept mail (null MX, RFC 7505)"),
                     }),
-                    MxAnswer::Hosts(hosts) => Ok(hosts),
+                    MxAnswer::Hosts(hosts) => {
+                        Ok(hosts.into_iter().map(|h| (preference(&h), h)).collect())
+                    }
                 }
             }
             Answer::NoData => {
@@ -274,12 +290,13 @@ impl Dns {
                     // In A-labels, as MX names are: the host name is what
                     // the certificate and an MTA-STS policy are checked
                     // against (`bücher.example` is `xn--bcher-kva.example`).
-                    (Ok(Answer::Records(_)), _) | (_, Ok(Answer::Records(_))) => Ok(vec![
+                    (Ok(Answer::Records(_)), _) | (_, Ok(Answer::Records(_))) => Ok(vec![(
+                        0,
                         Name::from_utf8(domain.trim_end_matches('.')).map_or_else(
                             |_| domain.to_ascii_lowercase(),
                             |n| n.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
                         ),
-                    ]),
+                    )]),
                     (Err(e), _) | (_, Err(e)) => Err(transient(e)),
                     _ => Err(DnsError::Permanent {
                         status: "5.1.2",

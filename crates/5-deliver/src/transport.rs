@@ -98,6 +98,67 @@ struct Settings {
     /// earlier one is closed instead of reused, since its route may have
     /// moved.
     generation: u64,
+    /// This server, as an MX host (RFC 5321 §5.1 loop detection).
+    me: Me,
+}
+
+/// How this server is known as a next hop: its name and the addresses
+/// its SMTP and LMTP listeners take mail on. An MX host is this server
+/// when it is reached on a listener's port and either has this server's
+/// name or resolves to an address that listener answers on (its own
+/// address, or any address of this machine for a wildcard listener).
+/// A public address behind NAT is not seen as this server's.
+#[derive(Debug, Default)]
+struct Me {
+    hostname: String,
+    listeners: Vec<SocketAddr>,
+}
+
+impl Me {
+    fn from_config(config: &Config) -> Me {
+        Me {
+            hostname: config
+                .server
+                .hostname
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            listeners: config
+                .server
+                .listeners
+                .iter()
+                .filter(|l| l.protocol != ferrymail_config::Protocol::Http)
+                .flat_map(|l| l.bind.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// Whether `host`, with addresses `addrs`, reached on `port`, is this
+    /// server.
+    fn is(&self, host: &str, addrs: &[IpAddr], port: u16) -> bool {
+        let on_port: Vec<&SocketAddr> =
+            self.listeners.iter().filter(|l| l.port() == port).collect();
+        if on_port.is_empty() {
+            return false;
+        }
+        if host
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(&self.hostname)
+        {
+            return true;
+        }
+        addrs.iter().any(|ip| {
+            let ip = ip.to_canonical();
+            on_port.iter().any(|l| {
+                l.ip().to_canonical() == ip || (l.ip().is_unspecified() && is_local_address(ip))
+            })
+        })
+    }
+}
+
+/// Whether `ip` is an address of this machine: one a socket can be bound
+/// to (the kernel refuses any other with EADDRNOTAVAIL).
+fn is_local_address(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 impl Settings {
@@ -140,6 +201,7 @@ impl Settings {
             log,
             route_tls,
             generation,
+            me: Me::from_config(config),
         })
     }
 }
@@ -632,12 +694,16 @@ impl Inner {
     ) -> Result<Session, Failure> {
         let o = &settings.outbound;
         let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
-        let hosts: Vec<(String, Option<IpAddr>)> = match &route.kind {
+        // (host, its address if it is a literal, MX preference); only MX
+        // hosts from the DNS can be this server (a relay route or an
+        // address literal names its next hop on purpose).
+        let from_dns = matches!(route.kind, RouteKind::Mx) && address_literal(domain).is_none();
+        let hosts: Vec<(String, Option<IpAddr>, u16)> = match &route.kind {
             RouteKind::Relay { address } => {
-                vec![(address.clone(), address_literal(address))]
+                vec![(address.clone(), address_literal(address), 0)]
             }
             RouteKind::Mx => match address_literal(domain) {
-                Some(ip) => vec![(domain.to_string(), Some(ip))],
+                Some(ip) => vec![(domain.to_string(), Some(ip), 0)],
                 // Under an enforced policy the unlisted hosts are dropped
                 // before `max-mx` counts, so that unlisted hosts in front
                 // (an attacker's among them) cannot crowd the listed out.
@@ -646,7 +712,7 @@ impl Inner {
                     .mx_hosts(domain, if enforce { usize::MAX } else { o.max_mx })
                     .await
                 {
-                    Ok(hosts) => hosts.into_iter().map(|h| (h, None)).collect(),
+                    Ok(hosts) => hosts.into_iter().map(|(p, h)| (h, None, p)).collect(),
                     Err(DnsError::Permanent { status, reason }) => {
                         return Err(Failure {
                             outcome: Outcome::Permanent {
@@ -676,16 +742,17 @@ impl Inner {
         let mut hosts = hosts;
         match sts {
             Some(policy) if enforce => {
-                let (listed, unlisted): (Vec<_>, Vec<_>) = hosts.into_iter().partition(|(h, _)| {
-                    // §4.2: the certificate is checked for the MX name,
-                    // so a name that cannot be one is not used.
-                    policy.matches(h) && is_dns_name(h)
-                });
+                let (listed, unlisted): (Vec<_>, Vec<_>) =
+                    hosts.into_iter().partition(|(h, _, _)| {
+                        // §4.2: the certificate is checked for the MX name,
+                        // so a name that cannot be one is not used.
+                        policy.matches(h) && is_dns_name(h)
+                    });
                 // Named up to a few: a domain may publish hundreds of MX
                 // records, and the reason goes into the queue, the log and
                 // the DSN.
                 const NAMED: usize = 3;
-                for (host, _) in unlisted.iter().take(NAMED) {
+                for (host, _, _) in unlisted.iter().take(NAMED) {
                     status = "4.7.5";
                     errors.push(format!(
                         "{host}: not an MX host of the MTA-STS policy of {domain} (mx: {})",
@@ -702,7 +769,7 @@ impl Inner {
                 hosts.truncate(o.max_mx);
             }
             Some(policy) => {
-                for (host, _) in hosts.iter().filter(|(h, _)| !policy.matches(h)) {
+                for (host, _, _) in hosts.iter().filter(|(h, _, _)| !policy.matches(h)) {
                     tracing::warn!(domain, host = %host, mx = ?policy.mx, "MTA-STS (testing): MX host not in the policy; delivering anyway");
                 }
             }
@@ -715,33 +782,84 @@ impl Inner {
         let hosts_to_try = hosts.len();
         let unlisted = errors.len();
         let mut no_such_host = 0usize;
-        for (host, literal) in hosts {
-            let addrs = match literal {
-                Some(ip) => vec![ip],
-                None => match settings
-                    .dns
-                    .addresses(&host, o.ip_strategy, o.max_multihomed)
-                    .await
-                {
-                    Ok(a) => a,
-                    Err(e) => {
-                        status = "4.4.3";
-                        // With one address family only, a host without
-                        // records of it may still have the other's.
-                        if matches!(e, DnsError::Permanent { .. })
-                            && !matches!(
-                                o.ip_strategy,
-                                ferrymail_config::IpStrategy::Ipv4Only
-                                    | ferrymail_config::IpStrategy::Ipv6Only
-                            )
-                        {
-                            no_such_host += 1;
+        // RFC 5321 §5.1: when this server is among the MX hosts, it and
+        // every host of its preference or a less preferred one are
+        // discarded (a backup MX hands mail only to better MX hosts; two
+        // backups of one preference would hand it to each other). Each
+        // preference level is resolved whole before any of it is tried.
+        let mut resolved: Vec<(String, Vec<IpAddr>)> = Vec::new();
+        let mut looped: Option<String> = None;
+        let mut next = 0;
+        while next < hosts.len() {
+            let level = hosts[next].2;
+            let end = hosts[next..]
+                .iter()
+                .position(|h| h.2 != level)
+                .map_or(hosts.len(), |n| next + n);
+            let mut group = Vec::new();
+            let errors_before = errors.len();
+            for (host, literal, _) in &hosts[next..end] {
+                let addrs = match literal {
+                    Some(ip) => vec![*ip],
+                    None => match settings
+                        .dns
+                        .addresses(host, o.ip_strategy, o.max_multihomed)
+                        .await
+                    {
+                        Ok(a) => a,
+                        Err(e) => {
+                            status = "4.4.3";
+                            // With one address family only, a host without
+                            // records of it may still have the other's.
+                            if matches!(e, DnsError::Permanent { .. })
+                                && !matches!(
+                                    o.ip_strategy,
+                                    ferrymail_config::IpStrategy::Ipv4Only
+                                        | ferrymail_config::IpStrategy::Ipv6Only
+                                )
+                            {
+                                no_such_host += 1;
+                            }
+                            errors.push(format!("{host}: {e}"));
+                            continue;
                         }
-                        errors.push(format!("{host}: {e}"));
-                        continue;
-                    }
+                    },
+                };
+                if from_dns && settings.me.is(host, &addrs, route.port) {
+                    looped = Some(host.clone());
+                }
+                group.push((host.clone(), addrs));
+            }
+            if looped.is_some() {
+                // This level is discarded whole, its failures with it.
+                errors.truncate(errors_before.max(unlisted));
+                break;
+            }
+            resolved.extend(group);
+            next = end;
+        }
+        if let Some(me) = &looped
+            && resolved.is_empty()
+            && errors.len() == unlisted
+        {
+            // Nothing better than this server: the mail has nowhere to go.
+            return Err(Failure {
+                outcome: Outcome::Permanent {
+                    reason: format!(
+                        "5.4.6 mail for {domain} loops back to myself ({me}:{} is this server)",
+                        route.port
+                    ),
+                    reply: None,
                 },
-            };
+                remote: None,
+            });
+        }
+        if let Some(me) = &looped {
+            errors.push(format!(
+                "{me}: this server; it and less preferred MX hosts are not tried"
+            ));
+        }
+        for (host, addrs) in resolved {
             for ip in addrs {
                 let peer = Peer {
                     host: host.clone(),
@@ -787,6 +905,7 @@ impl Inner {
             }
         }
         if matches!(route.kind, RouteKind::Mx)
+            && looped.is_none()
             && hosts_to_try > 0
             && unlisted == 0
             && no_such_host == hosts_to_try

@@ -221,3 +221,77 @@ async fn mx_hosts_that_do_not_exist_are_a_permanent_failure() {
         "a refused connection may pass: {o:?}"
     );
 }
+
+/// RFC 5321 §5.1: an MX host that is this server, and every host of its
+/// preference or a less preferred one, are not tried. Mail with nothing
+/// better than this server fails with 5.4.6 ("loops back to myself");
+/// a backup MX whose better hosts are down keeps the mail (transient)
+/// instead of handing it to itself or to another backup of its level.
+/// "This server" is a listener's port on its own address, any local
+/// address for a wildcard listener, or `server.hostname`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mx_host_that_is_this_server_is_not_tried() {
+    let port = free_port();
+    let sink = Sink::start_at("127.0.0.2", port, &[]);
+    let zone = Zone::new()
+        .addr("self.hosts.test", "127.0.0.1")
+        .addr("other.hosts.test", "127.0.0.2")
+        .addr("dead.hosts.test", "127.0.0.4")
+        .addr("client.ferry.test", "127.0.0.9")
+        .mx("only-me.test", 10, "self.hosts.test")
+        .mx("backup.test", 10, "dead.hosts.test")
+        .mx("backup.test", 20, "self.hosts.test")
+        .mx("backup.test", 30, "other.hosts.test")
+        .mx("peers.test", 10, "self.hosts.test")
+        .mx("peers.test", 10, "other.hosts.test")
+        .mx("named.test", 10, "client.ferry.test")
+        .mx("elsewhere.test", 10, "other.hosts.test");
+    let dns = DnsServer::start(zone).await;
+    let listener = |bind: &str| {
+        // `server.hostname` is client.ferry.test (`common::config`).
+        format!("[server.listener.smtp]\nbind = \"{bind}:{port}\"\n")
+    };
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, &listener("127.0.0.1"))).unwrap();
+
+    let o = send(&t, "only-me.test").await;
+    assert_eq!(kind(&o), "permanent", "{o:?}");
+    assert_eq!(o.outcome.status(), "5.4.6");
+    assert!(
+        reason(&o).contains("loops back to myself"),
+        "{}",
+        reason(&o)
+    );
+
+    let o = send(&t, "backup.test").await;
+    assert_eq!(kind(&o), "transient", "the primary may come back: {o:?}");
+    assert!(reason(&o).contains("dead.hosts.test"), "{}", reason(&o));
+    assert!(
+        reason(&o).contains("self.hosts.test: this server"),
+        "{}",
+        reason(&o)
+    );
+
+    let o = send(&t, "peers.test").await;
+    assert_eq!(
+        o.outcome.status(),
+        "5.4.6",
+        "its own level is discarded: {o:?}"
+    );
+
+    let o = send(&t, "named.test").await;
+    assert_eq!(o.outcome.status(), "5.4.6", "by server.hostname: {o:?}");
+
+    // 127.0.0.2 is not the listener's address: another server.
+    let o = send(&t, "elsewhere.test").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(
+        sink.wait_dumped(1).len(),
+        1,
+        "only elsewhere.test's message"
+    );
+
+    // A wildcard listener answers on every local address, 127.0.0.2 too.
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, &listener("0.0.0.0"))).unwrap();
+    let o = send(&t, "elsewhere.test").await;
+    assert_eq!(o.outcome.status(), "5.4.6", "{o:?}");
+}
