@@ -68,7 +68,16 @@ pub struct StsCache {
     /// Where the policies are kept across restarts; `None`: memory only.
     /// The mutex orders the writes.
     file: std::sync::Mutex<Option<PathBuf>>,
+    /// A write of the file is scheduled ([`StsCache::save_soon`]).
+    save_pending: std::sync::atomic::AtomicBool,
 }
+
+/// One kept policy as the file holds it: domain, record id, policy, end
+/// of its `max_age`, and when its refresh is due.
+type KeptNow = (String, String, Arc<Policy>, SystemTime, Option<SystemTime>);
+
+/// How long [`StsCache::save_soon`] gathers changes before one write.
+const SAVE_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Entry {
@@ -159,18 +168,49 @@ impl StsCache {
         let Some(path) = file.as_ref() else {
             return;
         };
-        let text = {
+        // A snapshot under the lock (every delivery's lookup takes it), the
+        // encoding outside it.
+        let kept: Vec<KeptNow> = {
             let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            encode_policies(map.iter().filter_map(|(d, e)| {
-                e.policy
-                    .as_ref()
-                    .map(|(id, p, until)| (d.as_str(), id.as_str(), &**p, *until, e.refresh))
-            }))
+            map.iter()
+                .filter_map(|(d, e)| {
+                    e.policy
+                        .as_ref()
+                        .map(|(id, p, until)| (d.clone(), id.clone(), p.clone(), *until, e.refresh))
+                })
+                .collect()
         };
+        let text =
+            encode_policies(kept.iter().map(|(d, id, p, until, refresh)| {
+                (d.as_str(), id.as_str(), &**p, *until, *refresh)
+            }));
         let tmp = path.with_extension("tmp");
         let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), error = %e, "MTA-STS policy cache not written");
+        }
+    }
+
+    /// Writes the file a little later, off the runtime's threads: the
+    /// fetches of a busy second (a restart's refreshes, say) share one
+    /// write of the whole cache instead of each rewriting it.
+    fn save_soon(self: &Arc<Self>) {
+        if self.save_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SAVE_DELAY).await;
+            me.save_pending.store(false, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(move || me.save()).await;
+        });
+    }
+
+    /// Writes the file now if a write is scheduled: at shutdown, so that a
+    /// policy fetched in the last second is kept too.
+    pub fn flush(&self) {
+        if self.save_pending.swap(false, Ordering::AcqRel) {
+            self.save();
         }
     }
 
@@ -369,7 +409,7 @@ impl StsCache {
     /// cached policy (if any) stays in force (§5.1) and `id` is not tried
     /// again for [`FAILED_FETCH_BACKOFF`].
     async fn fetch_and_keep(
-        &self,
+        self: &Arc<Self>,
         dns: &Dns,
         verify: &Arc<rustls::ClientConfig>,
         strategy: IpStrategy,
@@ -395,7 +435,7 @@ impl StsCache {
                     bound(&mut map, domain);
                 }
                 drop(map);
-                self.save();
+                self.save_soon();
                 tracing::info!(domain, mode = policy.mode.as_str(), max_age = policy.max_age.as_secs(), mx = ?policy.mx, "MTA-STS policy fetched");
                 Discovery {
                     policy: Some(policy),
@@ -681,6 +721,30 @@ mod tests {
             ascii_domain("bücher.example").as_deref(),
             Some("xn--bcher-kva.example")
         );
+    }
+
+    /// A fetch's write is put off a second and shared; a graceful stop
+    /// writes it at once.
+    #[tokio::test]
+    async fn the_file_is_written_soon_after_and_at_shutdown() {
+        let dir = std::env::temp_dir().join(format!("ferrymail-sts-soon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mta-sts.json");
+        let read = || StsCache::default().keep_in(&file);
+        let cache = holding("a.test", "1", 600, false);
+        assert_eq!(cache.keep_in(&file), 0);
+        cache.save_soon();
+        cache.save_soon();
+        assert_eq!(read(), 0, "not yet");
+        cache.flush();
+        assert_eq!(read(), 1, "written at the stop");
+        cache.flush();
+        // Without a stop, a second later.
+        std::fs::remove_file(&file).unwrap();
+        cache.save_soon();
+        tokio::time::sleep(SAVE_DELAY * 3).await;
+        assert_eq!(read(), 1, "written a second later");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

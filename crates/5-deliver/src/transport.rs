@@ -408,11 +408,14 @@ impl SmtpTransport {
         self.inner.pool.len()
     }
 
-    /// Sends QUIT on every idle connection and closes it; for a graceful
-    /// shutdown. Connections in use are not touched.
+    /// Sends QUIT on every idle connection and closes it, and writes the
+    /// MTA-STS policy file if a write is pending; for a graceful shutdown.
+    /// Connections in use are not touched.
     pub async fn close_idle(&self) {
         let sessions = self.inner.pool.drain();
         futures_join_all(sessions.into_iter().map(Session::quit)).await;
+        let sts = self.inner.sts.clone();
+        let _ = tokio::task::spawn_blocking(move || sts.flush()).await;
     }
 }
 
