@@ -1270,12 +1270,21 @@ impl Session {
                         tx.bdat_overflow = true;
                     } else if tx.no_memory {
                     } else if let Some((_, buf)) = tx.contents.as_mut() {
-                        let want = (buf.len() + take).max(buf.capacity()) as u64;
+                        // What the buffer will hold once the chunk is in:
+                        // growing, a Vec doubles, so the count is of that
+                        // capacity, allocated exactly, not of the bytes.
+                        let need = buf.len() + take;
+                        let want = if need > buf.capacity() {
+                            need.max(buf.capacity() * 2)
+                        } else {
+                            buf.capacity()
+                        };
                         let grown = tx
                             .memory
                             .as_mut()
-                            .is_some_and(|h| h.grow_to(want, self.rx.params.max_memory));
+                            .is_some_and(|h| h.grow_to(want as u64, self.rx.params.max_memory));
                         if grown {
+                            buf.reserve_exact(want - buf.len());
                             buf.extend_from_slice(&chunk);
                         } else {
                             tx.no_memory = true;
