@@ -602,7 +602,7 @@ impl Inner {
         let mut fresh_only = false;
         loop {
             let session = if fresh_only {
-                self.connect(&settings, local, route, &job.domain, sts.as_deref())
+                self.connect(&settings, local, route, &job.domain, sts.as_deref(), &[])
                     .await
             } else {
                 self.session(&settings, local, &key, route, &job.domain, sts.as_deref())
@@ -624,20 +624,86 @@ impl Inner {
                 continue;
             }
             let remote = session.remote.clone();
-            out.extend(
-                valid
-                    .iter()
-                    .zip(tx.outcomes)
-                    .map(|(&rcpt, outcome)| RecipientOutcome {
-                        rcpt,
-                        outcome,
-                        remote: Some(remote.clone()),
-                    }),
-            );
+            let fresh = session.transactions == 1;
+            let mut outcomes: Vec<RecipientOutcome> = valid
+                .iter()
+                .zip(tx.outcomes)
+                .map(|(&rcpt, outcome)| RecipientOutcome {
+                    rcpt,
+                    outcome,
+                    remote: Some(remote.clone()),
+                })
+                .collect();
             self.release(&settings, &key, session, tx.usable);
+            // A new connection to an MX host that put recipients off (a
+            // primary that greylists, a 452 for a full disk) while the
+            // conversation went on cleanly: those recipients are tried on
+            // the next MX host now, once (Postfix's smtp_mx_session_limit
+            // of 2), instead of waiting a whole retry interval. Not after a
+            // lost connection: the message may have arrived there.
+            if fresh && tx.usable && matches!(route.kind, RouteKind::Mx) {
+                self.next_mx(
+                    &settings,
+                    local,
+                    route,
+                    job,
+                    &recipients,
+                    &mut outcomes,
+                    sts.as_deref(),
+                    &key,
+                )
+                .await;
+            }
+            out.extend(outcomes);
             break;
         }
         (out, sts_mode)
+    }
+
+    /// Tries the recipients `outcomes` has as transient on another MX host
+    /// than the one that gave those outcomes, and puts the new outcomes in
+    /// their place if a host took the transaction; if none can be reached,
+    /// the first host's outcomes stand (they say more).
+    #[allow(clippy::too_many_arguments)]
+    async fn next_mx(
+        self: &Arc<Self>,
+        settings: &Settings,
+        local: &Local,
+        route: &Route,
+        job: &Job,
+        recipients: &[&Recipient],
+        outcomes: &mut [RecipientOutcome],
+        sts: Option<&Policy>,
+        key: &str,
+    ) {
+        let again: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| matches!(outcomes[i].outcome, Outcome::Transient { .. }))
+            .collect();
+        let Some(first) = outcomes.first().and_then(|o| o.remote.as_ref()) else {
+            return;
+        };
+        if again.is_empty() {
+            return;
+        }
+        let skip = [first.ip];
+        let Ok(mut session) = self
+            .connect(settings, local, route, &job.domain, sts, &skip)
+            .await
+        else {
+            return;
+        };
+        tracing::info!(domain = %job.domain, put_off_by = %first.host, host = %session.remote.host, recipients = again.len(), "trying the next MX host for recipients put off");
+        let subset: Vec<&Recipient> = again.iter().map(|&i| recipients[i]).collect();
+        let tx = session.send(job, &subset).await;
+        if tx.stale || tx.outcomes.len() != again.len() {
+            return;
+        }
+        let remote = session.remote.clone();
+        for (&i, outcome) in again.iter().zip(tx.outcomes) {
+            outcomes[i].outcome = outcome;
+            outcomes[i].remote = Some(remote.clone());
+        }
+        self.release(settings, key, session, tx.usable);
     }
 
     /// A pooled session, or a new one. One reused at once is not probed: if
@@ -673,7 +739,7 @@ impl Inner {
                 }
             }
         }
-        self.connect(settings, local, route, domain, sts).await
+        self.connect(settings, local, route, domain, sts, &[]).await
     }
 
     /// Opens a session to the first next hop that works: for `mx`, the MX
@@ -694,6 +760,7 @@ impl Inner {
         route: &Route,
         domain: &str,
         sts: Option<&Policy>,
+        skip: &[IpAddr],
     ) -> Result<Session, Failure> {
         let o = &settings.outbound;
         let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
@@ -863,7 +930,7 @@ impl Inner {
             ));
         }
         for (host, addrs) in resolved {
-            for ip in addrs {
+            for ip in addrs.into_iter().filter(|ip| !skip.contains(ip)) {
                 let peer = Peer {
                     host: host.clone(),
                     addr: SocketAddr::new(ip, route.port),

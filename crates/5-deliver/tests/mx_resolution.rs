@@ -295,3 +295,38 @@ async fn an_mx_host_that_is_this_server_is_not_tried() {
     let o = send(&t, "elsewhere.test").await;
     assert_eq!(o.outcome.status(), "5.4.6", "{o:?}");
 }
+
+/// Recipients the first MX host puts off (450 at RCPT: a primary that
+/// greylists) on a new connection are tried on the next MX host in the
+/// same attempt, once: at most two MX sessions per attempt, as Postfix's
+/// `smtp_mx_session_limit`. Before, they waited a whole retry interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_put_off_by_one_mx_host_go_to_the_next() {
+    let port = free_port();
+    let _greylist_a = Sink::start_at("127.0.0.2", port, &["-r", "RCPT"]);
+    let _greylist_b = Sink::start_at("127.0.0.3", port, &["-r", "RCPT"]);
+    let backup = Sink::start_at("127.0.0.5", port, &[]);
+    let zone = Zone::new()
+        .addr("grey-a.hosts.test", "127.0.0.2")
+        .addr("grey-b.hosts.test", "127.0.0.3")
+        .addr("backup.hosts.test", "127.0.0.5")
+        .mx("one.test", 10, "grey-a.hosts.test")
+        .mx("one.test", 20, "backup.hosts.test")
+        .mx("two.test", 10, "grey-a.hosts.test")
+        .mx("two.test", 20, "grey-b.hosts.test")
+        .mx("two.test", 30, "backup.hosts.test");
+    let dns = DnsServer::start(zone).await;
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, "")).unwrap();
+
+    let o = send(&t, "one.test").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "backup.hosts.test");
+    assert_eq!(backup.wait_dumped(1).len(), 1);
+
+    // Two hosts put it off: the third is left for the next attempt.
+    let o = send(&t, "two.test").await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "grey-b.hosts.test");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(backup.dumped().len(), 1, "the third MX host was not tried");
+}
