@@ -330,6 +330,7 @@ pub async fn defer_moves_to_deferred(s: &TestStores) {
         last_error: "451 4.3.0 try later".into(),
         notify_count: 1,
         notice: None,
+        attempted: true,
     };
     assert!(matches!(
         s.data.defer(B, key, &d).await,
@@ -366,6 +367,16 @@ pub async fn defer_moves_to_deferred(s: &TestStores) {
             .len(),
         1
     );
+    // A deferral without an attempt (a suspended destination) leaves the
+    // count as it was.
+    let idle = Deferral {
+        due: T0 + 400_000,
+        attempted: false,
+        ..d
+    };
+    s.data.defer(B, key, &idle).await.unwrap();
+    let e = &s.data.entries(env.id).await.unwrap()[0];
+    assert_eq!((e.attempts, e.due), (1, T0 + 400_000));
 }
 
 /// `reroute` moves a leased entry to a new queue, schedule, route and
@@ -644,6 +655,7 @@ pub async fn claim_keys_conditions(s: &TestStores) {
                 last_error: "451 later".into(),
                 notify_count: 0,
                 notice: None,
+                attempted: true,
             },
         )
         .await
@@ -1079,6 +1091,7 @@ pub async fn delay_notice_owed_until_discharged(s: &TestStores) {
         last_error: "452 4.2.2 full".into(),
         notify_count,
         notice,
+        attempted: true,
     };
     s.data.claim_keys(A, &[key], T0, T0 + 60_000).await.unwrap();
     let first = sample_notice(Some(1), 1);
@@ -1164,6 +1177,7 @@ pub async fn final_notice_supersedes_a_delay_notice(s: &TestStores) {
                 last_error: "452 later".into(),
                 notify_count: 1,
                 notice: Some(sample_notice(Some(1), 1)),
+                attempted: true,
             },
         )
         .await

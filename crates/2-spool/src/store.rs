@@ -80,6 +80,10 @@ pub struct Deferral {
     /// a crash cannot lose it (RFC 3461 §6). `None` leaves a notice still
     /// owed from before in place.
     pub notice: Option<OwedNotice>,
+    /// Whether a delivery was attempted: only then does the entry's attempt
+    /// count go up. A deferral without one (its destination suspended as
+    /// dead) must not use up `max-attempts` or move along the retry list.
+    pub attempted: bool,
 }
 
 /// What [`DataStore::claim_job`] took and read: everything a delivery job

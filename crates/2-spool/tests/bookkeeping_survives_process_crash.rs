@@ -49,6 +49,7 @@ async fn child(dir: &str) -> ! {
                 last_error: "451 4.3.0 try later".into(),
                 notify_count: 0,
                 notice: None,
+                attempted: true,
             },
         )
         .await

@@ -1718,6 +1718,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
             entry: e,
             queue: &d.queue,
             remote,
+            attempted: !matches!(d.mode, Mode::Suspended { .. }),
         };
         let decision = sh
             .policy

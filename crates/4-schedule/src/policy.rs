@@ -132,6 +132,11 @@ pub struct Attempt<'a> {
     pub queue: &'a str,
     /// Where the attempt went, if a connection was made.
     pub remote: Option<&'a Remote>,
+    /// Whether a delivery was attempted at all. A deferral without one (the
+    /// destination is suspended as dead) neither counts towards
+    /// `max-attempts` nor moves along the retry list: an outage of the
+    /// destination must not use up the attempts its mail is allowed.
+    pub attempted: bool,
 }
 
 /// What to do with a recipient after an attempt.
@@ -151,6 +156,8 @@ pub enum Decision {
         notify_count: u32,
         /// A delay notice due now.
         delayed: Option<EventKind>,
+        /// Whether a delivery was attempted ([`Attempt::attempted`]).
+        attempted: bool,
     },
 }
 
@@ -162,6 +169,7 @@ impl Decision {
                 due,
                 last_error,
                 notify_count,
+                attempted,
                 ..
             } => Some(Deferral {
                 due: *due,
@@ -169,6 +177,7 @@ impl Decision {
                 notify_count: *notify_count,
                 // The manager adds the delay notice owed, if any.
                 notice: None,
+                attempted: *attempted,
             }),
             Decision::Complete(_) => None,
         }
@@ -287,7 +296,9 @@ impl Policy {
         not_before: Option<UnixMillis>,
     ) -> Decision {
         let sched = self.schedule(a.queue, &a.entry.schedule);
-        let attempts = a.entry.attempts.saturating_add(1);
+        // Without an attempt the count stays, so neither `max-attempts`
+        // nor the retry list moves (expiry by age still applies).
+        let attempts = a.entry.attempts.saturating_add(u32::from(a.attempted));
         let last_error = match &reply {
             Some(r) => format!("{r}"),
             None => reason.to_string(),
@@ -315,7 +326,7 @@ impl Policy {
             (None, None) => Some(arrival.saturating_add(millis(FALLBACK_EXPIRE))),
         };
         let expired = expires_at.is_some_and(|t| now >= t)
-            || max_attempts.is_some_and(|m| i64::from(attempts) >= m);
+            || (a.attempted && max_attempts.is_some_and(|m| i64::from(attempts) >= m));
         if expired {
             return Decision::Complete(EventKind::Expired {
                 reason: last_error,
@@ -344,7 +355,7 @@ impl Policy {
 
         // The next attempt.
         let retry = usable_retry(&sched.retry, &vars);
-        let idx = (attempts as usize).saturating_sub(1).min(retry.len() - 1);
+        let idx = (attempts.max(1) as usize - 1).min(retry.len() - 1);
         let interval = millis(retry[idx]) as f64;
         let jitter = jitter.clamp(-JITTER, JITTER);
         let mut due = now.saturating_add((interval * (1.0 + jitter)).round().max(1.0) as u64);
@@ -362,6 +373,7 @@ impl Policy {
             last_error,
             notify_count,
             delayed,
+            attempted: a.attempted,
         }
     }
 }

@@ -776,6 +776,7 @@ async fn owed_notices_are_handed_over_at_restart() {
                 last_error: "452 full".into(),
                 notify_count: 1,
                 notice: Some(delayed.clone()),
+                attempted: true,
             },
         )
         .await

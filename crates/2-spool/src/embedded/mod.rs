@@ -487,7 +487,9 @@ impl<'a> Batch<'a> {
                 let mut n = e.clone();
                 n.lane = Lane::Deferred;
                 n.due = d.due;
-                n.attempts += 1;
+                if d.attempted {
+                    n.attempts += 1;
+                }
                 n.lease = None;
                 n.last_error = Some(d.last_error);
                 n.notify_count = d.notify_count;

@@ -769,7 +769,8 @@ impl DataStore for PgStore {
         let notice = deferral.notice.as_ref().map(encode);
         let slot = deferral.notice.as_ref().map(|n| sql_slot(n.which()));
         let until = self.notice_until(now_millis());
-        let params: [&(dyn ToSql + Sync); 9] = [
+        let attempted = i32::from(deferral.attempted);
+        let params: [&(dyn ToSql + Sync); 10] = [
             &message,
             &rcpt,
             &owner_sql,
@@ -779,6 +780,7 @@ impl DataStore for PgStore {
             &notice,
             &slot,
             &until,
+            &attempted,
         ];
         // Not retried: a second run would find the lease released (NotLeased).
         let row = on_conn!(self, once, |c| c.client.query_one(&c.st.defer, &params))?;

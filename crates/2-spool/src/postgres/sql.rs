@@ -172,11 +172,12 @@ SELECT (SELECT count(*) FROM entry WHERE message = $1::bigint) FROM done";
 /// $1 message, $2 rcpt, $3 owner, $4 next due, $5 last error, $6 notify
 /// count, $7/$8 the delay notice owed and its slot (NULL: keep what is
 /// there, with its holder), $9 until when a new notice is $3's to send
-/// (migration 4). Returns how many entries it deferred (0 or 1).
+/// (migration 4), $10 what the attempt count goes up by (0 when nothing
+/// was attempted). Returns how many entries it deferred (0 or 1).
 const DEFER: &str = "
 WITH deferred AS (
     -- Lease rule: only the owner records the outcome, and doing so releases the lease.
-    UPDATE entry SET lane = 1, due = $4::bigint, attempts = attempts + 1,
+    UPDATE entry SET lane = 1, due = $4::bigint, attempts = attempts + $10::integer,
            lease_owner = NULL, lease_until = NULL,
            last_error = $5::text, notify_count = $6::integer,
            notice = coalesce($7::bytea, notice),

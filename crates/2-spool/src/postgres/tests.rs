@@ -813,6 +813,7 @@ async fn feed_reads_other_nodes_changes_once_and_skips_its_own() {
         last_error: "4.0.0 try later".into(),
         notify_count: 0,
         notice: None,
+        attempted: true,
     };
     b.defer(nb, k, &deferral).await.unwrap();
     let got = read_all(&a, &mut ca, 100).await;
@@ -1124,6 +1125,7 @@ async fn owed_notices_pass_to_another_node_only_when_their_holder_lapses() {
         last_error: "452 mailbox full".into(),
         notify_count: 1,
         notice,
+        attempted: true,
     };
     // 0: failed, its final notice owed; 1: deferred with a delay notice
     // owed; 2: deferred, nothing owed.

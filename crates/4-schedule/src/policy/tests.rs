@@ -80,6 +80,7 @@ fn run_to_end(p: &Policy, schedule: &str) -> Run {
             entry: &e,
             queue: "default",
             remote: None,
+            attempted: true,
         };
         let d = p.decide(&a, &transient("451 try later"), now, 0.0, None);
         match &d {
@@ -149,6 +150,7 @@ fn passed_notify_ages_give_one_notice() {
         entry: &e,
         queue: "default",
         remote: None,
+        attempted: true,
     };
     let d = p.decide(&a, &transient("x"), env.arrived + 3 * HOUR, 0.0, None);
     match d {
@@ -185,6 +187,7 @@ fn max_attempts_expires_on_the_last_attempt() {
         entry: &e,
         queue: "default",
         remote: None,
+        attempted: true,
     };
     match p.decide(&a, &transient("x"), env.arrived + 2 * MIN, 0.0, None) {
         Decision::Defer {
@@ -207,6 +210,7 @@ fn jitter_stays_within_ten_percent_and_covers_the_range() {
         entry: &e,
         queue: "default",
         remote: None,
+        attempted: true,
     };
     let mut rng = Rng::new(0x5eed);
     let now = env.arrived;
@@ -259,6 +263,7 @@ fn not_before_delays_but_ages_still_bound() {
         entry: &e,
         queue: "default",
         remote: None,
+        attempted: true,
     };
     let now = env.arrived;
     let due = |nb| match p.decide(&a, &transient("x"), now, 0.0, Some(nb)) {
@@ -293,6 +298,7 @@ expire = [ { if = "source == 'dsn'", then = "1h" }, { else = "1d" } ]
             entry: &e,
             queue: "default",
             remote: None,
+            attempted: true,
         };
         match p.decide(&a, &transient(reason), now, 0.0, None) {
             Decision::Defer { due, .. } => due - now,
@@ -319,6 +325,7 @@ expire = [ { if = "source == 'dsn'", then = "1h" }, { else = "1d" } ]
         entry: &e,
         queue: "default",
         remote: None,
+        attempted: true,
     };
     assert!(matches!(
         p.decide(&a, &transient("x"), env.arrived + HOUR, 0.0, None),
@@ -330,6 +337,7 @@ expire = [ { if = "source == 'dsn'", then = "1h" }, { else = "1d" } ]
         entry: &e,
         queue: "default",
         remote: None,
+        attempted: true,
     };
     assert!(matches!(
         p.decide(&a, &transient("x"), env.arrived + HOUR, 0.0, None),
@@ -392,6 +400,7 @@ fn final_outcomes() {
             entry: &e,
             queue: "default",
             remote: r.as_ref(),
+            attempted: true,
         };
         assert_eq!(
             p.decide(&a, &outcome, env.arrived, 0.0, None),
@@ -404,6 +413,7 @@ fn final_outcomes() {
         entry: &e,
         queue: "default",
         remote: None,
+        attempted: true,
     };
     let out = Outcome::Transient {
         reason: "ignored when a reply exists".into(),
@@ -448,9 +458,61 @@ schedule = "slow"
         entry: &e,
         queue: "dom-x",
         remote: None,
+        attempted: true,
     };
     match p.decide(&a, &transient("x"), env.arrived, 0.0, None) {
         Decision::Defer { due, .. } => assert_eq!(due - env.arrived, 2 * MIN),
         d => panic!("{d:?}"),
     }
+}
+
+/// A deferral without an attempt (the destination suspended as dead) does
+/// not use up `max-attempts` nor move along the retry list; expiry by age
+/// still applies. Before, five minutes of suspension bounced mail under
+/// `max-attempts = 5` after as few as no real attempt.
+#[test]
+fn a_suspension_deferral_is_no_attempt() {
+    let p = policy("[queue.schedule]\nretry = \"[1m, 10m]\"\nnotify = \"[]\"\nmax-attempts = 2\n");
+    let env = sample_envelope(1, 1);
+    let mut e = entry(&env, 0, "default");
+    e.attempts = 1;
+    let now = env.arrived + MIN;
+    let decide = |attempted| {
+        let a = Attempt {
+            envelope: &env,
+            entry: &e,
+            queue: "default",
+            remote: None,
+            attempted,
+        };
+        p.decide(&a, &transient("x"), now, 0.0, None)
+    };
+    // The second real attempt is the last one max-attempts allows.
+    assert!(matches!(
+        decide(true),
+        Decision::Complete(EventKind::Expired { .. })
+    ));
+    // Not attempted: deferred, by the first retry interval still, and
+    // recorded without counting.
+    match decide(false) {
+        d @ Decision::Defer { due, .. } => {
+            assert_eq!(due - now, MIN);
+            let stored = d.deferral().unwrap();
+            assert!(!stored.attempted);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Expiry by age still ends it.
+    let p = policy("[queue.schedule]\nretry = \"[1m]\"\nnotify = \"[]\"\nexpire = \"30m\"\n");
+    let a = Attempt {
+        envelope: &env,
+        entry: &e,
+        queue: "default",
+        remote: None,
+        attempted: false,
+    };
+    assert!(matches!(
+        p.decide(&a, &transient("x"), env.arrived + 31 * MIN, 0.0, None),
+        Decision::Complete(EventKind::Expired { .. })
+    ));
 }
