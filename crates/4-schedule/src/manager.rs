@@ -1632,7 +1632,27 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
     // The contents as loaded for delivery; events carry them to the DSN
     // layer (the blob may be deleted before it reads them).
     let mut loaded: Option<Bytes> = None;
+    let no_route = matches!(d.mode, Mode::Deliver) && !sh.policy.load().has_route(&d.route);
     let (results, health, not_before) = match &d.mode {
+        Mode::Deliver if no_route => {
+            tracing::warn!(id = %d.message, route = %d.route, "queue: the route is not configured; the mail waits (`ferrymail queue requeue` routes it again)");
+            let reason = format!(
+                "4.3.5 route '{}' is not configured (configuration changed?)",
+                d.route
+            );
+            let results = claimed_keys
+                .iter()
+                .map(|k| RecipientOutcome {
+                    rcpt: k.rcpt,
+                    outcome: Outcome::Transient {
+                        reason: reason.clone(),
+                        reply: None,
+                    },
+                    remote: None,
+                })
+                .collect();
+            (results, Health::NotAttempted, None)
+        }
         Mode::Suspended { reason, until } => {
             let results: Vec<RecipientOutcome> = claimed_keys
                 .iter()
@@ -1718,7 +1738,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
             entry: e,
             queue: &d.queue,
             remote,
-            attempted: !matches!(d.mode, Mode::Suspended { .. }),
+            attempted: !no_route && !matches!(d.mode, Mode::Suspended { .. }),
         };
         let decision = sh
             .policy

@@ -194,6 +194,8 @@ pub struct Policy {
     queue_schedule: BTreeMap<String, String>,
     /// Schedule ids already warned about, so the log says it once.
     warned: Mutex<HashSet<String>>,
+    /// The configured routes (`mx` among them).
+    routes: HashSet<String>,
 }
 
 impl Policy {
@@ -209,7 +211,16 @@ impl Policy {
                 .filter_map(|(name, v)| v.schedule.clone().map(|s| (name.clone(), s)))
                 .collect(),
             warned: Mutex::new(HashSet::new()),
+            routes: q.routes.keys().cloned().collect(),
         }
+    }
+
+    /// Whether route `id` is configured. An entry whose route is not (a
+    /// reload removed it, or a computed name has a typo) is not attempted:
+    /// its destination is not to be judged dead, nor its attempts used up,
+    /// for what only the operator can mend (`queue requeue`).
+    pub fn has_route(&self, id: &str) -> bool {
+        self.routes.contains(id)
     }
 
     /// The schedule for a recipient in virtual queue `queue` whose entry names

@@ -376,6 +376,39 @@ async fn transient_then_success_updates_the_store() {
     m.stop().await;
 }
 
+/// An entry whose route is not configured (a reload removed it, or a
+/// computed route name has a typo) waits: the transport is not called, no
+/// attempt is counted (so neither `max-attempts` nor the destination's
+/// health is touched), and its error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_route_is_gone_waits_without_an_attempt() {
+    let r = rig();
+    let t = Script::with_delay(Duration::ZERO);
+    let (env, mut entries) = message(1, 1);
+    entries[0].route = "gone".into();
+    accept(&r.spool, &env, &entries).await;
+    let m = start(
+        &CONFIG.replace("expire = \"1h\"", "max-attempts = 1"),
+        &r.spool,
+        t.clone(),
+        settings(1),
+    );
+    m.queued
+        .send(Queued::with_envelope(entries.clone(), &env))
+        .unwrap();
+    until("the entry is deferred", async || {
+        r.store.entries(env.id).await.unwrap()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("route 'gone' is not configured"))
+    })
+    .await;
+    let e = &r.store.entries(env.id).await.unwrap()[0];
+    assert_eq!((e.attempts, e.lane), (0, Lane::Deferred));
+    assert_eq!(t.deliveries(env.id, 0), 0, "the transport was not called");
+    m.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_removes_entry_and_contents() {
     let r = rig();
