@@ -95,6 +95,43 @@ use crate::policy::{Attempt, Decision, Policy};
 /// it before then).
 const STORE_RETRY_MS: u64 = 60_000;
 
+/// Waits between the tries of [`complete_retrying`]: about 3.5 s in all,
+/// well inside a lease.
+const COMPLETE_RETRIES: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// Records a final outcome, trying the write again a few times when the
+/// store fails. An outcome that is not recorded is retried as a delivery a
+/// minute later: a message the next hop already took goes out twice. A
+/// store blip (a PostgreSQL connection lost, a statement timeout) should
+/// cost a second of waiting instead. A write that did commit though its
+/// answer was lost finds the lease gone on the next try (`NotLeased`).
+async fn complete_retrying(
+    sh: &Shared,
+    key: EntryKey,
+    notice: Option<&ferrymail_spool::OwedNotice>,
+) -> Result<ferrymail_spool::Removal, StoreError> {
+    let node = sh.settings.node;
+    let mut waits = COMPLETE_RETRIES.iter();
+    loop {
+        match sh.spool.data.complete(node, key, notice).await {
+            Err(StoreError::NotLeased(k)) => return Err(StoreError::NotLeased(k)),
+            Err(err) => match waits.next() {
+                Some(wait) => {
+                    tracing::warn!(id = %key.message, rcpt = key.rcpt, error = %err, "queue: cannot record a final outcome; trying the write again");
+                    tokio::time::sleep(*wait).await;
+                }
+                None => return Err(err),
+            },
+            done => return done,
+        }
+    }
+}
+
 /// Recovery pages the start-up scan may read ahead of the loop that
 /// indexes them: bounds its memory to a few pages instead of the whole queue.
 const RECOVERY_PAGES_AHEAD: usize = 2;
@@ -1813,27 +1850,24 @@ async fn record(
         owes(envelope, e.key.rcpt, kind).map(|_| event(kind.clone()).owed_notice())
     };
     match decision {
-        Decision::Complete(kind) => match sh
-            .spool
-            .data
-            .complete(node, e.key, owed(&kind).as_ref())
-            .await
-        {
-            Ok(removal) => {
-                if removal.remaining == 0
-                    && !(sh.spool.unified && removal.contents_removed)
-                    && let Err(err) = sh.spool.blob.delete(e.key.message).await
-                {
-                    tracing::warn!(id = %e.key.message, error = %err, "queue: cannot delete the contents of a finished message");
+        Decision::Complete(kind) => {
+            match complete_retrying(sh, e.key, owed(&kind).as_ref()).await {
+                Ok(removal) => {
+                    if removal.remaining == 0
+                        && !(sh.spool.unified && removal.contents_removed)
+                        && let Err(err) = sh.spool.blob.delete(e.key.message).await
+                    {
+                        tracing::warn!(id = %e.key.message, error = %err, "queue: cannot delete the contents of a finished message");
+                    }
+                    log_final(e, queue, &kind);
+                    sh.counters.count(&kind);
+                    let _ = sh.events.send(event(kind));
+                    Next::Gone
                 }
-                log_final(e, queue, &kind);
-                sh.counters.count(&kind);
-                let _ = sh.events.send(event(kind));
-                Next::Gone
+                Err(StoreError::NotLeased(_)) => Next::Reload,
+                Err(err) => store_failed("an outcome", err),
             }
-            Err(StoreError::NotLeased(_)) => Next::Reload,
-            Err(err) => store_failed("an outcome", err),
-        },
+        }
         Decision::Defer { due, delayed, .. } => {
             let Some(mut deferral) = deferral.take() else {
                 return Next::Reload;

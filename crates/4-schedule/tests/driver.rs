@@ -853,14 +853,16 @@ async fn owed_notices_are_handed_over_at_restart() {
     m.stop().await;
 }
 
-/// The embedded store whose reads fail on cue: the first `scans` scans and
-/// the first `envelopes` envelope reads, as in a store outage at start-up.
-/// A wrapper because no real store fails exactly these calls on demand;
-/// every other call goes to the real embedded store.
+/// The embedded store whose calls fail on cue: the first `scans` scans,
+/// the first `envelopes` envelope reads and the first `completes` writes
+/// of a final outcome, as in a store outage. A wrapper because no real
+/// store fails exactly these calls on demand; every other call goes to the
+/// real embedded store.
 struct Flaky {
     inner: Arc<EmbeddedStore>,
     scans: AtomicUsize,
     envelopes: AtomicUsize,
+    completes: AtomicUsize,
 }
 
 impl Flaky {
@@ -929,6 +931,9 @@ impl DataStore for Flaky {
         key: EntryKey,
         notice: Option<&OwedNotice>,
     ) -> Result<Removal, StoreError> {
+        if Self::fails(&self.completes) {
+            return Err(outage());
+        }
         self.inner.complete(owner, key, notice).await
     }
     async fn defer(
@@ -1025,6 +1030,7 @@ async fn store_errors_at_start_up_delay_recovery_but_strand_nothing() {
         inner: store.clone(),
         scans: AtomicUsize::new(2),
         envelopes: AtomicUsize::new(2),
+        completes: AtomicUsize::new(0),
     });
     let spool = Spool {
         data: flaky.clone(),
@@ -1047,5 +1053,48 @@ async fn store_errors_at_start_up_delay_recovery_but_strand_nothing() {
         "both failures were met"
     );
     assert_eq!(flaky.envelopes.load(Ordering::SeqCst), 0);
+    m.stop().await;
+}
+
+/// A delivery whose outcome the store at first fails to record is not
+/// delivered again: the write is tried again (the store came back within
+/// a few seconds), the transport is called once. Before, the entry was
+/// retried as a delivery a minute later and the next hop got the message
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_outcome_the_store_fails_to_record_is_written_again_not_delivered_again() {
+    let r = rig();
+    let (env, entries) = message(30, 1);
+    accept(&r.spool, &env, &entries).await;
+    let flaky = Arc::new(Flaky {
+        inner: r.store.clone(),
+        scans: AtomicUsize::new(0),
+        envelopes: AtomicUsize::new(0),
+        completes: AtomicUsize::new(2),
+    });
+    let spool = Spool {
+        data: flaky.clone(),
+        blob: r.store.clone(),
+        unified: true,
+    };
+    let t = Script::with_delay(Duration::ZERO);
+    let mut m = start(CONFIG, &spool, t.clone(), settings(1));
+    m.queued
+        .send(Queued::with_envelope(entries.clone(), &env))
+        .unwrap();
+    let ev = next_event(&mut m.running.events).await;
+    assert!(
+        matches!(ev.kind, EventKind::Delivered { .. }),
+        "{:?}",
+        ev.kind
+    );
+    assert!(r.store.entries(env.id).await.unwrap().is_empty());
+    assert_eq!(
+        flaky.completes.load(Ordering::SeqCst),
+        0,
+        "both failures seen"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(t.deliveries(env.id, 0), 1, "delivered once");
     m.stop().await;
 }
