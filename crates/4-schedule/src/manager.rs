@@ -1544,6 +1544,7 @@ async fn deliver_with_renewal(sh: &Shared, job: Job, keys: &[EntryKey]) -> Vec<R
                                 reply: None,
                             },
                             remote: None,
+                            answered: false,
                         })
                         .collect(),
                 };
@@ -1577,14 +1578,19 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 /// connection-level failure when no recipient got an answer from the next
 /// hop: every outcome is transient without a reply (refused, timed out, TLS
 /// or DNS failure) or with a 421 (service not available, RFC 5321 §3.8).
-/// Anything else, a 2xx, 4xx or 5xx to a command, means the host is alive.
+/// Anything else, a 2xx, 4xx or 5xx to a command, means the host is alive,
+/// also when the transaction then failed without a reply (a timeout at the
+/// end of one large message: [`RecipientOutcome::answered`]).
 fn classify(results: &[RecipientOutcome]) -> Health {
-    let answered = results.iter().any(|r| match &r.outcome {
-        Outcome::Delivered { .. } | Outcome::Permanent { .. } => true,
-        Outcome::Transient {
-            reply: Some(rep), ..
-        } => rep.code != 421,
-        Outcome::Transient { reply: None, .. } => false,
+    let answered = results.iter().any(|r| {
+        r.answered
+            || match &r.outcome {
+                Outcome::Delivered { .. } | Outcome::Permanent { .. } => true,
+                Outcome::Transient {
+                    reply: Some(rep), ..
+                } => rep.code != 421,
+                Outcome::Transient { reply: None, .. } => false,
+            }
     });
     if answered {
         return Health::Answered;
@@ -1686,6 +1692,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                         reply: None,
                     },
                     remote: None,
+                    answered: false,
                 })
                 .collect();
             (results, Health::NotAttempted, None)
@@ -1700,6 +1707,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                         reply: None,
                     },
                     remote: None,
+                    answered: false,
                 })
                 .collect();
             (results, Health::NotAttempted, Some(*until))
@@ -1737,6 +1745,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                                 reply: None,
                             },
                             remote: None,
+                            answered: false,
                         })
                         .collect();
                     (results, Health::NotAttempted, None)
@@ -1913,4 +1922,42 @@ fn log_final(e: &QueueEntry, queue: &str, kind: &EventKind) {
         EventKind::Delayed { reason, .. } => ("delayed", reason.clone()),
     };
     tracing::info!(id = %e.key.message, rcpt = e.key.rcpt, queue, attempts = e.attempts + 1, detail = %detail, "{what}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost(answered: bool, reply: Option<u16>) -> RecipientOutcome {
+        RecipientOutcome {
+            rcpt: 0,
+            outcome: Outcome::Transient {
+                reason: "4.4.2 connection lost".into(),
+                reply: reply.map(|code| ferrymail_deliver::RemoteReply {
+                    code,
+                    status: None,
+                    text: "x".into(),
+                }),
+            },
+            remote: None,
+            answered,
+        }
+    }
+
+    /// A transaction the next hop answered, lost afterwards (a timeout at
+    /// the end of one large message), says the host is alive; one never
+    /// answered, or answered only with 421, says it is not.
+    #[test]
+    fn a_host_that_answered_the_transaction_is_alive() {
+        assert_eq!(classify(&[lost(true, None)]), Health::Answered);
+        assert!(matches!(
+            classify(&[lost(false, None)]),
+            Health::ConnectionFailed { .. }
+        ));
+        assert!(matches!(
+            classify(&[lost(false, Some(421))]),
+            Health::ConnectionFailed { .. }
+        ));
+        assert_eq!(classify(&[lost(false, Some(451))]), Health::Answered);
+    }
 }

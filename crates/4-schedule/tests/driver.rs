@@ -149,6 +149,7 @@ impl Transport for Script {
                     rcpt,
                     outcome,
                     remote: Some(remote()),
+                    answered: false,
                 }
             })
             .collect()

@@ -260,6 +260,12 @@ pub struct RecipientOutcome {
     pub outcome: Outcome,
     /// Where it happened, if a connection was made.
     pub remote: Option<Remote>,
+    /// The next hop answered a command of the transaction (MAIL, RCPT,
+    /// DATA, the end of the message) with anything but 421: it is alive,
+    /// whatever became of this recipient. A transaction that then timed out
+    /// at the end of a large message, or an LMTP server that fell over on
+    /// this one message, is the message's trouble, not the destination's.
+    pub answered: bool,
 }
 
 /// The scheduler's view of delivery. One implementation speaks SMTP/LMTP; the

@@ -158,6 +158,9 @@ pub struct Transaction {
     /// idle connection, say). Nothing was sent on, so the caller should
     /// try again on a fresh connection; `outcomes` is empty.
     pub stale: bool,
+    /// The next hop answered a command of this transaction with anything
+    /// but 421 (see [`crate::RecipientOutcome::answered`]).
+    pub answered: bool,
 }
 
 /// An open, greeted session, ready for transactions.
@@ -179,6 +182,8 @@ pub struct Session {
     /// The last transaction did not end cleanly (a refusal left it open,
     /// or it ended early), so the next one starts with RSET.
     needs_reset: bool,
+    /// Replies read so far that were not 421 (service not available).
+    live_replies: u64,
 }
 
 impl Session {
@@ -272,6 +277,7 @@ impl Session {
             timeouts: timeouts.clone(),
             replies: 0,
             needs_reset: false,
+            live_replies: 0,
         };
         // RFC 5321 §4.3.1: the greeting is 220; 554 (or anything else)
         // means no service here.
@@ -493,6 +499,9 @@ impl Session {
                 Ok(Some((reply, used))) => {
                     self.rbuf.drain(..used);
                     self.replies += 1;
+                    if reply.code != 421 {
+                        self.live_replies += 1;
+                    }
                     return Ok(reply);
                 }
                 Ok(None) => {}
@@ -594,12 +603,14 @@ impl Session {
                     outcomes: vec![o; n],
                     usable: true,
                     stale: false,
+                    answered: false,
                 };
             }
         };
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         let reused = self.transactions > 1;
         let replies_before = self.replies;
+        let live_before = self.live_replies;
         let usable = match self.transact(job, recipients, &plan, &mut outcomes).await {
             Ok(usable) => usable,
             Err(SessionError::Closed(_) | SessionError::Io(..))
@@ -611,6 +622,7 @@ impl Session {
                     outcomes: Vec::new(),
                     usable: false,
                     stale: true,
+                    answered: false,
                 };
             }
             Err(SessionError::Rejected(_, reply))
@@ -623,6 +635,7 @@ impl Session {
                     outcomes: Vec::new(),
                     usable: false,
                     stale: true,
+                    answered: false,
                 };
             }
             Err(e) => {
@@ -650,6 +663,7 @@ impl Session {
             outcomes,
             usable,
             stale: false,
+            answered: self.live_replies > live_before,
         }
     }
 

@@ -479,6 +479,7 @@ impl Inner {
                     reply: None,
                 },
                 remote: None,
+                answered: false,
             })
             .collect();
         if valid.is_empty() {
@@ -493,6 +494,7 @@ impl Inner {
                     rcpt,
                     outcome: outcome.clone(),
                     remote: remote.clone(),
+                    answered: false,
                 })
                 .collect::<Vec<_>>()
         };
@@ -632,6 +634,7 @@ impl Inner {
                     rcpt,
                     outcome,
                     remote: Some(remote.clone()),
+                    answered: tx.answered,
                 })
                 .collect();
             self.release(&settings, &key, session, tx.usable);
@@ -702,6 +705,7 @@ impl Inner {
         for (&i, outcome) in again.iter().zip(tx.outcomes) {
             outcomes[i].outcome = outcome;
             outcomes[i].remote = Some(remote.clone());
+            outcomes[i].answered |= tx.answered;
         }
         self.release(settings, key, session, tx.usable);
     }

@@ -73,3 +73,21 @@ async fn nobody_listening_is_transient() {
     assert!(reason(&out[0]).contains("refused"), "{}", reason(&out[0]));
     assert_eq!(out[0].remote, None, "no connection was made");
 }
+
+/// Whether the next hop answered the transaction before it went away, for
+/// the scheduler's judgement of the destination: after MAIL, RCPT and DATA
+/// were answered (a hang-up at the end of the message) it did; a hang-up
+/// at MAIL, or a 421 there, says nothing of the sort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hangup_after_the_transaction_was_answered_says_the_host_is_alive() {
+    for (args, answered) in [
+        (["-q", "."], true),
+        (["-q", "MAIL"], false),
+        (["-Q", "MAIL"], false),
+    ] {
+        for o in run(&args).await {
+            assert_eq!(kind(&o), "transient", "{args:?}: {o:?}");
+            assert_eq!(o.answered, answered, "{args:?}: {o:?}");
+        }
+    }
+}
