@@ -860,8 +860,8 @@ impl Inner {
         // every host of its preference or a less preferred one are
         // discarded (a backup MX hands mail only to better MX hosts; two
         // backups of one preference would hand it to each other). Each
-        // preference level is resolved whole before any of it is tried.
-        let mut resolved: Vec<(String, Vec<IpAddr>)> = Vec::new();
+        // preference level is resolved whole before any of it is tried,
+        // and tried before the next is resolved.
         let mut looped: Option<String> = None;
         let mut next = 0;
         while next < hosts.len() {
@@ -909,11 +909,55 @@ impl Inner {
                 errors.truncate(errors_before.max(unlisted));
                 break;
             }
-            resolved.extend(group);
+            // This level, before any less preferred one is looked up.
+            for (host, addrs) in group {
+                for ip in addrs.into_iter().filter(|ip| !skip.contains(ip)) {
+                    let peer = Peer {
+                        host: host.clone(),
+                        addr: SocketAddr::new(ip, route.port),
+                        lmtp: route.protocol == DeliveryProtocol::Lmtp,
+                        tls: if enforce {
+                            // STARTTLS, verified against the trusted roots for
+                            // the MX host's name, whatever the route says.
+                            ferrymail_config::RouteTls {
+                                implicit: route.tls.implicit,
+                                mode: ferrymail_config::TlsMode::Require,
+                                allow_invalid_certs: false,
+                            }
+                        } else {
+                            route.tls
+                        },
+                        auth: route.auth.clone(),
+                        source: local.source_for(ip),
+                        verify_with: settings.route_tls.get(&route.id).cloned(),
+                    };
+                    match Session::open(&peer, &local.hostname, &o.timeout, &self.tls).await {
+                        Ok(s) => return Ok(s),
+                        Err(e) => {
+                            tracing::debug!(host = %host, %ip, error = %e, "next hop failed");
+                            status = e.status();
+                            errors.push(format!("{host}[{ip}]:{}: {e}", route.port));
+                            last_reply = e.reply().map(|r| r.to_remote());
+                            let connected = !matches!(
+                                e,
+                                SessionError::Connect(_) | SessionError::Timeout("connect")
+                            );
+                            last_remote = connected.then(|| Remote {
+                                host: host.clone(),
+                                ip,
+                                port: route.port,
+                                tls: None,
+                                dsn: false,
+                                lmtp: peer.lmtp,
+                                source: peer.source,
+                            });
+                        }
+                    }
+                }
+            }
             next = end;
         }
         if let Some(me) = &looped
-            && resolved.is_empty()
             && errors.len() == unlisted
         {
             // Nothing better than this server: the mail has nowhere to go.
@@ -932,51 +976,6 @@ impl Inner {
             errors.push(format!(
                 "{me}: this server; it and less preferred MX hosts are not tried"
             ));
-        }
-        for (host, addrs) in resolved {
-            for ip in addrs.into_iter().filter(|ip| !skip.contains(ip)) {
-                let peer = Peer {
-                    host: host.clone(),
-                    addr: SocketAddr::new(ip, route.port),
-                    lmtp: route.protocol == DeliveryProtocol::Lmtp,
-                    tls: if enforce {
-                        // STARTTLS, verified against the trusted roots for
-                        // the MX host's name, whatever the route says.
-                        ferrymail_config::RouteTls {
-                            implicit: route.tls.implicit,
-                            mode: ferrymail_config::TlsMode::Require,
-                            allow_invalid_certs: false,
-                        }
-                    } else {
-                        route.tls
-                    },
-                    auth: route.auth.clone(),
-                    source: local.source_for(ip),
-                    verify_with: settings.route_tls.get(&route.id).cloned(),
-                };
-                match Session::open(&peer, &local.hostname, &o.timeout, &self.tls).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => {
-                        tracing::debug!(host = %host, %ip, error = %e, "next hop failed");
-                        status = e.status();
-                        errors.push(format!("{host}[{ip}]:{}: {e}", route.port));
-                        last_reply = e.reply().map(|r| r.to_remote());
-                        let connected = !matches!(
-                            e,
-                            SessionError::Connect(_) | SessionError::Timeout("connect")
-                        );
-                        last_remote = connected.then(|| Remote {
-                            host: host.clone(),
-                            ip,
-                            port: route.port,
-                            tls: None,
-                            dsn: false,
-                            lmtp: peer.lmtp,
-                            source: peer.source,
-                        });
-                    }
-                }
-            }
         }
         if matches!(route.kind, RouteKind::Mx)
             && looped.is_none()
