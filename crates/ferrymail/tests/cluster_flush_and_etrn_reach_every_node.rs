@@ -73,10 +73,11 @@ fn etrn_and_flush_on_one_node_make_the_other_deliver() {
         }
         c.cmd("QUIT");
     }
-    // Every first attempt failed (nothing listens): next try in an hour.
+    // Every first attempt failed (nothing listens), or met the destination
+    // suspended after those failures: next try in an hour.
     let hour_away = ferrymail_spool::now_millis() + 30 * 60 * 1000;
     for id in &ids {
-        let m = a.wait_attempted(id, WAIT);
+        let m = a.wait_deferred(id, WAIT);
         let r = &m["recipients"][0];
         assert_eq!(r["lane"], "deferred", "{m}");
         assert!(r["due"].as_u64().unwrap() > hour_away, "{m}");

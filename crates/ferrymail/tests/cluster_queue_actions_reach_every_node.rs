@@ -71,7 +71,7 @@ fn hold_retry_and_release_on_one_node_act_on_the_cluster() {
     c.cmd("QUIT");
     let hour_away = ferrymail_spool::now_millis() + 30 * 60 * 1000;
     for id in &ids {
-        let m = a.wait_attempted(id, WAIT);
+        let m = a.wait_deferred(id, WAIT);
         assert_eq!(m["recipients"][0]["lane"], "deferred", "{m}");
         assert!(
             m["recipients"][0]["due"].as_u64().unwrap() > hour_away,

@@ -69,7 +69,7 @@ queue = [ {{ if = "rcpt_domain == 'etrn-c.test'", then = "'slowq'" }}, {{ else =
 
     // Every first attempt failed: deferred, next try about an hour away.
     for id in &ids {
-        let m = server.wait_attempted(id, WAIT);
+        let m = server.wait_deferred(id, WAIT);
         let r = &m["recipients"][0];
         assert_eq!(r["lane"], "deferred", "{m}");
         assert!(

@@ -67,7 +67,7 @@ route = "'relay'"
     let held2 = send("two@held.test");
     let free = send("free@free.test");
     for id in [&held1, &held2, &free] {
-        server.wait_attempted(id, WAIT);
+        server.wait_deferred(id, WAIT);
     }
 
     // Hold one by id, and the other with a bulk selection.

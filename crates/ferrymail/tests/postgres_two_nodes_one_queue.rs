@@ -48,7 +48,7 @@ fn two_nodes_accept_and_deliver_each_message_once() {
         assert_eq!(ids, all, "queue list on either node shows the cluster");
     }
     for id in &all {
-        a.wait_attempted(id, WAIT);
+        a.wait_deferred(id, WAIT);
     }
 
     let sink = SmtpSink::start_on(relay, &[]);

@@ -115,11 +115,13 @@ fn retry_probes_a_destination_suspended_as_dead() {
     );
     let id = send(&server, &["r@far.test"], "dead relay");
     server.wait_attempted(&id, WAIT);
-    // A second message meets the suspension: deferred without a connection.
+    // A second message meets the suspension: deferred without a
+    // connection, and without counting an attempt.
     let second = send(&server, &["s@far.test"], "while suspended");
-    let m = server.wait_attempted(&second, WAIT);
+    let m = server.wait_deferred(&second, WAIT);
     let err = m["recipients"][0]["last_error"].as_str().unwrap_or("");
     assert!(err.contains("suspended"), "{m}");
+    assert_eq!(m["recipients"][0]["attempts"], 0, "{m}");
     assert_eq!(
         metric(&server, "ferrymail_queue_destinations_suspended"),
         "1",
@@ -152,8 +154,8 @@ fn cancel_removes_message_and_contents_for_good() {
     let server = start(relay, "");
     let gone = send(&server, &["x@far.test", "y@far.test"], "cancel me");
     let kept = send(&server, &["z@far.test"], "keep me");
-    server.wait_attempted(&gone, WAIT);
-    server.wait_attempted(&kept, WAIT);
+    server.wait_deferred(&gone, WAIT);
+    server.wait_deferred(&kept, WAIT);
 
     let r = json(server.cli(&["queue", "cancel", &gone, "--json"]));
     assert_eq!(r["recipients"], 2, "{r}");
@@ -189,7 +191,7 @@ fn dynamic_per_domain_queues_by_name() {
     let b1 = send(&server, &["3@beta.test"], "b1");
     let ab = send(&server, &["4@alpha.test", "5@beta.test"], "ab");
     for id in [&a1, &a2, &b1, &ab] {
-        server.wait_attempted(id, WAIT);
+        server.wait_deferred(id, WAIT);
     }
 
     // Every recipient sits in its domain's queue.
@@ -296,7 +298,7 @@ fn release_then_flush_delivers_the_released_mail() {
         .map(|i| send(&server, &[&format!("r{i}@far.test")], &format!("held {i}")))
         .collect();
     for id in &ids {
-        server.wait_attempted(id, WAIT);
+        server.wait_deferred(id, WAIT);
         let out = server.cli(&["queue", "hold", id]);
         assert!(out.status.success(), "{out:?}");
     }

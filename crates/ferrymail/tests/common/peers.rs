@@ -508,6 +508,26 @@ impl Server {
         )
     }
 
+    /// Waits (at most `limit`) until every recipient of message `id` is
+    /// deferred with an error: after an attempt, or without one (its
+    /// destination suspended as dead, which counts no attempt); returns
+    /// `queue show --json`.
+    pub fn wait_deferred(&self, id: &str, limit: Duration) -> Value {
+        wait_for(
+            limit,
+            &format!("{id} to be deferred"),
+            || self.log_text(),
+            || {
+                let m = self.show(id)?;
+                let all = m["recipients"].as_array()?.iter().all(|r| {
+                    r["lane"] == "deferred"
+                        && r["last_error"].as_str().is_some_and(|e| !e.is_empty())
+                });
+                all.then_some(m)
+            },
+        )
+    }
+
     /// Waits (at most `limit`) until message `id` left the queue.
     pub fn wait_gone(&self, id: &str, limit: Duration) {
         wait_for(
