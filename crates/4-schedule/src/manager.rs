@@ -1606,6 +1606,21 @@ fn classify(results: &[RecipientOutcome]) -> Health {
     }
 }
 
+/// The outcome of recipients nothing was sent for: transient, for `reason`.
+fn not_sent(keys: &[EntryKey], reason: &str) -> Vec<RecipientOutcome> {
+    keys.iter()
+        .map(|k| RecipientOutcome {
+            rcpt: k.rcpt,
+            outcome: Outcome::Transient {
+                reason: reason.to_string(),
+                reply: None,
+            },
+            remote: None,
+            answered: false,
+        })
+        .collect()
+}
+
 /// A job's task as the loop tracks it.
 struct RunningJob {
     job: JobId,
@@ -1683,35 +1698,13 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                 "4.3.5 route '{}' is not configured (configuration changed?)",
                 d.route
             );
-            let results = claimed_keys
-                .iter()
-                .map(|k| RecipientOutcome {
-                    rcpt: k.rcpt,
-                    outcome: Outcome::Transient {
-                        reason: reason.clone(),
-                        reply: None,
-                    },
-                    remote: None,
-                    answered: false,
-                })
-                .collect();
-            (results, Health::NotAttempted, None)
+            (not_sent(&claimed_keys, &reason), Health::NotAttempted, None)
         }
-        Mode::Suspended { reason, until } => {
-            let results: Vec<RecipientOutcome> = claimed_keys
-                .iter()
-                .map(|k| RecipientOutcome {
-                    rcpt: k.rcpt,
-                    outcome: Outcome::Transient {
-                        reason: reason.clone(),
-                        reply: None,
-                    },
-                    remote: None,
-                    answered: false,
-                })
-                .collect();
-            (results, Health::NotAttempted, Some(*until))
-        }
+        Mode::Suspended { reason, until } => (
+            not_sent(&claimed_keys, reason),
+            Health::NotAttempted,
+            Some(*until),
+        ),
         Mode::Deliver => {
             // Read by the claim (one store holds data and contents), or now.
             let read = match job.contents {

@@ -493,19 +493,9 @@ impl Server {
     /// Waits (at most `limit`) until every recipient of `id` has been
     /// attempted at least once; returns `queue show --json` then.
     pub fn wait_attempted(&self, id: &str, limit: Duration) -> Value {
-        wait_for(
-            limit,
-            &format!("a first delivery attempt of {id}"),
-            || self.log_text(),
-            || {
-                let m = self.show(id)?;
-                let all = m["recipients"]
-                    .as_array()?
-                    .iter()
-                    .all(|r| r["attempts"].as_u64().unwrap_or(0) >= 1);
-                all.then_some(m)
-            },
-        )
+        self.wait_recipients(id, limit, "a first delivery attempt", |r| {
+            r["attempts"].as_u64().unwrap_or(0) >= 1
+        })
     }
 
     /// Waits (at most `limit`) until every recipient of message `id` is
@@ -513,16 +503,27 @@ impl Server {
     /// destination suspended as dead, which counts no attempt); returns
     /// `queue show --json`.
     pub fn wait_deferred(&self, id: &str, limit: Duration) -> Value {
+        self.wait_recipients(id, limit, "a deferral", |r| {
+            r["lane"] == "deferred" && r["last_error"].as_str().is_some_and(|e| !e.is_empty())
+        })
+    }
+
+    /// Waits (at most `limit`) until `done` holds for every recipient of
+    /// `id` in `queue show --json`, which it returns; `what` names the wait.
+    fn wait_recipients(
+        &self,
+        id: &str,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         wait_for(
             limit,
-            &format!("{id} to be deferred"),
+            &format!("{what} of {id}"),
             || self.log_text(),
             || {
                 let m = self.show(id)?;
-                let all = m["recipients"].as_array()?.iter().all(|r| {
-                    r["lane"] == "deferred"
-                        && r["last_error"].as_str().is_some_and(|e| !e.is_empty())
-                });
+                let all = m["recipients"].as_array()?.iter().all(&done);
                 all.then_some(m)
             },
         )
