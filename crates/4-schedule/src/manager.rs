@@ -1694,10 +1694,7 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
     let (results, health, not_before) = match &d.mode {
         Mode::Deliver if no_route => {
             tracing::warn!(id = %d.message, route = %d.route, "queue: the route is not configured; the mail waits (`ferrymail queue requeue` routes it again)");
-            let reason = format!(
-                "4.3.5 route '{}' is not configured (configuration changed?)",
-                d.route
-            );
+            let reason = ferrymail_deliver::unconfigured_route(&d.route);
             (not_sent(&claimed_keys, &reason), Health::NotAttempted, None)
         }
         Mode::Suspended { reason, until } => (

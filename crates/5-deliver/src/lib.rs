@@ -251,6 +251,13 @@ pub struct Remote {
     pub source: Option<IpAddr>,
 }
 
+/// Why a recipient whose route is not configured is not sent (a reload
+/// removed the route, or a computed route name names none): the same
+/// words whether the queue engine finds it first or the transport does.
+pub fn unconfigured_route(route: &str) -> String {
+    format!("4.3.5 route '{route}' is not configured (configuration changed?)")
+}
+
 /// The result for one recipient of a [`Job`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecipientOutcome {

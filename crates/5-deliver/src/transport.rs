@@ -502,10 +502,7 @@ impl Inner {
         let Some(route) = settings.routes.get(&job.route) else {
             out.extend(all(
                 Outcome::Transient {
-                    reason: format!(
-                        "4.3.5 route '{}' is not configured (configuration changed?)",
-                        job.route
-                    ),
+                    reason: crate::unconfigured_route(&job.route),
                     reply: None,
                 },
                 None,
