@@ -80,40 +80,46 @@ pub fn to_seven_bit(message: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Quoted-printable (RFC 2045 §6.7) of `body`, line by line: CRLF line
-/// breaks stay line breaks, any other CR or LF is encoded, trailing white
-/// space is encoded (rule 3), and lines are broken softly to at most 76
-/// characters (rule 5).
+/// breaks stay line breaks, any other CR or LF is encoded (`=0D`, `=0A`)
+/// and the line goes on, trailing white space is encoded (rule 3), and
+/// lines are broken softly to at most 76 characters (rule 5). Decoding
+/// gives `body` back, byte for byte.
 pub fn quoted_printable(body: &[u8]) -> Vec<u8> {
     const MAX: usize = 76;
     let mut out = Vec::with_capacity(body.len() + body.len() / 3);
-    let mut lines = body.split_inclusive(|&b| b == b'\n').peekable();
-    while let Some(raw) = lines.next() {
-        let (line, crlf) = match raw.strip_suffix(b"\r\n") {
+    // Characters on the encoded line so far: a bare LF does not end it.
+    let mut width = 0;
+    let mut pieces = body.split_inclusive(|&b| b == b'\n').peekable();
+    while let Some(raw) = pieces.next() {
+        let (piece, crlf) = match raw.strip_suffix(b"\r\n") {
             Some(l) => (l, true),
             None => (raw, false),
         };
-        let mut width = 0;
-        for (i, &b) in line.iter().enumerate() {
-            let last = i + 1 == line.len();
+        // Where the encoded line ends: a CRLF, or the end of the body.
+        let ends_line = crlf || pieces.peek().is_none();
+        for (i, &b) in piece.iter().enumerate() {
+            let last = ends_line && i + 1 == piece.len();
             let literal = matches!(b, 33..=60 | 62..=126) || (matches!(b, b' ' | b'\t') && !last);
-            let token: Vec<u8> = if literal {
-                vec![b]
+            let mut hex = [b'=', 0, 0];
+            let token: &[u8] = if literal {
+                std::slice::from_ref(&piece[i])
             } else {
-                format!("={b:02X}").into_bytes()
+                const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+                hex[1] = DIGITS[usize::from(b >> 4)];
+                hex[2] = DIGITS[usize::from(b & 0xf)];
+                &hex
             };
             // Room for a soft break's "=" after the token.
             if width + token.len() > MAX - 1 {
                 out.extend_from_slice(b"=\r\n");
                 width = 0;
             }
-            out.extend_from_slice(&token);
+            out.extend_from_slice(token);
             width += token.len();
         }
         if crlf {
             out.extend_from_slice(b"\r\n");
-        } else if lines.peek().is_some() {
-            // A bare LF inside a line: encoded, and the line goes on.
-            out.extend_from_slice(b"=0A");
+            width = 0;
         }
     }
     out
@@ -128,6 +134,45 @@ mod tests {
         (0..m.text_body_count())
             .filter_map(|i| m.body_text(i).map(|t| t.into_owned()))
             .collect()
+    }
+
+    /// RFC 2045 §6.7 decoding, strict: only what `quoted_printable` writes.
+    fn qp_decode(encoded: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < encoded.len() {
+            match encoded[i] {
+                b'=' if encoded[i + 1..].starts_with(b"\r\n") => i += 3,
+                b'=' => {
+                    let hex = std::str::from_utf8(&encoded[i + 1..i + 3]).unwrap();
+                    out.push(u8::from_str_radix(hex, 16).unwrap());
+                    i += 3;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bare_line_ends_are_encoded_once_and_lines_stay_short() {
+        // A bare LF was encoded twice (the body gained a line), and the
+        // width restarted after it, so long lines of short LF-separated
+        // pieces broke the 76-character limit (found by fuzz/downgrade).
+        assert_eq!(quoted_printable(b"a\nb"), b"a=0Ab");
+        assert_eq!(quoted_printable(b"a\n"), b"a=0A");
+        assert_eq!(quoted_printable(b"a\rb\r\n"), b"a=0Db\r\n");
+        let body: Vec<u8> = b"caf\xc3\xa9 \n".repeat(40);
+        let qp = quoted_printable(&body);
+        for line in qp.split(|&b| b == b'\n') {
+            assert!(line.len() <= 77, "{}", String::from_utf8_lossy(line));
+        }
+        assert_eq!(qp_decode(&qp), body);
+        // Trailing white space is encoded only where a line ends.
+        assert_eq!(quoted_printable(b"a \nb \r\nc "), b"a =0Ab=20\r\nc=20");
     }
 
     #[test]
