@@ -56,6 +56,23 @@ enum Stop {
     Closed,
 }
 
+/// Why the server is closing a session it decided to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The client said QUIT.
+    Quit,
+    /// The client sent nothing for the command or data timeout.
+    Idle,
+    /// Anything else: the error limit, a shutdown, a refusal that ends
+    /// the session.
+    Closed,
+}
+
+/// How long a closing session keeps reading what the client still sends,
+/// and how much of it, before it closes anyway (see [`Session::close`]).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
 /// One mail transaction, from MAIL to the end of DATA/BDAT LAST or RSET.
 struct Transaction {
     sender: String,
@@ -111,6 +128,8 @@ pub struct Session {
     errors: u32,
     /// Set while discarding the rest of an over-long command line.
     skipping_long_line: bool,
+    /// How the session is ending, for [`Session::close`].
+    ending: Ending,
     /// Who logged in with AUTH (RFC 4954), for the envelope and for the
     /// relay expression's `authenticated_as`.
     auth_as: Option<String>,
@@ -180,6 +199,7 @@ impl Session {
             tx: None,
             errors: 0,
             skipping_long_line: false,
+            ending: Ending::Closed,
             auth_as: None,
             auth_failures: 0,
             checks,
@@ -220,13 +240,51 @@ impl Session {
         if self.flush().await.is_err() {
             return;
         }
-        let _ = self.command_loop().await;
-        // TLS ends with its close_notify alert. Plain TCP needs no
-        // shutdown(2) of its own: closing the socket when the session drops
-        // sends the same FIN, and one system call per connection less
-        // counts at thousands of connections a second.
-        if self.tls.is_some() {
-            let _ = self.stream.shutdown().await;
+        let ended = self.command_loop().await;
+        self.close(ended).await;
+    }
+
+    /// Ends the connection once the last reply is written.
+    ///
+    /// A server that closes while client input is still unread (pipelined
+    /// commands after a 421, noise after QUIT) makes its kernel answer with
+    /// a reset instead of an orderly close, and a reset can destroy replies
+    /// the client has not read yet: a `250 queued` among them, and the
+    /// client sends that message again. So a session the server ends with
+    /// input pending shuts its sending side first, then reads and drops
+    /// what the client still sends until the client closes, for at most
+    /// [`LINGER_TIME`] and [`LINGER_BYTES`] (the "lingering close" of HTTP
+    /// servers). A client that said QUIT and sent nothing after it, one
+    /// that went idle, and one that is gone are closed at once.
+    async fn close(&mut self, ended: Result<(), Stop>) {
+        let pending = !self.input.is_empty() || self.skipping_long_line;
+        let linger = matches!(ended, Err(Stop::Closed))
+            && match self.ending {
+                Ending::Quit => pending,
+                Ending::Idle => false,
+                Ending::Closed => true,
+            };
+        if !linger {
+            // TLS ends with its close_notify alert. Plain TCP needs no
+            // shutdown(2) of its own: closing the socket when the session
+            // drops sends the same FIN, and one system call per connection
+            // less counts at thousands of connections a second.
+            if self.tls.is_some() {
+                let _ = self.stream.shutdown().await;
+            }
+            return;
+        }
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
         }
     }
 
@@ -275,7 +333,16 @@ impl Session {
 
     /// Reads more input; `command` selects the command timeout (and lets a
     /// shutdown interrupt the wait) rather than the data timeout.
+    ///
+    /// Replies still queued are sent first: a session never waits for input
+    /// while holding replies (RFC 2920 §3.2 lets a server buffer replies to
+    /// a pipelined group, not sit on them). Pipelined commands after a
+    /// message, up to a BDAT whose chunk is still arriving, would otherwise
+    /// keep that message's `250` back until the chunk was in, and lose it
+    /// if the client went away first: a queued message its client never
+    /// heard was queued, and sends again.
     async fn read_more(&mut self, command: bool) -> Result<(), Stop> {
+        self.flush().await?;
         let p = &self.rx.params;
         let timeout = if command {
             p.command_timeout
@@ -304,6 +371,7 @@ impl Session {
             Ok(Ok(_)) => Ok(()),
             Err(_) => {
                 self.reply(replies::timeout());
+                self.ending = Ending::Idle;
                 let _ = self.flush().await;
                 Err(Stop::Closed)
             }
@@ -431,6 +499,7 @@ impl Session {
             Request::Quit => {
                 let host = self.rx.params.hostname.clone();
                 self.reply(replies::bye(&host));
+                self.ending = Ending::Quit;
                 Flow::Close
             }
             Request::Vrfy { .. } => self.reply(replies::vrfy()),

@@ -227,3 +227,34 @@ fn pipelined_bdat_chunks_in_one_write() {
     assert!(c.read().is(250, "2.0.0"), "NOOP after the pipelined BDATs");
     assert_eq!(stored_body(&server, &last), parts.concat());
 }
+
+/// A client pipelines the next transaction right behind a message, and the
+/// next BDAT's chunk is still on its way: the first message's 250 (and the
+/// next MAIL's and RCPT's replies) come at once, not when the chunk is in
+/// (RFC 2920 §3.2). It used to wait for the chunk, and was lost if the
+/// client went away before sending it, although the message was queued.
+#[test]
+fn replies_are_sent_before_waiting_for_a_chunk() {
+    let server = Server::start_default();
+    let mut c = server.client();
+    begin(&mut c, "user@local.test");
+    let first = b"Subject: one\r\n\r\nfirst\r\n";
+    let mut w = format!("BDAT {} LAST\r\n", first.len()).into_bytes();
+    w.extend_from_slice(first);
+    w.extend_from_slice(
+        b"MAIL FROM:<sender@example.org>\r\nRCPT TO:<user@local.test>\r\nBDAT 1000 LAST\r\npart of the chunk",
+    );
+    c.send_raw(&w);
+    let r = c.read();
+    assert!(r.is(250, "2.0.0"), "{r:?}");
+    let id = queued_id(&r);
+    assert_eq!(stored_body(&server, &r), first);
+    assert!(c.read().is(250, "2.1.0"));
+    assert!(c.read().is(250, "2.1.5"));
+    // The rest of the chunk, and the second message is whole.
+    let rest = vec![b'x'; 1000 - b"part of the chunk".len()];
+    c.send_raw(&rest);
+    let r = c.read();
+    assert!(r.is(250, "2.0.0"), "{r:?}");
+    assert_ne!(queued_id(&r), id);
+}
