@@ -61,8 +61,9 @@ enum Stop {
 enum Ending {
     /// The client said QUIT.
     Quit,
-    /// The client sent nothing for the command or data timeout.
-    Idle,
+    /// The server stopped waiting for the client: the command or data
+    /// timeout ran out, or the server is shutting down.
+    Waiting,
     /// Anything else: the error limit, a shutdown, a refusal that ends
     /// the session.
     Closed,
@@ -254,16 +255,13 @@ impl Session {
     /// input pending shuts its sending side first, then reads and drops
     /// what the client still sends until the client closes, for at most
     /// [`LINGER_TIME`] and [`LINGER_BYTES`] (the "lingering close" of HTTP
-    /// servers). A client that said QUIT and sent nothing after it, one
-    /// that went idle, and one that is gone are closed at once.
+    /// servers). A client that said QUIT, went idle or was waiting when the
+    /// server began to shut down is closed at once unless it sent more
+    /// than was read; one that is gone, at once.
     async fn close(&mut self, ended: Result<(), Stop>) {
         let pending = !self.input.is_empty() || self.skipping_long_line;
-        let linger = matches!(ended, Err(Stop::Closed))
-            && match self.ending {
-                Ending::Quit => pending,
-                Ending::Idle => false,
-                Ending::Closed => true,
-            };
+        let linger =
+            matches!(ended, Err(Stop::Closed)) && (self.ending == Ending::Closed || pending);
         if !linger {
             // TLS ends with its close_notify alert. Plain TCP needs no
             // shutdown(2) of its own: closing the socket when the session
@@ -359,6 +357,7 @@ impl Session {
                 _ = self.rx.shutdown.cancelled() => {
                     let host = self.rx.params.hostname.clone();
                     self.reply(replies::shutting_down(&host));
+                    self.ending = Ending::Waiting;
                     let _ = self.flush().await;
                     return Err(Stop::Closed);
                 }
@@ -371,7 +370,7 @@ impl Session {
             Ok(Ok(_)) => Ok(()),
             Err(_) => {
                 self.reply(replies::timeout());
-                self.ending = Ending::Idle;
+                self.ending = Ending::Waiting;
                 let _ = self.flush().await;
                 Err(Stop::Closed)
             }
