@@ -119,6 +119,12 @@ const OTHER: &[&str] = &[
     "ETRN #queue",
     "ETRN",
     "AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=",
+    "AUTH PLAIN AGFsaWNlAGFsaWNlLXB3",
+    "AUTH PLAIN",
+    "AGFsaWNlAGFsaWNlLXB3",
+    "AUTH LOGIN YWxpY2U=",
+    "YWxpY2UtcHc=",
+    "AUTH PLAIN =",
     "AUTH LOGIN",
     "AUTH CRAM-MD5",
     "*",
@@ -302,10 +308,10 @@ fn transaction(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// Everything one session sends.
-fn script(rng: &mut Rng) -> Vec<u8> {
+fn script(rng: &mut Rng, greeting: &str) -> Vec<u8> {
     let mut input = Vec::new();
     if rng.chance(90) {
-        input.extend_from_slice(b"EHLO client.test\r\n");
+        input.extend_from_slice(format!("{greeting} client.test\r\n").as_bytes());
     }
     for _ in 0..1 + rng.below(4) {
         if rng.chance(20) {
@@ -327,9 +333,9 @@ struct Exchange {
 
 /// Sends a whole session's bytes (pipelined, in a few writes), shuts the
 /// write side, and reads replies until the server closes.
-fn session(addr: SocketAddr, seed: u64) -> Exchange {
+fn session(addr: SocketAddr, seed: u64, greeting: &str) -> Exchange {
     let mut rng = Rng::new(seed);
-    let input = script(&mut rng);
+    let input = script(&mut rng, greeting);
     let stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -371,14 +377,15 @@ fn session(addr: SocketAddr, seed: u64) -> Exchange {
 }
 
 /// Checks every reply line; returns the ids of messages said to be queued.
-fn check_replies(x: &Exchange) -> Vec<String> {
+fn check_replies(x: &Exchange) -> BTreeSet<String> {
     let text = String::from_utf8_lossy(&x.replies);
     assert!(
         x.replies.is_empty() || x.replies.ends_with(b"\r\n"),
         "seed {}: replies end mid-line: {text:?}",
         x.seed
     );
-    let mut ids = Vec::new();
+    // LMTP says it once per recipient.
+    let mut ids = BTreeSet::new();
     for line in x.replies.split_inclusive(|&b| b == b'\n') {
         let shown = String::from_utf8_lossy(line);
         assert!(
@@ -417,32 +424,32 @@ fn check_replies(x: &Exchange) -> Vec<String> {
             );
         }
         if body.starts_with(b"250 ") && rest.contains(" queued as ") {
-            ids.push(rest.rsplit(' ').next().unwrap().to_string());
+            ids.insert(rest.rsplit(' ').next().unwrap().to_string());
         }
     }
     ids
 }
 
-#[test]
-fn hostile_clients_get_wellformed_replies_and_lose_no_mail() {
-    let server = Server::start(
-        "[session.rcpt]\nlocal-domains = [\"local.test\"]\n\
-         relay = \"remote_ip == '127.0.0.1'\"\nmax-recipients = 5\n\n\
-         [session.data]\nmax-message-size = 20000\n\n\
-         [session]\nmax-errors = 20\n",
-    );
+/// Settings that make the generated sessions reach the limits soon.
+const LIMITS: &str = "[session.rcpt]\nlocal-domains = [\"local.test\"]\n\
+    relay = \"remote_ip == '127.0.0.1'\"\nmax-recipients = 5\n\n\
+    [session.data]\nmax-message-size = 20000\n\n\
+    [session]\nmax-errors = 20\n";
+
+/// Runs the generated sessions against `addr` (greeting with `greeting`)
+/// and checks the server afterwards.
+fn run_hostile(server: &Server, addr: SocketAddr, greeting: &'static str) {
     let sessions: u64 = std::env::var("FERRYMAIL_HOSTILE_SESSIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let addr = server.smtp;
     let workers: Vec<_> = (0..4u64)
         .map(|w| {
             std::thread::spawn(move || {
                 let mut ids = Vec::new();
                 let mut seed = w;
                 while seed < sessions {
-                    let x = session(addr, seed);
+                    let x = session(addr, seed, greeting);
                     ids.extend(check_replies(&x));
                     seed += 4;
                 }
@@ -491,4 +498,37 @@ fn hostile_clients_get_wellformed_replies_and_lose_no_mail() {
         unannounced.is_empty(),
         "in the queue without a 250 to any client: {unannounced:?}"
     );
+}
+
+#[test]
+fn hostile_clients_get_wellformed_replies_and_lose_no_mail() {
+    let server = Server::start(LIMITS);
+    run_hostile(&server, server.smtp, "EHLO");
+}
+
+/// The same with AUTH offered without TLS, so that the generated PLAIN and
+/// LOGIN exchanges (a known user among them, and their continuation lines
+/// arriving as commands) reach the SASL code.
+#[test]
+fn hostile_clients_meet_auth_and_lose_no_mail() {
+    let server = Server::start(&format!(
+        "{LIMITS}\n[session.auth]\ndirectory = \"'users'\"\n\
+         mechanisms = [\"plain\", \"login\"]\nallow-plain-text = true\n\n\
+         [session.auth.errors]\ntotal = 5\nwait = \"1ms\"\n\n\
+         [directory.users]\ntype = \"memory\"\n\n\
+         [[directory.users.principals]]\nname = \"alice\"\nsecret = \"alice-pw\"\n\
+         email = [\"a@remote.test\"]\n"
+    ));
+    run_hostile(&server, server.smtp, "EHLO");
+}
+
+/// The same on an LMTP listener (RFC 2033: LHLO, a reply per recipient
+/// after the data).
+#[test]
+fn hostile_lmtp_clients_get_wellformed_replies_and_lose_no_mail() {
+    let port = free_port();
+    let server = Server::start(&format!(
+        "[server.listener.lmtp]\nbind = [\"127.0.0.1:{port}\"]\nprotocol = \"lmtp\"\n\n{LIMITS}"
+    ));
+    run_hostile(&server, SocketAddr::from(([127, 0, 0, 1], port)), "LHLO");
 }
