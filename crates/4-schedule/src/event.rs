@@ -206,22 +206,26 @@ impl Event {
 
     /// The DSN Status field (RFC 3464 §2.3.4, codes of RFC 3463): the remote
     /// reply's enhanced code when it gave one and it fits the event's class,
-    /// else a generic code of the right class. Expiry is always `4.4.7`.
+    /// else the code a locally decided reason begins with (`5.3.4` for a
+    /// message over the next hop's SIZE, `5.6.7` for SMTPUTF8 it lacks,
+    /// `4.4.1` for a refused connection), else a generic code of the right
+    /// class. Expiry is always `4.4.7`.
     pub fn status(&self) -> String {
-        let from_reply = |reply: Option<&RemoteReply>, class: char| {
+        let from = |reply: Option<&RemoteReply>, reason: Option<&str>, class: char| {
             reply
                 .and_then(|r| r.status.clone())
+                .or_else(|| reason.and_then(ferrymail_deliver::protocol::reply::enhanced_status))
                 .filter(|s| s.starts_with(class))
         };
         match &self.kind {
             EventKind::Delivered { reply, .. } | EventKind::Relayed { reply } => {
-                from_reply(Some(reply), '2').unwrap_or_else(|| "2.0.0".into())
+                from(Some(reply), None, '2').unwrap_or_else(|| "2.0.0".into())
             }
-            EventKind::Failed { reply, .. } => {
-                from_reply(reply.as_ref(), '5').unwrap_or_else(|| "5.0.0".into())
+            EventKind::Failed { reply, reason } => {
+                from(reply.as_ref(), Some(reason), '5').unwrap_or_else(|| "5.0.0".into())
             }
-            EventKind::Delayed { reply, .. } => {
-                from_reply(reply.as_ref(), '4').unwrap_or_else(|| "4.0.0".into())
+            EventKind::Delayed { reply, reason, .. } => {
+                from(reply.as_ref(), Some(reason), '4').unwrap_or_else(|| "4.0.0".into())
             }
             EventKind::Expired { .. } => EXPIRED_STATUS.into(),
         }
@@ -356,5 +360,54 @@ mod tests {
                 "{kind:?}"
             );
         }
+    }
+
+    /// A failure decided here, with no reply to quote, keeps the code its
+    /// reason starts with: a message over the next hop's SIZE was a bare
+    /// `5.0.0` in the notice's Status field, which bounce processors read
+    /// (found by the misbehaving-next-hop scenario).
+    #[test]
+    fn status_comes_from_the_reply_then_the_local_reason() {
+        let env = Arc::new(sample_envelope(1, 1));
+        let status = |kind: EventKind| {
+            Event {
+                envelope: env.clone(),
+                rcpt: 0,
+                queue: "q".into(),
+                kind,
+                attempt_at: 0,
+                attempts: 1,
+                remote: None,
+                contents: None,
+            }
+            .status()
+        };
+        let failed = |reason: &str, reply: Option<RemoteReply>| EventKind::Failed {
+            reason: reason.into(),
+            reply,
+        };
+        let delayed = |reason: &str| EventKind::Delayed {
+            notify_num: 1,
+            will_retry_until: None,
+            reason: reason.into(),
+            reply: None,
+        };
+        assert_eq!(
+            status(failed("5.3.4 mx: message size 259 exceeds 100", None)),
+            "5.3.4"
+        );
+        assert_eq!(status(failed("5.6.7 mx: SMTPUTF8 needed", None)), "5.6.7");
+        assert_eq!(
+            status(failed("5.3.4 local words", Some(reply(550, Some("5.1.1"))))),
+            "5.1.1",
+            "the remote reply's code wins"
+        );
+        assert_eq!(status(failed("4.4.1 wrong class", None)), "5.0.0");
+        assert_eq!(status(failed("no code here", None)), "5.0.0");
+        assert_eq!(status(delayed("4.4.1 mx: connect failed")), "4.4.1");
+        assert_eq!(
+            status(delayed("delivery temporarily suspended: 4.4.1 x")),
+            "4.0.0"
+        );
     }
 }
