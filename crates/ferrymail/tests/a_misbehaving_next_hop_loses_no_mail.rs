@@ -12,7 +12,8 @@
 //! queue must be empty, and the server must not have panicked.
 //! The hop is a small SMTP server in this file (written for its faults;
 //! no real server misbehaves on demand), seeded per connection so a
-//! failing run can be replayed.
+//! failing run can be replayed; `FERRYMAIL_CHAOS_SEED=N` draws other
+//! faults.
 
 mod common;
 
@@ -25,6 +26,15 @@ use std::time::Duration;
 
 use common::peers::*;
 use common::*;
+
+/// `FERRYMAIL_CHAOS_SEED`, to run other faults than the default ones.
+fn base_seed() -> u64 {
+    std::env::var("FERRYMAIL_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        * 1_000_003
+}
 
 /// xorshift64*.
 struct Rng(u64);
@@ -68,7 +78,7 @@ impl Hop {
         let (m, l) = (mended.clone(), ledger);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let seed = connections.fetch_add(1, Ordering::Relaxed);
+                let seed = base_seed() + connections.fetch_add(1, Ordering::Relaxed);
                 let (m, l) = (m.clone(), l.clone());
                 std::thread::spawn(move || {
                     let _ = serve(stream, seed, &m, &l);
@@ -172,7 +182,7 @@ fn serve(
     }
     w.write_all(b"220 chaos.test ESMTP\r\n")?;
     let chunking = !good_now() && rng.below(3) == 0;
-    let tiny = !good_now() && rng.below(100) == 0;
+    let tiny = !good_now() && rng.below(300) == 0;
     let starttls = !good_now() && rng.below(5) == 0;
     let mut sender = String::new();
     let mut rcpts: Vec<String> = Vec::new();

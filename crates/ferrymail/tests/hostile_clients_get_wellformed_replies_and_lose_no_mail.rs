@@ -16,7 +16,8 @@
 //!
 //! The sessions come from a fixed seed, so a failure names the seed of the
 //! session that shows it and reruns the same way;
-//! `FERRYMAIL_HOSTILE_SESSIONS=N` runs more of them.
+//! `FERRYMAIL_HOSTILE_SESSIONS=N` runs more of them and
+//! `FERRYMAIL_HOSTILE_FIRST_SEED=S` others.
 
 mod common;
 
@@ -447,8 +448,12 @@ fn run_hostile(server: &Server, addr: SocketAddr, greeting: &'static str) {
         .map(|w| {
             std::thread::spawn(move || {
                 let mut ids = Vec::new();
-                let mut seed = w;
-                while seed < sessions {
+                let first: u64 = std::env::var("FERRYMAIL_HOSTILE_FIRST_SEED")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut seed = first + w;
+                while seed < first + sessions {
                     let x = session(addr, seed, greeting);
                     ids.extend(check_replies(&x));
                     seed += 4;
