@@ -3,10 +3,12 @@
 //! that only has an accented word in a text part. Each leaf part whose
 //! body has 8-bit octets and no transfer encoding is re-encoded as
 //! quoted-printable (RFC 2045 §6.7), its Content-Transfer-Encoding field
-//! replaced or added; nothing else changes. What cannot be converted this
-//! way (8-bit header fields, a message without MIME-Version, 8-bit text
-//! inside an attached message or outside the parts) is left to the caller
-//! to refuse, as before. No I/O.
+//! replaced or added; nothing else changes. An encapsulated message
+//! (`message/rfc822`: a failure notice's returned original, a forwarded
+//! message) is converted the same way, and its part labelled `7bit`. What
+//! cannot be converted this way (8-bit header fields, a message or an
+//! encapsulated one without MIME-Version, 8-bit text outside the parts) is
+//! left to the caller to refuse, as before. No I/O.
 //!
 //! A DKIM signature over a converted body no longer verifies; signers that
 //! care sign 7-bit content (RFC 6376 §5.3), as Postfix's users learn too.
@@ -17,6 +19,9 @@ use mail_parser::{Encoding, HeaderName, MessageParser, PartType};
 
 /// The field that replaces or joins a converted part's header.
 const QP_FIELD: &[u8] = b"Content-Transfer-Encoding: quoted-printable\r\n";
+
+/// The field of an encapsulated message whose contents were converted.
+const SEVEN_BIT_FIELD: &[u8] = b"Content-Transfer-Encoding: 7bit\r\n";
 
 /// `message` with every 8-bit leaf part quoted-printable, or `None` when the
 /// result would still not be 7-bit (or the message is not MIME).
@@ -32,35 +37,7 @@ pub fn to_seven_bit(message: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
-    for part in &parsed.parts {
-        let leaf = matches!(
-            part.body,
-            PartType::Text(_) | PartType::Html(_) | PartType::Binary(_) | PartType::InlineBinary(_)
-        );
-        let body = part.offset_body as usize..part.offset_end as usize;
-        if !leaf
-            || part.encoding != Encoding::None
-            || body.end > message.len()
-            || message[body.clone()].is_ascii()
-        {
-            continue;
-        }
-        match part
-            .headers
-            .iter()
-            .find(|h| h.name == HeaderName::ContentTransferEncoding)
-        {
-            Some(h) => edits.push((
-                h.offset_field as usize..h.offset_end as usize,
-                QP_FIELD.to_vec(),
-            )),
-            None => {
-                let at = part.offset_header as usize;
-                edits.push((at..at, QP_FIELD.to_vec()));
-            }
-        }
-        edits.push((body.clone(), quoted_printable(&message[body])));
-    }
+    convert_parts(message, &parsed, &mut edits)?;
     if edits.is_empty() {
         return None;
     }
@@ -77,6 +54,78 @@ pub fn to_seven_bit(message: &[u8]) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&message[at..]);
     out.is_ascii().then_some(out)
+}
+
+/// The edits that make `parsed`'s 8-bit leaf parts quoted-printable, and
+/// those of every message it encapsulates (`message/rfc822` with no
+/// encoding, as RFC 2046 §5.2.1 requires: a failure notice returning an
+/// 8-bit original, a forwarded message). Offsets are into `message`: the
+/// parser reads an unencoded encapsulated message in place. `None` when
+/// an encapsulated message cannot be converted (not MIME, or 8-bit header
+/// fields), as for the outer one.
+fn convert_parts(
+    message: &[u8],
+    parsed: &mail_parser::Message<'_>,
+    edits: &mut Vec<(Range<usize>, Vec<u8>)>,
+) -> Option<()> {
+    for part in &parsed.parts {
+        let body = part.offset_body as usize..part.offset_end as usize;
+        if part.encoding != Encoding::None
+            || body.end > message.len()
+            || body.start > body.end
+            || message[body.clone()].is_ascii()
+        {
+            continue;
+        }
+        let cte = part
+            .headers
+            .iter()
+            .find(|h| h.name == HeaderName::ContentTransferEncoding);
+        match &part.body {
+            PartType::Text(_)
+            | PartType::Html(_)
+            | PartType::Binary(_)
+            | PartType::InlineBinary(_) => {
+                match cte {
+                    Some(h) => edits.push((
+                        h.offset_field as usize..h.offset_end as usize,
+                        QP_FIELD.to_vec(),
+                    )),
+                    None => {
+                        let at = part.offset_header as usize;
+                        edits.push((at..at, QP_FIELD.to_vec()));
+                    }
+                }
+                edits.push((body.clone(), quoted_printable(&message[body])));
+            }
+            PartType::Message(inner) => {
+                let root = inner.parts.first()?;
+                let header = root.offset_header as usize..root.offset_body as usize;
+                // RFC 2045 §4: an encapsulated message is MIME only if it
+                // says so; its header fields must already be 7-bit.
+                if !inner
+                    .headers()
+                    .iter()
+                    .any(|h| h.name == HeaderName::MimeVersion)
+                    || header.end > message.len()
+                    || !message[header].is_ascii()
+                {
+                    return None;
+                }
+                convert_parts(message, inner, edits)?;
+                // The part is 7-bit once its contents are (RFC 2046 §5.2.1
+                // allows 7bit, 8bit and binary only).
+                if let Some(h) = cte {
+                    edits.push((
+                        h.offset_field as usize..h.offset_end as usize,
+                        SEVEN_BIT_FIELD.to_vec(),
+                    ));
+                }
+            }
+            PartType::Multipart(_) => {}
+        }
+    }
+    Some(())
 }
 
 /// Quoted-printable (RFC 2045 §6.7) of `body`, line by line: CRLF line
@@ -226,6 +275,56 @@ mod tests {
         );
         // Nothing to convert.
         assert_eq!(to_seven_bit(b"MIME-Version: 1.0\r\n\r\nascii\r\n"), None);
+    }
+
+    /// A failure notice returning an 8-bit original (RET=FULL), for a
+    /// sender whose MX lacks 8BITMIME: the original's text part inside the
+    /// `message/rfc822` part becomes quoted-printable and the part says
+    /// `7bit`, instead of the notice being refused and double-bounced.
+    #[test]
+    fn an_encapsulated_8bit_message_is_converted_too() {
+        let original = "From: a@x.test\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\nSubject: s\r\n\r\nd\u{e9}j\u{e0} vu\r\n";
+        let notice = format!(
+            "From: MAILER-DAEMON@y.test\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nIt failed.\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\n\
+             Reporting-MTA: dns; y.test\r\n\r\nFinal-Recipient: rfc822; b@z.test\r\n\
+             Action: failed\r\nStatus: 5.1.1\r\n\r\n\
+             --b\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+             {original}\r\n--b--\r\n"
+        );
+        let out = to_seven_bit(notice.as_bytes()).expect("converted");
+        assert!(out.is_ascii());
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.contains("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 7bit\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("d=C3=A9j=C3=A0 vu"), "{text}");
+        // Read back: the encapsulated message's text is the original's.
+        let parsed = MessageParser::default().parse(&out).unwrap();
+        let inner = parsed
+            .parts
+            .iter()
+            .find_map(|p| match &p.body {
+                PartType::Message(m) => Some(m),
+                _ => None,
+            })
+            .expect("the returned message");
+        assert_eq!(inner.body_text(0).unwrap().trim_end(), "d\u{e9}j\u{e0} vu");
+        assert_eq!(parsed.body_text(0).unwrap().trim_end(), "It failed.");
+
+        // Not MIME inside, or 8-bit fields inside: left to the caller.
+        let bare = notice.replace(
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8",
+            "Content-Type: text/plain; charset=utf-8",
+        );
+        assert_eq!(to_seven_bit(bare.as_bytes()), None);
+        let eight_bit_field = notice.replace("Subject: s", "Subject: caf\u{e9}");
+        assert_eq!(to_seven_bit(eight_bit_field.as_bytes()), None);
     }
 
     #[test]
