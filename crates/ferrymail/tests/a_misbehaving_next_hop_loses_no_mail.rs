@@ -70,7 +70,9 @@ struct Hop {
 }
 
 impl Hop {
-    fn start(ledger: Arc<Mutex<Ledger>>, mended: bool) -> Hop {
+    /// `lmtp`: the hop speaks LMTP (RFC 2033), answering once per
+    /// recipient after the data.
+    fn start(ledger: Arc<Mutex<Ledger>>, mended: bool, lmtp: bool) -> Hop {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let mended = Arc::new(AtomicBool::new(mended));
@@ -81,7 +83,7 @@ impl Hop {
                 let seed = base_seed() + connections.fetch_add(1, Ordering::Relaxed);
                 let (m, l) = (m.clone(), l.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, seed, &m, &l);
+                    let _ = serve(stream, seed, &m, &l, lmtp);
                 });
             }
         });
@@ -166,6 +168,7 @@ fn serve(
     seed: u64,
     mended: &AtomicBool,
     ledger: &Mutex<Ledger>,
+    lmtp: bool,
 ) -> std::io::Result<()> {
     let mut rng = Rng::new(seed + 1);
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
@@ -195,7 +198,7 @@ fn serve(
         }
         let upper = line.to_ascii_uppercase();
         let mended = good_now();
-        let keep = if upper.starts_with("EHLO") {
+        let keep = if upper.starts_with("EHLO") || upper.starts_with("LHLO") {
             let mut caps = String::from(
                 "250-chaos.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n",
             );
@@ -289,7 +292,16 @@ fn serve(
                 }
                 data.extend_from_slice(&l);
             }
-            let go_on = finish(&mut w, &mut rng, good_now(), &sender, &rcpts, &data, ledger)?;
+            let go_on = finish(
+                &mut w,
+                &mut rng,
+                good_now(),
+                &sender,
+                &rcpts,
+                &data,
+                ledger,
+                lmtp,
+            )?;
             rcpts.clear();
             go_on
         } else if upper.starts_with("BDAT") {
@@ -313,6 +325,7 @@ fn serve(
                     &rcpts,
                     &chunk,
                     ledger,
+                    lmtp,
                 )?;
                 rcpts.clear();
                 go_on
@@ -335,7 +348,9 @@ fn serve(
     }
 }
 
-/// The reply to the end of a message; a 250 that was written is recorded.
+/// The reply to the end of a message (LMTP: one per recipient); a 250 that
+/// was written is recorded.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     w: &mut TcpStream,
     rng: &mut Rng,
@@ -344,7 +359,32 @@ fn finish(
     rcpts: &[String],
     data: &[u8],
     ledger: &Mutex<Ledger>,
+    lmtp: bool,
 ) -> std::io::Result<bool> {
+    if lmtp {
+        // RFC 2033 §4.2: a reply per accepted recipient, in RCPT order.
+        for rcpt in rcpts {
+            match fault(rng, mended) {
+                Fault::None | Fault::Late => {
+                    w.write_all(format!("250 2.1.5 <{rcpt}> delivered\r\n").as_bytes())?;
+                    record(sender, std::slice::from_ref(rcpt), data, ledger);
+                }
+                Fault::Transient => w.write_all(b"452 4.2.2 chaos mailbox full for now\r\n")?,
+                Fault::Permanent => w.write_all(b"550 5.2.1 chaos mailbox disabled\r\n")?,
+                // The recipients after it get no reply at all.
+                Fault::GoingAway => {
+                    w.write_all(b"421 4.3.2 going\r\n")?;
+                    return Ok(false);
+                }
+                Fault::HangUp => return Ok(false),
+                Fault::Malformed => {
+                    w.write_all(b"hello there\r\n")?;
+                    return Ok(false);
+                }
+            }
+        }
+        return Ok(true);
+    }
     match fault(rng, mended) {
         Fault::None | Fault::Late if !rcpts.is_empty() => {
             w.write_all(b"250 2.0.0 chaos took it\r\n")?;
@@ -398,12 +438,24 @@ fn record(sender: &str, rcpts: &[String], data: &[u8], ledger: &Mutex<Ledger>) {
 
 #[test]
 fn a_misbehaving_next_hop_loses_no_mail() {
+    run(false);
+}
+
+/// The same next hop speaking LMTP: a reply per recipient after the data,
+/// each of which may be a fault, and none for the recipients after a 421
+/// or a hang-up.
+#[test]
+fn a_misbehaving_lmtp_hop_loses_no_mail() {
+    run(true);
+}
+
+fn run(lmtp: bool) {
     // Failure notices go to a hop that never fails: a notice the chaos
     // refused would end as a double bounce to the postmaster, which names
     // no original recipient (that path has its own scenario).
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let hop = Hop::start(ledger.clone(), false);
-    let clean = Hop::start(ledger.clone(), true);
+    let hop = Hop::start(ledger.clone(), false, lmtp);
+    let clean = Hop::start(ledger.clone(), true, false);
     let server = Server::start(&format!(
         r#"[session.rcpt]
 local-domains = ["local.test"]
@@ -423,7 +475,7 @@ data = "1s"
 [queue.strategy]
 route = [ {{ if = "is_empty(sender)", then = "'clean'" }}, {{ else = "'chaos'" }} ]
 "#,
-        chaos = relay_route("chaos", hop.port, "smtp"),
+        chaos = relay_route("chaos", hop.port, if lmtp { "lmtp" } else { "smtp" }),
         clean = relay_route("clean", clean.port, "smtp"),
     ));
 
