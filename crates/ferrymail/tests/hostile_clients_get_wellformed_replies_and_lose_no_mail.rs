@@ -22,8 +22,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -377,6 +378,141 @@ fn session(addr: SocketAddr, seed: u64, greeting: &str) -> Exchange {
     Exchange { seed, replies }
 }
 
+/// A TLS client that takes any certificate: the server's is self-signed,
+/// generated at its first start, and what is tested is the session.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Reads one whole reply (its last line has a space after the code).
+fn read_reply(r: &mut impl BufRead, seed: u64) -> String {
+    let mut reply = String::new();
+    loop {
+        let mut line = String::new();
+        let n = r.read_line(&mut line).expect("read a reply");
+        assert!(
+            n > 0,
+            "seed {seed}: closed before STARTTLS was answered: {reply:?}"
+        );
+        reply.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return reply;
+        }
+    }
+}
+
+/// Like [`session`], inside TLS: EHLO and STARTTLS in the clear (with
+/// commands pipelined after STARTTLS now and then, which the server must
+/// drop, RFC 3207 §4.2), the handshake, then the generated script.
+fn tls_session(addr: SocketAddr, seed: u64, config: &Arc<rustls::ClientConfig>) -> Exchange {
+    let mut rng = Rng::new(seed);
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut clear = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream.try_clone().unwrap();
+    let greeting = read_reply(&mut clear, seed);
+    assert!(greeting.starts_with("220 "), "seed {seed}: {greeting:?}");
+    let mut opening = b"EHLO client.test\r\nSTARTTLS\r\n".to_vec();
+    if rng.chance(30) {
+        opening.extend_from_slice(b"MAIL FROM:<pipelined-in-the-clear@remote.test>\r\n");
+    }
+    writer.write_all(&opening).unwrap();
+    let ehlo = read_reply(&mut clear, seed);
+    assert!(ehlo.contains("STARTTLS"), "seed {seed}: {ehlo:?}");
+    let go = read_reply(&mut clear, seed);
+    assert!(go.starts_with("220 "), "seed {seed}: {go:?}");
+    assert!(
+        clear.buffer().is_empty(),
+        "seed {seed}: bytes after STARTTLS's 220"
+    );
+    drop(clear);
+
+    let name = rustls::pki_types::ServerName::try_from("mx.ferry.test").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    let input = script(&mut rng, "EHLO");
+    // The server may end the session before all of it is read (421).
+    let _ = tls.write_all(&input);
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    let _ = tls.sock.shutdown(Shutdown::Write);
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => replies.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!(
+                "seed {seed}: {e} after replies {}",
+                String::from_utf8_lossy(&replies)
+            ),
+        }
+    }
+    Exchange { seed, replies }
+}
+
 /// Checks every reply line; returns the ids of messages said to be queued.
 fn check_replies(x: &Exchange) -> BTreeSet<String> {
     let text = String::from_utf8_lossy(&x.replies);
@@ -439,13 +575,16 @@ const LIMITS: &str = "[session.rcpt]\nlocal-domains = [\"local.test\"]\n\
 
 /// Runs the generated sessions against `addr` (greeting with `greeting`)
 /// and checks the server afterwards.
-fn run_hostile(server: &Server, addr: SocketAddr, greeting: &'static str) {
+/// With `tls`, every session goes through STARTTLS first.
+fn run_hostile(server: &Server, addr: SocketAddr, greeting: &'static str, tls: bool) {
+    let config = tls_config();
     let sessions: u64 = std::env::var("FERRYMAIL_HOSTILE_SESSIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let workers: Vec<_> = (0..4u64)
         .map(|w| {
+            let config = config.clone();
             std::thread::spawn(move || {
                 let mut ids = Vec::new();
                 let first: u64 = std::env::var("FERRYMAIL_HOSTILE_FIRST_SEED")
@@ -454,7 +593,11 @@ fn run_hostile(server: &Server, addr: SocketAddr, greeting: &'static str) {
                     .unwrap_or(0);
                 let mut seed = first + w;
                 while seed < first + sessions {
-                    let x = session(addr, seed, greeting);
+                    let x = if tls {
+                        tls_session(addr, seed, &config)
+                    } else {
+                        session(addr, seed, greeting)
+                    };
                     ids.extend(check_replies(&x));
                     seed += 4;
                 }
@@ -508,7 +651,15 @@ fn run_hostile(server: &Server, addr: SocketAddr, greeting: &'static str) {
 #[test]
 fn hostile_clients_get_wellformed_replies_and_lose_no_mail() {
     let server = Server::start(LIMITS);
-    run_hostile(&server, server.smtp, "EHLO");
+    run_hostile(&server, server.smtp, "EHLO", false);
+}
+
+/// The same inside STARTTLS (RFC 3207), whose session ends with TLS's own
+/// close, and with commands pipelined after STARTTLS in the clear.
+#[test]
+fn hostile_clients_over_starttls_get_wellformed_replies_and_lose_no_mail() {
+    let server = Server::start(LIMITS);
+    run_hostile(&server, server.smtp, "EHLO", true);
 }
 
 /// The same with AUTH offered without TLS, so that the generated PLAIN and
@@ -524,7 +675,7 @@ fn hostile_clients_meet_auth_and_lose_no_mail() {
          [[directory.users.principals]]\nname = \"alice\"\nsecret = \"alice-pw\"\n\
          email = [\"a@remote.test\"]\n"
     ));
-    run_hostile(&server, server.smtp, "EHLO");
+    run_hostile(&server, server.smtp, "EHLO", false);
 }
 
 /// The same on an LMTP listener (RFC 2033: LHLO, a reply per recipient
@@ -535,5 +686,10 @@ fn hostile_lmtp_clients_get_wellformed_replies_and_lose_no_mail() {
     let server = Server::start(&format!(
         "[server.listener.lmtp]\nbind = [\"127.0.0.1:{port}\"]\nprotocol = \"lmtp\"\n\n{LIMITS}"
     ));
-    run_hostile(&server, SocketAddr::from(([127, 0, 0, 1], port)), "LHLO");
+    run_hostile(
+        &server,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "LHLO",
+        false,
+    );
 }
