@@ -36,24 +36,6 @@ fn base_seed() -> u64 {
         * 1_000_003
 }
 
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// What the hop accepted: (token, recipient) pairs of original mail it
 /// answered 250 at the end of, and those failure notices reported failed.
 #[derive(Default)]
@@ -292,18 +274,14 @@ fn serve(
                 }
                 data.extend_from_slice(&l);
             }
-            let go_on = finish(
+            finish(
                 &mut w,
                 &mut rng,
                 good_now(),
-                &sender,
-                &rcpts,
+                (&sender, &mut rcpts),
                 &data,
-                ledger,
-                lmtp,
-            )?;
-            rcpts.clear();
-            go_on
+                (ledger, lmtp),
+            )?
         } else if upper.starts_with("BDAT") {
             let mut words = upper.split_whitespace().skip(1);
             let size: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -317,18 +295,14 @@ fn serve(
                 true
             } else if last {
                 in_transaction = false;
-                let go_on = finish(
+                finish(
                     &mut w,
                     &mut rng,
                     good_now(),
-                    &sender,
-                    &rcpts,
+                    (&sender, &mut rcpts),
                     &chunk,
-                    ledger,
-                    lmtp,
-                )?;
-                rcpts.clear();
-                go_on
+                    (ledger, lmtp),
+                )?
             } else {
                 answer(&mut w, &mut rng, mended, "250 2.0.0 chunk ok\r\n")?.is_some()
             }
@@ -349,18 +323,17 @@ fn serve(
 }
 
 /// The reply to the end of a message (LMTP: one per recipient); a 250 that
-/// was written is recorded.
-#[allow(clippy::too_many_arguments)]
+/// was written is recorded. The transaction (`sender`, `rcpts`) ends here.
 fn finish(
     w: &mut TcpStream,
     rng: &mut Rng,
     mended: bool,
-    sender: &str,
-    rcpts: &[String],
+    (sender, rcpts): (&str, &mut Vec<String>),
     data: &[u8],
-    ledger: &Mutex<Ledger>,
-    lmtp: bool,
+    (ledger, lmtp): (&Mutex<Ledger>, bool),
 ) -> std::io::Result<bool> {
+    let rcpts = std::mem::take(rcpts);
+    let rcpts = rcpts.as_slice();
     if lmtp {
         // RFC 2033 §4.2: a reply per accepted recipient, in RCPT order.
         for rcpt in rcpts {
@@ -487,7 +460,7 @@ route = [ {{ if = "is_empty(sender)", then = "'clean'" }}, {{ else = "'chaos'" }
     for token in 0..60u64 {
         let n = 1 + rng.below(3);
         let rcpts: Vec<String> = (0..n)
-            .map(|i| format!("r{}@remote.test", (token + i) % 7))
+            .map(|i| format!("r{}@remote.test", (token as usize + i) % 7))
             .collect();
         let rcpts: Vec<String> = rcpts
             .into_iter()
