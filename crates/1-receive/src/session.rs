@@ -64,8 +64,7 @@ enum Ending {
     /// The server stopped waiting for the client: the command or data
     /// timeout ran out, or the server is shutting down.
     Waiting,
-    /// Anything else: the error limit, a shutdown, a refusal that ends
-    /// the session.
+    /// Anything else: the error limit, a refusal that ends the session.
     Closed,
 }
 
@@ -431,7 +430,7 @@ impl Session {
                     }
                 }
             }
-            self.flush().await?;
+            // (read_more sends the replies to this group first.)
             self.read_more(true).await?;
         }
     }
