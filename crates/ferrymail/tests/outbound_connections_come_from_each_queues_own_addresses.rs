@@ -89,12 +89,15 @@ fn each_queue_connects_from_its_own_addresses_and_name() {
         }
     }
 
-    // The delivery log says which address each delivery left from.
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The delivery log says which address each delivery left from. Its
+    // line is written once the sink's 250 is read, which can be just after
+    // the sink has dumped the message: wait for all four.
+    let lines = wait_for(
+        WAIT,
+        "four delivery log lines",
+        || format!("{:?}", delivery_log(&log)),
+        || Some(delivery_log(&log)).filter(|l| l.len() >= 4),
+    );
     assert_eq!(lines.len(), 4, "{lines:?}");
     for l in &lines {
         let want: &[&str] = if l["queue"] == "bulk" {
