@@ -1,7 +1,9 @@
 //! A next hop that misbehaves in every way the delivery client must
 //! survive: greetings of 554 and 421 or none, EHLO capabilities at random
 //! (CHUNKING, a tiny SIZE, STARTTLS that it then cannot do), 4xx and 5xx
-//! at any command, 421 and hang-ups in mid-transaction, malformed and
+//! at any command, PIPELINING, 8BITMIME and DSN offered or not (so the
+//! client also waits for each reply, and converts 8-bit mail), 421 and
+//! hang-ups in mid-transaction, malformed and
 //! bare-LF replies, multi-line replies whose lines disagree, replies that
 //! come too late. After a while it mends, and the queue is retried.
 //!
@@ -167,7 +169,13 @@ fn serve(
     }
     w.write_all(b"220 chaos.test ESMTP\r\n")?;
     let chunking = !good_now() && rng.below(3) == 0;
-    let tiny = !good_now() && rng.below(300) == 0;
+    let tiny = !good_now() && rng.below(1000) == 0;
+    // Without PIPELINING the client waits for each reply; without
+    // 8BITMIME it converts the 8-bit messages; without DSN it passes no
+    // NOTIFY on.
+    let pipelining = good_now() || rng.below(10) < 7;
+    let eight_bit = good_now() || rng.below(10) < 7;
+    let dsn = good_now() || rng.below(10) < 7;
     let starttls = !good_now() && rng.below(5) == 0;
     let mut sender = String::new();
     let mut rcpts: Vec<String> = Vec::new();
@@ -181,9 +189,16 @@ fn serve(
         let upper = line.to_ascii_uppercase();
         let mended = good_now();
         let keep = if upper.starts_with("EHLO") || upper.starts_with("LHLO") {
-            let mut caps = String::from(
-                "250-chaos.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n",
-            );
+            let mut caps = String::from("250-chaos.test\r\n250-SMTPUTF8\r\n");
+            for (offered, name) in [
+                (pipelining, "PIPELINING"),
+                (eight_bit, "8BITMIME"),
+                (dsn, "DSN"),
+            ] {
+                if offered {
+                    caps.push_str(&format!("250-{name}\r\n"));
+                }
+            }
             if chunking {
                 caps.push_str("250-CHUNKING\r\n");
             }
