@@ -211,21 +211,14 @@ impl Event {
     /// `4.4.1` for a refused connection), else a generic code of the right
     /// class. Expiry is always `4.4.7`.
     pub fn status(&self) -> String {
-        let from = |reply: Option<&RemoteReply>, reason: Option<&str>, class: char| {
-            reply
-                .and_then(|r| r.status.clone())
-                .or_else(|| reason.and_then(ferrymail_deliver::protocol::reply::enhanced_status))
-                .filter(|s| s.starts_with(class))
-        };
+        use ferrymail_deliver::status_of;
         match &self.kind {
             EventKind::Delivered { reply, .. } | EventKind::Relayed { reply } => {
-                from(Some(reply), None, '2').unwrap_or_else(|| "2.0.0".into())
+                status_of(Some(reply), None, "2.0.0")
             }
-            EventKind::Failed { reply, reason } => {
-                from(reply.as_ref(), Some(reason), '5').unwrap_or_else(|| "5.0.0".into())
-            }
+            EventKind::Failed { reply, reason } => status_of(reply.as_ref(), Some(reason), "5.0.0"),
             EventKind::Delayed { reply, reason, .. } => {
-                from(reply.as_ref(), Some(reason), '4').unwrap_or_else(|| "4.0.0".into())
+                status_of(reply.as_ref(), Some(reason), "4.0.0")
             }
             EventKind::Expired { .. } => EXPIRED_STATUS.into(),
         }

@@ -222,12 +222,21 @@ impl Outcome {
             Outcome::Transient { reason, reply } => (reply.as_ref(), Some(reason), "4.0.0"),
             Outcome::Permanent { reason, reply } => (reply.as_ref(), Some(reason), "5.0.0"),
         };
-        reply
-            .and_then(|r| r.status.clone())
-            .or_else(|| reason.and_then(|r| protocol::reply::enhanced_status(r)))
-            .filter(|s| s.starts_with(&default[..1]))
-            .unwrap_or_else(|| default.to_string())
+        status_of(reply, reason.map(String::as_str), default)
     }
+}
+
+/// The enhanced status code (RFC 3463) of an outcome: the remote reply's,
+/// else the one a locally decided reason begins with (`5.3.4 ...`), when of
+/// `default`'s class; else `default` (`2.0.0`, `4.0.0`, `5.0.0`). One rule
+/// for the delivery log ([`Outcome::status`]) and the notices' Status field
+/// (the queue engine's events).
+pub fn status_of(reply: Option<&RemoteReply>, reason: Option<&str>, default: &str) -> String {
+    reply
+        .and_then(|r| r.status.clone())
+        .or_else(|| reason.and_then(protocol::reply::enhanced_status))
+        .filter(|s| s.starts_with(&default[..1]))
+        .unwrap_or_else(|| default.to_string())
 }
 
 /// Where an attempt went, for the delivery log and DSNs (Remote-MTA).

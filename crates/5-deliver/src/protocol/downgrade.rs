@@ -27,13 +27,7 @@ const SEVEN_BIT_FIELD: &[u8] = b"Content-Transfer-Encoding: 7bit\r\n";
 /// result would still not be 7-bit (or the message is not MIME).
 pub fn to_seven_bit(message: &[u8]) -> Option<Vec<u8>> {
     let parsed = MessageParser::default().parse(message)?;
-    // RFC 2045 §4: without MIME-Version no Content-Transfer-Encoding means
-    // anything, so a bare 8-bit message cannot be converted.
-    if !parsed
-        .headers()
-        .iter()
-        .any(|h| h.name == HeaderName::MimeVersion)
-    {
+    if !is_mime(&parsed) {
         return None;
     }
     let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
@@ -54,6 +48,15 @@ pub fn to_seven_bit(message: &[u8]) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&message[at..]);
     out.is_ascii().then_some(out)
+}
+
+/// RFC 2045 §4: without MIME-Version no Content-Transfer-Encoding means
+/// anything, so a bare 8-bit message (outer or encapsulated) cannot be
+/// converted.
+fn is_mime(m: &mail_parser::Message<'_>) -> bool {
+    m.headers()
+        .iter()
+        .any(|h| h.name == HeaderName::MimeVersion)
 }
 
 /// The edits that make `parsed`'s 8-bit leaf parts quoted-printable, and
@@ -103,13 +106,7 @@ fn convert_parts(
                 let header = root.offset_header as usize..root.offset_body as usize;
                 // RFC 2045 §4: an encapsulated message is MIME only if it
                 // says so; its header fields must already be 7-bit.
-                if !inner
-                    .headers()
-                    .iter()
-                    .any(|h| h.name == HeaderName::MimeVersion)
-                    || header.end > message.len()
-                    || !message[header].is_ascii()
-                {
+                if !is_mime(inner) || header.end > message.len() || !message[header].is_ascii() {
                     return None;
                 }
                 convert_parts(message, inner, edits)?;
