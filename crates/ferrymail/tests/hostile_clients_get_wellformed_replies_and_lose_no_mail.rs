@@ -22,7 +22,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -409,50 +409,33 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// Reads one whole reply (its last line has a space after the code).
-fn read_reply(r: &mut impl BufRead, seed: u64) -> String {
-    let mut reply = String::new();
-    loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).expect("read a reply");
-        assert!(
-            n > 0,
-            "seed {seed}: closed before STARTTLS was answered: {reply:?}"
-        );
-        reply.push_str(&line);
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return reply;
-        }
-    }
-}
-
 /// Like [`session`], inside TLS: EHLO and STARTTLS in the clear (with
 /// commands pipelined after STARTTLS now and then, which the server must
 /// drop, RFC 3207 §4.2), the handshake, then the generated script.
 fn tls_session(addr: SocketAddr, seed: u64, config: &Arc<rustls::ClientConfig>) -> Exchange {
     let mut rng = Rng::new(seed);
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut clear = std::io::BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream.try_clone().unwrap();
-    let greeting = read_reply(&mut clear, seed);
-    assert!(greeting.starts_with("220 "), "seed {seed}: {greeting:?}");
+    // The greeting (220 asserted), EHLO and STARTTLS with the shared client.
+    let mut clear = Smtp::connect(addr);
     let mut opening = b"EHLO client.test\r\nSTARTTLS\r\n".to_vec();
     if rng.chance(30) {
         opening.extend_from_slice(b"MAIL FROM:<pipelined-in-the-clear@remote.test>\r\n");
     }
-    writer.write_all(&opening).unwrap();
-    let ehlo = read_reply(&mut clear, seed);
-    assert!(ehlo.contains("STARTTLS"), "seed {seed}: {ehlo:?}");
-    let go = read_reply(&mut clear, seed);
-    assert!(go.starts_with("220 "), "seed {seed}: {go:?}");
+    clear.send_raw(&opening);
+    let ehlo = clear.read();
     assert!(
-        clear.buffer().is_empty(),
+        ehlo.lines.iter().any(|l| l.ends_with("STARTTLS")),
+        "seed {seed}: {ehlo:?}"
+    );
+    let go = clear.read();
+    assert_eq!(go.code, 220, "seed {seed}: {go:?}");
+    assert!(
+        clear.reader.buffer().is_empty(),
         "seed {seed}: bytes after STARTTLS's 220"
     );
-    drop(clear);
+    let stream = clear.writer;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
 
     let name = rustls::pki_types::ServerName::try_from("mx.ferry.test").unwrap();
     let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
