@@ -10,6 +10,11 @@
 //! of `count/period` lets `count` recipients through at once, then one per
 //! `period / count`. No I/O here: the session asks, with the time, and
 //! gets an answer.
+//!
+//! Times are counted in nanoseconds: in milliseconds the interval of any
+//! rate above 1,000 per second rounded to 1 ms (so `5000/1s` let only
+//! 1,000 a second through), and rates below that drifted by the rounding
+//! (`700/1s` let 1,000 through, `3/1s` a little more than 3).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -49,7 +54,7 @@ impl Default for RateLimiter {
 
 #[derive(Debug, Default)]
 struct State {
-    /// (limiter, key) → theoretical arrival time, in ms.
+    /// (limiter, key) → theoretical arrival time, in ns.
     tat: HashMap<(String, String), u64>,
     /// When keys that have fully recovered were last forgotten.
     last_sweep: u64,
@@ -57,35 +62,36 @@ struct State {
 
 /// How often keys that have recovered are forgotten, so the map holds only
 /// clients seen recently.
-const SWEEP_EVERY_MS: u64 = 60_000;
+const SWEEP_EVERY_NS: u64 = 60_000_000_000;
 
 impl RateLimiter {
     /// Takes one unit from every limiter in `takes` now, or from none:
     /// `Err(i)` names the first one that is exhausted, and then no count
     /// changes (a refused recipient costs nothing).
     pub fn take_now(&self, takes: &[Take]) -> Result<(), usize> {
-        self.take(takes, self.epoch.elapsed().as_millis() as u64)
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.take(takes, now)
     }
 
-    /// [`RateLimiter::take_now`] at a given time (ms since any fixed
+    /// [`RateLimiter::take_now`] at a given time (ns since any fixed
     /// point; tests).
-    pub fn take(&self, takes: &[Take], now_ms: u64) -> Result<(), usize> {
+    pub fn take(&self, takes: &[Take], now_ns: u64) -> Result<(), usize> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = Vec::with_capacity(takes.len());
         for (i, t) in takes.iter().enumerate() {
             let count = t.rate.count.max(1);
-            let period_ms = u64::try_from(t.rate.period.as_millis()).unwrap_or(u64::MAX);
-            let interval = (period_ms / count).max(1);
+            let period_ns = u64::try_from(t.rate.period.as_nanos()).unwrap_or(u64::MAX);
+            let interval = (period_ns / count).max(1);
             // Up to `count` at once: the burst tolerance is the rest of the
             // period.
-            let tolerance = interval * (count - 1);
+            let tolerance = interval.saturating_mul(count - 1);
             let tat = state
                 .tat
                 .get(&(t.limiter.clone(), t.key.clone()))
                 .copied()
                 .unwrap_or(0)
-                .max(now_ms);
-            if tat - now_ms > tolerance {
+                .max(now_ns);
+            if tat - now_ns > tolerance {
                 return Err(i);
             }
             next.push(tat.saturating_add(interval));
@@ -93,9 +99,9 @@ impl RateLimiter {
         for (t, tat) in takes.iter().zip(next) {
             state.tat.insert((t.limiter.clone(), t.key.clone()), tat);
         }
-        if now_ms.saturating_sub(state.last_sweep) >= SWEEP_EVERY_MS {
-            state.last_sweep = now_ms;
-            state.tat.retain(|_, tat| *tat > now_ms);
+        if now_ns.saturating_sub(state.last_sweep) >= SWEEP_EVERY_NS {
+            state.last_sweep = now_ns;
+            state.tat.retain(|_, tat| *tat > now_ns);
         }
         Ok(())
     }
@@ -114,6 +120,9 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    /// One millisecond, in the limiter's nanoseconds.
+    const MS: u64 = 1_000_000;
+
     fn take(limiter: &str, key: &str, count: u64, period_ms: u64) -> Take {
         Take {
             limiter: limiter.into(),
@@ -130,13 +139,21 @@ mod tests {
         let l = RateLimiter::default();
         let t = [take("ip", "192.0.2.1", 5, 1000)];
         for _ in 0..5 {
-            assert_eq!(l.take(&t, 10_000), Ok(()));
+            assert_eq!(l.take(&t, 10_000 * MS), Ok(()));
         }
-        assert_eq!(l.take(&t, 10_000), Err(0), "the sixth in the same instant");
-        assert_eq!(l.take(&t, 10_199), Err(0));
-        assert_eq!(l.take(&t, 10_200), Ok(()), "one more after period/count");
-        assert_eq!(l.take(&t, 10_200), Err(0));
-        assert_eq!(l.take(&t, 20_000), Ok(()), "recovered");
+        assert_eq!(
+            l.take(&t, 10_000 * MS),
+            Err(0),
+            "the sixth in the same instant"
+        );
+        assert_eq!(l.take(&t, 10_199 * MS), Err(0));
+        assert_eq!(
+            l.take(&t, 10_200 * MS),
+            Ok(()),
+            "one more after period/count"
+        );
+        assert_eq!(l.take(&t, 10_200 * MS), Err(0));
+        assert_eq!(l.take(&t, 20_000 * MS), Ok(()), "recovered");
     }
 
     #[test]
@@ -167,12 +184,45 @@ mod tests {
     fn recovered_keys_are_forgotten() {
         let l = RateLimiter::default();
         for i in 0..100 {
-            l.take(&[take("ip", &format!("k{i}"), 10, 1000)], 1)
+            l.take(&[take("ip", &format!("k{i}"), 10, 1000)], MS)
                 .unwrap();
         }
         assert_eq!(l.keys(), 100);
-        l.take(&[take("ip", "late", 10, 1000)], 2 * SWEEP_EVERY_MS)
+        l.take(&[take("ip", "late", 10, 1000)], 2 * SWEEP_EVERY_NS)
             .unwrap();
         assert_eq!(l.keys(), 1, "only the key seen last");
+    }
+
+    #[test]
+    fn rates_above_one_per_millisecond_are_not_capped() {
+        // 5,000 a second: after the burst, one every 200 µs, so five in
+        // the next millisecond (at 1 ms resolution it was one).
+        let l = RateLimiter::default();
+        let t = [take("ip", "192.0.2.1", 5000, 1000)];
+        for _ in 0..5000 {
+            assert_eq!(l.take(&t, 0), Ok(()));
+        }
+        assert_eq!(l.take(&t, 0), Err(0), "the burst is spent");
+        let mut later = 0;
+        while l.take(&t, MS).is_ok() {
+            later += 1;
+        }
+        assert_eq!(later, 5, "one per 200 µs in the millisecond after");
+    }
+
+    #[test]
+    fn a_rate_below_one_per_millisecond_is_not_rounded_up() {
+        // 700 a second: one every 1.43 ms, so 700 (not 1,000) in the
+        // second after the burst.
+        let l = RateLimiter::default();
+        let t = [take("ip", "192.0.2.1", 700, 1000)];
+        while l.take(&t, 0).is_ok() {}
+        let mut in_a_second = 0;
+        for step in 1..=1000 {
+            while l.take(&t, step * MS).is_ok() {
+                in_a_second += 1;
+            }
+        }
+        assert_eq!(in_a_second, 700);
     }
 }
