@@ -39,16 +39,20 @@
 //! whose contents are gone, which the scheduler bounces as permanently
 //! undeliverable. Unlinking after the grace keeps the order the embedded
 //! store alone keeps: the entry's removal is durable before its contents'.
-//! A delete still pending at a crash leaves an orphan, which the next start
-//! sweeps ([`FsBlobStore::sweep_orphans`]).
+//! A delete still pending at a crash leaves an orphan, which a later sweep
+//! removes ([`FsBlobStore::sweep_orphans`]).
 //!
 //! # Orphans
 //!
 //! Contents are written before the envelope ([`crate::Spool::accept`]), so a
-//! crash in between leaves a file no envelope refers to. At start the server
-//! sweeps files the data store does not know, once they are older than
+//! crash in between leaves a file no envelope refers to. The server sweeps
+//! files the data store does not know, once they are older than
 //! [`ORPHAN_MIN_AGE`]: younger ones may belong to a message whose envelope
 //! is being inserted right now, by this node or, on a shared path, by another.
+//! It sweeps at start and then every [`SWEEP_EVERY`]
+//! ([`FsBlobStore::keep_sweeping`]): the orphans a crash leaves are young at
+//! the restart that follows it, and a server that then runs for months
+//! would otherwise keep them until its next restart.
 //!
 //! [`get`]: BlobStore::get
 
@@ -89,6 +93,14 @@ const DELETE_TICK: Duration = Duration::from_millis(250);
 /// between nodes and an NFS server (file times come from the server's
 /// clock) that NTP leaves.
 pub const ORPHAN_MIN_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// How often a running server sweeps orphans again after the sweep at
+/// start ([`FsBlobStore::keep_sweeping`]). Each sweep lists every file and
+/// asks the data store about each one older than [`ORPHAN_MIN_AGE`] (one
+/// lookup per message queued longer than that), so it is not made often;
+/// with the minimum age, an orphan is gone at most two hours after it was
+/// left.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60 * 60);
 
 /// Contents in files: see the module documentation.
 pub struct FsBlobStore {
@@ -193,6 +205,29 @@ impl FsBlobStore {
         Ok(swept)
     }
 
+    /// Sweeps ([`FsBlobStore::sweep_orphans`]) now and then every `every`,
+    /// handing each result to `report`; ends when the store is dropped. A
+    /// failed sweep (a store that could not answer) is reported and tried
+    /// again at the next turn.
+    pub async fn keep_sweeping(
+        store: Weak<FsBlobStore>,
+        data: Arc<dyn DataStore>,
+        min_age: Duration,
+        every: Duration,
+        report: impl Fn(&Path, Result<Swept, StoreError>),
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            let swept = store.sweep_orphans(&*data, min_age).await;
+            report(store.path(), swept);
+        }
+    }
+
     /// The subdirectory and file of message `id`.
     fn file_of(&self, id: MessageId) -> (PathBuf, PathBuf) {
         let dir = self.root.join(shard_name(shard_of(id)));
@@ -267,7 +302,7 @@ impl BlobStore for FsBlobStore {
 
     /// Marks the contents deleted; the file goes [`DELETE_GRACE`] later (see
     /// "Deleting after a grace period"). No sync: a delete lost in a crash
-    /// leaves an orphan for the start-up sweep, never missing contents.
+    /// leaves an orphan for a later sweep, never missing contents.
     async fn delete(&self, id: MessageId) -> Result<(), StoreError> {
         let at = Instant::now() + self.grace;
         self.pending_deletes().insert(id, at);
@@ -630,5 +665,39 @@ mod tests {
         assert!(!tmp_old.exists());
         assert!(tmp_young.exists());
         assert!(foreign.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keep_sweeping_removes_orphans_that_were_young_at_the_first_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Arc<dyn DataStore> = EmbeddedStore::open(&dir.path().join("data")).unwrap();
+        let root = dir.path().join("blobs");
+        let s = FsBlobStore::open(&root).await.unwrap();
+        // An orphan left just before a restart: young at the first sweep.
+        let orphan = MessageId(7);
+        s.put(orphan, Bytes::from_static(b"orphan")).await.unwrap();
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let r = reports.clone();
+        let task = tokio::spawn(FsBlobStore::keep_sweeping(
+            Arc::downgrade(&s),
+            data,
+            Duration::from_millis(400),
+            Duration::from_millis(300),
+            move |_, swept| r.lock().unwrap().push(swept.unwrap()),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.file_of(orphan).1.exists() {
+            assert!(Instant::now() < deadline, "the orphan was never swept");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reports = reports.lock().unwrap().clone();
+        assert_eq!(reports[0].young, 1, "young at the first sweep: {reports:?}");
+        assert_eq!(reports.last().unwrap().removed, 1, "{reports:?}");
+        // The task ends with the store.
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the sweeping task ended with its store")
+            .unwrap();
     }
 }

@@ -24,7 +24,7 @@ use ferrymail_report::{ReportSettings, Reporter, Signers};
 use ferrymail_route::Router;
 use ferrymail_schedule::{ManagerSettings, QueueError, QueueHandle, QueueManager};
 use ferrymail_spool::embedded::EmbeddedStore;
-use ferrymail_spool::fs::{FsBlobStore, ORPHAN_MIN_AGE};
+use ferrymail_spool::fs::{FsBlobStore, ORPHAN_MIN_AGE, SWEEP_EVERY};
 use ferrymail_spool::postgres::{PgOptions, PgStore};
 use ferrymail_spool::{BlobStore, DataStore, EntryKey, IdGenerator, NodeId, Queued, Spool};
 use tokio::net::TcpListener;
@@ -234,14 +234,20 @@ async fn open_stores(config: &Config) -> Result<Spool, StartError> {
 /// crash between a message's contents and its envelope, or deletes pending
 /// at a crash), once they are [`ORPHAN_MIN_AGE`] old: younger ones may be
 /// a message being accepted right now, here or on another node sharing the
-/// path. Logs how many it removed. In the background because a big store
-/// takes a while to list, and nothing waits for it: mail is accepted and
-/// delivered meanwhile.
+/// path. Sweeps at start and then every [`SWEEP_EVERY`], so that the
+/// orphans of a crash, young at the restart after it, do not stay until the
+/// next restart. Logs how many each sweep removed. In the background
+/// because a big store takes a while to list, and nothing waits for it:
+/// mail is accepted and delivered meanwhile.
 fn sweep_orphans(blob: Arc<FsBlobStore>, data: Arc<dyn DataStore>) {
-    tokio::spawn(async move {
-        match blob.sweep_orphans(&*data, ORPHAN_MIN_AGE).await {
+    tokio::spawn(FsBlobStore::keep_sweeping(
+        Arc::downgrade(&blob),
+        data,
+        ORPHAN_MIN_AGE,
+        SWEEP_EVERY,
+        |path, swept| match swept {
             Ok(swept) => tracing::info!(
-                path = %blob.path().display(),
+                path = %path.display(),
                 removed = swept.removed,
                 kept = swept.kept,
                 younger_than_min_age = swept.young,
@@ -249,12 +255,12 @@ fn sweep_orphans(blob: Arc<FsBlobStore>, data: Arc<dyn DataStore>) {
                 "fs blob store: swept orphaned contents"
             ),
             Err(e) => tracing::warn!(
-                path = %blob.path().display(),
+                path = %path.display(),
                 error = %e,
-                "fs blob store: the orphan sweep stopped; the next start tries again"
+                "fs blob store: the orphan sweep stopped; the next sweep tries again"
             ),
-        }
-    });
+        },
+    ));
 }
 
 /// The node's identity: configured, or generated once and kept in
