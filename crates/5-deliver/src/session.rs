@@ -55,6 +55,12 @@ pub struct Peer {
     /// The verifying configuration of a route with its own `tls.ca`;
     /// `None`: the transport's.
     pub verify_with: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// An MX host from the DNS: one that answers EHLO with this server's own
+    /// name is this server, reached through an address it cannot tell is
+    /// its own (a NAT or a load balancer in front of it), and the session
+    /// fails with [`SessionError::LoopsBack`]. Not for relay routes, which
+    /// name their next hop on purpose (another node of the same name, say).
+    pub refuse_own_name: bool,
 }
 
 /// Connects to `peer.addr`, from `peer.source` when one is set.
@@ -96,6 +102,10 @@ pub enum SessionError {
     /// The delivery is being abandoned (shutdown) before the end of the
     /// message was sent; see [`crate::CommitGate`].
     Abandoned,
+    /// The next hop answered EHLO (or HELO) with this server's own name:
+    /// the mail would come back here (Postfix's "mail for ... loops back to
+    /// myself"). Carries the name.
+    LoopsBack(String),
 }
 
 impl SessionError {
@@ -113,6 +123,10 @@ impl SessionError {
             SessionError::Auth(_) => "4.7.8",
             // RFC 3463 X.3.2: system not accepting network messages.
             SessionError::Abandoned => "4.3.2",
+            // RFC 3463 X.4.6: routing loop detected. Transient for this
+            // host; the caller decides whether the mail has anywhere else
+            // to go.
+            SessionError::LoopsBack(_) => "4.4.6",
         }
     }
 
@@ -141,6 +155,9 @@ impl std::fmt::Display for SessionError {
             SessionError::Auth(e) => write!(f, "AUTH failed: {e}"),
             SessionError::Abandoned => {
                 write!(f, "abandoned by a shutdown before the end of the message")
+            }
+            SessionError::LoopsBack(name) => {
+                write!(f, "the next hop greets as {name}, this server's own name")
             }
         }
     }
@@ -184,6 +201,9 @@ pub struct Session {
     needs_reset: bool,
     /// Replies read so far that were not 421 (service not available).
     live_replies: u64,
+    /// The name the next hop gave in its last EHLO/LHLO/HELO reply (the
+    /// first word of its first line, RFC 5321 §4.1.1.1).
+    greeted_as: Option<String>,
 }
 
 impl Session {
@@ -278,6 +298,7 @@ impl Session {
             replies: 0,
             needs_reset: false,
             live_replies: 0,
+            greeted_as: None,
         };
         // RFC 5321 §4.3.1: the greeting is 220; 554 (or anything else)
         // means no service here.
@@ -286,6 +307,16 @@ impl Session {
             return Err(SessionError::Rejected("greeting", greeting));
         }
         session.hello(hostname).await?;
+        if peer.refuse_own_name
+            && let Some(name) = session.greeted_as.as_deref()
+            && name
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(hostname.trim_end_matches('.'))
+        {
+            let name = name.to_string();
+            session.quit().await;
+            return Err(SessionError::LoopsBack(name));
+        }
 
         // RFC 3207: STARTTLS when offered, unless disabled; with
         // `require`, its absence is a failure of this host.
@@ -339,6 +370,7 @@ impl Session {
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
             self.remote.dsn = self.caps.dsn;
+            self.greeted_as = greeting_name(&reply);
             return Ok(());
         }
         if self.remote.lmtp || !reply.is_permanent() {
@@ -352,6 +384,7 @@ impl Session {
         }
         self.caps = Capabilities::default();
         self.remote.dsn = false;
+        self.greeted_as = greeting_name(&helo);
         Ok(())
     }
 
@@ -857,6 +890,16 @@ impl Session {
         self.needs_reset = false;
         Ok(usable)
     }
+}
+
+/// The name a server gives in the first line of its EHLO or HELO reply
+/// (`250-mx.example.org Hello ...`): its first word, when there is one.
+fn greeting_name(reply: &Reply) -> Option<String> {
+    reply
+        .lines
+        .first()
+        .and_then(|l| l.split_ascii_whitespace().next())
+        .map(str::to_string)
 }
 
 /// Whether a failed STARTTLS may give way to plain text: only for

@@ -859,7 +859,8 @@ impl Inner {
         // backups of one preference would hand it to each other). Each
         // preference level is resolved whole before any of it is tried,
         // and tried before the next is resolved.
-        let mut looped: Option<String> = None;
+        // (host, why it is this server)
+        let mut looped: Option<(String, String)> = None;
         let mut next = 0;
         while next < hosts.len() {
             let level = hosts[next].2;
@@ -897,7 +898,10 @@ impl Inner {
                     },
                 };
                 if from_dns && settings.me.is(host, &addrs, route.port) {
-                    looped = Some(host.clone());
+                    looped = Some((
+                        host.clone(),
+                        format!("{host}:{} is this server", route.port),
+                    ));
                 }
                 group.push((host.clone(), addrs));
             }
@@ -907,7 +911,7 @@ impl Inner {
                 break;
             }
             // This level, before any less preferred one is looked up.
-            for (host, addrs) in group {
+            'level: for (host, addrs) in group {
                 for ip in addrs.into_iter().filter(|ip| !skip.contains(ip)) {
                     let peer = Peer {
                         host: host.clone(),
@@ -927,9 +931,24 @@ impl Inner {
                         auth: route.auth.clone(),
                         source: local.source_for(ip),
                         verify_with: settings.route_tls.get(&route.id).cloned(),
+                        refuse_own_name: from_dns,
                     };
                     match Session::open(&peer, &local.hostname, &o.timeout, &self.tls).await {
                         Ok(s) => return Ok(s),
+                        // This server behind an address it does not know
+                        // as its own: discarded with its level, as above.
+                        Err(SessionError::LoopsBack(name)) => {
+                            tracing::warn!(host = %host, %ip, name = %name, "MX host greets with this server's own name: a mail loop; it and less preferred MX hosts are not tried");
+                            looped = Some((
+                                host.clone(),
+                                format!(
+                                    "{host}[{ip}]:{} greets as {name}, this server's name",
+                                    route.port
+                                ),
+                            ));
+                            errors.truncate(errors_before.max(unlisted));
+                            break 'level;
+                        }
                         Err(e) => {
                             tracing::debug!(host = %host, %ip, error = %e, "next hop failed");
                             status = e.status();
@@ -952,24 +971,24 @@ impl Inner {
                     }
                 }
             }
+            if looped.is_some() {
+                break;
+            }
             next = end;
         }
-        if let Some(me) = &looped
+        if let Some((_, why)) = &looped
             && errors.len() == unlisted
         {
             // Nothing better than this server: the mail has nowhere to go.
             return Err(Failure {
                 outcome: Outcome::Permanent {
-                    reason: format!(
-                        "5.4.6 mail for {domain} loops back to myself ({me}:{} is this server)",
-                        route.port
-                    ),
+                    reason: format!("5.4.6 mail for {domain} loops back to myself ({why})"),
                     reply: None,
                 },
                 remote: None,
             });
         }
-        if let Some(me) = &looped {
+        if let Some((me, _)) = &looped {
             errors.push(format!(
                 "{me}: this server; it and less preferred MX hosts are not tried"
             ));

@@ -296,6 +296,74 @@ async fn an_mx_host_that_is_this_server_is_not_tried() {
     assert_eq!(o.outcome.status(), "5.4.6", "{o:?}");
 }
 
+/// An MX host that answers EHLO with this server's own name is this
+/// server reached through an address it cannot tell is its own (a NAT, a
+/// load balancer): treated as the address check above treats it, as
+/// Postfix does ("loops back to myself"). A relay route is not checked:
+/// it names its next hop on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mx_host_that_greets_with_this_servers_name_is_this_server() {
+    let port = free_port();
+    // `server.hostname` is client.ferry.test (`common::config`).
+    let natted = Sink::start_at("127.0.0.6", port, &["-h", "CLIENT.ferry.test"]);
+    let other = Sink::start_at("127.0.0.7", port, &[]);
+    let zone = Zone::new()
+        .addr("nat.hosts.test", "127.0.0.6")
+        .addr("other.hosts.test", "127.0.0.7")
+        .addr("dead.hosts.test", "127.0.0.4")
+        .mx("only-me.test", 10, "nat.hosts.test")
+        .mx("backup.test", 10, "dead.hosts.test")
+        .mx("backup.test", 20, "nat.hosts.test")
+        .mx("backup.test", 30, "other.hosts.test")
+        .mx("primary.test", 10, "other.hosts.test")
+        .mx("primary.test", 20, "nat.hosts.test");
+    let dns = DnsServer::start(zone).await;
+    let direct =
+        format!("[queue.route.direct]\ntype = \"relay\"\naddress = \"127.0.0.6\"\nport = {port}\n");
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, &direct)).unwrap();
+
+    let o = send(&t, "only-me.test").await;
+    assert_eq!(kind(&o), "permanent", "{o:?}");
+    assert_eq!(o.outcome.status(), "5.4.6");
+    assert!(
+        reason(&o).contains("loops back to myself")
+            && reason(&o).contains("greets as CLIENT.ferry.test"),
+        "{}",
+        reason(&o)
+    );
+
+    // A backup MX whose better host is down keeps the mail, and does not
+    // hand it to a less preferred host either.
+    let o = send(&t, "backup.test").await;
+    assert_eq!(kind(&o), "transient", "{o:?}");
+    assert!(
+        reason(&o).contains("dead.hosts.test")
+            && reason(&o).contains("nat.hosts.test: this server"),
+        "{}",
+        reason(&o)
+    );
+
+    // A better host that is up takes the mail; the loop is never seen.
+    let o = send(&t, "primary.test").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(o.remote.as_ref().unwrap().host, "other.hosts.test");
+    assert_eq!(other.wait_dumped(1).len(), 1);
+
+    // The same host through a relay route: delivered.
+    let j = job(
+        envelope("s@c.test", &["user@only-me.test"]),
+        &message("relay"),
+        "direct",
+        "only-me.test",
+    );
+    let o = tokio::time::timeout(std::time::Duration::from_secs(60), t.deliver(j))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(natted.wait_dumped(1).len(), 1, "only the relayed message");
+}
+
 /// Recipients the first MX host puts off (450 at RCPT: a primary that
 /// greylists) on a new connection are tried on the next MX host in the
 /// same attempt, once: at most two MX sessions per attempt, as Postfix's
