@@ -478,7 +478,10 @@ fn mask_bits<const WIDTH: u32>(prefix: u8) -> u128 {
         return 0;
     }
     let ones = u128::MAX >> (128 - WIDTH);
-    ones & !(ones >> prefix)
+    // A shift by the full 128 bits (an IPv6 /128: one host) overflows: in a
+    // release build it wrapped to a shift by 0, an empty mask, and `::1`
+    // matched every IPv6 client, an open relay in a relay rule.
+    ones & !ones.checked_shr(prefix).unwrap_or(0)
 }
 
 impl fmt::Display for Cidr {

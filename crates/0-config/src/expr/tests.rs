@@ -257,6 +257,25 @@ fn functions() {
             Value::Bool(false),
         ),
         ("in_network('::1', '::/0')", Value::Bool(true)),
+        // One IPv6 host: a /128 mask is all 128 bits (it overflowed to none).
+        ("in_network('::1', '::1')", Value::Bool(true)),
+        ("in_network('2001:db8::9', '::1')", Value::Bool(false)),
+        (
+            "in_network('2001:db8::5', '2001:db8::5/128')",
+            Value::Bool(true),
+        ),
+        (
+            "in_network('2001:db8::4', '2001:db8::5/128')",
+            Value::Bool(false),
+        ),
+        (
+            "in_network('2001:db8::4', '2001:db8::5/127')",
+            Value::Bool(true),
+        ),
+        (
+            "in_network('2001:db8::6', '2001:db8::5/127')",
+            Value::Bool(false),
+        ),
         (
             "in_network('10.1.2.3', '2001:db8::/32')",
             Value::Bool(false),
@@ -670,4 +689,62 @@ fn value_display_and_truthiness() {
         Value::from("127.0.0.1".parse::<std::net::IpAddr>().unwrap()),
         s("127.0.0.1")
     );
+}
+
+/// Every prefix length of both families against a bit-by-bit reference:
+/// an address is in a network when its first `prefix` bits are the
+/// network's. (A /128 once overflowed the mask and matched everything.)
+#[test]
+fn in_network_agrees_with_a_bit_by_bit_reference_at_every_prefix() {
+    fn bits(ip: IpAddr) -> Vec<bool> {
+        let bytes = match ip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        bytes
+            .iter()
+            .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1 == 1))
+            .collect()
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..2_000 {
+        let v6 = round % 2 == 1;
+        let random_ip = |next: &mut dyn FnMut() -> u64| -> IpAddr {
+            if v6 {
+                IpAddr::V6(((u128::from(next()) << 64) | u128::from(next())).into())
+            } else {
+                IpAddr::V4((next() as u32).into())
+            }
+        };
+        let net = random_ip(&mut next);
+        let width = if v6 { 128 } else { 32 };
+        let prefix = (next() % (width + 1)) as u8;
+        // Half the candidates share the network's leading bits, so that
+        // matches are tested as often as mismatches.
+        let mut ip = random_ip(&mut next);
+        if next() % 2 == 0 {
+            let (n, i) = (bits(net), bits(ip));
+            let keep = prefix as usize + (next() % 3) as usize;
+            let merged: Vec<bool> = (0..n.len())
+                .map(|k| if k < keep { n[k] } else { i[k] })
+                .collect();
+            let mut bytes = merged
+                .chunks(8)
+                .map(|c| c.iter().fold(0u8, |b, bit| b << 1 | u8::from(*bit)));
+            ip = if v6 {
+                IpAddr::V6(std::array::from_fn::<u8, 16, _>(|_| bytes.next().unwrap()).into())
+            } else {
+                IpAddr::V4(std::array::from_fn::<u8, 4, _>(|_| bytes.next().unwrap()).into())
+            };
+        }
+        let cidr = Cidr::parse(&format!("{net}/{prefix}")).unwrap();
+        let expected = bits(net)[..prefix as usize] == bits(ip)[..prefix as usize];
+        assert_eq!(cidr.contains(ip), expected, "{ip} in {net}/{prefix}");
+    }
 }
