@@ -38,7 +38,7 @@ macro_rules! conformance_suite {
             final_notice_supersedes_a_delay_notice, cancel_drops_a_notice_owed,
             claim_job_conditions, claim_job_reads_what_a_job_needs, claim_job_is_exclusive,
             reroute_moves_only_a_leased_entry, an_existing_id_is_refused,
-            newest_message_of_a_tag);
+            newest_message_of_a_tag, emptied_messages_lose_their_contents_at_once);
     };
     (@tests $make:path; $($name:ident),*) => {
         $(
@@ -490,6 +490,54 @@ pub async fn cancel_removes(s: &TestStores) {
     let left = s.data.scan(None, 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].key, k(&e1, 1));
+}
+
+/// A store that is its own blob store removes a message's contents in the
+/// same request that removes its last entry, however that entry goes:
+/// completed, cancelled, or discharged after its notice. The caller's own
+/// delete comes as a separate request, and a crash before it would leave
+/// contents nothing refers to and nothing sweeps. Separate blob stores are
+/// left to the caller (and, for `fs`, to its orphan sweep).
+pub async fn emptied_messages_lose_their_contents_at_once(s: &TestStores) {
+    if !s.unified {
+        return;
+    }
+    let contents = || Bytes::from_static(b"Subject: x\r\n\r\nx\r\n");
+    let key = |m: &Envelope| EntryKey {
+        message: m.id,
+        rcpt: 0,
+    };
+    // Cancelled.
+    let cancelled = put(s, 1, 1, "default", T0).await;
+    s.blob.put(cancelled.id, contents()).await.unwrap();
+    assert_eq!(
+        s.data.cancel(&[key(&cancelled)]).await.unwrap(),
+        vec![cancelled.id]
+    );
+    assert_eq!(s.blob.get(cancelled.id).await.unwrap(), None, "cancel");
+    // Completed owing a final notice, then discharged.
+    let bounced = put(s, 2, 1, "default", T0).await;
+    s.blob.put(bounced.id, contents()).await.unwrap();
+    s.data
+        .claim(&claim(A, Lane::Pending, T0, 10))
+        .await
+        .unwrap();
+    s.data
+        .complete(A, key(&bounced), Some(&sample_notice(None, 1)))
+        .await
+        .unwrap();
+    assert!(
+        s.blob.get(bounced.id).await.unwrap().is_some(),
+        "kept while the notice, which may return it, is owed"
+    );
+    assert_eq!(
+        s.data
+            .discharge(&[final_slot(key(&bounced))])
+            .await
+            .unwrap(),
+        vec![bounced.id]
+    );
+    assert_eq!(s.blob.get(bounced.id).await.unwrap(), None, "discharge");
 }
 
 /// Scanning pages through every entry exactly once, in key order.

@@ -531,7 +531,11 @@ impl<'a> Batch<'a> {
                 let mut removed = Vec::new();
                 for key in keys {
                     let Some(e) = self.entry(key)? else { continue };
-                    if self.remove_entry(&e, false)?.remaining == 0 {
+                    // Contents with the last entry, in this commit, as
+                    // `Complete` does (a no-op when the blob store is
+                    // another): the caller's delete is another request,
+                    // and a crash before it would leave them for good.
+                    if self.remove_entry(&e, true)?.remaining == 0 {
                         gone.push(key.message);
                     }
                     removed.push(key);
@@ -554,7 +558,9 @@ impl<'a> Batch<'a> {
                         continue;
                     }
                     if e.is_notice_owed() {
-                        if self.remove_entry(&e, false)?.remaining == 0 {
+                        // The notice is queued: contents go with the last
+                        // entry, in this commit (see `Cancel`).
+                        if self.remove_entry(&e, true)?.remaining == 0 {
                             gone.push(d.key.message);
                         }
                     } else {
