@@ -36,8 +36,8 @@
 //! `MAX_UNSYNCED`, 500 ms, after 50 ms of quiet when idle). An unlink in another file system
 //! object has no order with the data store's journal: a sync by anyone may
 //! make it durable first, and a machine crash would then bring back entries
-//! whose contents are gone, which the scheduler bounces as permanently
-//! undeliverable. Unlinking after the grace keeps the order the embedded
+//! whose contents are gone, which the scheduler retries until they expire
+//! and then reports as failed, though they were delivered. Unlinking after the grace keeps the order the embedded
 //! store alone keeps: the entry's removal is durable before its contents'.
 //! A delete still pending at a crash leaves an orphan, which a later sweep
 //! removes ([`FsBlobStore::sweep_orphans`]).

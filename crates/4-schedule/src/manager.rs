@@ -1724,14 +1724,22 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                     let health = classify(&results);
                     (results, health, None)
                 }
+                // An entry without contents is a fault of the stores, not of
+                // the mail: an `fs` store on a file system that is not
+                // mounted, contents kept on another node's disk. Bouncing
+                // would turn one mistake into a failure notice for every
+                // queued message; the entry waits for its retry instead,
+                // and expires (with a notice) if the contents never come.
                 Ok(None) => {
+                    tracing::error!(id = %d.message, "queue: the message contents are missing from the blob store; deferring (check that every node's blob store is the same and mounted)");
                     let results = claimed_keys
                         .iter()
                         .map(|k| RecipientOutcome {
                             rcpt: k.rcpt,
-                            outcome: Outcome::Permanent {
-                                reason: "the message contents are missing from the blob store"
-                                    .into(),
+                            outcome: Outcome::Transient {
+                                reason:
+                                    "4.3.0 the message contents are missing from the blob store"
+                                        .into(),
                                 reply: None,
                             },
                             remote: None,

@@ -410,6 +410,37 @@ async fn an_entry_whose_route_is_gone_waits_without_an_attempt() {
     m.stop().await;
 }
 
+/// Contents missing from the blob store (an `fs` path not mounted, a blob
+/// store that is not shared by the nodes) are the stores' fault, not the
+/// mail's: the entry is deferred without an attempt, not bounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_contents_defer_the_entry_without_a_bounce() {
+    let r = rig();
+    let t = Script::with_delay(Duration::ZERO);
+    let (env, entries) = message(3, 2);
+    // The envelope and entries only: no contents.
+    r.store.insert(&env, &entries).await.unwrap();
+    let mut m = start(CONFIG, &r.spool, t.clone(), settings(1));
+    m.queued.send(entries.clone().into()).unwrap();
+    until("both entries are deferred", async || {
+        r.store.entries(env.id).await.unwrap().iter().all(|e| {
+            e.lane == Lane::Deferred
+                && e.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("contents are missing"))
+        })
+    })
+    .await;
+    assert_eq!(r.store.entries(env.id).await.unwrap().len(), 2, "kept");
+    assert!(r.store.envelope(env.id).await.unwrap().is_some());
+    assert_eq!(t.deliveries(env.id, 0), 0, "the transport was not called");
+    assert!(
+        m.running.events.try_recv().is_err(),
+        "no failure (or any other) event"
+    );
+    m.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_removes_entry_and_contents() {
     let r = rig();
