@@ -113,6 +113,33 @@ impl Leases {
             })
             .collect()
     }
+
+    /// [`Leases::decode_entries`] for a scan: a record that does not
+    /// decode is logged and left out (see [`DataStore::scan`] here).
+    fn decode_entries_skipping(&self, rows: Vec<engine::Row>) -> Vec<QueueEntry> {
+        let table = self.lock();
+        rows.into_iter()
+            .filter_map(|(k, v)| match decode::<QueueEntry>(&v, "queue entry") {
+                Ok(mut e) => {
+                    e.lease = table.get(&e.key).copied();
+                    Some(e)
+                }
+                Err(error) => {
+                    tracing::error!(
+                        key = %hex(&k),
+                        %error,
+                        "embedded store: a queue entry cannot be read and is skipped (damaged, or written by a newer Ferrymail)"
+                    );
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+/// Bytes as lower-case hex, for logging keys.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One change request for the writer thread.
@@ -843,26 +870,43 @@ impl DataStore for EmbeddedStore {
             .decode_entries(self.engine.prefix(Table::Entry, &mid_key(id))?)
     }
 
+    /// A record that cannot be decoded (damaged, or written by a newer
+    /// Ferrymail with a format this one does not know) is logged and
+    /// skipped, not an error: an error would stop the start-up recovery
+    /// and `queue list` at that key for good, stranding every entry after
+    /// it. The skipped entry stays in the store, untouched.
     async fn scan(
         &self,
         after: Option<EntryKey>,
         limit: usize,
     ) -> Result<Vec<QueueEntry>, StoreError> {
-        let engine = self.engine.clone();
-        let rows = tokio::task::spawn_blocking(move || {
-            let from = match after {
-                Some(k) => {
-                    let mut b = k.to_bytes().to_vec();
-                    b.push(0); // strictly after `k`
-                    b
-                }
-                None => Vec::new(),
+        let mut from = match after {
+            Some(k) => {
+                let mut b = k.to_bytes().to_vec();
+                b.push(0); // strictly after `k`
+                b
+            }
+            None => Vec::new(),
+        };
+        loop {
+            let engine = self.engine.clone();
+            let start = from.clone();
+            let rows =
+                tokio::task::spawn_blocking(move || engine.range_from(Table::Entry, &start, limit))
+                    .await
+                    .map_err(|e| StoreError::Engine(e.to_string()))??;
+            let full = rows.len() >= limit.max(1);
+            let Some((last, _)) = rows.last() else {
+                return Ok(Vec::new());
             };
-            engine.range_from(Table::Entry, &from, limit)
-        })
-        .await
-        .map_err(|e| StoreError::Engine(e.to_string()))??;
-        self.leases.decode_entries(rows)
+            from = last.clone();
+            from.push(0);
+            let page = self.leases.decode_entries_skipping(rows);
+            // A page of nothing but such records is not the end: read on.
+            if !page.is_empty() || !full {
+                return Ok(page);
+            }
+        }
     }
 
     async fn admin(&self, keys: &[EntryKey], action: AdminAction) -> Result<usize, StoreError> {
@@ -1047,6 +1091,52 @@ mod tests {
         assert_eq!(s.admin(&[good], AdminAction::Hold).await.unwrap(), 1);
         assert_eq!(s.cancel(&[good]).await.unwrap(), Vec::<MessageId>::new());
         assert_eq!(s.entries(env.id).await.unwrap().len(), 1);
+    }
+
+    /// A scan skips records it cannot decode (and pages of nothing else)
+    /// instead of failing: a failure stopped the start-up recovery at that
+    /// key for good, and every entry after it was never delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scan_skips_records_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        // Good messages 1 and 9 around bad records of messages 2 to 6 (a
+        // newer format version, and garbage).
+        for id in [1, 9] {
+            let env = crate::conformance::sample_envelope(id, 1);
+            s.insert(&env, &crate::conformance::sample_entries(&env, "q", 1))
+                .await
+                .unwrap();
+        }
+        let mut bad = engine::Writes::new();
+        for id in 2..=6 {
+            let key = EntryKey {
+                message: MessageId(id),
+                rcpt: 0,
+            };
+            let value = if id % 2 == 0 {
+                vec![200, 1, 2, 3]
+            } else {
+                b"garbage".to_vec()
+            };
+            bad.insert((Table::Entry, key.to_bytes().to_vec()), Some(value));
+        }
+        s.engine.commit(bad, true).unwrap();
+
+        let all = s.scan(None, 100).await.unwrap();
+        let ids: Vec<u64> = all.iter().map(|e| e.key.message.0).collect();
+        assert_eq!(ids, [1, 9]);
+        // Pages of two: the second holds only bad records, and the scan
+        // reads on to message 9 rather than ending there.
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s.scan(after, 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.key);
+            paged.extend(page.iter().map(|e| e.key.message.0));
+        }
+        assert_eq!(paged, [1, 9]);
     }
 
     /// What was acknowledged survives closing and reopening the store.
