@@ -246,7 +246,7 @@ pub enum EventKind {
         /// The accepting reply.
         reply: RemoteReply,
     },
-    /// Delivery failed permanently: a 5xx reply, a null MX, missing contents.
+    /// Delivery failed permanently: a 5xx reply, a null MX.
     Failed {
         /// Human-readable reason.
         reason: String,

@@ -103,6 +103,18 @@ impl Batcher {
         put(&mut open.events, event);
     }
 
+    /// Takes recipient `rcpt` out of the open group `key`, closing the
+    /// group when it was its last: a final outcome makes a delay report
+    /// about it wrong.
+    pub fn forget(&mut self, key: BatchKey, rcpt: u32) {
+        if let Some(open) = self.open.get_mut(&key) {
+            open.events.retain(|e| e.rcpt != rcpt);
+            if open.events.is_empty() {
+                self.open.remove(&key);
+            }
+        }
+    }
+
     /// The recipients of every open group, by entry: the notices this
     /// node holds and has not reported yet.
     pub fn held(&self) -> impl Iterator<Item = ferrymail_spool::EntryKey> + '_ {

@@ -383,10 +383,12 @@ impl Reporter {
     /// store's takeover sweep, once its hold lapsed while the notification
     /// waited), and it must give one notification, not one per hand-over.
     ///
-    /// A final outcome (failure or success) also takes its recipient out of
-    /// a waiting delay notification of the same message: sent after it,
-    /// "still being retried" would contradict what the sender was told.
-    /// (The store replaced that delay notice by the final one already.)
+    /// A final outcome (delivered, relayed, failed, expired) also takes its
+    /// recipient out of a delay notification of the same message that is
+    /// still being collected or waits to be tried again, whether or not the
+    /// outcome itself calls for a notification: sent after it, "still being
+    /// retried" would contradict what happened. (The store replaced or
+    /// removed that delay notice with the outcome already.)
     fn take(&self, batcher: &mut Batcher, refused: &mut Vec<Refused>, e: Event) {
         let notify = e
             .envelope
@@ -394,22 +396,23 @@ impl Reporter {
             .get(e.rcpt as usize)
             .map(|r| r.notify)
             .unwrap_or_default();
+        if !matches!(e.kind, EventKind::Delayed { .. }) {
+            let delay = batch::BatchKey {
+                message: e.envelope.id,
+                kind: Kind::Delay,
+            };
+            batcher.forget(delay, e.rcpt);
+            for r in refused.iter_mut().filter(|r| r.batch.key == delay) {
+                r.batch.events.retain(|old| old.rcpt != e.rcpt);
+            }
+            refused.retain(|r| !r.batch.events.is_empty());
+        }
         match wanted(notify, &e.kind) {
             Some(kind) => {
                 let key = batch::BatchKey {
                     message: e.envelope.id,
                     kind,
                 };
-                if kind != Kind::Delay {
-                    let delay = batch::BatchKey {
-                        kind: Kind::Delay,
-                        ..key
-                    };
-                    for r in refused.iter_mut().filter(|r| r.batch.key == delay) {
-                        r.batch.events.retain(|old| old.rcpt != e.rcpt);
-                    }
-                    refused.retain(|r| !r.batch.events.is_empty());
-                }
                 match refused.iter_mut().find(|r| r.batch.key == key) {
                     Some(waiting) => {
                         let events = &mut waiting.batch.events;

@@ -640,3 +640,73 @@ async fn a_final_outcome_supersedes_a_waiting_delay_notification() {
     assert!(text.contains("Action: failed"), "{text}");
     assert!(!text.contains("Action: delayed"), "{text}");
 }
+
+/// A delay notification still being collected when its recipient reaches
+/// a final outcome is not sent, whether or not that outcome calls for a
+/// notification itself: relayed to a hop that took over the DSN duty,
+/// failed with NOTIFY=DELAY only (no failure notice wanted), or failed
+/// with a failure notice wanted. Only the recipient still waiting keeps
+/// its delay report.
+#[tokio::test]
+async fn a_final_outcome_takes_its_recipient_out_of_an_open_delay_notification() {
+    let cfg = config("");
+    let mut f = fixture(&cfg);
+    let delay_only = Notify::On {
+        success: false,
+        failure: false,
+        delay: true,
+    };
+    let all = Notify::On {
+        success: true,
+        failure: true,
+        delay: true,
+    };
+    let env = original("sender@sender.test", [delay_only, delay_only, all]);
+    let delayed = EventKind::Delayed {
+        notify_num: 1,
+        will_retry_until: Some(env.arrived + 86_400_000),
+        reason: "busy".into(),
+        reply: Some(reply(450, "4.2.0")),
+    };
+    let events = vec![
+        event(&env, 0, delayed.clone()),
+        event(&env, 1, delayed.clone()),
+        event(&env, 2, delayed),
+        // Within the group's quiet time: r0 delivered to a DSN-capable
+        // hop, r2 failed for good.
+        event(
+            &env,
+            0,
+            EventKind::Delivered {
+                reply: reply(250, "2.0.0"),
+                lmtp: false,
+            },
+        ),
+        event(&env, 2, failed()),
+    ];
+    let got = run(&mut f, events).await;
+    let texts: Vec<String> = got
+        .iter()
+        .map(|n| String::from_utf8_lossy(&n.2).into_owned())
+        .collect();
+    let delays: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.contains("Action: delayed"))
+        .collect();
+    assert_eq!(delays.len(), 1, "{texts:#?}");
+    assert_eq!(
+        delays[0].matches("Final-Recipient:").count(),
+        1,
+        "r1 only: {}",
+        delays[0]
+    );
+    assert!(delays[0].contains("Final-Recipient: rfc822; r1@dest.test"));
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("Action: failed"))
+            .count(),
+        1,
+        "r2's failure: {texts:#?}"
+    );
+}
