@@ -616,6 +616,14 @@ impl Session {
         if self.tx.is_some() {
             return self.reply(replies::nested_mail());
         }
+        // smtp-proto reads `<postmaster>` as the null path, which RCPT
+        // needs (RFC 5321 §4.5.1); as a reverse-path it is no Path at all
+        // (§4.1.2: a Mailbox has a domain), and taken for `<>` it would
+        // make an ordinary message a bounce: no notice owed to it, and
+        // relayed on with MAIL FROM:<>.
+        if from.address.is_empty() && address::raw_is_postmaster(line) {
+            return self.reply(replies::bad_sender_syntax());
+        }
         let f = from.flags;
         let has_params = f != 0 || from.size != 0 || from.env_id.is_some() || from.mt_priority != 0;
         if !self.esmtp && has_params {

@@ -100,6 +100,15 @@ fn syntax_errors() {
         c.cmd("MAIL FROM:<a@example.org> BODY=9BIT")
             .is(501, "5.5.4")
     );
+    // A reverse-path needs a domain (RFC 5321 §4.1.2): `<postmaster>` is
+    // for RCPT only. Taken for `<>`, it queued an ordinary message as a
+    // bounce (no notice owed, relayed with MAIL FROM:<>).
+    assert!(c.cmd("MAIL FROM:<postmaster>").is(501, "5.1.7"));
+    assert!(
+        c.cmd("MAIL FROM:<Postmaster> BODY=8BITMIME")
+            .is(501, "5.1.7")
+    );
+    assert!(c.cmd("MAIL FROM:<other>").is(501, "5.1.7"));
     assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);
     assert!(
         c.cmd("RCPT TO:<x@local.test> NOTIFY=NEVER,SUCCESS")
