@@ -222,7 +222,11 @@ fn server(r: &mut Reader, root: &Section) -> Server {
 }
 
 fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
-    r.check_keys(sec, &["bind", "protocol", "token", "tls"], false);
+    r.check_keys(
+        sec,
+        &["bind", "protocol", "token", "submit-token", "tls"],
+        false,
+    );
     let protocol = r
         .choice(
             sec,
@@ -271,16 +275,53 @@ fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
         }
     }
     // The one secret a client needs: unreadable, it is an error for a
-    // client command too (a request without it would only get 401).
+    // client command too (a request without it would only get 401). With
+    // a submit token, which is the one `sendmail` needs, the full token
+    // may be kept from local users: a client that cannot read it leaves
+    // it out, as it does the server's other secrets.
     let skip = std::mem::replace(&mut r.skip_unreadable, false);
+    let submit_token = r.nonempty_string(sec, "submit-token");
+    if sec.get("submit-token").is_some() {
+        r.skip_unreadable = skip;
+    }
     let token = r.nonempty_string(sec, "token");
     r.skip_unreadable = skip;
-    if token.is_some() && protocol != Protocol::Http {
-        let span = sec.get("token").map(|(k, _)| k.span()).unwrap_or_default();
+    for key in ["token", "submit-token"] {
+        if sec.get(key).is_some() && protocol != Protocol::Http {
+            let span = sec.get(key).map(|(k, _)| k.span()).unwrap_or_default();
+            r.error(
+                &span,
+                Problem::Invalid(format!(
+                    "'{}' is only used by listeners with protocol = \"http\" (the management API)",
+                    sec.path(key)
+                )),
+            );
+        }
+    }
+    if submit_token.is_some() && sec.get("token").is_none() {
+        let span = sec
+            .get("submit-token")
+            .map(|(k, _)| k.span())
+            .unwrap_or_default();
         r.error(
             &span,
             Problem::Invalid(format!(
-                "'{}' is only used by listeners with protocol = \"http\" (the management API)",
+                "'{}' needs '{}': without a token the whole API is open to loopback clients",
+                sec.path("submit-token"),
+                sec.path("token")
+            )),
+        );
+    }
+    if submit_token.is_some() && submit_token == token {
+        let span = sec
+            .get("submit-token")
+            .map(|(k, _)| k.span())
+            .unwrap_or_default();
+        r.error(
+            &span,
+            Problem::Invalid(format!(
+                "'{}' must differ from '{}', or it grants everything the token does",
+                sec.path("submit-token"),
                 sec.path("token")
             )),
         );
@@ -297,6 +338,7 @@ fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
         bind,
         protocol,
         token,
+        submit_token,
         tls_implicit,
     })
 }

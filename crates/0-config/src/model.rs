@@ -193,6 +193,7 @@ impl Default for Server {
                     bind: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2525)],
                     protocol: Protocol::Smtp,
                     token: None,
+                    submit_token: None,
                     tls_implicit: false,
                 },
                 Listener {
@@ -200,6 +201,7 @@ impl Default for Server {
                     bind: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8025)],
                     protocol: Protocol::Http,
                     token: None,
+                    submit_token: None,
                     tls_implicit: false,
                 },
             ],
@@ -233,6 +235,12 @@ pub struct Listener {
     /// `token`: bearer token the management API (http) demands; without it
     /// the API answers loopback clients only. Only valid on http listeners.
     pub token: Option<String>,
+    /// `submit-token`: a second bearer token that lets its holder submit
+    /// mail (`POST /api/submit`, what `ferrymail sendmail` does) and
+    /// nothing else, so that local users and programs can send mail
+    /// without being able to read, cancel or bounce everyone's. Needs
+    /// `token`. Only valid on http listeners.
+    pub submit_token: Option<String>,
     /// `tls.implicit`: TLS from the first byte (SMTPS, RFC 8314) instead of STARTTLS.
     pub tls_implicit: bool,
 }

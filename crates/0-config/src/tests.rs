@@ -1194,6 +1194,14 @@ fn error_kinds_exact_text() {
             "/etc/ferrymail.toml:3: 'server.listener.smtp.token' is only used by listeners with protocol = \"http\" (the management API)",
         ),
         (
+            "[server.listener.api]\nbind = \"127.0.0.1:8025\"\nprotocol = \"http\"\nsubmit-token = \"s\"\n",
+            "/etc/ferrymail.toml:4: 'server.listener.api.submit-token' needs 'server.listener.api.token': without a token the whole API is open to loopback clients",
+        ),
+        (
+            "[server.listener.api]\nbind = \"127.0.0.1:8025\"\nprotocol = \"http\"\ntoken = \"t\"\nsubmit-token = \"t\"\n",
+            "/etc/ferrymail.toml:5: 'server.listener.api.submit-token' must differ from 'server.listener.api.token', or it grants everything the token does",
+        ),
+        (
             "[queue.route.m]\ntype = \"mx\"\naddress = \"x\"\n",
             "/etc/ferrymail.toml:3: 'queue.route.m.address' is only used by relay routes; an mx route looks the host up in DNS",
         ),
@@ -2187,4 +2195,31 @@ selector = "s"
     );
     let e = load_for_client(&broken).unwrap_err();
     assert_eq!(e.line, 3, "{e}");
+}
+
+/// With a `submit-token`, a client that cannot read the full `token` (kept
+/// from local users) leaves it out and keeps the submit token, which
+/// `sendmail` presents; the submit token itself must be readable.
+#[test]
+fn client_load_with_a_submit_token_may_leave_the_full_token_out() {
+    let dir = TempDir::new();
+    let submit = dir.write("submit", "s-token");
+    let text = format!(
+        "[server.listener.api]\nbind = [\"127.0.0.1:8025\"]\nprotocol = \"http\"\n\
+         token = \"%{{file:{missing}}}%\"\nsubmit-token = \"%{{file:{submit}}}%\"\n",
+        missing = dir.0.join("root-only").display(),
+        submit = submit.display(),
+    );
+    let path = dir.write("f.toml", &text);
+    let c = load_for_client(&path).unwrap();
+    let l = c.listener(Protocol::Http).unwrap();
+    assert_eq!(l.token, None);
+    assert_eq!(l.submit_token.as_deref(), Some("s-token"));
+    assert!(load(&path).is_err(), "the server needs both");
+    let no_submit = dir.write(
+        "g.toml",
+        &text.replace(&submit.display().to_string(), "/nonexistent/submit"),
+    );
+    let e = load_for_client(&no_submit).unwrap_err();
+    assert_eq!(e.line, 5, "the unreadable submit token: {e}");
 }

@@ -34,6 +34,10 @@ pub struct Management {
     /// Required `Authorization: Bearer` token, if configured; a reload
     /// may replace it.
     pub token: ArcSwapOption<String>,
+    /// `submit-token`: a bearer token good for `POST /api/submit` only
+    /// (local submission), so that whoever may send mail need not be able
+    /// to administer the queue; a reload may replace it.
+    pub submit_token: ArcSwapOption<String>,
     /// HTTPS (`tls.implicit` on the listener): every connection starts
     /// with a TLS handshake with this certificate, which a reload may
     /// replace. `None`: plain HTTP.
@@ -302,14 +306,29 @@ async fn handle(
     match token.as_deref() {
         Some(_) if dashboard => {}
         Some(token) => {
-            let ok = req
+            let presented = req
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-            if !ok {
-                return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let is = |t: &str, want: &str| constant_time_eq(t.as_bytes(), want.as_bytes());
+            match presented {
+                Some(t) if is(t, token) => {}
+                Some(t)
+                    if mgmt
+                        .submit_token
+                        .load()
+                        .as_deref()
+                        .is_some_and(|s| is(t, s)) =>
+                {
+                    if !(req.method() == Method::POST && req.uri().path() == "/api/submit") {
+                        return error(
+                            StatusCode::FORBIDDEN,
+                            "the submit token may only submit mail (POST /api/submit)",
+                        );
+                    }
+                }
+                _ => return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"),
             }
         }
         None if !is_loopback(peer.ip()) => {

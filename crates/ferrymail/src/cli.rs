@@ -207,8 +207,23 @@ pub fn block_on<F: std::future::Future>(who: &str, fut: F) -> Result<F::Output, 
 
 /// The server's configuration (`-c FILE`, or the built-in defaults) and a
 /// client for its management listener; the exit code (2, with the
-/// problem printed) when there is none.
+/// problem printed) when there is none. The client presents the
+/// listener's `token`.
 pub fn client_for(config: Option<&std::path::Path>) -> Result<(Config, Client), ExitCode> {
+    client_with(config, false)
+}
+
+/// [`client_for`] for submitting mail (`ferrymail sendmail`): the client
+/// presents the listener's `submit-token` when it has one, which a user
+/// who may not read the full `token` can read.
+pub fn submit_client_for(config: Option<&std::path::Path>) -> Result<(Config, Client), ExitCode> {
+    client_with(config, true)
+}
+
+fn client_with(
+    config: Option<&std::path::Path>,
+    submit: bool,
+) -> Result<(Config, Client), ExitCode> {
     let config = match config {
         None => Config::default(),
         Some(p) => match ferrymail_config::load_for_client(p) {
@@ -260,7 +275,10 @@ pub fn client_for(config: Option<&std::path::Path>) -> Result<(Config, Client), 
     };
     let client = Client {
         addr,
-        token: listener.token.clone(),
+        token: match &listener.submit_token {
+            Some(t) if submit => Some(t.clone()),
+            _ => listener.token.clone(),
+        },
         timeout: Duration::from_secs(300),
         tls,
     };

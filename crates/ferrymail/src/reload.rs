@@ -175,6 +175,8 @@ impl Reloader {
         {
             if let Some(l) = new.server.listeners.iter().find(|l| &l.id == id) {
                 mgmt.token.store(l.token.clone().map(Arc::new));
+                mgmt.submit_token
+                    .store(l.submit_token.clone().map(Arc::new));
             }
             // Its certificate, if it speaks HTTPS (whether it does is
             // fixed until the restart, its certificate is not).
@@ -219,13 +221,14 @@ impl Reload for ReloadHandle {
 /// The settings of `new` that differ from `started` but that only a
 /// restart puts in force, by their configuration names.
 fn restart_needed(started: &Config, new: &Config) -> Vec<String> {
-    // A listener's token is reloaded; the rest of it is its sockets.
+    // A listener's tokens are reloaded; the rest of it is its sockets.
     let sockets = |c: &Config| -> Vec<Listener> {
         c.server
             .listeners
             .iter()
             .map(|l| Listener {
                 token: None,
+                submit_token: None,
                 ..l.clone()
             })
             .collect()

@@ -82,7 +82,7 @@ pub fn main(args: SendmailArgs) -> ExitCode {
         eprintln!("ferrymail sendmail: no recipients (name them, or use -t)");
         return ExitCode::from(2);
     }
-    let (_, client) = match crate::cli::client_for(args.config.as_deref()) {
+    let (_, client) = match crate::cli::submit_client_for(args.config.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -539,6 +539,7 @@ async fn run(config: Config) -> Result<(), StartError> {
                 let mgmt = Arc::new(Management {
                     spool: spool.clone(),
                     token: ArcSwapOption::from_pointee(l.token.clone()),
+                    submit_token: ArcSwapOption::from_pointee(l.submit_token.clone()),
                     tls: ArcSwapOption::new(if l.tls_implicit {
                         receiver.load().implicit_tls.clone().map(Arc::new)
                     } else {

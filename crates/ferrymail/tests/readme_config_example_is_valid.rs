@@ -16,6 +16,11 @@ fn readme_examples_check_clean() {
     let ca = dir.path().join("corp-ca.pem");
     let ca_key = dir.path().join("corp-ca.key");
     self_signed_cert("Corp CA", &ca_key, &ca);
+    // The management tokens of the local-users example.
+    let admin_token = dir.path().join("admin-token");
+    let submit_token = dir.path().join("submit-token");
+    std::fs::write(&admin_token, "admin").unwrap();
+    std::fs::write(&submit_token, "submit").unwrap();
     let mut rest = readme.as_str();
     let mut checked = 0;
     while let Some(i) = rest.find("```toml\n") {
@@ -25,7 +30,15 @@ fn readme_examples_check_clean() {
         // them at ours.
         let example = rest[start..end]
             .replace("/etc/ferrymail/dkim-rsa.pem", &key.display().to_string())
-            .replace("/etc/ferrymail/corp-ca.pem", &ca.display().to_string());
+            .replace("/etc/ferrymail/corp-ca.pem", &ca.display().to_string())
+            .replace(
+                "/etc/ferrymail/admin-token",
+                &admin_token.display().to_string(),
+            )
+            .replace(
+                "/etc/ferrymail/submit-token",
+                &submit_token.display().to_string(),
+            );
         rest = &rest[end..];
         let file = dir.path().join(format!("example{checked}.toml"));
         std::fs::write(&file, &example).unwrap();
