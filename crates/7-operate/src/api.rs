@@ -293,6 +293,69 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     json(status, &ApiError { error: msg.into() })
 }
 
+/// Without a token, "a loopback client" includes a web browser on this
+/// host (or one reaching the listener through `ssh -L`), and any page it
+/// opens may send requests here. Two rules keep such pages out, as the
+/// JSON APIs of other local daemons do:
+///
+/// * **DNS rebinding.** A page whose own name was made to resolve to
+///   127.0.0.1 sends its name as `Host`; only an address or `localhost` is
+///   answered (what the queue commands, and an operator typing the URL,
+///   send).
+/// * **Cross-site requests.** A page may POST without asking first only
+///   with the form types (`application/x-www-form-urlencoded`,
+///   `multipart/form-data`, `text/plain`) or none; a body in those could
+///   still be read as JSON, so a POST must say `application/json` (or any
+///   other type, which a browser sends only after a CORS preflight this
+///   API never approves).
+///
+/// With a token neither is needed: a page cannot present it.
+fn browser_refusal(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if let Some(host) = req.headers().get("host") {
+        let host = host.to_str().unwrap_or("");
+        // `[::1]:8025`, `127.0.0.1:8025`, `localhost`, `LOCALHOST:8025`.
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        if name.parse::<std::net::IpAddr>().is_err() && !name.eq_ignore_ascii_case("localhost") {
+            return Some(error(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host '{host}' is not an address or localhost; without a token the API answers requests for those only (configure a token to use a name)"
+                ),
+            ));
+        }
+    }
+    if req.method() == Method::POST {
+        let media = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        let simple = match media.as_deref() {
+            None | Some("") => true,
+            Some(m) => matches!(
+                m,
+                "application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain"
+            ),
+        };
+        if simple {
+            return Some(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a POST must have Content-Type: application/json",
+            ));
+        }
+    }
+    None
+}
+
 async fn handle(
     mgmt: &Management,
     peer: SocketAddr,
@@ -337,7 +400,11 @@ async fn handle(
                 "management API answers loopback clients only unless a token is configured",
             );
         }
-        None => {}
+        None => {
+            if let Some(refusal) = browser_refusal(&req) {
+                return refusal;
+            }
+        }
     }
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));

@@ -103,7 +103,7 @@ fn empty_filters_are_refused_and_odd_paths_are_bad_requests() {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST /api/queue/action HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST /api/queue/action HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
