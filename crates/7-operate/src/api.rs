@@ -243,6 +243,12 @@ pub const HEADER_READ: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a client has to send a JSON request body.
 pub const BODY_READ: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a client has to send the message of `POST /api/submit`: as
+/// long as an SMTP client has for its DATA (5 minutes by default), so that
+/// a client that sends a header section and then nothing does not hold a
+/// connection slot for ever.
+pub const SUBMIT_BODY_READ: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Largest JSON request body taken (a bulk action names at most a few
 /// thousand ids per request).
 pub const MAX_JSON_BODY: usize = 4 << 20;
@@ -533,15 +539,19 @@ async fn handle(
             }
             let sender = query.get("from").cloned().unwrap_or_default();
             let limit = submit.max_size();
-            let body = match http_body_util::Limited::new(req.into_body(), limit)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
+            let body = http_body_util::Limited::new(req.into_body(), limit).collect();
+            let body = match tokio::time::timeout(SUBMIT_BODY_READ, body).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("message refused: {e} (the limit is {limit} bytes)"),
+                    );
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("message not sent within {} s", SUBMIT_BODY_READ.as_secs()),
                     );
                 }
             };
