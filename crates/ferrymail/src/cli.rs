@@ -27,6 +27,9 @@ pub enum QueueCmd {
         /// Only recipients containing this text.
         #[arg(long, value_parser = not_blank)]
         rcpt: Option<String>,
+        /// Only recipients in this domain (as the bulk actions select).
+        #[arg(long = "rcpt-domain", value_parser = not_blank)]
+        rcpt_domain: Option<String>,
         /// Only this lane: pending (first attempt not made), deferred
         /// (waiting for a retry) or held.
         #[arg(long, value_parser = LANES)]
@@ -292,6 +295,7 @@ async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {
             queue,
             sender,
             rcpt,
+            rcpt_domain,
             lane,
             json,
         } => {
@@ -300,6 +304,7 @@ async fn run(cmd: QueueCmd, client: &Client) -> Result<(), ClientError> {
                 ("queue", queue),
                 ("sender", sender),
                 ("rcpt", rcpt),
+                ("rcpt_domain", rcpt_domain),
                 ("lane", lane),
             ] {
                 if let Some(v) = v {

@@ -190,6 +190,13 @@ fn list_filters_and_json_shape() {
         vec![p(&m1, "a2@bulk.test")],
         "filters combine"
     );
+    // As the bulk actions select (README: `queue list` takes their filters).
+    assert_eq!(
+        pairs(&list(&["--rcpt-domain", "bulk.test"])),
+        sorted(vec![p(&m1, "a2@bulk.test"), p(&m2, "b@bulk.test")]),
+        "--rcpt-domain is the recipient's whole domain"
+    );
+    assert_eq!(pairs(&list(&["--rcpt-domain", "bulk"])), vec![]);
 
     // The human listing names every message and recipient.
     let human = ok_text(server.cli(&["queue", "list"]));
