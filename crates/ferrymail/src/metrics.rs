@@ -326,15 +326,20 @@ fn process_families(started: SystemTime) -> Vec<Family> {
             ));
         }
     }
-    // Field 2 of /proc/self/statm: resident pages.
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
-        && let Some(Ok(pages)) = statm.split_whitespace().nth(1).map(str::parse::<u64>)
+    // `VmRSS:` of /proc/self/status, in kB: /proc/self/statm counts pages,
+    // whose size is not 4 KiB everywhere (64 KiB on some arm64 kernels).
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(Ok(kb)) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .map(str::parse::<u64>)
     {
         out.push(Family::single(
             "process_resident_memory_bytes",
             "Resident memory size, in bytes.",
             Kind::Gauge,
-            (pages * 4096) as f64,
+            (kb * 1024) as f64,
         ));
     }
     out
