@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 
+use ferrymail_deliver::protocol::command::path;
 use ferrymail_spool::{BodyType, Envelope, Ret, UnixMillis};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
@@ -238,7 +239,10 @@ pub fn compose(n: &Notification<'_>) -> Composed {
             (!from_name.is_empty()).then_some(from_name),
             n.from_address,
         ))
-        .to(Address::new_address(None::<&str>, n.to))
+        // Addresses are stored with a quoted local part unquoted
+        // (`"a b"@x` as `a b@x`): quoted again, as the delivery client's
+        // paths are, so that header and fields hold an addr-spec.
+        .to(Address::new_address(None::<&str>, path(n.to)))
         .subject(subject(n.kind, n.double_bounce))
         .date(Date::new((n.date / 1000) as i64))
         .message_id(n.message_id)
@@ -405,7 +409,7 @@ fn field(out: &mut String, name: &str, value: &str) {
 /// `addr-type; address` for Final-Recipient: `rfc822`, or `utf-8` for a
 /// non-ASCII address in a global DSN (RFC 6533 §3).
 fn typed_address(address: &str, utf8: bool) -> String {
-    let address = clean(address, utf8);
+    let address = clean(&path(address), utf8);
     if address.is_ascii() {
         format!("rfc822; {address}")
     } else {
@@ -534,7 +538,7 @@ fn human_text(n: &Notification<'_>, returned: Returned) -> String {
         }
     }
     for r in n.recipients {
-        t.push_str(&format!("<{}>: ", clean(&r.address, true)));
+        t.push_str(&format!("<{}>: ", clean(&path(&r.address), true)));
         let host = r.remote_mta.as_deref().map(|h| clean(h, true));
         let by = host.as_deref().unwrap_or("the next hop");
         match r.action {

@@ -710,3 +710,27 @@ async fn a_final_outcome_takes_its_recipient_out_of_an_open_delay_notification()
         "r2's failure: {texts:#?}"
     );
 }
+
+/// Addresses are stored with a quoted local part unquoted (smtp-proto's
+/// `"john smith"@x` is `john smith@x`); the notice quotes them again, so
+/// that its To field and Final-Recipient hold addr-specs (RFC 5322
+/// §3.4.1, RFC 3464 §2.3.2), as the delivery client's paths do.
+#[tokio::test]
+async fn quoted_local_parts_are_quoted_again_in_the_notice() {
+    let cfg = config("");
+    let mut f = fixture(&cfg);
+    let mut env = (*original("john smith@sender.test", [Notify::Default; 3])).clone();
+    env.recipients[0].address = "a \"b\"@dest.test".into();
+    let env = Arc::new(env);
+    let got = run(&mut f, vec![event(&env, 0, failed())]).await;
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8_lossy(&got[0].2);
+    assert!(text.contains("To: <\"john smith\"@sender.test>"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; \"a \\\"b\\\"\"@dest.test"),
+        "{text}"
+    );
+    assert!(!text.contains("<john smith@"), "{text}");
+    // The envelope is the stored address; the delivery client quotes it.
+    assert_eq!(got[0].0.recipients[0].address, "john smith@sender.test");
+}
