@@ -37,6 +37,10 @@ from ferry import (Blackhole, TempFerrymail, blackhole_route_toml,  # noqa: E402
 from sink import wait_for_idle  # noqa: E402
 
 MTAS = ("postfix", "ferrymail")
+# --with-floor: crates/ferrymail/examples/floor_relay.rs without a next hop,
+# fdatasync (group commit, pre-zeroed journal) before each 250 and nothing
+# else: the least any server that acknowledges durably does here.
+FLOOR_BINARY = Path(__file__).resolve().parent.parent / "target/release/examples/floor_relay"
 
 
 @dataclass
@@ -131,6 +135,30 @@ def run_ferrymail(args, rnd: int, binary: Path) -> Run:
                    note=f"{type(e).__name__}: {e}")
 
 
+def run_floor(args, rnd: int) -> Run:
+    port = free_port()
+    journal = Path(bench_tmpdir() or "/tmp") / f"floor-accept-{os.getpid()}-{rnd}"
+    proc = None
+    try:
+        proc = subprocess.Popen(
+            [str(FLOOR_BINARY), "--listen", f"127.0.0.1:{port}",
+             "--fsync", str(journal), "--prealloc"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        if proc.stdout.readline().strip() != "READY":
+            raise RuntimeError(f"floor_relay did not start: {proc.stderr.read()[-300:]}")
+        return measure(port, args, rnd, "floor")
+    except Exception as e:                               # noqa: BLE001
+        return Run(round=rnd, mta="floor", ok=False, count=args.count,
+                   note=f"{type(e).__name__}: {e}")
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        import shutil
+        shutil.rmtree(journal, ignore_errors=True)
+
+
 def fmt_rate(x: float | None) -> str:
     return f"{x:,.0f}" if x is not None else "-"
 
@@ -148,6 +176,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=200,
                     help="untimed messages sent first to each instance (default 200)")
     ap.add_argument("--only", choices=MTAS, help="measure one MTA only")
+    ap.add_argument("--with-floor", action="store_true",
+                    help="also measure the floor: examples/floor_relay with an "
+                         "fdatasync before each 250 and nothing else (built "
+                         "if missing)")
     ap.add_argument("-d", "--many-per-conn", action="store_true",
                     help="smtp-source -d: many messages per connection "
                          "(default: one message per connection)")
@@ -176,6 +208,13 @@ def main() -> int:
         print("accept.py needs root (Postfix's master, smtp-sink -u)", file=sys.stderr)
         return 2
     mtas = [args.only] if args.only else list(MTAS)
+    if args.with_floor:
+        mtas.append("floor")
+        if not FLOOR_BINARY.exists() or args.build:
+            subprocess.run(["cargo", "build", "--release", "-p", "ferrymail",
+                            "--example", "floor_relay"],
+                           cwd=FLOOR_BINARY.parents[3], check=True,
+                           stdin=subprocess.DEVNULL)
 
     binary = None
     ferry_missing = False
@@ -207,8 +246,12 @@ def main() -> int:
     for rnd in range(1, args.rounds + 1):
         order = mtas if rnd % 2 == 1 else list(reversed(mtas))
         for mta in order:
-            run = run_postfix(args, rnd) if mta == "postfix" \
-                else run_ferrymail(args, rnd, binary)
+            if mta == "postfix":
+                run = run_postfix(args, rnd)
+            elif mta == "floor":
+                run = run_floor(args, rnd)
+            else:
+                run = run_ferrymail(args, rnd, binary)
             runs.append(run)
             if run.queued is None:
                 q = "n/a"
@@ -242,6 +285,10 @@ def main() -> int:
             print(f"median {mta:<10} {'-':>8}        (no successful run)")
     if "postfix" in medians and "ferrymail" in medians:
         print(f"ratio ferrymail/postfix: {medians['ferrymail'] / medians['postfix']:.2f}x")
+    if "postfix" in medians and "floor" in medians:
+        print(f"ratio floor/postfix:     {medians['floor'] / medians['postfix']:.2f}x")
+    if "floor" in medians and "ferrymail" in medians:
+        print(f"ratio ferrymail/floor:   {medians['ferrymail'] / medians['floor']:.2f}x")
     bad = [r for r in runs if not r.ok
            or (r.queued is not None and r.queued != r.expected_queued)]
     if ferry_missing:

@@ -44,6 +44,11 @@ from ferry import TempFerrymail, ensure_binary  # noqa: E402
 from sink import CountingSink, proc_cpu_seconds, wait_for_idle  # noqa: E402
 
 KINDS = ("ferrymail", "postfix", "direct")
+# Opt-in (``--only floor``): crates/ferrymail/examples/floor_relay.rs, the
+# least any relay does on this path, without and with an fdatasync (group
+# commit) before each 250. A measure of the machine, not a contender.
+FLOOR_KINDS = ("floor", "floor-fsync", "floor-prealloc")
+FLOOR_BINARY = Path(__file__).resolve().parent.parent / "target/release/examples/floor_relay"
 
 
 @dataclass
@@ -277,6 +282,40 @@ def run_direct(args, rnd: int, size: int, count: int) -> Run:
     return run
 
 
+def run_floor(args, rnd: int, size: int, count: int, kind: str) -> Run:
+    run = Run(round=rnd, size=size, kind=kind, count=count)
+    fsync = kind != "floor"
+    journal = None
+    proc = None
+    try:
+        with CountingSink() as sink:
+            port = free_port()
+            cmd = [str(FLOOR_BINARY), "--listen", f"127.0.0.1:{port}",
+                   "--next-hop", f"{sink.address[0]}:{sink.address[1]}",
+                   "--connections", str(args.dest_concurrency)]
+            if fsync:
+                journal = Path(bench_tmpdir() or "/tmp") / f"floor-{os.getpid()}-{rnd}"
+                cmd += ["--fsync", str(journal)]
+                if kind == "floor-prealloc":
+                    cmd.append("--prealloc")
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            if proc.stdout.readline().strip() != "READY":  # after the zeros
+                raise RuntimeError(f"floor_relay did not start: {proc.stderr.read()[-300:]}")
+            timed(run, port, sink, args, size, pid=proc.pid)
+    except Exception as e:                               # noqa: BLE001
+        run.ok = False
+        run.note = f"{type(e).__name__}: {e}"
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        if journal is not None:
+            shutil.rmtree(journal, ignore_errors=True)
+    return run
+
+
 def fmt(x: float | None, spec: str = ",.0f") -> str:
     return format(x, spec) if x is not None else "-"
 
@@ -312,6 +351,11 @@ def summary(runs: list[Run], sizes: list[int], kinds: list[str]) -> None:
                   "   (target >= 0.6x)")
         if "postfix" in med and "direct" in med:
             print(f"    ratio postfix/direct:    {med['postfix'] / med['direct']:.2f}x")
+        for floor in FLOOR_KINDS:
+            if floor in med and "direct" in med:
+                print(f"    ratio {floor}/direct: {med[floor] / med['direct']:.2f}x")
+            if floor in med and "ferrymail" in med:
+                print(f"    ratio ferrymail/{floor}: {med['ferrymail'] / med[floor]:.2f}x")
 
 
 def main() -> int:
@@ -326,8 +370,11 @@ def main() -> int:
                     help="smtp-source -s (default 20)")
     ap.add_argument("--warmup", type=int, default=200,
                     help="untimed messages first, relayed and drained (default 200)")
-    ap.add_argument("--only", action="append", choices=KINDS,
-                    help="measure only this (repeatable)")
+    ap.add_argument("--only", action="append", choices=KINDS + FLOOR_KINDS,
+                    help="measure only this (repeatable); floor and "
+                         "floor-fsync (the least any relay does, "
+                         "crates/ferrymail/examples/floor_relay.rs) run only "
+                         "when named")
     ap.add_argument("--concurrency", type=int, default=20,
                     help="Ferrymail [queue.virtual.default] concurrency (default 20)")
     ap.add_argument("--dest-concurrency", type=int, default=20,
@@ -362,7 +409,13 @@ def main() -> int:
     if os.geteuid() != 0:
         print("relay.py needs root (Postfix's master, smtp-sink -u)", file=sys.stderr)
         return 2
-    kinds = [k for k in KINDS if not args.only or k in args.only]
+    kinds = [k for k in KINDS + FLOOR_KINDS
+             if (k in args.only if args.only else k in KINDS)]
+    if any(k in FLOOR_KINDS for k in kinds) and (args.build or not FLOOR_BINARY.exists()):
+        subprocess.run(["cargo", "build", "--release", "-p", "ferrymail",
+                        "--example", "floor_relay"],
+                       cwd=FLOOR_BINARY.parent.parent.parent.parent, check=True,
+                       stdin=subprocess.DEVNULL)
     binary = None
     if "ferrymail" in kinds:
         binary = ensure_binary(args.ferry_binary, force_build=args.build)
@@ -403,6 +456,8 @@ def main() -> int:
                     run = run_ferrymail(args, rnd, size, count, binary)
                 elif kind == "postfix":
                     run = run_postfix(args, rnd, size, count)
+                elif kind in FLOOR_KINDS:
+                    run = run_floor(args, rnd, size, count, kind)
                 else:
                     run = run_direct(args, rnd, size, count)
                 runs.append(run)
