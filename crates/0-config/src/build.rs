@@ -288,43 +288,24 @@ fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
     r.skip_unreadable = skip;
     for key in ["token", "submit-token"] {
         if sec.get(key).is_some() && protocol != Protocol::Http {
-            let span = sec.get(key).map(|(k, _)| k.span()).unwrap_or_default();
-            r.error(
-                &span,
-                Problem::Invalid(format!(
-                    "'{}' is only used by listeners with protocol = \"http\" (the management API)",
-                    sec.path(key)
-                )),
+            let message = format!(
+                "'{}' is only used by listeners with protocol = \"http\" (the management API)",
+                sec.path(key)
             );
+            r.invalid(sec, key, message);
         }
     }
+    let (submit, full) = (sec.path("submit-token"), sec.path("token"));
     if submit_token.is_some() && sec.get("token").is_none() {
-        let span = sec
-            .get("submit-token")
-            .map(|(k, _)| k.span())
-            .unwrap_or_default();
-        r.error(
-            &span,
-            Problem::Invalid(format!(
-                "'{}' needs '{}': without a token the whole API is open to loopback clients",
-                sec.path("submit-token"),
-                sec.path("token")
-            )),
+        let message = format!(
+            "'{submit}' needs '{full}': without a token the whole API is open to loopback clients"
         );
+        r.invalid(sec, "submit-token", message);
     }
     if submit_token.is_some() && submit_token == token {
-        let span = sec
-            .get("submit-token")
-            .map(|(k, _)| k.span())
-            .unwrap_or_default();
-        r.error(
-            &span,
-            Problem::Invalid(format!(
-                "'{}' must differ from '{}', or it grants everything the token does",
-                sec.path("submit-token"),
-                sec.path("token")
-            )),
-        );
+        let message =
+            format!("'{submit}' must differ from '{full}', or it grants everything the token does");
+        r.invalid(sec, "submit-token", message);
     }
     let mut tls_implicit = false;
     if let Some(tls) = r.sub(sec, "tls") {

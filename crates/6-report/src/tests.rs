@@ -138,6 +138,17 @@ fn event(env: &Arc<Envelope>, rcpt: u32, kind: EventKind) -> Event {
     }
 }
 
+/// The first notify age of `env`'s recipients passed: a 450, retried
+/// for a day more.
+fn first_delay(env: &Envelope) -> EventKind {
+    EventKind::Delayed {
+        notify_num: 1,
+        will_retry_until: Some(env.arrived + 86_400_000),
+        reason: "busy".into(),
+        reply: Some(reply(450, "4.2.0")),
+    }
+}
+
 fn failed() -> EventKind {
     EventKind::Failed {
         reason: "rejected".into(),
@@ -234,12 +245,7 @@ async fn kinds_and_the_default_notify() {
         delay: true,
     };
     let env = original("s@sender.test", [Notify::Default, all, all]);
-    let delayed = EventKind::Delayed {
-        notify_num: 1,
-        will_retry_until: Some(env.arrived + 86_400_000),
-        reason: "busy".into(),
-        reply: Some(reply(450, "4.2.0")),
-    };
+    let delayed = first_delay(&env);
     let events = vec![
         event(&env, 0, delayed.clone()),
         event(&env, 1, delayed),
@@ -626,12 +632,7 @@ async fn a_final_outcome_supersedes_a_waiting_delay_notification() {
         delay: true,
     };
     let env = original("sender@origin.test", [all; 3]);
-    let delayed = EventKind::Delayed {
-        notify_num: 1,
-        will_retry_until: Some(env.arrived + 86_400_000),
-        reason: "busy".into(),
-        reply: Some(reply(450, "4.2.0")),
-    };
+    let delayed = first_delay(&env);
     run.events.send(event(&env, 0, delayed)).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(run.refusals_left(), 2, "the delay notification waits");
@@ -662,12 +663,7 @@ async fn a_final_outcome_takes_its_recipient_out_of_an_open_delay_notification()
         delay: true,
     };
     let env = original("sender@sender.test", [delay_only, delay_only, all]);
-    let delayed = EventKind::Delayed {
-        notify_num: 1,
-        will_retry_until: Some(env.arrived + 86_400_000),
-        reason: "busy".into(),
-        reply: Some(reply(450, "4.2.0")),
-    };
+    let delayed = first_delay(&env);
     let events = vec![
         event(&env, 0, delayed.clone()),
         event(&env, 1, delayed.clone()),

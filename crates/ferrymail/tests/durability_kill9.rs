@@ -5,48 +5,9 @@
 mod common;
 use common::*;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Sends one message; returns the queue id from the 250, or None if anything
-/// went wrong (the server may die at any moment).
-fn try_send(addr: SocketAddr, token: &str) -> Option<String> {
-    let s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut w = s.try_clone().ok()?;
-    let mut r = BufReader::new(s);
-    let read = |r: &mut BufReader<TcpStream>| -> Option<String> {
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).ok()? == 0 {
-                return None;
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Some(line);
-            }
-        }
-    };
-    let expect = |line: Option<String>, code: &str| line.filter(|l| l.starts_with(code));
-    expect(read(&mut r), "220")?;
-    w.write_all(b"EHLO crash.test\r\n").ok()?;
-    expect(read(&mut r), "250")?;
-    w.write_all(b"MAIL FROM:<crash@example.org>\r\nRCPT TO:<x@local.test>\r\nDATA\r\n")
-        .ok()?;
-    expect(read(&mut r), "250")?;
-    expect(read(&mut r), "250")?;
-    expect(read(&mut r), "354")?;
-    let body = format!(
-        "Subject: {token}\r\n\r\n{}\r\ntoken={token}\r\nEND-OF-MESSAGE\r\n.\r\n",
-        "filler line for some size\r\n".repeat(40)
-    );
-    w.write_all(body.as_bytes()).ok()?;
-    let line = expect(read(&mut r), "250")?;
-    let _ = w.write_all(b"QUIT\r\n");
-    Some(line.trim_end().rsplit(' ').next()?.to_string())
-}
 
 #[test]
 fn kill9_during_load_loses_no_acknowledged_message() {
@@ -62,7 +23,7 @@ fn kill9_during_load_loses_no_acknowledged_message() {
                 while !stop.load(Ordering::Relaxed) {
                     let token = format!("r{round}-t{t}-n{n}");
                     n += 1;
-                    if let Some(id) = try_send(addr, &token) {
+                    if let Some(id) = try_send_token(addr, "x@local.test", &token) {
                         acked.lock().unwrap().insert(id, token);
                     } else {
                         std::thread::sleep(Duration::from_millis(5));

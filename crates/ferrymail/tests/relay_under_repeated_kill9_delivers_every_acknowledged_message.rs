@@ -25,8 +25,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,44 +37,6 @@ const ROUNDS: usize = 5;
 const CLIENTS: usize = 8;
 /// The queue's `concurrency`: deliveries in flight at once.
 const CONCURRENCY: usize = 8;
-
-/// Sends one message whose Subject is `token`; the queue id from the 250,
-/// or None if anything went wrong (the server may die at any moment).
-fn try_send(addr: SocketAddr, token: &str) -> Option<String> {
-    let s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut w = s.try_clone().ok()?;
-    let mut r = BufReader::new(s);
-    let read = |r: &mut BufReader<TcpStream>| -> Option<String> {
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).ok()? == 0 {
-                return None;
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Some(line);
-            }
-        }
-    };
-    let expect = |line: Option<String>, code: &str| line.filter(|l| l.starts_with(code));
-    expect(read(&mut r), "220")?;
-    w.write_all(
-        b"EHLO crash.test\r\nMAIL FROM:<crash@example.org>\r\nRCPT TO:<x@far.test>\r\nDATA\r\n",
-    )
-    .ok()?;
-    expect(read(&mut r), "250")?;
-    expect(read(&mut r), "250")?;
-    expect(read(&mut r), "250")?;
-    expect(read(&mut r), "354")?;
-    let body = format!(
-        "Subject: {token}\r\n\r\n{}\r\nEND-OF-MESSAGE\r\n.\r\n",
-        "filler line for some size\r\n".repeat(30)
-    );
-    w.write_all(body.as_bytes()).ok()?;
-    let line = expect(read(&mut r), "250")?;
-    let _ = w.write_all(b"QUIT\r\n");
-    Some(line.trim_end().rsplit(' ').next()?.to_string())
-}
 
 /// Starts the server in a directory of its own, relaying everything to
 /// smtp-sink on `sink`; with `fs_blobs`, contents go to an `fs` blob store
@@ -173,7 +133,7 @@ fn relay_survives_kills(fs_blobs: bool) {
                     let token = format!("r{round}-c{t}-n{n}");
                     n += 1;
                     sent.lock().unwrap().insert(token.clone());
-                    match try_send(addr, &token) {
+                    match try_send_token(addr, "x@far.test", &token) {
                         Some(id) => {
                             acked.lock().unwrap().insert(token, id);
                         }

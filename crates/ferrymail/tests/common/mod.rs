@@ -443,6 +443,49 @@ fn unsafe_kill_term(pid: u32) {
         .status();
 }
 
+/// Sends one message to `rcpt` on a new connection (EHLO, then MAIL, RCPT
+/// and DATA pipelined) whose Subject is `token`, with `token=<token>` and
+/// a last line `END-OF-MESSAGE` in its body; the queue id of the 250, or
+/// `None` if anything went wrong. For scenarios that kill the server while
+/// clients send: every failure is an answer, never a panic.
+#[allow(dead_code)]
+pub fn try_send_token(addr: SocketAddr, rcpt: &str, token: &str) -> Option<String> {
+    let s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut w = s.try_clone().ok()?;
+    let mut r = BufReader::new(s);
+    let read = |r: &mut BufReader<TcpStream>| -> Option<String> {
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Some(line);
+            }
+        }
+    };
+    let expect = |line: Option<String>, code: &str| line.filter(|l| l.starts_with(code));
+    expect(read(&mut r), "220")?;
+    w.write_all(b"EHLO crash.test\r\n").ok()?;
+    expect(read(&mut r), "250")?;
+    w.write_all(
+        format!("MAIL FROM:<crash@example.org>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n").as_bytes(),
+    )
+    .ok()?;
+    expect(read(&mut r), "250")?;
+    expect(read(&mut r), "250")?;
+    expect(read(&mut r), "354")?;
+    let body = format!(
+        "Subject: {token}\r\n\r\n{}\r\ntoken={token}\r\nEND-OF-MESSAGE\r\n.\r\n",
+        "filler line for some size\r\n".repeat(40)
+    );
+    w.write_all(body.as_bytes()).ok()?;
+    let line = expect(read(&mut r), "250")?;
+    let _ = w.write_all(b"QUIT\r\n");
+    Some(line.trim_end().rsplit(' ').next()?.to_string())
+}
+
 /// A parsed SMTP reply.
 #[derive(Debug, Clone)]
 pub struct Reply {
