@@ -314,6 +314,18 @@ fn listener(r: &mut Reader, id: String, sec: &Section) -> Option<Listener> {
         // management API over HTTPS.
         tls_implicit = r.bool(&tls, "implicit").unwrap_or(false);
     }
+    // A token is what lets the API answer beyond loopback; over plain HTTP
+    // it then crosses the network readable by anyone on the path.
+    if sec.get("token").is_some()
+        && !tls_implicit
+        && bind.iter().any(|a| !a.ip().to_canonical().is_loopback())
+    {
+        let text = format!(
+            "'{}': the management API takes its token in clear text on a non-loopback address; set tls.implicit = true (HTTPS)",
+            sec.path("token")
+        );
+        r.warn_value(sec, "token", text);
+    }
     Some(Listener {
         id,
         bind,

@@ -497,6 +497,24 @@ fn lmtp_on_port_25_is_warned_about() {
 }
 
 #[test]
+fn a_token_over_plain_http_beyond_loopback_is_warned_about() {
+    let api = |bind: &str, tls: &str| {
+        ok(&format!(
+            "[server.listener.api]\nbind = [\"{bind}\"]\nprotocol = \"http\"\ntoken = \"t\"\n{tls}"
+        ))
+    };
+    assert!(api("127.0.0.1:8025", "").warnings.is_empty());
+    assert!(api("[::1]:8025", "").warnings.is_empty());
+    assert!(api("0.0.0.0:8443", "tls.implicit = true\n").warnings.is_empty());
+    assert_eq!(
+        warnings(&api("0.0.0.0:8025", "")),
+        [
+            "/etc/ferrymail.toml:4: 'server.listener.api.token': the management API takes its token in clear text on a non-loopback address; set tls.implicit = true (HTTPS)"
+        ]
+    );
+}
+
+#[test]
 fn session_settings() {
     let dir = TempDir::new();
     let cert = dir.write(
