@@ -505,7 +505,11 @@ fn a_token_over_plain_http_beyond_loopback_is_warned_about() {
     };
     assert!(api("127.0.0.1:8025", "").warnings.is_empty());
     assert!(api("[::1]:8025", "").warnings.is_empty());
-    assert!(api("0.0.0.0:8443", "tls.implicit = true\n").warnings.is_empty());
+    assert!(
+        api("0.0.0.0:8443", "tls.implicit = true\n")
+            .warnings
+            .is_empty()
+    );
     assert_eq!(
         warnings(&api("0.0.0.0:8025", "")),
         [

@@ -568,10 +568,24 @@ impl Reporter {
         });
 
         // DKIM: every signer `sign` names, each over the unsigned message.
-        let mut contents = Vec::with_capacity(composed.message.len() + 1024);
         let ids: BTreeSet<String> = config.dsn.sign.eval_strings(&vars).into_iter().collect();
+        // Signed as it will travel: a next hop without 8BITMIME gets an
+        // 8-bit notice converted to quoted-printable (RFC 6152 §3), which
+        // would break a signature made over the 8-bit form. Converted
+        // first, the notice is 7-bit for every hop. Not a notice about
+        // SMTPUTF8 mail: its RFC 6533 parts carry UTF-8 as it is, and it
+        // goes only to hops that take SMTPUTF8 (and 8BITMIME with it).
+        let convert = composed.eight_bit && !env.smtputf8 && !ids.is_empty();
+        let (message, eight_bit) = match convert {
+            true => match ferrymail_deliver::protocol::downgrade::to_seven_bit(&composed.message) {
+                Some(seven) => (seven, false),
+                None => (composed.message, true),
+            },
+            false => (composed.message, composed.eight_bit),
+        };
+        let mut contents = Vec::with_capacity(message.len() + 1024);
         for sid in &ids {
-            match config.signers.sign(sid, &composed.message) {
+            match config.signers.sign(sid, &message) {
                 Some(Ok(header)) => contents.extend_from_slice(header.as_bytes()),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "report: notification left unsigned by this signer")
@@ -581,7 +595,7 @@ impl Reporter {
                 }
             }
         }
-        contents.extend_from_slice(&composed.message);
+        contents.extend_from_slice(&message);
 
         let envelope = Envelope {
             id,
@@ -593,7 +607,7 @@ impl Reporter {
             }],
             size: contents.len() as u64,
             arrived: now,
-            body: if composed.eight_bit {
+            body: if eight_bit {
                 BodyType::EightBitMime
             } else {
                 BodyType::SevenBit
