@@ -316,8 +316,10 @@ pub trait DataStore: Send + Sync + 'static {
     /// removed altogether, and the envelope with the message's last entry.
     /// A discharge that matches nothing (gone, never owed, or a newer
     /// notice recorded since) changes nothing, so repeating one is
-    /// harmless. Returns the messages left without entries, whose contents
-    /// the caller must delete. Leases are ignored: a delay notice is
+    /// harmless. Returns the messages left without entries: a store that
+    /// is also the blob store removed their contents in the same commit;
+    /// with a separate blob store the caller must delete them. Leases are
+    /// ignored: a delay notice is
     /// settled while the recipient's next attempt may be running.
     async fn discharge(&self, notices: &[Discharge]) -> Result<Vec<MessageId>, StoreError>;
 
@@ -367,8 +369,9 @@ pub trait DataStore: Send + Sync + 'static {
     async fn admin(&self, keys: &[EntryKey], action: AdminAction) -> Result<usize, StoreError>;
 
     /// Removes entries regardless of leases (operator cancel). Returns the
-    /// messages that have no entries left; their envelopes are gone too and the
-    /// caller must delete their blobs.
+    /// messages that have no entries left; their envelopes are gone too, and
+    /// so are their contents when this store is also the blob store (in the
+    /// same commit); with a separate blob store the caller must delete them.
     async fn cancel(&self, keys: &[EntryKey]) -> Result<Vec<MessageId>, StoreError>;
 
     /// Called once at a graceful shutdown, after the last change: leaves the

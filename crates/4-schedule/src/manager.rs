@@ -1732,21 +1732,8 @@ async fn run_job(sh: Arc<Shared>, d: Dispatch, gate: CommitGate) -> (JobId, JobR
                 // and expires (with a notice) if the contents never come.
                 Ok(None) => {
                     tracing::error!(id = %d.message, "queue: the message contents are missing from the blob store; deferring (check that every node's blob store is the same and mounted)");
-                    let results = claimed_keys
-                        .iter()
-                        .map(|k| RecipientOutcome {
-                            rcpt: k.rcpt,
-                            outcome: Outcome::Transient {
-                                reason:
-                                    "4.3.0 the message contents are missing from the blob store"
-                                        .into(),
-                                reply: None,
-                            },
-                            remote: None,
-                            answered: false,
-                        })
-                        .collect();
-                    (results, Health::NotAttempted, None)
+                    let reason = "4.3.0 the message contents are missing from the blob store";
+                    (not_sent(&claimed_keys, reason), Health::NotAttempted, None)
                 }
                 Err(e) => {
                     tracing::warn!(id = %d.message, error = %e, "queue: cannot read message contents; retrying later");

@@ -55,12 +55,13 @@ pub struct Peer {
     /// The verifying configuration of a route with its own `tls.ca`;
     /// `None`: the transport's.
     pub verify_with: Option<std::sync::Arc<rustls::ClientConfig>>,
-    /// An MX host from the DNS: one that answers EHLO with this server's own
-    /// name is this server, reached through an address it cannot tell is
-    /// its own (a NAT or a load balancer in front of it), and the session
-    /// fails with [`SessionError::LoopsBack`]. Not for relay routes, which
-    /// name their next hop on purpose (another node of the same name, say).
-    pub refuse_own_name: bool,
+    /// For an MX host from the DNS, this server's name (`server.hostname`,
+    /// lower case): a host that answers EHLO with it is this server,
+    /// reached through an address it cannot tell is its own (a NAT or a
+    /// load balancer in front of it), and the session fails with
+    /// [`SessionError::LoopsBack`]. `None` for relay routes, which name
+    /// their next hop on purpose (another node of the same name, say).
+    pub own_name: Option<String>,
 }
 
 /// Connects to `peer.addr`, from `peer.source` when one is set.
@@ -201,9 +202,6 @@ pub struct Session {
     needs_reset: bool,
     /// Replies read so far that were not 421 (service not available).
     live_replies: u64,
-    /// The name the next hop gave in its last EHLO/LHLO/HELO reply (the
-    /// first word of its first line, RFC 5321 §4.1.1.1).
-    greeted_as: Option<String>,
 }
 
 impl Session {
@@ -298,7 +296,6 @@ impl Session {
             replies: 0,
             needs_reset: false,
             live_replies: 0,
-            greeted_as: None,
         };
         // RFC 5321 §4.3.1: the greeting is 220; 554 (or anything else)
         // means no service here.
@@ -306,14 +303,10 @@ impl Session {
         if greeting.code != 220 {
             return Err(SessionError::Rejected("greeting", greeting));
         }
-        session.hello(hostname).await?;
-        if peer.refuse_own_name
-            && let Some(name) = session.greeted_as.as_deref()
-            && name
-                .trim_end_matches('.')
-                .eq_ignore_ascii_case(hostname.trim_end_matches('.'))
+        let greeted_as = session.hello(hostname).await?;
+        if let (Some(own), Some(name)) = (&peer.own_name, greeted_as)
+            && name.trim_end_matches('.').eq_ignore_ascii_case(own)
         {
-            let name = name.to_string();
             session.quit().await;
             return Err(SessionError::LoopsBack(name));
         }
@@ -357,7 +350,9 @@ impl Session {
 
     /// EHLO (or LHLO), falling back to HELO when EHLO is refused with 5xx
     /// (RFC 5321 §4.1.4 keeps HELO for servers that do not know EHLO).
-    async fn hello(&mut self, hostname: &str) -> Result<(), SessionError> {
+    /// Returns the name the server gave in its reply (the first word of
+    /// its first line, RFC 5321 §4.1.1.1), for the loop check.
+    async fn hello(&mut self, hostname: &str) -> Result<Option<String>, SessionError> {
         let t = self.timeouts.ehlo;
         let (verb, phase) = if self.remote.lmtp {
             ("LHLO", "LHLO")
@@ -370,8 +365,7 @@ impl Session {
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
             self.remote.dsn = self.caps.dsn;
-            self.greeted_as = greeting_name(&reply);
-            return Ok(());
+            return Ok(greeting_name(&reply));
         }
         if self.remote.lmtp || !reply.is_permanent() {
             return Err(SessionError::Rejected(phase, reply));
@@ -384,8 +378,7 @@ impl Session {
         }
         self.caps = Capabilities::default();
         self.remote.dsn = false;
-        self.greeted_as = greeting_name(&helo);
-        Ok(())
+        Ok(greeting_name(&helo))
     }
 
     /// The handshake after STARTTLS's 220; the capabilities are forgotten,

@@ -905,13 +905,11 @@ impl Inner {
                 }
                 group.push((host.clone(), addrs));
             }
-            if looped.is_some() {
-                // This level is discarded whole, its failures with it.
-                errors.truncate(errors_before.max(unlisted));
-                break;
-            }
-            // This level, before any less preferred one is looked up.
-            'level: for (host, addrs) in group {
+            // This level, before any less preferred one is looked up (not
+            // at all when one of its hosts is this server). What its
+            // failures set is kept aside, for a level discarded below.
+            let before_level = (status, last_reply.clone(), last_remote.clone());
+            'level: for (host, addrs) in group.into_iter().filter(|_| looped.is_none()) {
                 for ip in addrs.into_iter().filter(|ip| !skip.contains(ip)) {
                     let peer = Peer {
                         host: host.clone(),
@@ -931,7 +929,7 @@ impl Inner {
                         auth: route.auth.clone(),
                         source: local.source_for(ip),
                         verify_with: settings.route_tls.get(&route.id).cloned(),
-                        refuse_own_name: from_dns,
+                        own_name: from_dns.then(|| settings.me.hostname.clone()),
                     };
                     match Session::open(&peer, &local.hostname, &o.timeout, &self.tls).await {
                         Ok(s) => return Ok(s),
@@ -946,7 +944,6 @@ impl Inner {
                                     route.port
                                 ),
                             ));
-                            errors.truncate(errors_before.max(unlisted));
                             break 'level;
                         }
                         Err(e) => {
@@ -972,6 +969,9 @@ impl Inner {
                 }
             }
             if looped.is_some() {
+                // This level is discarded whole, its failures with it.
+                errors.truncate(errors_before.max(unlisted));
+                (status, last_reply, last_remote) = before_level;
                 break;
             }
             next = end;

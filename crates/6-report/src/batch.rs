@@ -103,9 +103,9 @@ impl Batcher {
         put(&mut open.events, event);
     }
 
-    /// Takes recipient `rcpt` out of the open group `key`, closing the
-    /// group when it was its last: a final outcome makes a delay report
-    /// about it wrong.
+    /// Takes recipient `rcpt` out of the open group `key`, dropping the
+    /// group (no notification) when it was its last: a final outcome makes
+    /// a delay report about it wrong.
     pub fn forget(&mut self, key: BatchKey, rcpt: u32) {
         if let Some(open) = self.open.get_mut(&key) {
             open.events.retain(|e| e.rcpt != rcpt);

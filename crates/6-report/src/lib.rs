@@ -486,6 +486,8 @@ impl Reporter {
     async fn discharge(&self, batch: &Batch) {
         let notices: Vec<_> = batch.events.iter().map(Event::discharge).collect();
         match self.spool.data.discharge(&notices).await {
+            // One store for both removed the contents with the entries.
+            Ok(_) if self.spool.unified => {}
             Ok(gone) => {
                 for id in gone {
                     if let Err(e) = self.spool.blob.delete(id).await {

@@ -539,19 +539,13 @@ async fn handle(
             }
             let sender = query.get("from").cloned().unwrap_or_default();
             let limit = submit.max_size();
-            let body = http_body_util::Limited::new(req.into_body(), limit).collect();
-            let body = match tokio::time::timeout(SUBMIT_BODY_READ, body).await {
-                Ok(Ok(b)) => b.to_bytes(),
-                Ok(Err(e)) => {
+            let body = match read_body(req, limit, SUBMIT_BODY_READ).await {
+                Ok(b) => b,
+                Err(BodyError::Late(e)) => return error(StatusCode::REQUEST_TIMEOUT, e),
+                Err(BodyError::Other(e)) => {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("message refused: {e} (the limit is {limit} bytes)"),
-                    );
-                }
-                Err(_) => {
-                    return error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        format!("message not sent within {} s", SUBMIT_BODY_READ.as_secs()),
                     );
                 }
             };
@@ -607,13 +601,40 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, String> {
-    let body = http_body_util::Limited::new(req.into_body(), MAX_JSON_BODY).collect();
-    let body = tokio::time::timeout(BODY_READ, body)
+    let body = read_body(req, MAX_JSON_BODY, BODY_READ)
         .await
-        .map_err(|_| format!("request body not sent within {} s", BODY_READ.as_secs()))?
-        .map_err(|e| format!("request body: {e}"))?
-        .to_bytes();
+        .map_err(|e| match e {
+            BodyError::Late(e) => e,
+            BodyError::Other(e) => format!("request body: {e}"),
+        })?;
     serde_json::from_slice(&body).map_err(|e| format!("bad JSON body: {e}"))
+}
+
+/// Why a request body could not be read.
+enum BodyError {
+    /// Not all of it arrived in time.
+    Late(String),
+    /// Over the limit, or the connection failed.
+    Other(String),
+}
+
+/// A request body of at most `limit` bytes that must arrive within
+/// `within`, so that a client cannot hold a connection slot by sending
+/// slowly.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    let body = http_body_util::Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(within, body).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(BodyError::Other(e.to_string())),
+        Err(_) => Err(BodyError::Late(format!(
+            "request body not sent within {} s",
+            within.as_secs()
+        ))),
+    }
 }
 
 /// Decodes `a=b&c=d` with percent-decoding and `+` as space.
@@ -1000,7 +1021,8 @@ async fn action(mgmt: &Management, a: &ActionRequest) -> Result<Response<Full<By
                 .cancel(&keys)
                 .await
                 .map_err(|e| e.to_string())?;
-            for id in &gone {
+            // One store for both removed the contents with the entries.
+            for id in gone.iter().filter(|_| !mgmt.spool.unified) {
                 mgmt.spool
                     .blob
                     .delete(*id)

@@ -16,8 +16,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
@@ -30,18 +29,10 @@ const SUBMIT: &str = "submit-token.for-everyone";
 
 /// A POST with a JSON body; the status code.
 fn http_post(addr: SocketAddr, path: &str, bearer: &str, body: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bearer}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split(' ').nth(1).unwrap().parse().unwrap()
+    let headers = format!(
+        "Host: 127.0.0.1\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\n"
+    );
+    http_request(addr, &format!("POST {path}"), &headers, body.as_bytes()).0
 }
 
 #[test]

@@ -32,56 +32,10 @@ const WAIT: Duration = Duration::from_secs(30);
 fn start(relay: u16, stores: impl Fn(&Path) -> String) -> (Server, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let blobs = dir.path().join("blobs");
-    let edit = |base: String| {
-        let text = base.replacen(
-            "[storage]\ndata = \"local\"\nblob = \"local\"\n",
-            &stores(&blobs),
-            1,
-        );
-        assert!(
-            text.contains("blob = \"files\""),
-            "base config changed shape"
-        );
-        text
-    };
+    let edit = |base: String| with_storage(base, &stores(&blobs));
     let mut s = Server::configured(dir, edit, &relay_all_to(relay));
     s.spawn_in_dir();
     (s, blobs)
-}
-
-fn fs_store(blobs: &Path) -> String {
-    format!(
-        "[store.files]\ntype = \"fs\"\npath = \"{}\"\n\n",
-        blobs.display()
-    )
-}
-
-/// Every regular file under `root`, recursively, sorted.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                dirs.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The file names under `root`, sorted.
-fn names_under(root: &Path) -> Vec<String> {
-    let mut names: Vec<String> = files_under(root)
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 fn body(subject: &str) -> Vec<u8> {

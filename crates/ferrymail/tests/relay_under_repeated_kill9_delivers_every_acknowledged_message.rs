@@ -25,7 +25,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,48 +60,17 @@ route = "'sink'"
 "#,
         route = relay_route("sink", sink, "smtp"),
     );
-    let blob_path = blobs.clone();
-    let edit = move |base: String| {
-        if !fs_blobs {
-            return base;
-        }
-        let text = base.replacen(
-            "[storage]\ndata = \"local\"\nblob = \"local\"\n",
-            &format!(
-                "[store.files]\ntype = \"fs\"\npath = \"{}\"\n\n\
-                 [storage]\ndata = \"local\"\nblob = \"files\"\n",
-                blob_path.display()
-            ),
-            1,
-        );
-        assert!(
-            text.contains("blob = \"files\""),
-            "base config changed shape"
-        );
-        text
+    let store = fs_store(&blobs);
+    let edit = move |base: String| match fs_blobs {
+        true => with_storage(
+            base,
+            &format!("{store}[storage]\ndata = \"local\"\nblob = \"files\"\n"),
+        ),
+        false => base,
     };
     let mut s = Server::configured(dir, edit, &extra);
     s.spawn();
     (s, fs_blobs.then_some(blobs))
-}
-
-/// The names of the regular files under `root`, recursively.
-fn file_names(root: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                dirs.push(e.path());
-            } else {
-                out.insert(e.file_name().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out
 }
 
 fn queued(s: &Server) -> usize {
@@ -226,7 +195,7 @@ fn relay_survives_kills(fs_blobs: bool) {
     if let Some(blobs) = &blobs {
         // Past the delete grace (2 s) of the last deliveries.
         std::thread::sleep(Duration::from_secs(4));
-        let names = file_names(blobs);
+        let names: BTreeSet<String> = names_under(blobs).into_iter().collect();
         let left: Vec<&String> = acked
             .iter()
             .filter(|(_, id)| names.contains(*id))

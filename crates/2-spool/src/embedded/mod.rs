@@ -102,44 +102,32 @@ impl Leases {
 
     /// Decodes stored entry records as the store's readers see them: with
     /// their leases from the table (one lock for the lot; a start-up scan
-    /// reads pages of thousands).
-    fn decode_entries(&self, rows: Vec<engine::Row>) -> Result<Vec<QueueEntry>, StoreError> {
+    /// reads pages of thousands). A record that does not decode is an
+    /// error, or, with `skip_bad` (scans: see [`DataStore::scan`] here),
+    /// logged and left out.
+    fn decode_entries(
+        &self,
+        rows: Vec<engine::Row>,
+        skip_bad: bool,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
         let table = self.lock();
-        rows.into_iter()
-            .map(|(_, v)| {
-                let mut e: QueueEntry = decode(&v, "queue entry")?;
-                e.lease = table.get(&e.key).copied();
-                Ok(e)
-            })
-            .collect()
-    }
-
-    /// [`Leases::decode_entries`] for a scan: a record that does not
-    /// decode is logged and left out (see [`DataStore::scan`] here).
-    fn decode_entries_skipping(&self, rows: Vec<engine::Row>) -> Vec<QueueEntry> {
-        let table = self.lock();
-        rows.into_iter()
-            .filter_map(|(k, v)| match decode::<QueueEntry>(&v, "queue entry") {
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            match decode::<QueueEntry>(&v, "queue entry") {
                 Ok(mut e) => {
                     e.lease = table.get(&e.key).copied();
-                    Some(e)
+                    out.push(e);
                 }
-                Err(error) => {
-                    tracing::error!(
-                        key = %hex(&k),
-                        %error,
-                        "embedded store: a queue entry cannot be read and is skipped (damaged, or written by a newer Ferrymail)"
-                    );
-                    None
-                }
-            })
-            .collect()
+                Err(error) if skip_bad => tracing::error!(
+                    key = ?EntryKey::from_bytes(&k),
+                    %error,
+                    "embedded store: a queue entry cannot be read and is skipped (damaged, or written by a newer Ferrymail)"
+                ),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(out)
     }
-}
-
-/// Bytes as lower-case hex, for logging keys.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One change request for the writer thread.
@@ -867,7 +855,7 @@ impl DataStore for EmbeddedStore {
 
     async fn entries(&self, id: MessageId) -> Result<Vec<QueueEntry>, StoreError> {
         self.leases
-            .decode_entries(self.engine.prefix(Table::Entry, &mid_key(id))?)
+            .decode_entries(self.engine.prefix(Table::Entry, &mid_key(id))?, false)
     }
 
     /// A record that cannot be decoded (damaged, or written by a newer
@@ -901,7 +889,7 @@ impl DataStore for EmbeddedStore {
             };
             from = last.clone();
             from.push(0);
-            let page = self.leases.decode_entries_skipping(rows);
+            let page = self.leases.decode_entries(rows, true)?;
             // A page of nothing but such records is not the end: read on.
             if !page.is_empty() || !full {
                 return Ok(page);

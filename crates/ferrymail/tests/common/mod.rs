@@ -415,16 +415,34 @@ impl Drop for Server {
 
 /// A minimal HTTP/1.1 GET with `Connection: close`, so the body ends at EOF.
 pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    http_request(
+        addr,
+        &format!("GET {path}"),
+        &format!("Host: {addr}\r\n{auth}"),
+        b"",
+    )
+}
+
+/// One HTTP/1.1 request (`what` is the method and path, `headers` each
+/// ending in CRLF, Content-Length added) on a connection of its own; the
+/// status code and the body.
+pub fn http_request(addr: SocketAddr, what: &str, headers: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "{what} HTTP/1.1\r\n{headers}{length}Connection: close\r\n\r\n"
     )
     .unwrap();
+    s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let split = raw
@@ -484,6 +502,60 @@ pub fn try_send_token(addr: SocketAddr, rcpt: &str, token: &str) -> Option<Strin
     let line = expect(read(&mut r), "250")?;
     let _ = w.write_all(b"QUIT\r\n");
     Some(line.trim_end().rsplit(' ').next()?.to_string())
+}
+
+/// The base configuration (`base_config`) with its `[storage]` table
+/// replaced by `stores`, which must put the contents in `[store.files]`.
+#[allow(dead_code)]
+pub fn with_storage(base: String, stores: &str) -> String {
+    let text = base.replacen("[storage]\ndata = \"local\"\nblob = \"local\"\n", stores, 1);
+    assert!(
+        text.contains("blob = \"files\""),
+        "base config changed shape"
+    );
+    text
+}
+
+/// `[store.files]`, an `fs` blob store at `blobs`.
+#[allow(dead_code)]
+pub fn fs_store(blobs: &Path) -> String {
+    format!(
+        "[store.files]\ntype = \"fs\"\npath = \"{}\"\n\n",
+        blobs.display()
+    )
+}
+
+/// Every regular file under `root`, recursively, sorted; none when `root`
+/// is not there.
+#[allow(dead_code)]
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The file names under `root`, sorted.
+#[allow(dead_code)]
+pub fn names_under(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = files_under(root)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// A parsed SMTP reply.
