@@ -316,7 +316,10 @@ async fn an_mx_host_that_greets_with_this_servers_name_is_this_server() {
     // `server.hostname` is client.ferry.test (`common::config`).
     let natted = Sink::start_at("127.0.0.6", port, &["-h", "CLIENT.ferry.test"]);
     let other = Sink::start_at("127.0.0.7", port, &[]);
+    let outbound_named = Sink::start_at("127.0.0.8", port, &["-h", "out.ferry.test"]);
     let zone = Zone::new()
+        .addr("out.hosts.test", "127.0.0.8")
+        .mx("outbound-named.test", 10, "out.hosts.test")
         .addr("nat.hosts.test", "127.0.0.6")
         .addr("other.hosts.test", "127.0.0.7")
         .addr("dead.hosts.test", "127.0.0.4")
@@ -362,6 +365,17 @@ async fn an_mx_host_that_greets_with_this_servers_name_is_this_server() {
     let o = send_via(&t, "direct", "only-me.test").await;
     assert_eq!(kind(&o), "delivered", "{o:?}");
     assert_eq!(natted.wait_dumped(1).len(), 1, "only the relayed message");
+
+    // The name compared is server.hostname, the one this server greets
+    // with, not the EHLO name the queue sends (`[queue.outbound]
+    // hostname`): a host greeting with the outbound name is another.
+    let outbound = format!("{direct}\n[queue.outbound]\nhostname = \"'out.ferry.test'\"\n");
+    let t = SmtpTransport::new(&mx_config(dns.addr, port, &outbound)).unwrap();
+    let o = send(&t, "only-me.test").await;
+    assert_eq!(o.outcome.status(), "5.4.6", "{o:?}");
+    let o = send(&t, "outbound-named.test").await;
+    assert_eq!(kind(&o), "delivered", "{o:?}");
+    assert_eq!(outbound_named.wait_dumped(1).len(), 1);
 }
 
 /// Recipients the first MX host puts off (450 at RCPT: a primary that
