@@ -578,12 +578,12 @@ impl Reporter {
         // SMTPUTF8 mail: its RFC 6533 parts carry UTF-8 as it is, and it
         // goes only to hops that take SMTPUTF8 (and 8BITMIME with it).
         let convert = composed.eight_bit && !env.smtputf8 && !ids.is_empty();
-        let (message, eight_bit) = match convert {
-            true => match ferrymail_deliver::protocol::downgrade::to_seven_bit(&composed.message) {
-                Some(seven) => (seven, false),
-                None => (composed.message, true),
-            },
-            false => (composed.message, composed.eight_bit),
+        let seven = convert
+            .then(|| ferrymail_deliver::protocol::downgrade::to_seven_bit(&composed.message))
+            .flatten();
+        let (message, eight_bit) = match seven {
+            Some(seven) => (seven, false),
+            None => (composed.message, composed.eight_bit),
         };
         let mut contents = Vec::with_capacity(message.len() + 1024);
         for sid in &ids {
